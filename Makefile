@@ -1,0 +1,42 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Each builds .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint format clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# The stamp files make re-runs fast and re-install when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/fax-gateway demo
+
+# pytest exits 5 when it collected no test, so an empty run fails here.
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format gateway tests
+	$(BIN)/ruff check --fix gateway tests
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

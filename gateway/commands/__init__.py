@@ -1,0 +1,1 @@
+"""The verbs of the `fax-gateway` command, one module each."""

@@ -1,0 +1,128 @@
+"""Fax numbers: what people type in an address, parsed and formatted as E.164."""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType
+
+# Characters people put between digits: "1-555-123-4567", "555.123.4567", "(555) 123 4567".
+_SEPARATORS = re.compile(r"[\s.\-()/]")
+_ALLOWED = re.compile(r"^\+?[0-9]+$")
+
+# Types a fax machine can answer. Mobile numbers are allowed: many "virtual fax" numbers are
+# classed as mobile or "fixed line or mobile" in the NANP data.
+_FAXABLE_TYPES = {
+    PhoneNumberType.FIXED_LINE,
+    PhoneNumberType.MOBILE,
+    PhoneNumberType.FIXED_LINE_OR_MOBILE,
+    PhoneNumberType.TOLL_FREE,
+    PhoneNumberType.VOIP,
+    PhoneNumberType.UAN,
+    PhoneNumberType.PREMIUM_RATE,  # refused later by the toll-fraud guard, with its own reason
+    PhoneNumberType.SHARED_COST,
+    PhoneNumberType.PERSONAL_NUMBER,
+    PhoneNumberType.UNKNOWN,
+}
+
+
+class NumberError(ValueError):
+    """The text is not a fax number; str() is a reason fit to show the user."""
+
+
+def parse_fax_number(text: str, default_country: str = "US", *, strict: bool = True) -> str:
+    """Parse `text` into E.164 with a leading '+', or raise NumberError with the reason.
+
+    Accepted: "+15551234567", "15551234567", "1-555-123-4567", "555.123.4567", and national
+    numbers of `default_country`. A string of digits that starts with the default country's
+    calling code and is too long to be a national number is read as international, which is how
+    people write NANP numbers in an address ("15551234567@fax.local").
+
+    `strict` asks libphonenumber whether the number is assigned in its numbering plan; without
+    it only the length must be possible. The demo runs non-strict so the fictional 555 numbers
+    of every fax tutorial work there; a production gateway should keep the default.
+    """
+    raw = text.strip()
+    if not raw:
+        raise NumberError("no number given")
+    compact = _SEPARATORS.sub("", raw)
+    if not _ALLOWED.match(compact):
+        raise NumberError(f"{raw!r} is not a fax number: only digits, '+' and separators allowed")
+    digits = compact.lstrip("+")
+    if len(digits) > 15:
+        raise NumberError(f"{raw!r} is not a fax number: more than 15 digits")
+    if len(digits) < 3:
+        raise NumberError(f"{raw!r} is not a fax number: too short")
+
+    region = default_country.upper()
+    candidates: list[str] = []
+    if compact.startswith("+"):
+        candidates.append(compact)
+    else:
+        # National first ("5551234567" in US), then international without the plus
+        # ("15551234567", "442071838750").
+        candidates.append(digits)
+        candidates.append("+" + digits)
+
+    last_reason = f"{raw!r} is not a valid fax number"
+    for candidate in candidates:
+        try:
+            number = phonenumbers.parse(candidate, None if candidate.startswith("+") else region)
+        except NumberParseException as exc:
+            last_reason = f"{raw!r} is not a fax number: {_parse_reason(exc)}"
+            continue
+        if strict and not phonenumbers.is_valid_number(number):
+            last_reason = f"{raw!r} is not a valid number in any numbering plan"
+            continue
+        if not phonenumbers.is_possible_number(number):
+            last_reason = f"{raw!r} has the wrong number of digits for its country"
+            continue
+        if phonenumbers.number_type(number) not in _FAXABLE_TYPES:
+            kind = phonenumbers.number_type(number)
+            last_reason = f"{raw!r} cannot receive a fax (number type {_type_name(kind)})"
+            continue
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    raise NumberError(last_reason)
+
+
+def region_of(e164: str) -> str | None:
+    """ISO country code of an E.164 number ('US', 'GB'...), or None if it has none."""
+    number = phonenumbers.parse(e164, None)
+    return phonenumbers.region_code_for_number(number)
+
+
+def is_premium_rate(e164: str) -> bool:
+    number = phonenumbers.parse(e164, None)
+    return phonenumbers.number_type(number) == PhoneNumberType.PREMIUM_RATE
+
+
+def pretty(e164: str) -> str:
+    """Human form for subjects and reports: '+1 555-123-4567'."""
+    try:
+        number = phonenumbers.parse(e164 if e164.startswith("+") else "+" + e164, None)
+    except NumberParseException:
+        return e164
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+
+
+def carrier_digits(e164: str) -> str:
+    """The carrier's own form, digits only ("15556667777"), as its responses show numbers."""
+    return e164.lstrip("+")
+
+
+def _parse_reason(exc: NumberParseException) -> str:
+    return {
+        NumberParseException.INVALID_COUNTRY_CODE: "unknown country code",
+        NumberParseException.NOT_A_NUMBER: "not a number",
+        NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
+        NumberParseException.TOO_SHORT_NSN: "too short",
+        NumberParseException.TOO_LONG: "too long",
+    }.get(exc.error_type, "not a number")
+
+
+def _type_name(kind: int) -> str:
+    for name in dir(PhoneNumberType):
+        if not name.startswith("_") and getattr(PhoneNumberType, name) == kind:
+            return name.lower().replace("_", " ")
+    return str(kind)

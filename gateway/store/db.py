@@ -1,0 +1,122 @@
+"""One SQLite connection, used from one thread, with the schema migrated on open."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+from gateway.store.schema import MIGRATIONS
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store could not be used (disk full, corrupt file, wrong schema version)."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves (see `transaction`).
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    # WAL lets the queue tools read while the daemon writes; synchronous=FULL makes every commit
+    # durable before we answer 250 or 200.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    latest = len(MIGRATIONS)
+    if current > latest:
+        raise StoreError(f"store schema version {current} is newer than this program ({latest})")
+    for version in range(current, latest):
+        with transaction(conn):
+            for statement in _split(MIGRATIONS[version]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={version + 1}")
+
+
+def _split(script: str) -> Iterator[str]:
+    # executescript() would COMMIT our transaction; run statement by statement instead.
+    # Comments are dropped first: a ';' or quote inside one would mislead the splitter.
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    buffer = ""
+    for line in lines:
+        buffer += line + "\n"
+        if sqlite3.complete_statement(buffer):
+            yield buffer
+            buffer = ""
+    if buffer.strip():
+        yield buffer
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Nested use is a bug."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def now() -> float:
+    return time.time()
+
+
+class Database:
+    """The store of one gateway: a file in data.dir, a connection, and the thread it lives on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._conn: sqlite3.Connection | None = None
+
+    def open_sync(self) -> Database:
+        self._conn = self._executor.submit(connect, self.path).result()
+        return self
+
+    async def open(self) -> Database:
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._executor, connect, self.path)
+        return self
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is not open")
+        return self._conn
+
+    async def run(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(conn, ...)` on the store's thread without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, self.conn, *args, **kwargs))
+
+    def run_sync(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """The same for command-line tools, which have no loop."""
+        return self._executor.submit(partial(fn, self.conn, *args, **kwargs)).result()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            self._executor.submit(conn.close).result()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,122 @@
+"""The store's schema, as an append-only list of migrations (index + 1 = PRAGMA user_version).
+
+Never edit a migration that has shipped; append a new one.
+
+Tables and who owns them:
+- jobs, faxes: email to fax (store/jobs.py). One job per accepted message, one fax per recipient.
+- events: carrier webhooks, deduplicated on (carrier_id, status) (store/events.py).
+- inbound: faxes the carrier announced to us, until mailed (store/inbound.py).
+- outbox: every mail the gateway sends, keyed so each goes out once (store/outbox.py).
+- meta: small named values such as the reconciler's last seen inbound fax (store/meta.py).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,  -- received prepared uploaded submitted done failed held
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        sender TEXT NOT NULL,           -- envelope MAIL FROM, lower-cased
+        auth_user TEXT,
+        client_address TEXT,
+        subject TEXT NOT NULL DEFAULT '',
+        message_id TEXT NOT NULL DEFAULT '',
+        from_number TEXT NOT NULL,      -- E.164 the faxes go out from
+        spool_path TEXT NOT NULL,       -- the raw message as received
+        document_path TEXT,             -- assembled document, once prepared
+        document_type TEXT,             -- MIME type of the document
+        pages INTEGER,
+        storage_key TEXT,               -- object key (s3) or file token (local)
+        document_url TEXT,              -- the URL the carrier fetches; unique per job
+        url_expires_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,   -- tries of the current stage
+        pickups INTEGER NOT NULL DEFAULT 0,    -- pickups not (yet) finished: crash counter
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        error TEXT,                     -- last error, shown to people
+        stored_deleted_at REAL          -- when the stored document was removed
+    );
+    CREATE INDEX jobs_state ON jobs(state, next_attempt_at);
+    CREATE INDEX jobs_sender ON jobs(sender, created_at);
+
+    CREATE TABLE faxes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        recipient TEXT NOT NULL,        -- E.164 with '+'
+        state TEXT NOT NULL,            -- pending, submitted, delivered, failed, held, cancelled
+        carrier_id TEXT UNIQUE,
+        carrier_status TEXT,
+        error_code INTEGER,
+        error_description TEXT,
+        pages INTEGER,
+        duration INTEGER,
+        carrier_attempts INTEGER,
+        submit_attempts INTEGER NOT NULL DEFAULT 0,  -- POSTs started (a crash may hide one)
+        pickups INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        submitted_at REAL,
+        finished_at REAL,
+        UNIQUE (job_id, recipient)
+    );
+    CREATE INDEX faxes_state ON faxes(state, next_attempt_at);
+
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        carrier_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        payload TEXT NOT NULL,          -- JSON as received (after verification, the carrier's)
+        received_at REAL NOT NULL,
+        processed_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        UNIQUE (carrier_id, status)
+    );
+    CREATE INDEX events_pending ON events(processed_at);
+
+    CREATE TABLE inbound (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        carrier_id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,            -- announced, stored, mailed, dead
+        from_number TEXT NOT NULL,
+        to_number TEXT NOT NULL,
+        pages INTEGER,
+        duration INTEGER,
+        fax_time TEXT,
+        media_url TEXT,
+        file_path TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX inbound_state ON inbound(state, next_attempt_at);
+
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL UNIQUE,  -- idempotency, e.g. report:<fax id>:delivered
+        kind TEXT NOT NULL,             -- delivered, failed, queued, received
+        state TEXT NOT NULL,            -- pending, sent, failed, dead
+        recipients TEXT NOT NULL,       -- JSON list
+        message_path TEXT NOT NULL,     -- the rendered message (.eml) on disk
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX outbox_state ON outbox(state, next_attempt_at);
+
+    CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
+]

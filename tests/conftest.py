@@ -1,0 +1,90 @@
+"""Shared fixtures: configuration files, free ports, and helpers to run the CLI."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from gateway.config import Config, config_from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE_CONFIG: dict[str, Any] = {
+    "smtp": {"listen": "127.0.0.1:0", "domain": "fax.local"},
+    "http": {
+        "listen": "127.0.0.1:0",
+        "public_url": "http://127.0.0.1:8025",
+        "webhook_token": "test-webhook-token-0123456789",
+    },
+    "voxtelesys": {"api_key": "test-api-key-abcdef", "from_number": "+12015550100"},
+    "relay": {"from_address": "fax-gateway@example.com"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+@pytest.fixture
+def config_data(tmp_path: Path) -> dict[str, Any]:
+    """A minimal valid configuration as a dict, with data.dir under tmp_path."""
+    return merge(BASE_CONFIG, {"data": {"dir": str(tmp_path / "data")}})
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
+    def write(data: dict[str, Any], name: str = "gateway.toml") -> Path:
+        path = tmp_path / name
+        path.write_bytes(tomli_w.dumps(data).encode())
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_config(config_data: dict[str, Any]) -> Callable[..., Config]:
+    def make(override: dict[str, Any] | None = None) -> Config:
+        return config_from_dict(merge(config_data, override or {}), env={})
+
+    return make
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAXGW_", "VOXTELESYS_"))}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m gateway ARGS` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=timeout,
+        cwd=ROOT,
+    )

@@ -1,0 +1,102 @@
+"""The command line, run as a real subprocess: check-config and serve's life cycle."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ROOT, cli_env, free_port, merge, run_cli
+
+
+def test_check_config_ok(write_config: Callable[..., Path], config_data: dict[str, Any]) -> None:
+    """A valid file prints 'configuration OK' and exits 0."""
+    result = run_cli("check-config", "--config", str(write_config(config_data)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "configuration OK"
+
+
+def test_check_config_problems(
+    write_config: Callable[..., Path], config_data: dict[str, Any]
+) -> None:
+    """A bad file lists every problem, exits 2, and shows no traceback."""
+    data = merge(config_data, {"smtp": {"listen": "nowhere", "typo": 1}})
+    result = run_cli("check-config", "--config", str(write_config(data)))
+    assert result.returncode == 2
+    assert "smtp.listen: 'nowhere' is not an address" in result.stderr
+    assert "smtp.typo: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_from_environment(
+    write_config: Callable[..., Path], config_data: dict[str, Any]
+) -> None:
+    """$FAXGW_CONFIG names the file when --config is absent."""
+    path = write_config(config_data)
+    result = run_cli("check-config", env=cli_env(FAXGW_CONFIG=str(path)))
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    """A missing configuration file is a user error with exit 2."""
+    result = run_cli("check-config", "--config", str(tmp_path / "none.toml"))
+    assert result.returncode == 2
+    assert "no such file" in result.stderr
+
+
+def test_help_for_each_verb() -> None:
+    """Every verb answers --help."""
+    result = run_cli("--help")
+    assert result.returncode == 0
+    verbs = ["serve", "check-config"]
+    for verb in verbs:
+        assert verb in result.stdout
+        assert run_cli(verb, "--help").returncode == 0
+
+
+def wait_for_log(proc: subprocess.Popen[str], event: str, timeout: float = 20) -> str:
+    """Read the daemon's JSON log lines until one contains `event`."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if event in line:
+            return line
+    raise AssertionError(f"{event} not logged; got {''.join(seen)}")
+
+
+def test_serve_stops_on_sigterm(
+    write_config: Callable[..., Path], config_data: dict[str, Any]
+) -> None:
+    """serve starts, logs ready, and exits 0 within 5 s of SIGTERM."""
+    data = merge(
+        config_data,
+        {
+            "smtp": {"listen": f"127.0.0.1:{free_port()}"},
+            "http": {"listen": f"127.0.0.1:{free_port()}"},
+        },
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(write_config(data))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+    ) as proc:
+        try:
+            wait_for_log(proc, "daemon.ready")
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=5) == 0
+            assert time.monotonic() - started < 5
+        finally:
+            proc.kill()

@@ -1,0 +1,188 @@
+"""Configuration: loading, defaults, environment secrets and every validation message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, config_from_dict, load_config, resolve_path
+from tests.conftest import ROOT, merge
+
+
+def problems_of(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, env={})
+    return info.value.problems
+
+
+def test_example_config_is_valid() -> None:
+    """The shipped example documents a configuration that actually loads."""
+    config = load_config(ROOT / "config" / "gateway.example.toml", env={})
+    assert config.smtp.domain == "fax.local"
+    assert config.senders["alice@example.com"].from_number == "+12015550103"
+    assert config.inbound.routes["+12015550102"] == ("billing@example.com", "boss@example.com")
+
+
+def test_defaults_fill_optional_sections(config_data: dict[str, Any]) -> None:
+    """Only the four required keys are needed; the rest have safe defaults."""
+    config = config_from_dict(config_data, env={})
+    assert config.storage.backend == "local"
+    assert config.voxtelesys.base_url == "https://faxapi.voxtelesys.net/api/v1"
+    assert config.allowed_countries == ("US",)
+    assert "+1900" in config.fax.blocked_prefixes
+
+
+def test_config_is_frozen(config_data: dict[str, Any]) -> None:
+    """Configuration objects cannot be changed after loading."""
+    config = config_from_dict(config_data, env={})
+    with pytest.raises(Exception, match="frozen"):
+        config.smtp.domain = "other"  # type: ignore[misc]
+
+
+def test_unknown_key_is_named(config_data: dict[str, Any]) -> None:
+    """A misspelt key is reported with its full path, not ignored."""
+    assert problems_of(merge(config_data, {"smtp": {"lisen": "x"}})) == [
+        "smtp.lisen: unknown key (misspelt, or in the wrong section?)"
+    ]
+
+
+def test_unknown_section_is_named(config_data: dict[str, Any]) -> None:
+    """A whole unknown section is reported too."""
+    assert problems_of(merge(config_data, {"smpt": {}})) == [
+        "smpt: unknown key (misspelt, or in the wrong section?)"
+    ]
+
+
+def test_wrong_type_is_named(config_data: dict[str, Any]) -> None:
+    """A string where a number belongs names the key, the expectation and the value."""
+    [problem] = problems_of(merge(config_data, {"smtp": {"max_message_bytes": "ten"}}))
+    assert problem.startswith("smtp.max_message_bytes: wrong type: input should be a valid integer")
+    assert "'ten'" in problem
+
+
+def test_bad_from_number() -> None:
+    """A from_number that is no number says so."""
+    data = merge(
+        {"http": {"public_url": "http://x", "webhook_token": "t" * 20}},
+        {"voxtelesys": {"api_key": "k", "from_number": "12"}, "relay": {"from_address": "a@b.cd"}},
+    )
+    assert problems_of(data) == ["voxtelesys.from_number: '12' is not a fax number: too short"]
+
+
+def test_public_url_must_be_absolute(config_data: dict[str, Any]) -> None:
+    """A relative public_url would give the carrier unusable links."""
+    assert problems_of(merge(config_data, {"http": {"public_url": "fax.example.com/x"}})) == [
+        "http.public_url: 'fax.example.com/x' is not an absolute http(s) URL"
+    ]
+
+
+def test_route_key_must_be_a_number(config_data: dict[str, Any]) -> None:
+    """An inbound route for something that is not a number is refused, naming the key."""
+    data = merge(config_data, {"inbound": {"routes": {"sales": ["a@example.com"]}}})
+    assert problems_of(data) == [
+        "inbound.routes.sales: 'sales' is not a fax number: only digits, '+' and separators allowed"
+    ]
+
+
+def test_route_keys_are_normalised(config_data: dict[str, Any]) -> None:
+    """Route numbers written any way people write them become E.164."""
+    data = merge(config_data, {"inbound": {"routes": {"+1 (201) 555-0199": ["a@example.com"]}}})
+    assert config_from_dict(data, env={}).inbound.routes == {"+12015550199": ("a@example.com",)}
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("localhost", "'localhost' is not an address: expected 'host:port'"),
+        (
+            "127.0.0.1:99999",
+            "'127.0.0.1:99999' is not an address: port must be a number from 0 to 65535",
+        ),
+        ("[::1:25", "'[::1:25' is not an address: expected '[ipv6]:port'"),
+        ("bad host!:25", "'bad host!:25' is not an address: bad host 'bad host!'"),
+    ],
+)
+def test_listen_address_must_parse(config_data: dict[str, Any], listen: str, message: str) -> None:
+    """Listen addresses that do not parse say why."""
+    assert problems_of(merge(config_data, {"smtp": {"listen": listen}})) == [
+        f"smtp.listen: {message}"
+    ]
+
+
+def test_ipv6_listen_address(config_data: dict[str, Any]) -> None:
+    """'[::1]:2525' is an IPv6 address and port."""
+    config = config_from_dict(merge(config_data, {"smtp": {"listen": "[::1]:2525"}}), env={})
+    assert (config.smtp.listen.host, config.smtp.listen.port) == ("::1", 2525)
+
+
+def test_missing_required_keys_are_all_listed() -> None:
+    """An empty file lists every required key at once."""
+    assert problems_of({}) == [
+        "http: required key is missing",
+        "voxtelesys: required key is missing",
+        "relay: required key is missing",
+    ]
+
+
+def test_several_problems_reported_together(config_data: dict[str, Any]) -> None:
+    """All problems come out in one go, so a user fixes them in one edit."""
+    data = merge(
+        config_data,
+        {
+            "smtp": {"default_country": "XX"},
+            "storage": {"backend": "s3"},
+            "fax": {"paper": "legal"},
+        },
+    )
+    problems = problems_of(data)
+    assert "smtp.default_country: 'XX' is not an ISO country code such as 'US' or 'DE'" in problems
+    assert "storage: backend 's3' needs a bucket" in problems
+    assert any(p.startswith("fax.paper: input should be 'letter' or 'a4'") for p in problems)
+
+
+def test_short_webhook_token_refused(config_data: dict[str, Any]) -> None:
+    """A guessable webhook token is refused."""
+    assert problems_of(merge(config_data, {"http": {"webhook_token": "short"}})) == [
+        "http.webhook_token: must be at least 16 characters (it is the webhook's only password)"
+    ]
+
+
+def test_environment_secrets_win(config_data: dict[str, Any]) -> None:
+    """Secrets from the environment override the file."""
+    env = {
+        "VOXTELESYS_API_KEY": "key-from-env",
+        "FAXGW_WEBHOOK_TOKEN": "token-from-env-0123456789",
+        "FAXGW_RELAY_PASSWORD": "pw-from-env",
+    }
+    data = merge(config_data, {"relay": {"username": "u", "password": "pw-in-file"}})
+    config = config_from_dict(data, env=env)
+    assert config.voxtelesys.api_key.get_secret_value() == "key-from-env"
+    assert config.http.webhook_token.get_secret_value() == "token-from-env-0123456789"
+    assert config.relay.password is not None
+    assert config.relay.password.get_secret_value() == "pw-from-env"
+
+
+def test_secrets_do_not_print(config_data: dict[str, Any]) -> None:
+    """repr() of the configuration never shows a secret."""
+    config = config_from_dict(config_data, env={})
+    assert "test-api-key-abcdef" not in repr(config)
+    assert "test-webhook-token" not in repr(config)
+
+
+def test_config_path_resolution(tmp_path: Path) -> None:
+    """--config wins over $FAXGW_CONFIG, which wins over /etc."""
+    assert resolve_path("a.toml", {"FAXGW_CONFIG": "b.toml"}) == Path("a.toml")
+    assert resolve_path(None, {"FAXGW_CONFIG": "b.toml"}) == Path("b.toml")
+    assert resolve_path(None, {}) == Path("/etc/fax-gateway/gateway.toml")
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    """A missing file and broken TOML are problems, not tracebacks."""
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[smtp\nlisten=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
