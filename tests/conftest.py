@@ -18,6 +18,13 @@ from gateway.config import Config, config_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Fixture modules of the real test servers: every tests/servers/*.py is a plugin.
+pytest_plugins = sorted(
+    f"tests.servers.{path.stem}"
+    for path in (Path(__file__).parent / "servers").glob("*.py")
+    if path.stem != "__init__"
+)
+
 BASE_CONFIG: dict[str, Any] = {
     "smtp": {"listen": "127.0.0.1:0", "domain": "fax.local"},
     "http": {
