@@ -1,0 +1,166 @@
+"""Carrier webhook events, stored before they are answered and applied afterwards.
+
+One row per (carrier fax id, status): the carrier retries a webhook it thinks was not received,
+and the unique key turns every retry into a no-op. The events worker (gateway/events.py) reads
+the unprocessed rows in arrival order and marks each processed once its effect is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.store.db import transaction
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    carrier_id: str
+    status: str
+    direction: str
+    payload: dict[str, Any]
+    received_at: float
+    processed_at: float | None
+    attempts: int
+    error: str | None
+
+
+def normalize_status(status: str) -> str:
+    """The form a status is stored and deduplicated in ("Delivered " and "delivered" are one)."""
+    return status.strip().lower()
+
+
+def record_event(
+    conn: sqlite3.Connection,
+    carrier_id: str,
+    status: str,
+    direction: str,
+    payload: dict[str, Any],
+    now: float,
+) -> int | None:
+    """Store an event; its row id, or None when the same (fax, status) is already stored."""
+    with transaction(conn):
+        cursor = conn.execute(
+            "INSERT INTO events (carrier_id, status, direction, payload, received_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (carrier_id, status) DO NOTHING",
+            (
+                carrier_id,
+                normalize_status(status),
+                direction.strip().lower(),
+                json.dumps(payload, sort_keys=True),
+                now,
+            ),
+        )
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+
+def record_or_reopen_event(
+    conn: sqlite3.Connection,
+    carrier_id: str,
+    status: str,
+    direction: str,
+    payload: dict[str, Any],
+    now: float,
+) -> bool:
+    """Store an event, or make an already processed one with the same key due again.
+
+    For the reconciler: it only calls this for a fax our store still has unfinished, so an
+    earlier event with this status evidently did not take effect (its verification saw an
+    older state, say) and must be applied again. True when something is now due.
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "INSERT INTO events (carrier_id, status, direction, payload, received_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (carrier_id, status) DO UPDATE SET"
+            " processed_at = NULL, attempts = 0, error = NULL, payload = excluded.payload"
+            " WHERE processed_at IS NOT NULL",
+            (
+                carrier_id,
+                normalize_status(status),
+                direction.strip().lower(),
+                json.dumps(payload, sort_keys=True),
+                now,
+            ),
+        )
+        return cursor.rowcount == 1
+
+
+def pending_events(conn: sqlite3.Connection, limit: int = 100) -> list[Event]:
+    """Unprocessed events, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM events WHERE processed_at IS NULL ORDER BY id LIMIT ?", (limit,)
+    ).fetchall()
+    return [_event(row) for row in rows]
+
+
+def get_event(conn: sqlite3.Connection, event_id: int) -> Event | None:
+    row = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
+    return None if row is None else _event(row)
+
+
+def events_of(conn: sqlite3.Connection, carrier_id: str) -> list[Event]:
+    rows = conn.execute(
+        "SELECT * FROM events WHERE carrier_id = ? ORDER BY id", (carrier_id,)
+    ).fetchall()
+    return [_event(row) for row in rows]
+
+
+def mark_processed(
+    conn: sqlite3.Connection,
+    event_id: int,
+    now: float,
+    *,
+    error: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    """The event's effect is committed (or it was dropped, with `error` saying why).
+
+    `payload`, when given, replaces the stored one: after verification it is the carrier's own
+    record, which is what was acted upon.
+    """
+    with transaction(conn):
+        if payload is None:
+            conn.execute(
+                "UPDATE events SET processed_at = ?, error = ? WHERE id = ?",
+                (now, error, event_id),
+            )
+        else:
+            conn.execute(
+                "UPDATE events SET processed_at = ?, error = ?, payload = ? WHERE id = ?",
+                (now, error, json.dumps(payload, sort_keys=True), event_id),
+            )
+
+
+def note_failure(conn: sqlite3.Connection, event_id: int, error: str) -> int:
+    """Count a failed attempt at applying the event; returns the attempts so far."""
+    with transaction(conn):
+        row = conn.execute(
+            "UPDATE events SET attempts = attempts + 1, error = ? WHERE id = ? RETURNING attempts",
+            (error, event_id),
+        ).fetchone()
+    return int(row["attempts"]) if row is not None else 0
+
+
+def count_pending(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM events WHERE processed_at IS NULL").fetchone()[0])
+
+
+def _event(row: sqlite3.Row) -> Event:
+    try:
+        payload = json.loads(row["payload"])
+    except ValueError:
+        payload = {}
+    return Event(
+        id=row["id"],
+        carrier_id=row["carrier_id"],
+        status=row["status"],
+        direction=row["direction"],
+        payload=payload if isinstance(payload, dict) else {},
+        received_at=row["received_at"],
+        processed_at=row["processed_at"],
+        attempts=row["attempts"],
+        error=row["error"],
+    )

@@ -1,0 +1,208 @@
+"""Inbound faxes the carrier announced, from announcement until their mail is out (table `inbound`).
+
+States, each owned by one step of the inbound worker (gateway/inbound.py):
+- announced: the carrier told us (webhook or reconciler); the document is not here yet.
+- stored: the document is on disk under data.dir/inbound/; the mail is not queued yet.
+- mailed: the mail is queued in the outbox; the file stays until the relay took the mail.
+- dead: the mail could not be delivered after inbound.max_attempts (or the document could not
+  be fetched); the file, if any, is in data.dir/dead-letter/ for an operator.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.store.db import transaction
+
+
+class InboundState(StrEnum):
+    ANNOUNCED = "announced"
+    STORED = "stored"
+    MAILED = "mailed"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class InboundFax:
+    id: int
+    carrier_id: str
+    state: InboundState
+    from_number: str
+    to_number: str
+    pages: int | None
+    duration: int | None
+    fax_time: str | None
+    media_url: str | None
+    file_path: str | None
+    attempts: int
+    next_attempt_at: float
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+def announce_inbound(
+    conn: sqlite3.Connection,
+    *,
+    carrier_id: str,
+    from_number: str,
+    to_number: str,
+    pages: int | None,
+    duration: int | None,
+    fax_time: str | None,
+    media_url: str | None,
+    now: float,
+) -> int | None:
+    """Record an announced inbound fax; its id, or None if this carrier id is already known."""
+    with transaction(conn):
+        cursor = conn.execute(
+            "INSERT INTO inbound (carrier_id, state, from_number, to_number, pages, duration,"
+            " fax_time, media_url, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (carrier_id) DO NOTHING",
+            (
+                carrier_id,
+                InboundState.ANNOUNCED,
+                from_number,
+                to_number,
+                pages,
+                duration,
+                fax_time,
+                media_url,
+                now,
+                now,
+            ),
+        )
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+
+def get_inbound(conn: sqlite3.Connection, inbound_id: int) -> InboundFax | None:
+    row = conn.execute("SELECT * FROM inbound WHERE id = ?", (inbound_id,)).fetchone()
+    return None if row is None else _inbound(row)
+
+
+def inbound_by_carrier_id(conn: sqlite3.Connection, carrier_id: str) -> InboundFax | None:
+    row = conn.execute("SELECT * FROM inbound WHERE carrier_id = ?", (carrier_id,)).fetchone()
+    return None if row is None else _inbound(row)
+
+
+def due_inbound(
+    conn: sqlite3.Connection, state: InboundState, now: float, limit: int = 50
+) -> list[InboundFax]:
+    """Faxes in `state` whose next attempt is due, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM inbound WHERE state = ? AND next_attempt_at <= ?"
+        " ORDER BY next_attempt_at, id LIMIT ?",
+        (state, now, limit),
+    ).fetchall()
+    return [_inbound(row) for row in rows]
+
+
+def inbound_in_state(conn: sqlite3.Connection, state: InboundState) -> list[InboundFax]:
+    rows = conn.execute("SELECT * FROM inbound WHERE state = ? ORDER BY id", (state,)).fetchall()
+    return [_inbound(row) for row in rows]
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    """When the earliest announced or stored fax is due next (None when there is none)."""
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM inbound WHERE state IN (?, ?)",
+        (InboundState.ANNOUNCED, InboundState.STORED),
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def mark_stored(conn: sqlite3.Connection, inbound_id: int, file_path: str, now: float) -> None:
+    """The document is durably on disk; the mail step starts with a fresh attempt count."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE inbound SET state = ?, file_path = ?, attempts = 0, next_attempt_at = 0,"
+            " error = NULL, updated_at = ? WHERE id = ?",
+            (InboundState.STORED, file_path, now, inbound_id),
+        )
+
+
+def mark_mailed(conn: sqlite3.Connection, inbound_id: int, now: float) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE inbound SET state = ?, attempts = 0, next_attempt_at = 0, error = NULL,"
+            " updated_at = ? WHERE id = ?",
+            (InboundState.MAILED, now, inbound_id),
+        )
+
+
+def defer_inbound(
+    conn: sqlite3.Connection,
+    inbound_id: int,
+    error: str,
+    next_attempt_at: float,
+    now: float,
+    *,
+    count: bool = True,
+) -> int:
+    """Try again at `next_attempt_at`; `count` adds one to the attempts. Returns the attempts."""
+    with transaction(conn):
+        row = conn.execute(
+            "UPDATE inbound SET attempts = attempts + ?, next_attempt_at = ?, error = ?,"
+            " updated_at = ? WHERE id = ? RETURNING attempts",
+            (1 if count else 0, next_attempt_at, error, now, inbound_id),
+        ).fetchone()
+    return int(row["attempts"]) if row is not None else 0
+
+
+def set_file_path(
+    conn: sqlite3.Connection, inbound_id: int, file_path: str | None, now: float
+) -> None:
+    """The document moved (dead letter, requeue) or was removed after its mail went out."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE inbound SET file_path = ?, updated_at = ? WHERE id = ?",
+            (file_path, now, inbound_id),
+        )
+
+
+def mark_dead(
+    conn: sqlite3.Connection, inbound_id: int, file_path: str | None, error: str, now: float
+) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE inbound SET state = ?, file_path = ?, error = ?, updated_at = ? WHERE id = ?",
+            (InboundState.DEAD, file_path, error, now, inbound_id),
+        )
+
+
+def revive(
+    conn: sqlite3.Connection,
+    inbound_id: int,
+    state: InboundState,
+    file_path: str | None,
+    now: float,
+) -> None:
+    """Put a dead fax back in `state` with a fresh attempt count (the queue tools' requeue)."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE inbound SET state = ?, file_path = ?, attempts = 0, next_attempt_at = 0,"
+            " error = NULL, updated_at = ? WHERE id = ?",
+            (state, file_path, now, inbound_id),
+        )
+
+
+def _inbound(row: sqlite3.Row) -> InboundFax:
+    return InboundFax(
+        id=row["id"],
+        carrier_id=row["carrier_id"],
+        state=InboundState(row["state"]),
+        from_number=row["from_number"],
+        to_number=row["to_number"],
+        pages=row["pages"],
+        duration=row["duration"],
+        fax_time=row["fax_time"],
+        media_url=row["media_url"],
+        file_path=row["file_path"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )

@@ -1,0 +1,243 @@
+"""The webhook endpoint on a real aiohttp server with a real SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from gateway.config import Address, Config
+from gateway.httpd import HttpServer, create_app
+from gateway.store import Database
+from gateway.store.events import Event, events_of, pending_events
+from gateway.webhooks import add_routes
+
+TOKEN = "test-webhook-token-0123456789"
+FAX_ID = "4f778644-6e11-48f2-99eb-a32e4e1a5748"
+
+PAYLOAD: dict[str, Any] = {
+    "type": "fax",
+    "id": FAX_ID,
+    "direction": "outbound",
+    "to": "15556667777",
+    "from": "15556668888",
+    "status": "delivered",
+    "time": "2024-06-19T15:38:17.140Z",
+    "pages": "3",
+    "duration": "95",
+}
+
+
+@dataclass
+class Endpoint:
+    url: str
+    db: Database
+    session: aiohttp.ClientSession
+    wakes: list[int] = field(default_factory=list)
+    counted: list[str] = field(default_factory=list)
+
+    def hook(self, token: str = TOKEN) -> str:
+        return f"{self.url}/webhooks/fax/{token}"
+
+    async def post(self, payload: Any, token: str = TOKEN) -> tuple[int, Any]:
+        async with self.session.post(self.hook(token), json=payload) as response:
+            return response.status, await response.json()
+
+    async def events(self, carrier_id: str = FAX_ID) -> list[Event]:
+        return await self.db.run(events_of, carrier_id)
+
+
+class _Metrics:
+    def __init__(self, sink: list[str]) -> None:
+        self.sink = sink
+
+    def webhook_event(self, result: str) -> None:
+        self.sink.append(result)
+
+
+StartEndpoint = Callable[..., Awaitable[Endpoint]]
+
+
+@pytest.fixture
+async def start_endpoint(make_config: Callable[..., Config]) -> AsyncIterator[StartEndpoint]:
+    """Starts the endpoint (with a config override) on a free port; all stopped afterwards."""
+    started: list[tuple[HttpServer, Database, aiohttp.ClientSession]] = []
+
+    async def start(override: dict[str, Any] | None = None) -> Endpoint:
+        config = make_config(override)
+        db = await Database(config.data.dir / "store.db").open()
+        app = create_app(client_max_size=max(config.http.max_webhook_bytes, 1024**2))
+        wakes: list[int] = []
+        counted: list[str] = []
+        add_routes(
+            app, config=config, db=db, wake=lambda: wakes.append(1), metrics=_Metrics(counted)
+        )
+        server = HttpServer(app, Address("127.0.0.1", 0))
+        await server.start()
+        session = aiohttp.ClientSession()
+        started.append((server, db, session))
+        return Endpoint(f"http://127.0.0.1:{server.port}", db, session, wakes, counted)
+
+    yield start
+    for server, db, session in started:
+        await session.close()
+        await server.stop()
+        db.close()
+
+
+@pytest.fixture
+async def endpoint(start_endpoint: StartEndpoint) -> Endpoint:
+    return await start_endpoint()
+
+
+async def test_post_is_stored_then_answered_and_wakes_the_worker(endpoint: Endpoint) -> None:
+    """A valid POST webhook is committed to `events`, answered 200, and wakes the worker."""
+    status, body = await endpoint.post(PAYLOAD)
+    assert (status, body) == (200, {"result": "stored"})
+    [event] = await endpoint.events()
+    assert (event.status, event.direction, event.processed_at) == ("delivered", "outbound", None)
+    assert event.payload["pages"] == "3"
+    assert endpoint.wakes == [1]
+    assert endpoint.counted == ["stored"]
+
+
+async def test_duplicates_are_answered_200_and_stored_once(endpoint: Endpoint) -> None:
+    """The carrier's retries of one (fax, status) are answered 200 and change nothing."""
+    for _ in range(3):
+        status, _body = await endpoint.post(PAYLOAD)
+        assert status == 200
+    status, body = await endpoint.post({**PAYLOAD, "status": " Delivered "})
+    assert (status, body) == (200, {"result": "duplicate"})
+    assert len(await endpoint.events()) == 1
+    assert endpoint.wakes == [1]
+    # A different status of the same fax is a new event.
+    status, body = await endpoint.post({**PAYLOAD, "status": "delivering"})
+    assert body == {"result": "stored"}
+    assert [e.status for e in await endpoint.events()] == ["delivered", "delivering"]
+
+
+async def test_get_style_webhook_with_bracketed_fields(endpoint: Endpoint) -> None:
+    """A GET webhook's query parameters are stored nested, like the POST body would be."""
+    params = {
+        "type": "fax",
+        "id": "in-1",
+        "direction": "inbound",
+        "to": "12015550123",
+        "from": "15556668888",
+        "status": "received",
+        "pages": "2",
+        "links[0][media]": "https://media.example/in-1.tiff",
+        "error[code]": "",
+    }
+    async with endpoint.session.get(endpoint.hook(), params=params) as response:
+        assert response.status == 200
+    [event] = await endpoint.events("in-1")
+    assert event.direction == "inbound"
+    assert event.payload["links"] == [{"media": "https://media.example/in-1.tiff"}]
+
+
+@pytest.mark.parametrize("token", ["wrong-token-0123456789abc", TOKEN[:-1], TOKEN + "x", ""])
+async def test_wrong_or_missing_token_is_404_and_not_logged(endpoint: Endpoint, token: str) -> None:
+    """Without the exact token nothing is stored, the answer is 404, and no token is logged."""
+    with capture_logs() as logs:
+        status, _body = await endpoint.post(PAYLOAD, token=token)
+        async with endpoint.session.get(endpoint.url + "/webhooks/fax") as response:
+            bare_status = response.status
+    assert status == 404
+    assert bare_status == 404
+    assert await endpoint.events() == []
+    assert [e["event"] for e in logs] == ["webhook.bad_token", "webhook.bad_token"]
+    assert TOKEN not in repr(logs)
+    assert endpoint.wakes == []
+
+
+async def test_body_over_the_limit_is_413(start_endpoint: StartEndpoint) -> None:
+    """A body larger than http.max_webhook_bytes is refused with 413, with or without a length."""
+    ep = await start_endpoint({"http": {"max_webhook_bytes": 1024}})
+    big = {**PAYLOAD, "padding": "x" * 2000}
+    status, body = await ep.post(big)
+    assert status == 413
+    assert "1024" in body["error"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(40):
+            yield b" " * 100
+
+    async with ep.session.post(ep.hook(), data=chunks()) as response:
+        assert response.status == 413
+    assert await ep.events() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "body is not JSON"),
+        (b"", "empty body"),
+        (b"[1, 2]", "expected a JSON object, got list"),
+        (b'{"type": "sms", "id": "x", "status": "delivered"}', "type must be 'fax'"),
+        (b'{"id": "x", "status": "delivered"}', "type must be 'fax'"),
+        (b'{"type": "fax", "status": "delivered"}', "missing id"),
+        (b'{"type": "fax", "id": "x"}', "missing status"),
+        (b'{"type": "fax", "id": "  ", "status": "delivered"}', "id is empty"),
+        (b'{"type": "fax", "id": {"a": 1}, "status": "delivered"}', "id must be a string"),
+        (b'{"type": "fax", "id": "a\\r\\nb", "status": "delivered"}', "control characters"),
+    ],
+)
+async def test_malformed_payloads_are_400_with_a_reason(
+    endpoint: Endpoint, body: bytes, reason: str
+) -> None:
+    """Anything that is not a fax webhook is answered 400 and says why; nothing is stored."""
+    async with endpoint.session.post(
+        endpoint.hook(), data=body, headers={"Content-Type": "application/json"}
+    ) as response:
+        assert response.status == 400
+        assert reason in (await response.json())["error"]
+    assert await endpoint.db.run(pending_events) == []
+    assert endpoint.counted == ["malformed"]
+
+
+async def test_without_verification_the_payload_must_be_a_whole_fax(
+    start_endpoint: StartEndpoint,
+) -> None:
+    """With webhooks.verify off the payload is acted upon, so an incomplete one is refused."""
+    ep = await start_endpoint({"webhooks": {"verify": False}})
+    partial = {k: v for k, v in PAYLOAD.items() if k != "to"}
+    status, body = await ep.post(partial)
+    assert status == 400
+    assert body["error"] == "missing to"
+    status, _body = await ep.post(PAYLOAD)
+    assert status == 200
+
+
+async def test_a_store_failure_is_500_so_the_carrier_retries(endpoint: Endpoint) -> None:
+    """When the event cannot be committed the answer is 500, and a retry later is stored."""
+    other = sqlite3.connect(endpoint.db.path)
+    other.execute("ALTER TABLE events RENAME TO events_away")
+    other.commit()
+    try:
+        with capture_logs() as logs:
+            status, _body = await endpoint.post(PAYLOAD)
+        assert status == 500
+        assert "webhook.store_failed" in [e["event"] for e in logs]
+        assert endpoint.wakes == []
+    finally:
+        other.execute("ALTER TABLE events_away RENAME TO events")
+        other.commit()
+        other.close()
+    status, body = await endpoint.post(PAYLOAD)
+    assert (status, body) == (200, {"result": "stored"})
+
+
+async def test_webhook_id_is_bound_in_the_log_context(endpoint: Endpoint) -> None:
+    """Every line written while handling one webhook carries its webhook id and fax id."""
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        await endpoint.post(PAYLOAD)
+    [line] = [e for e in logs if e["event"] == "webhook.received"]
+    assert line["fax_id"] == FAX_ID
+    assert len(line["webhook_id"]) == 12
