@@ -34,10 +34,12 @@ class NumberError(ValueError):
 def parse_fax_number(text: str, default_country: str = "US", *, strict: bool = True) -> str:
     """Parse `text` into E.164 with a leading '+', or raise NumberError with the reason.
 
-    Accepted: "+15551234567", "15551234567", "1-555-123-4567", "555.123.4567", and national
-    numbers of `default_country`. A string of digits that starts with the default country's
-    calling code and is too long to be a national number is read as international, which is how
-    people write NANP numbers in an address ("15551234567@fax.local").
+    Accepted: "+15551234567", "15551234567", "1-555-123-4567", "555.123.4567", national
+    numbers of `default_country` ("(201) 555-0123", "020 7183 8750" with GB), the default
+    country's international dialling prefix ("011 44 20 7183 8750" in the US), and
+    international numbers written without the '+' ("442071838750"), which is how people write
+    them in an address because a '+' there may be taken for a sub-address. Digits are read as
+    a national number first, then as international.
 
     `strict` asks libphonenumber whether the number is assigned in its numbering plan; without
     it only the length must be possible. The demo runs non-strict so the fictional 555 numbers
@@ -65,25 +67,40 @@ def parse_fax_number(text: str, default_country: str = "US", *, strict: bool = T
         candidates.append(digits)
         candidates.append("+" + digits)
 
-    last_reason = f"{raw!r} is not a valid fax number"
+    # The reason from the reading that got furthest is the one shown; on a tie, the first
+    # (national) reading's, which is the one the user most likely meant.
+    best: tuple[int, str] = (-1, f"{raw!r} is not a valid fax number")
     for candidate in candidates:
-        try:
-            number = phonenumbers.parse(candidate, None if candidate.startswith("+") else region)
-        except NumberParseException as exc:
-            last_reason = f"{raw!r} is not a fax number: {_parse_reason(exc)}"
-            continue
-        if strict and not phonenumbers.is_valid_number(number):
-            last_reason = f"{raw!r} is not a valid number in any numbering plan"
-            continue
-        if not phonenumbers.is_possible_number(number):
-            last_reason = f"{raw!r} has the wrong number of digits for its country"
-            continue
-        if phonenumbers.number_type(number) not in _FAXABLE_TYPES:
-            kind = phonenumbers.number_type(number)
-            last_reason = f"{raw!r} cannot receive a fax (number type {_type_name(kind)})"
-            continue
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    raise NumberError(last_reason)
+        stage, result = _check(raw, candidate, region, strict)
+        if stage == _ACCEPTED:
+            return result
+        if stage > best[0]:
+            best = (stage, result)
+    raise NumberError(best[1])
+
+
+# How far a reading got before it failed; the furthest one explains the failure best.
+_UNPARSABLE, _IMPOSSIBLE, _INVALID, _NOT_FAXABLE, _ACCEPTED = range(5)
+
+
+def _check(raw: str, candidate: str, region: str, strict: bool) -> tuple[int, str]:
+    """(stage, E.164) for an accepted reading, else (stage reached, reason)."""
+    try:
+        number = phonenumbers.parse(candidate, None if candidate.startswith("+") else region)
+    except NumberParseException as exc:
+        return _UNPARSABLE, f"{raw!r} is not a fax number: {_parse_reason(exc)}"
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible == phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
+        # Dialable only from inside its area ("555-0123"): the carrier needs the area code.
+        return _IMPOSSIBLE, f"{raw!r} is a local number: add the area code"
+    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return _IMPOSSIBLE, f"{raw!r} has the wrong number of digits for its country"
+    if strict and not phonenumbers.is_valid_number(number):
+        return _INVALID, f"{raw!r} is not an assigned number in its country's numbering plan"
+    kind = phonenumbers.number_type(number)
+    if kind not in _FAXABLE_TYPES:
+        return _NOT_FAXABLE, f"{raw!r} cannot receive a fax (number type {_type_name(kind)})"
+    return _ACCEPTED, phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def region_of(e164: str) -> str | None:

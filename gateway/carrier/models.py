@@ -1,0 +1,272 @@
+"""The carrier's fax object, read leniently from REST responses and webhooks alike.
+
+The documentation is loose about types: REST responses give `pages` and `duration` as numbers,
+the webhook table calls them strings; `links` is "an object" whose field is written
+`links[].media`; `error.code` is a number in responses and "string" in the webhook table.
+`Fax.from_api` accepts every one of those readings, ignores keys it does not know, and raises
+PayloadError only when a field we cannot work without is missing or unusable.
+
+GET-style webhooks carry the same fields as query parameters. The documentation does not say
+how nested fields are written there; the sandbox uses the bracket convention of common web
+frameworks (`error[code]=5109`, `links[0][media]=https://...`), and `from_api` also accepts
+dotted keys (`error.code`), so both are read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.carrier.faxerrors import FaxErrorInfo, describe
+from gateway.carrier.status import Outcome, classify
+
+
+class PayloadError(ValueError):
+    """A carrier payload lacks a field we need, or has it in an unusable form."""
+
+
+@dataclass(frozen=True)
+class Fax:
+    """One fax as the carrier describes it. Numbers are as the carrier wrote them."""
+
+    id: str
+    direction: str
+    to: str
+    from_: str
+    status: str
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+    url: str | None = None
+    pages: int | None = None
+    duration: int | None = None
+    attempts: int | None = None
+    error_code: int | None = None
+    error_description: str | None = None
+    media_url: str | None = None
+    time: str | None = None
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Fax:
+        """Read a fax from a REST response, a webhook body, or webhook query parameters."""
+        if not isinstance(data, Mapping):
+            raise PayloadError(f"expected a JSON object, got {type(data).__name__}")
+        if any(("[" in key or "." in key) for key in data if isinstance(key, str)):
+            data = unflatten_query(data.items())
+        error_code, error_description = _error(data.get("error"))
+        return cls(
+            id=_required_text(data, "id"),
+            direction=_required_text(data, "direction").lower(),
+            to=_required_number(data, "to"),
+            from_=_required_number(data, "from"),
+            status=_required_text(data, "status"),
+            created_at=_timestamp(data.get("created_at")),
+            modified_at=_timestamp(data.get("modified_at")),
+            url=_optional_text(data.get("url")),
+            pages=_count(data.get("pages")),
+            duration=_count(data.get("duration")),
+            attempts=_count(data.get("attempts")),
+            error_code=error_code,
+            error_description=error_description,
+            media_url=_media_url(data.get("links")),
+            time=_optional_text(data.get("time")),
+        )
+
+    @property
+    def has_error(self) -> bool:
+        return self.error_code is not None or self.error_description is not None
+
+    @property
+    def to_e164(self) -> str:
+        """The recipient with a leading '+' (the carrier writes digits only)."""
+        return _e164(self.to)
+
+    @property
+    def from_e164(self) -> str:
+        return _e164(self.from_)
+
+    @property
+    def error_info(self) -> FaxErrorInfo | None:
+        """Our description of the fax error, or None when the fax has no error."""
+        if not self.has_error:
+            return None
+        info = describe(self.error_code)
+        if self.error_code is None and self.error_description:
+            return info._replace(description=self.error_description)
+        return info
+
+    def outcome(self, success_statuses: Iterable[str]) -> Outcome:
+        return classify(self.status, self.has_error, success_statuses)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (dates as ISO 8601), e.g. for `--json` output."""
+        data = asdict(self)
+        data["from"] = data.pop("from_")
+        for key in ("created_at", "modified_at"):
+            if data[key] is not None:
+                data[key] = data[key].isoformat()
+        return data
+
+
+def unflatten_query(items: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    """Nest flat parameters: `error[code]` or `error.code` -> {"error": {"code": ...}}.
+
+    Numeric parts make lists (`links[0][media]`); empty brackets (`links[][media]`) are read
+    as the first element, which is all a webhook carries. A repeated key keeps its last value.
+    """
+    root: dict[str, Any] = {}
+    for raw_key, value in items:
+        parts = _key_parts(str(raw_key))
+        if not parts:
+            continue
+        node = root
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+_KEY_PART = re.compile(r"\[([^\]]*)\]|\.?([^.\[\]]+)")
+
+
+def _key_parts(key: str) -> list[str]:
+    parts: list[str] = []
+    for match in _KEY_PART.finditer(key):
+        part = match.group(1) if match.group(1) is not None else match.group(2)
+        # "links[][media]": an empty index is the first (and in webhooks only) element.
+        parts.append(part if part != "" else "0")
+    return parts
+
+
+def _lists(node: Any) -> Any:
+    """Dicts whose keys are all digits become lists, in index order."""
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _lists(value) for key, value in node.items()}
+    if converted and all(key.isdigit() for key in converted):
+        return [converted[key] for key in sorted(converted, key=int)]
+    return converted
+
+
+def _required_text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if value is None:
+        raise PayloadError(f"missing {key}")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise PayloadError(f"{key} must be a string, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise PayloadError(f"{key} is empty")
+    return text
+
+
+def _required_number(data: Mapping[str, Any], key: str) -> str:
+    text = _required_text(data, key)
+    if not re.fullmatch(r"\+?[0-9]{1,15}", text):
+        raise PayloadError(f"{key} is not a phone number: {text!r}")
+    return text
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list | bool):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative whole number given as number or string; anything else is unknown."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value) if isinstance(value, str) else value
+    except ValueError:
+        return None
+    if not isinstance(number, int | float) or number != number or number < 0:
+        return None
+    if isinstance(number, float) and not number.is_integer():
+        # A fractional duration is rounded; a fractional page count does not occur.
+        return round(number)
+    return int(number)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """ISO 8601 (with 'Z' or an offset; naive means UTC) or Unix seconds/milliseconds."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = value / 1000 if value > 10**11 else value
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return _timestamp(int(text))
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _error(value: Any) -> tuple[int | None, str | None]:
+    """(code, description) of an `error` object; a JSON string is decoded first."""
+    if value is None or value == "" or value == {}:
+        return None, None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None, value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, None
+    if not isinstance(value, Mapping):
+        return None, _optional_text(value)
+    code: int | None = None
+    raw_code = value.get("code")
+    if raw_code is not None and not isinstance(raw_code, bool):
+        try:
+            code = int(str(raw_code).strip())
+        except ValueError:
+            code = None
+    description = _optional_text(value.get("description"))
+    if code is None and description is None and raw_code is not None:
+        description = f"error {raw_code}"
+    return code, description
+
+
+def _media_url(value: Any) -> str | None:
+    """`links.media`, where links is an object, a list of objects, or a JSON string of one."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            try:
+                return _media_url(json.loads(text))
+            except ValueError:
+                return None
+        # A bare URL in `links` can only be the media link.
+        return text if text.startswith(("http://", "https://")) else None
+    if isinstance(value, Mapping):
+        return _optional_text(value.get("media"))
+    if isinstance(value, list):
+        for item in value:
+            found = _media_url(item) if isinstance(item, Mapping) else None
+            if found:
+                return found
+    return None
+
+
+def _e164(number: str) -> str:
+    return number if number.startswith("+") else "+" + number
