@@ -119,4 +119,13 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     )
     """,
+    # 2: faxes remember when their outcome was handed to the reporter (so a report is never
+    # lost between a state change and queueing its mail, and no document is cleaned before),
+    # and when the current round of POSTs began (the window a restart searches the carrier's
+    # list in for a fax a crash may have hidden, which after a retry excludes older faxes).
+    """
+    ALTER TABLE faxes ADD COLUMN reported_at REAL;
+    ALTER TABLE faxes ADD COLUMN submit_started_at REAL;
+    CREATE INDEX faxes_unreported ON faxes(state) WHERE reported_at IS NULL
+    """,
 ]
