@@ -18,6 +18,7 @@ from gateway.config import Config, ConfigError, load_config, resolve_path
 COMMAND_MODULES = [
     "gateway.commands.serve",
     "gateway.commands.check_config",
+    "gateway.commands.user",
 ]
 
 EXIT_USAGE = 2
