@@ -123,9 +123,11 @@ MIGRATIONS: list[str] = [
     # lost between a state change and queueing its mail, and no document is cleaned before),
     # and when the current round of POSTs began (the window a restart searches the carrier's
     # list in for a fax a crash may have hidden, which after a retry excludes older faxes).
+    # The partial indexes keep the reporter's and the cleaner's scans off the long history.
     """
     ALTER TABLE faxes ADD COLUMN reported_at REAL;
     ALTER TABLE faxes ADD COLUMN submit_started_at REAL;
-    CREATE INDEX faxes_unreported ON faxes(state) WHERE reported_at IS NULL
+    CREATE INDEX faxes_unreported ON faxes(state) WHERE reported_at IS NULL;
+    CREATE INDEX jobs_uncleaned ON jobs(state) WHERE stored_deleted_at IS NULL
     """,
 ]
