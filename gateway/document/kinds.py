@@ -1,0 +1,88 @@
+"""The kinds of document a fax can carry, recognised by their bytes.
+
+Mail clients declare attachment types carelessly (`application/octet-stream`, `image/jpg`, a PNG
+sent as `image/jpeg`), so what a part *is* is decided here from its first bytes. Only the four
+formats the carrier renders are recognised; anything else is "not faxable" (None).
+"""
+
+from __future__ import annotations
+
+PDF = "application/pdf"
+TIFF = "image/tiff"
+PNG = "image/png"
+JPEG = "image/jpeg"
+
+# Order matters: it is the order in which the types are named to people.
+FAXABLE_TYPES: tuple[str, ...] = (PDF, TIFF, PNG, JPEG)
+
+# What a person reads in an error: "attach PDF, TIFF, PNG or JPEG".
+TYPE_NAMES: dict[str, str] = {PDF: "PDF", TIFF: "TIFF", PNG: "PNG", JPEG: "JPEG"}
+
+_EXTENSIONS: dict[str, str] = {PDF: ".pdf", TIFF: ".tif", PNG: ".png", JPEG: ".jpg"}
+
+# Filename extensions and declared types people use for the faxable kinds. Used only to tell
+# "this was meant to be a PDF but its bytes are not one" (corrupt) from "this is a Word file"
+# (unsupported); the bytes always decide what a part is.
+_CLAIMED_BY_EXTENSION: dict[str, str] = {
+    ".pdf": PDF,
+    ".tif": TIFF,
+    ".tiff": TIFF,
+    ".png": PNG,
+    ".jpg": JPEG,
+    ".jpeg": JPEG,
+    ".jpe": JPEG,
+    ".jfif": JPEG,
+}
+_CLAIMED_BY_TYPE: dict[str, str] = {
+    PDF: PDF,
+    "application/x-pdf": PDF,
+    TIFF: TIFF,
+    "image/tif": TIFF,
+    "image/x-tiff": TIFF,
+    PNG: PNG,
+    "image/x-png": PNG,
+    JPEG: JPEG,
+    "image/jpg": JPEG,
+    "image/pjpeg": JPEG,
+}
+
+# Acrobat accepts a PDF header anywhere in the first 1024 bytes (some generators prepend junk
+# such as a UTF-8 BOM or a mail gateway's banner); so do we.
+_PDF_HEADER_WINDOW = 1024
+
+
+def sniff(data: bytes) -> str | None:
+    """The faxable MIME type of `data` judged by its magic bytes, or None if it is none of them."""
+    head = data[:_PDF_HEADER_WINDOW]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG
+    if head.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    # Classic TIFF only, little or big endian. BigTIFF (version 43) is not something fax
+    # software produces and img2pdf cannot embed it.
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return TIFF
+    if b"%PDF-" in head:
+        return PDF
+    return None
+
+
+def extension(content_type: str) -> str:
+    """The usual filename extension (with its dot) for a content type; ".bin" if unknown."""
+    return _EXTENSIONS.get(_bare(content_type), ".bin")
+
+
+def claimed_type(declared_type: str | None, filename: str | None) -> str | None:
+    """The faxable type a part *claims* to be by its declared type or filename, if any."""
+    if declared_type and _bare(declared_type) in _CLAIMED_BY_TYPE:
+        return _CLAIMED_BY_TYPE[_bare(declared_type)]
+    if filename:
+        dot = filename.rfind(".")
+        if dot >= 0:
+            return _CLAIMED_BY_EXTENSION.get(filename[dot:].lower())
+    return None
+
+
+def _bare(content_type: str) -> str:
+    """`Application/PDF; name=x` -> `application/pdf`."""
+    return content_type.split(";", 1)[0].strip().lower()
