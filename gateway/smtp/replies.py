@@ -117,7 +117,8 @@ def queued(job_id: str) -> str:
 
 
 # Replies aiosmtpd writes itself that deserve a better text than the enhanced code alone, and
-# the reason to log for them (these never reach our handler).
+# the reason to log for them (these never reach our handler). TOO_BIG ones are rewritten with
+# the configured limit.
 LIBRARY_REPLIES: dict[str, tuple[str | None, Reason | None]] = {
     "552 Error: Too much mail data": (None, Reason.TOO_BIG),
     "552 Error: message size exceeds fixed maximum message size": (None, Reason.TOO_BIG),

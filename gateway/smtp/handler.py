@@ -1,0 +1,307 @@
+"""The policy half of the SMTP server: aiosmtpd calls these hooks at each step of a session.
+
+Relay policy at MAIL, number and toll-fraud checks at RCPT, the document at DATA; then the raw
+message is spooled (fsync'd), the job row committed, the workers woken, and only then
+`250 2.0.0 queued as <id>`. A deliberate refusal is 5xx (4xx where retrying later can succeed);
+anything unexpected is `451 4.3.0` so the client keeps the message and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
+
+from gateway import log
+from gateway.config import Config
+from gateway.document import assemble, mime
+from gateway.document.mime import DocumentError
+from gateway.smtp import replies
+from gateway.smtp.auth import SmtpAuth, peer_of
+from gateway.smtp.policy import Refusal, RelayPolicy
+from gateway.smtp.replies import Reason
+from gateway.spool import Spool
+from gateway.store import Database
+from gateway.store.jobs import NewJob, create_job, faxes_sent_since, new_job_id
+
+logger = log.get_logger(__name__)
+
+DAY_SECONDS = 86400
+
+# What each kind of document problem answers. All are permanent: the same message would fail
+# the same way tomorrow.
+_DOCUMENT_REPLIES: dict[str, tuple[str, Reason]] = {
+    "no_document": ("554 5.6.0", Reason.NO_DOCUMENT),
+    "unsupported": ("554 5.6.0", Reason.UNSUPPORTED),
+    "corrupt": ("554 5.6.0", Reason.CORRUPT),
+    "too_many_pages": ("554 5.3.4", Reason.TOO_MANY_PAGES),
+    "malformed": ("554 5.6.0", Reason.MALFORMED),
+}
+
+
+@dataclass
+class Transaction:
+    """One MAIL ... DATA exchange: the sender and the fax numbers accepted so far, in order."""
+
+    sender: str
+    auth_user: str | None
+    numbers: list[str] = field(default_factory=list)
+
+
+class FaxHandler:
+    """aiosmtpd handler: one per server, shared by every session."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        spool: Spool,
+        wake: Callable[[], None],
+        *,
+        auth: SmtpAuth | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.spool = spool
+        self.wake = wake
+        self.auth = auth
+        self.policy = RelayPolicy(config, auth_available=auth is not None)
+        # Keyed by aiosmtpd's Envelope, which it replaces after DATA, RSET and EHLO: the state
+        # of a transaction goes with it.
+        self._transactions: weakref.WeakKeyDictionary[Envelope, Transaction] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._commits: set[asyncio.Task[str | None]] = set()
+
+    # -- EHLO and AUTH ----------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        lines = [
+            line for line in responses if self.auth is not None or not _is_keyword(line, "AUTH")
+        ]
+        # aiosmtpd handles pipelined commands (it reads them one by one from a buffer) but does
+        # not say so; our replies all carry enhanced codes (see GatewaySMTP.push).
+        extra = [
+            f"250-{keyword}"
+            for keyword in ("PIPELINING", "ENHANCEDSTATUSCODES")
+            if not any(_is_keyword(line, keyword) for line in lines)
+        ]
+        return [*lines[:-1], *extra, lines[-1]]
+
+    async def handle_AUTH(
+        self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
+    ) -> Any:
+        if self.auth is None:
+            return replies.AUTH_UNAVAILABLE
+        if self.auth.locked(server):
+            logger.info("smtp.auth_refused", reason=Reason.AUTH_LOCKED, client=str(peer_of(server)))
+            return replies.AUTH_LOCKED
+        return MISSING  # go on with the mechanism
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        assert self.auth is not None  # handle_AUTH refuses AUTH without users
+        return await self.auth.auth_PLAIN(server, args)
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        assert self.auth is not None
+        return await self.auth.auth_LOGIN(server, args)
+
+    # -- the transaction --------------------------------------------------------------------
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        auth_user = _auth_user(session)
+        refusal = self.policy.check_mail(address, peer_of(server), auth_user)
+        if refusal is not None:
+            return _refuse("mail", refusal, server, sender=address, user=auth_user)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        self._transactions[envelope] = Transaction(sender=address, auth_user=auth_user)
+        return replies.SENDER_OK
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        transaction = self._transactions.get(envelope)
+        if transaction is None:
+            # aiosmtpd asks for MAIL first, and MAIL records the transaction: a bug if reached.
+            raise RuntimeError("RCPT without a transaction")
+        parsed = self.policy.parse_recipient(address)
+        if isinstance(parsed, Refusal):
+            return _refuse("rcpt", parsed, server, sender=transaction.sender, recipient=address)
+        if parsed in transaction.numbers:
+            # "15551234567@" and "+1 555 123 4567@" are one destination: one fax, not two.
+            envelope.rcpt_tos.append(address)
+            return replies.DUPLICATE_RECIPIENT
+        if len(transaction.numbers) >= self.config.smtp.max_recipients:
+            refusal = Refusal(Reason.TOO_MANY_RECIPIENTS, replies.TOO_MANY_RECIPIENTS)
+            return _refuse("rcpt", refusal, server, sender=transaction.sender, recipient=parsed)
+        limit = self.config.limits.faxes_per_sender_per_day
+        if limit > 0:
+            # Counts faxes of committed jobs plus this message's; two sessions of one sender
+            # running side by side can each pass the check, overshooting by one message at most.
+            since = time.time() - DAY_SECONDS
+            sent = await self.db.run(faxes_sent_since, transaction.sender.lower(), since)
+            if sent + len(transaction.numbers) >= limit:
+                refusal = Refusal(
+                    Reason.DAILY_LIMIT, replies.daily_limit(transaction.sender, limit)
+                )
+                return _refuse("rcpt", refusal, server, sender=transaction.sender, sent=sent)
+        transaction.numbers.append(parsed)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        transaction = self._transactions.get(envelope)
+        raw = envelope.original_content or b""
+        try:
+            if transaction is None or not transaction.numbers:
+                raise RuntimeError("DATA without accepted recipients")
+            if len(raw) > self.config.smtp.max_message_bytes:
+                # aiosmtpd enforces the limit while reading; this only guards a change there.
+                refusal = Refusal(
+                    Reason.TOO_BIG, replies.too_big(self.config.smtp.max_message_bytes)
+                )
+                return _refuse("data", refusal, server, sender=transaction.sender)
+            try:
+                extracted = await asyncio.to_thread(mime.extract, raw)
+                pages = await asyncio.to_thread(
+                    assemble.validate,
+                    extracted,
+                    max_pages=self.config.fax.max_pages,
+                    cover=self.config.cover,
+                    paper=self.config.fax.paper,
+                    templates_dir=self.config.templates.dir,
+                )
+            except DocumentError as exc:
+                code, reason = _DOCUMENT_REPLIES.get(exc.kind, ("554 5.6.0", Reason.MALFORMED))
+                refusal = Refusal(reason, replies.document_rejected(code, str(exc)))
+                return _refuse("data", refusal, server, sender=transaction.sender)
+            accept = asyncio.ensure_future(
+                self._accept(server, transaction, raw, extracted, pages, len(raw))
+            )
+        except Exception:
+            logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
+            return replies.TEMPORARY_FAILURE
+        # Once spooling starts it runs to the end even if the client hangs up or the server
+        # stops: a job half-made (file without row) helps no one. A client that vanished before
+        # our 250 will send the message again; that duplicate is the price SMTP makes everyone
+        # pay (RFC 1047), and the smaller one than losing a message.
+        self._commits.add(accept)
+        accept.add_done_callback(self._commits.discard)
+        job_id = await asyncio.shield(accept)
+        return replies.queued(job_id) if job_id is not None else replies.TEMPORARY_FAILURE
+
+    async def _accept(
+        self,
+        server: SMTP,
+        transaction: Transaction,
+        raw: bytes,
+        extracted: Any,
+        pages: int,
+        size: int,
+    ) -> str | None:
+        """Spool, commit, wake: the job id, or None after logging why it failed."""
+        try:
+            job_id = new_job_id()
+            with log.bound(job=job_id):
+                spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
+                sender = transaction.sender.lower()
+                mapped = self.config.senders.get(sender)
+                ip = peer_of(server)
+                job = NewJob(
+                    id=job_id,
+                    sender=sender,
+                    auth_user=transaction.auth_user,
+                    client_address=str(ip) if ip is not None else None,
+                    subject=extracted.subject or "",
+                    message_id=extracted.message_id or "",
+                    from_number=(
+                        mapped.from_number if mapped else self.config.voxtelesys.from_number
+                    ),
+                    spool_path=spool_path,
+                    recipients=tuple(transaction.numbers),
+                )
+                await self.db.run(create_job, job)
+                logger.info(
+                    "smtp.accepted",
+                    reason=Reason.ACCEPTED,
+                    sender=sender,
+                    user=transaction.auth_user,
+                    recipients=list(transaction.numbers),
+                    pages=pages,
+                    size=size,
+                    client=job.client_address,
+                )
+                try:
+                    self.wake()
+                except Exception:
+                    # The job is committed; the workers' periodic scan will find it.
+                    logger.exception("smtp.wake_failed")
+                return job_id
+        except Exception:
+            logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
+            return None
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Any exception escaping a hook or aiosmtpd itself: 451, never 500, so mail is kept."""
+        if isinstance(error, TLSSetupException):
+            cause = error.__cause__ or error
+            logger.info("smtp.tls_failed", error=f"{type(cause).__name__}: {cause}")
+        else:
+            logger.error("smtp.error", reason=Reason.INTERNAL_ERROR, exc_info=error)
+        return replies.TEMPORARY_FAILURE
+
+    async def drain(self) -> None:
+        """Wait until every message being spooled has its 250 decided (for shutdown)."""
+        while self._commits:
+            await asyncio.wait(list(self._commits))
+
+
+def _is_keyword(line: str, keyword: str) -> bool:
+    words = line[4:].split(None, 1)
+    return bool(words) and words[0].upper() == keyword
+
+
+def _auth_user(session: Session) -> str | None:
+    if session.authenticated and isinstance(session.auth_data, str):
+        return session.auth_data
+    return None
+
+
+def _refuse(stage: str, refusal: Refusal, server: SMTP, **fields: Any) -> str:
+    """Log the canonical line of a refusal and return its reply."""
+    logger.info(
+        "smtp.rejected",
+        stage=stage,
+        reason=refusal.reason,
+        reply=refusal.reply,
+        client=str(peer_of(server)),
+        **fields,
+    )
+    return refusal.reply
