@@ -1,0 +1,276 @@
+"""The relay against a real SMTP server (plain, STARTTLS, implicit TLS, AUTH) and a real Maildir."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from gateway.config import Config
+from gateway.mail import MailAttachment, RenderedMail, build_message
+from gateway.relay import (
+    MaildirRelay,
+    RecipientsRefused,
+    RelayError,
+    SmtpRelay,
+    create_relay,
+)
+from tests.servers.relay import CapturingRelay, RelayFactory
+
+ConfigFactory = Callable[..., Config]
+
+
+def make_message(to: list[str], subject: str = "Fax to +1 555-123-4567 delivered") -> EmailMessage:
+    return build_message(
+        from_address="fax-gateway@example.com",
+        to=to,
+        rendered=RenderedMail(subject=subject, text="Delivered.\n", html="<p>Delivered.</p>"),
+        attachments=[MailAttachment("fax.pdf", "application/pdf", b"%PDF-1.4\n" + b"x" * 5000)],
+        message_id_domain="fax.example.com",
+    )
+
+
+def smtp_relay(make_config: ConfigFactory, server: CapturingRelay, **overrides: Any) -> SmtpRelay:
+    config = make_config({"relay": {**server.relay_config_overrides(), **overrides}})
+    tls = server.client_tls_context() if server.tls != "none" else None
+    relay = create_relay(config, tls_context=tls)
+    assert isinstance(relay, SmtpRelay)
+    return relay
+
+
+async def test_plain_smtp_delivers_with_our_envelope_sender(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """The relay receives the message, from relay.from_address, for exactly the recipients."""
+    relay = smtp_relay(make_config, relay_server)
+    message = make_message(["alice@example.com"])
+    await relay.send(message, ["alice@example.com", "boss@example.com"])
+    [captured] = relay_server.messages
+    assert captured.mail_from == "fax-gateway@example.com"
+    assert captured.rcpt_tos == ("alice@example.com", "boss@example.com")
+    assert captured.message["Message-ID"] == message["Message-ID"]
+    attachment = next(captured.message.iter_attachments())
+    assert attachment.get_content() == b"%PDF-1.4\n" + b"x" * 5000
+    assert captured.path.read_bytes() == captured.data
+    assert not captured.tls
+
+
+async def test_starttls_and_auth(
+    make_config: ConfigFactory, make_relay_server: RelayFactory
+) -> None:
+    """STARTTLS with a verified certificate, then AUTH, then delivery."""
+    server = make_relay_server(tls="starttls", users={"gateway": "s3cret-pass"})
+    relay = smtp_relay(make_config, server)
+    await relay.check()
+    await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    [captured] = server.messages
+    assert captured.tls and captured.auth_user == "gateway"
+
+
+async def test_implicit_tls_and_auth(
+    make_config: ConfigFactory, make_relay_server: RelayFactory
+) -> None:
+    """relay.tls (port-465 style): TLS from the first byte, then AUTH, then delivery."""
+    server = make_relay_server(tls="implicit", users={"gateway": "s3cret-pass"})
+    relay = smtp_relay(make_config, server)
+    await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    [captured] = server.messages
+    assert captured.tls and captured.auth_user == "gateway"
+
+
+async def test_wrong_password_is_temporary_and_logged_loudly(
+    make_config: ConfigFactory, make_relay_server: RelayFactory
+) -> None:
+    """535 is a configuration error: mail waits (temporary) and an error line says why."""
+    server = make_relay_server(tls="starttls", users={"gateway": "s3cret-pass"})
+    relay = smtp_relay(make_config, server, password="wrong-password")
+    with capture_logs() as logs, pytest.raises(RelayError) as info:
+        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert not info.value.permanent and info.value.relay_unavailable
+    assert info.value.code == 535
+    # aiosmtplib tries each mechanism the server offers before giving up.
+    assert server.auth_failures >= 1 and server.messages == []
+    assert any(e["event"] == "relay.auth_failed" and e["log_level"] == "error" for e in logs)
+    assert "wrong-password" not in str(info.value)
+    with pytest.raises(RelayError) as checked:
+        await relay.check()
+    assert "login" in str(checked.value)
+
+
+async def test_missing_login_is_temporary(
+    make_config: ConfigFactory, make_relay_server: RelayFactory
+) -> None:
+    """A relay that demands AUTH (530 at MAIL FROM) is a configuration problem, not a verdict."""
+    server = make_relay_server(tls="starttls", users={"gateway": "s3cret-pass"})
+    relay = smtp_relay(make_config, server, username=None, password=None)
+    with pytest.raises(RelayError) as info:
+        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert info.value.code == 530 and not info.value.permanent
+
+
+async def test_untrusted_certificate_is_temporary(
+    make_config: ConfigFactory, make_relay_server: RelayFactory
+) -> None:
+    """A certificate we cannot verify stops the relay (not the message) and is logged."""
+    server = make_relay_server(tls="starttls")
+    config = make_config({"relay": server.relay_config_overrides()})
+    relay = create_relay(config)  # system trust store: does not know the test CA
+    with capture_logs() as logs, pytest.raises(RelayError) as info:
+        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert not info.value.permanent and info.value.relay_unavailable
+    assert any(e["event"] == "relay.tls_failed" for e in logs)
+    assert server.messages == []
+
+
+async def test_4xx_at_data_is_temporary(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """451 after DATA: temporary, with the server's reply; the next try goes through."""
+    relay = smtp_relay(make_config, relay_server)
+    relay_server.fail_next(1, code=451, message="4.3.0 Queue full")
+    with pytest.raises(RelayError) as info:
+        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert not info.value.permanent and not info.value.relay_unavailable
+    assert info.value.code == 451 and "Queue full" in info.value.reply
+    await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert len(relay_server.messages) == 1
+
+
+async def test_5xx_at_data_is_permanent(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """554 after DATA: permanent."""
+    relay = smtp_relay(make_config, relay_server)
+    relay_server.reject_next(1, code=554, message="5.6.0 Content rejected", at="DATA")
+    with pytest.raises(RelayError) as info:
+        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert info.value.permanent and info.value.code == 554
+    assert relay_server.messages == []
+
+
+async def test_5xx_at_mail_from_is_permanent(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """A refused envelope sender (550) ends the message."""
+    relay = smtp_relay(make_config, relay_server)
+    relay_server.reject_next(1, code=550, message="5.7.1 Sender denied", at="MAIL")
+    with pytest.raises(RelayError) as info:
+        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert info.value.permanent and info.value.code == 550
+
+
+async def test_some_recipients_refused(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """Partial refusal: the message goes to the accepted; the refused are listed by code."""
+    relay = smtp_relay(make_config, relay_server)
+    relay_server.refuse_recipient("gone@example.com", 550, "5.1.1 No such user")
+    relay_server.refuse_recipient("full@example.com", 452, "4.2.2 Mailbox full")
+    recipients = ["alice@example.com", "gone@example.com", "full@example.com"]
+    with pytest.raises(RecipientsRefused) as info:
+        await relay.send(make_message(recipients), recipients)
+    assert info.value.accepted == ("alice@example.com",)
+    assert info.value.permanently_refused == ("gone@example.com",)
+    assert info.value.temporary == ("full@example.com",)
+    assert not info.value.permanent
+    [captured] = relay_server.messages
+    assert captured.rcpt_tos == ("alice@example.com",)
+
+
+async def test_all_recipients_refused_permanently(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """Every recipient refused with 5xx: permanent, nothing delivered."""
+    relay = smtp_relay(make_config, relay_server)
+    relay_server.reject_next(2, code=550, at="RCPT")
+    recipients = ["a@example.com", "b@example.com"]
+    with pytest.raises(RecipientsRefused) as info:
+        await relay.send(make_message(recipients), recipients)
+    assert info.value.permanent and info.value.accepted == ()
+    assert relay_server.messages == []
+
+
+async def test_relay_down_is_temporary_and_unavailable(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """A refused connection is temporary and marks the relay unavailable; check() says so."""
+    relay = smtp_relay(make_config, relay_server)
+    relay_server.go_down()
+    with pytest.raises(RelayError) as info:
+        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert not info.value.permanent and info.value.relay_unavailable
+    with pytest.raises(RelayError, match="unreachable"):
+        await relay.check()
+    relay_server.come_up()
+    await relay.check()
+    await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    assert len(relay_server.messages) == 1
+
+
+async def test_malformed_recipient_is_permanent(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """A recipient with a line break never reaches the wire."""
+    relay = smtp_relay(make_config, relay_server)
+    with pytest.raises(RelayError) as info:
+        await relay.send(make_message(["a@example.com"]), ["a@example.com\r\nRCPT TO:<x@y>"])
+    assert info.value.permanent
+    assert relay_server.sessions == 0
+
+
+def read_maildir(directory: Path) -> list[EmailMessage]:
+    messages = []
+    for path in sorted((directory / "new").iterdir()):
+        parsed = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+        assert isinstance(parsed, EmailMessage)
+        messages.append(parsed)
+    return messages
+
+
+async def test_maildir_writes_one_complete_file_per_recipient(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """Maildir delivery: complete files in new/, none left in tmp/, recipients told apart."""
+    maildir = tmp_path / "Maildir"
+    config = make_config({"relay": {"backend": "maildir", "maildir": str(maildir)}})
+    relay = create_relay(config)
+    assert isinstance(relay, MaildirRelay)
+    await relay.check()
+    message = make_message(["alice@example.com", "bob@example.com"])
+    await relay.send(message, ["alice@example.com", "bob@example.com", "ALICE@example.com"])
+    assert list((maildir / "tmp").iterdir()) == []
+    delivered = read_maildir(maildir)
+    assert sorted(m["Delivered-To"] for m in delivered) == ["alice@example.com", "bob@example.com"]
+    for copy in delivered:
+        assert copy["X-Original-To"] == copy["Delivered-To"]
+        assert copy["Return-Path"] == "<fax-gateway@example.com>"
+        assert copy["Message-ID"] == message["Message-ID"]
+        attachment = next(copy.iter_attachments())
+        assert attachment.get_content() == b"%PDF-1.4\n" + b"x" * 5000
+    names = os.listdir(maildir / "new")
+    assert len(set(names)) == 2 and all(not n.startswith(".") for n in names)
+
+
+async def test_maildir_not_writable_is_temporary(tmp_path: Path) -> None:
+    """A Maildir we cannot write to is temporary (the operator fixes it), not lost mail."""
+    maildir = tmp_path / "Maildir"
+    maildir.mkdir()
+    # A file where tmp/ should be: unwritable even for root, unlike a chmod.
+    (maildir / "tmp").write_bytes(b"")
+    relay = MaildirRelay(maildir, envelope_sender="fax-gateway@example.com")
+    with pytest.raises(RelayError) as info:
+        await relay.send(make_message(["a@example.com"]), ["a@example.com"])
+    assert not info.value.permanent
+    with pytest.raises(RelayError, match="not writable"):
+        await relay.check()
+    (maildir / "tmp").unlink()
+    await relay.check()
+    await relay.send(make_message(["a@example.com"]), ["a@example.com"])
+    assert len(read_maildir(maildir)) == 1
