@@ -1,0 +1,603 @@
+"""The jobs/faxes repository on a real SQLite file: every transition, its guards, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from gateway.carrier.status import Outcome
+from gateway.store import Database
+from gateway.store.db import connect
+from gateway.store.jobs import (
+    Fax,
+    FaxState,
+    Job,
+    JobState,
+    NewJob,
+    advance,
+    begin_submit,
+    cancel_job,
+    claim_faxes,
+    claim_jobs,
+    create_job,
+    defer_fax,
+    defer_job,
+    fail_fax,
+    fail_job,
+    fax_by_carrier_id,
+    faxes_awaiting_final,
+    faxes_of,
+    faxes_sent_since,
+    faxes_to_report,
+    get_fax,
+    get_job,
+    jobs_to_clean,
+    list_jobs,
+    mark_document_deleted,
+    mark_reported,
+    mark_submitted,
+    new_job_id,
+    queue_depth,
+    record_carrier_status,
+    retry_job,
+)
+
+T0 = 1_700_000_000.0
+NUMBERS = ("+12015550101", "+12015550102", "+12015550103")
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = connect(tmp_path / "store.db")
+    yield connection
+    connection.close()
+
+
+def make_job(
+    conn: sqlite3.Connection,
+    job_id: str | None = None,
+    *,
+    recipients: tuple[str, ...] = NUMBERS,
+    sender: str = "Alice@Example.COM",
+    now: float = T0,
+) -> str:
+    job_id = job_id or new_job_id(now)
+    create_job(
+        conn,
+        NewJob(
+            id=job_id,
+            sender=sender,
+            auth_user="alice",
+            client_address="192.0.2.7",
+            subject="Contract",
+            message_id="<m1@example.com>",
+            from_number="+12015550100",
+            spool_path=Path(f"/var/lib/fax-gateway/spool/{job_id}.eml"),
+            recipients=recipients,
+        ),
+        now=now,
+    )
+    return job_id
+
+
+def job(conn: sqlite3.Connection, job_id: str) -> Job:
+    found = get_job(conn, job_id)
+    assert found is not None
+    return found
+
+
+def fax(conn: sqlite3.Connection, fax_id: int) -> Fax:
+    found = get_fax(conn, fax_id)
+    assert found is not None
+    return found
+
+
+def to_uploaded(conn: sqlite3.Connection, job_id: str, *, expires: float = T0 + 86400) -> None:
+    assert advance(
+        conn, job_id, JobState.RECEIVED, JobState.PREPARED, now=T0 + 1,
+        document_path=Path(f"/data/documents/{job_id}.pdf"), document_type="application/pdf",
+        pages=2,
+    )  # fmt: skip
+    assert advance(
+        conn, job_id, JobState.PREPARED, JobState.UPLOADED, now=T0 + 2,
+        storage_key=f"faxes/{job_id}.pdf", document_url=f"https://s3.example/{job_id}.pdf",
+        url_expires_at=expires,
+    )  # fmt: skip
+
+
+def submit(conn: sqlite3.Connection, fax_id: int, carrier_id: str, now: float = T0 + 3) -> None:
+    assert begin_submit(conn, fax_id, now=now) is not None
+    assert mark_submitted(conn, fax_id, carrier_id, "queued", now=now)
+
+
+# -- creating ---------------------------------------------------------------------------------
+
+
+def test_create_job_with_three_recipients(conn: sqlite3.Connection) -> None:
+    """One job (received, sender lower-cased) and one pending fax per recipient."""
+    job_id = make_job(conn)
+    created = job(conn, job_id)
+    assert created.state is JobState.RECEIVED
+    assert created.sender == "alice@example.com"
+    assert created.spool_path == Path(f"/var/lib/fax-gateway/spool/{job_id}.eml")
+    assert (created.created_at, created.attempts, created.pickups) == (T0, 0, 0)
+    faxes = faxes_of(conn, job_id)
+    assert [f.recipient for f in faxes] == list(NUMBERS)
+    assert {f.state for f in faxes} == {FaxState.PENDING}
+    assert all(f.submit_attempts == 0 and f.carrier_id is None for f in faxes)
+
+
+def test_create_job_is_one_transaction(conn: sqlite3.Connection) -> None:
+    """When a fax row cannot be inserted, the job row is not there either."""
+    with pytest.raises(sqlite3.IntegrityError):
+        make_job(conn, "JBROKEN", recipients=("+12015550101", None))  # type: ignore[arg-type]
+    assert get_job(conn, "JBROKEN") is None
+    assert conn.execute("SELECT count(*) FROM faxes").fetchone()[0] == 0
+
+
+def test_create_job_merges_repeated_numbers_and_needs_one(conn: sqlite3.Connection) -> None:
+    """A number given twice is one fax; a job without recipients is refused."""
+    job_id = make_job(conn, recipients=("+12015550101", "+12015550101", "+12015550102"))
+    assert [f.recipient for f in faxes_of(conn, job_id)] == ["+12015550101", "+12015550102"]
+    with pytest.raises(ValueError, match="no recipients"):
+        make_job(conn, recipients=())
+
+
+def test_new_job_ids_are_safe_unique_and_time_sortable() -> None:
+    """Ids are short file-name-safe words, all distinct, ordered by creation time."""
+    ids = [new_job_id(T0 + i * 0.001) for i in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(re.fullmatch(r"J[0-9A-HJKMNP-TV-Z]{20}", i) for i in ids)
+    same_ms = {new_job_id(T0) for _ in range(1000)}
+    assert len(same_ms) == 1000
+
+
+def test_faxes_sent_since_counts_the_senders_recent_uncancelled_faxes(
+    conn: sqlite3.Connection,
+) -> None:
+    """The daily limit counts this sender's faxes since the cutoff, not cancelled ones."""
+    make_job(conn, now=T0 - 90_000)  # yesterday: 3 faxes, too old
+    make_job(conn, now=T0 + 10)  # 3
+    make_job(conn, recipients=NUMBERS[:2], sender="alice@example.com", now=T0 + 20)  # 2
+    make_job(conn, sender="bob@example.com", now=T0 + 30)  # someone else
+    cancelled = make_job(conn, now=T0 + 40)
+    assert cancel_job(conn, cancelled, now=T0 + 41)
+    assert faxes_sent_since(conn, "ALICE@example.com", T0) == 5
+    assert faxes_sent_since(conn, "bob@example.com", T0) == 3
+    assert faxes_sent_since(conn, "carol@example.com", T0) == 0
+
+
+# -- job stages --------------------------------------------------------------------------------
+
+
+def test_claim_jobs_returns_due_jobs_and_counts_a_pickup(conn: sqlite3.Connection) -> None:
+    """Only due jobs of the asked state are claimed, each with its pickup counted."""
+    due = make_job(conn, now=T0)
+    later = make_job(conn, now=T0 + 1)
+    defer_job(conn, later, "busy", delay=600, now=T0 + 1)
+    other = make_job(conn, now=T0 + 2)
+    to_uploaded(conn, other)
+    claimed = claim_jobs(conn, JobState.RECEIVED, now=T0 + 10, limit=10, max_pickups=3)
+    assert [j.id for j in claimed] == [due]
+    assert claimed[0].pickups == 1
+    assert job(conn, due).pickups == 1
+    assert [j.id for j in claim_jobs(conn, JobState.RECEIVED, now=T0 + 601)] == [due, later]
+
+
+def test_claim_holds_a_job_that_crashed_max_pickups_times(conn: sqlite3.Connection) -> None:
+    """Unfinished pickups reaching the limit hold the job, with a reason, logged once."""
+    job_id = make_job(conn)
+    with capture_logs() as logs:
+        for attempt in range(1, 4):
+            claimed = claim_jobs(conn, JobState.RECEIVED, now=T0 + attempt, max_pickups=3)
+            assert [j.pickups for j in claimed] == [attempt]  # the worker "crashes" each time
+        assert claim_jobs(conn, JobState.RECEIVED, now=T0 + 4, max_pickups=3) == []
+        assert claim_jobs(conn, JobState.RECEIVED, now=T0 + 5, max_pickups=3) == []
+        with pytest.raises(ValueError):
+            claim_jobs(conn, JobState.HELD, now=T0 + 6, max_pickups=3)
+    held = job(conn, job_id)
+    assert held.state is JobState.HELD
+    assert held.error == "crashed 3 times while preparing; held for an operator"
+    assert [e for e in logs if e["event"] == "job.held"] == [
+        {"event": "job.held", "job_id": job_id, "state": "received", "pickups": 3,
+         "log_level": "error"},
+    ]  # fmt: skip
+
+
+def test_advance_is_guarded_and_starts_the_stage_fresh(conn: sqlite3.Connection) -> None:
+    """A second advance from the same state fails; the first sets columns and resets counters."""
+    job_id = make_job(conn)
+    claim_jobs(conn, JobState.RECEIVED, now=T0 + 1)
+    defer_job(conn, job_id, "document tool busy", delay=0, now=T0 + 1)
+    claim_jobs(conn, JobState.RECEIVED, now=T0 + 2)
+    assert advance(
+        conn, job_id, JobState.RECEIVED, JobState.PREPARED, now=T0 + 3,
+        document_path=Path("/data/doc.pdf"), document_type="application/pdf", pages=4,
+    )  # fmt: skip
+    assert not advance(conn, job_id, JobState.RECEIVED, JobState.PREPARED, now=T0 + 4)
+    prepared = job(conn, job_id)
+    assert prepared.state is JobState.PREPARED
+    assert prepared.document_path == Path("/data/doc.pdf")
+    assert (prepared.document_type, prepared.pages) == ("application/pdf", 4)
+    assert (prepared.attempts, prepared.pickups, prepared.error) == (0, 0, None)
+    assert prepared.updated_at == T0 + 3
+    with pytest.raises(ValueError, match="cannot set"):
+        advance(conn, job_id, JobState.PREPARED, JobState.UPLOADED, state="done")
+
+
+def test_defer_job_counts_attempts_and_waits(conn: sqlite3.Connection) -> None:
+    """A deferred job keeps its error, counts the attempt and is not due before its time."""
+    job_id = make_job(conn)
+    claim_jobs(conn, JobState.RECEIVED, now=T0)
+    assert defer_job(conn, job_id, "S3 said 503", delay=30, now=T0) == 1
+    assert defer_job(conn, job_id, "S3 said 503 again", delay=60, now=T0 + 30) == 2
+    deferred = job(conn, job_id)
+    assert (deferred.attempts, deferred.pickups) == (2, 0)
+    assert deferred.next_attempt_at == T0 + 90
+    assert deferred.error == "S3 said 503 again"
+    assert claim_jobs(conn, JobState.RECEIVED, now=T0 + 89) == []
+    assert [j.id for j in claim_jobs(conn, JobState.RECEIVED, now=T0 + 90)] == [job_id]
+    assert defer_job(conn, "JNOPE", "x", delay=1, now=T0) == 0
+
+
+def test_fail_job_fails_faxes_not_yet_at_the_carrier(conn: sqlite3.Connection) -> None:
+    """Pending faxes fail with the job's error; a submitted one is left to the carrier."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    first, second, third = faxes_of(conn, job_id)
+    submit(conn, first.id, "carrier-1")
+    failed = fail_job(conn, job_id, "document URL expired and could not be renewed", now=T0 + 9)
+    assert [f.id for f in failed] == [second.id, third.id]
+    assert all(f.state is FaxState.FAILED for f in failed)
+    assert all(
+        f.error_description == "document URL expired and could not be renewed" for f in failed
+    )
+    assert all(f.finished_at == T0 + 9 for f in failed)
+    assert fax(conn, first.id).state is FaxState.SUBMITTED
+    assert job(conn, job_id).state is JobState.FAILED
+    assert fail_job(conn, job_id, "again", now=T0 + 10) == []
+    assert job(conn, job_id).error == "document URL expired and could not be renewed"
+
+
+# -- the submit stage --------------------------------------------------------------------------
+
+
+def test_claim_faxes_only_of_uploaded_jobs_when_due(conn: sqlite3.Connection) -> None:
+    """Faxes wait for their job's upload and for their own next attempt."""
+    received = make_job(conn, now=T0)
+    uploaded = make_job(conn, now=T0 + 1)
+    to_uploaded(conn, uploaded)
+    first, second, third = faxes_of(conn, uploaded)
+    assert defer_fax(conn, third.id, "carrier 503", delay=100, now=T0 + 5)
+    claimed = claim_faxes(conn, now=T0 + 10, limit=10, max_pickups=3)
+    assert [(f.id, j.id) for f, j in claimed] == [(first.id, uploaded), (second.id, uploaded)]
+    assert all(f.pickups == 1 for f, _ in claimed)
+    assert all(j.document_url == f"https://s3.example/{uploaded}.pdf" for _, j in claimed)
+    assert not any(j.id == received for _, j in claim_faxes(conn, now=T0 + 200))
+
+
+def test_claim_faxes_holds_a_crashing_fax_and_its_job(conn: sqlite3.Connection) -> None:
+    """A fax whose submit crashed max_pickups times is held, with its job and siblings."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    first = faxes_of(conn, job_id)[0]
+    for n in range(3):
+        claimed = claim_faxes(conn, now=T0 + 10 + n, limit=1, max_pickups=3)
+        assert [f.id for f, _ in claimed] == [first.id]
+    with capture_logs() as logs:
+        assert claim_faxes(conn, now=T0 + 20, limit=10, max_pickups=3) == []
+        assert claim_faxes(conn, now=T0 + 21, limit=10, max_pickups=3) == []
+    assert fax(conn, first.id).state is FaxState.HELD
+    held = job(conn, job_id)
+    assert held.state is JobState.HELD
+    assert held.error is not None
+    assert held.error.startswith("crashed 3 times while submitting the fax to +12015550101")
+    assert [e["event"] for e in logs] == ["fax.held"]
+
+
+def test_begin_submit_counts_posts_and_keeps_the_first_start(conn: sqlite3.Connection) -> None:
+    """Each POST attempt is counted before it starts; the round's start time stays."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    first = faxes_of(conn, job_id)[0]
+    assert begin_submit(conn, first.id, now=T0 + 10) == 1
+    assert defer_fax(conn, first.id, "timeout", delay=30, now=T0 + 11)
+    assert begin_submit(conn, first.id, now=T0 + 41) == 2
+    counted = fax(conn, first.id)
+    assert (counted.submit_attempts, counted.submit_started_at) == (2, T0 + 10)
+    assert counted.error_description == "timeout"
+    assert mark_submitted(conn, first.id, "carrier-1", "queued", now=T0 + 42)
+    assert begin_submit(conn, first.id, now=T0 + 43) is None
+
+
+def test_job_is_submitted_when_no_fax_waits_for_its_post(conn: sqlite3.Connection) -> None:
+    """The job moves to submitted after its last pending fax; a repeat mark is refused."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    first, second, third = faxes_of(conn, job_id)
+    submit(conn, first.id, "carrier-1")
+    submit(conn, second.id, "carrier-2")
+    assert job(conn, job_id).state is JobState.UPLOADED
+    assert fail_fax(conn, third.id, 422, "number is not a fax line", now=T0 + 4)
+    assert job(conn, job_id).state is JobState.SUBMITTED
+    assert not mark_submitted(conn, first.id, "carrier-1", "queued", now=T0 + 5)
+    submitted = fax(conn, first.id)
+    assert (submitted.state, submitted.carrier_id) == (FaxState.SUBMITTED, "carrier-1")
+    assert (submitted.submitted_at, submitted.error_description) == (T0 + 3, None)
+    assert fax_by_carrier_id(conn, "carrier-2") == fax(conn, second.id)
+    assert fax_by_carrier_id(conn, "nope") is None
+    assert not fail_fax(conn, third.id, 1, "again", now=T0 + 6)
+    assert fax(conn, third.id).error_description == "number is not a fax line"
+
+
+# -- the carrier's statuses ----------------------------------------------------------------------
+
+
+def test_record_carrier_status_final_once_and_job_done(conn: sqlite3.Connection) -> None:
+    """Pending statuses update details; the first final one moves the fax; then the job is done."""
+    job_id = make_job(conn, recipients=NUMBERS[:2])
+    to_uploaded(conn, job_id)
+    first, second = faxes_of(conn, job_id)
+    submit(conn, first.id, "carrier-1")
+    submit(conn, second.id, "carrier-2")
+    assert record_carrier_status(conn, "unknown", "delivered", Outcome.SUCCEEDED) is None
+
+    result = record_carrier_status(
+        conn, "carrier-1", "delivering", Outcome.PENDING, None, None, 2, None, None, T0 + 5
+    )
+    assert result is not None
+    assert (result[0].state, result[0].carrier_status, result[0].carrier_attempts) == (
+        FaxState.SUBMITTED, "delivering", 2,
+    )  # fmt: skip
+    assert result[1] is False
+
+    result = record_carrier_status(
+        conn, "carrier-1", "delivered", Outcome.SUCCEEDED, 3, 95, 2, None, None, T0 + 6
+    )
+    assert result is not None and result[1] is True
+    assert (result[0].state, result[0].pages, result[0].duration) == (FaxState.DELIVERED, 3, 95)
+    assert result[0].finished_at == T0 + 6
+    assert job(conn, job_id).state is JobState.SUBMITTED
+
+    result = record_carrier_status(
+        conn, "carrier-2", "failed", Outcome.FAILED, 0, 0, 3, 5109, "busy", T0 + 7
+    )
+    assert result is not None and result[1] is True
+    assert (result[0].state, result[0].error_code) == (FaxState.FAILED, 5109)
+    assert job(conn, job_id).state is JobState.DONE
+
+
+def test_out_of_order_statuses_never_undo_a_final_state(conn: sqlite3.Connection) -> None:
+    """Whatever order statuses arrive in, a fax becomes final exactly once and stays so."""
+    statuses = [
+        ("queued", Outcome.PENDING),
+        ("delivering", Outcome.PENDING),
+        ("delivered", Outcome.SUCCEEDED),
+        ("delivering", Outcome.PENDING),
+        ("failed", Outcome.FAILED),
+    ]
+    for n, order in enumerate(itertools.permutations(statuses)):
+        job_id = make_job(conn, recipients=NUMBERS[:1])
+        to_uploaded(conn, job_id)
+        (only,) = faxes_of(conn, job_id)
+        submit(conn, only.id, f"carrier-{n}")
+        moved = []
+        first_final = None
+        for status, outcome in order:
+            result = record_carrier_status(conn, f"carrier-{n}", status, outcome, now=T0 + 9)
+            assert result is not None
+            moved.append(result[1])
+            if first_final is None and outcome is not Outcome.PENDING:
+                first_final = status
+        assert moved.count(True) == 1
+        final = fax(conn, only.id)
+        assert final.carrier_status == first_final
+        expected = FaxState.DELIVERED if first_final == "delivered" else FaxState.FAILED
+        assert final.state is expected
+        assert job(conn, job_id).state is JobState.DONE
+
+
+def test_faxes_awaiting_final_are_old_submitted_ones(conn: sqlite3.Connection) -> None:
+    """The reconciler gets submitted faxes without an outcome since before the cutoff."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    first, second, third = faxes_of(conn, job_id)
+    submit(conn, first.id, "carrier-1", now=T0 + 10)
+    submit(conn, second.id, "carrier-2", now=T0 + 10)
+    submit(conn, third.id, "carrier-3", now=T0 + 500)
+    record_carrier_status(conn, "carrier-2", "delivered", Outcome.SUCCEEDED, now=T0 + 20)
+    assert [f.id for f in faxes_awaiting_final(conn, submitted_before=T0 + 100)] == [first.id]
+
+
+# -- reports and cleanup -------------------------------------------------------------------------
+
+
+def test_reports_and_cleanup_wait_for_every_outcome_to_be_told(conn: sqlite3.Connection) -> None:
+    """Final faxes await their report; a job is cleaned only when all are reported and old."""
+    job_id = make_job(conn, recipients=NUMBERS[:2])
+    to_uploaded(conn, job_id)
+    first, second = faxes_of(conn, job_id)
+    submit(conn, first.id, "carrier-1")
+    assert fail_fax(conn, second.id, 422, "refused", now=T0 + 4)
+    assert [(f.id, j.id) for f, j in faxes_to_report(conn)] == [(second.id, job_id)]
+    assert mark_reported(conn, second.id, now=T0 + 5)
+    assert not mark_reported(conn, second.id, now=T0 + 6)
+    assert not mark_reported(conn, first.id, now=T0 + 6)  # not final yet
+    assert jobs_to_clean(conn, older_than=T0 + 1000) == []
+
+    record_carrier_status(conn, "carrier-1", "delivered", Outcome.SUCCEEDED, now=T0 + 100)
+    assert [f.id for f, _ in faxes_to_report(conn)] == [first.id]
+    assert jobs_to_clean(conn, older_than=T0 + 1000) == []  # outcome not told yet
+    mark_reported(conn, first.id, now=T0 + 101)
+    assert jobs_to_clean(conn, older_than=T0 + 99) == []  # retention not over
+    assert [j.id for j in jobs_to_clean(conn, older_than=T0 + 100)] == [job_id]
+    mark_document_deleted(conn, job_id, now=T0 + 200)
+    assert job(conn, job_id).stored_deleted_at == T0 + 200
+    assert jobs_to_clean(conn, older_than=T0 + 1000) == []
+
+
+# -- operators ---------------------------------------------------------------------------------
+
+
+def test_retry_held_job_goes_back_to_the_stage_it_crashed_in(conn: sqlite3.Connection) -> None:
+    """A job held while preparing starts over as received, counters reset."""
+    job_id = make_job(conn)
+    for n in range(4):
+        claim_jobs(conn, JobState.RECEIVED, now=T0 + n, max_pickups=3)
+    assert job(conn, job_id).state is JobState.HELD
+    assert retry_job(conn, job_id, now=T0 + 10) is JobState.RECEIVED
+    retried = job(conn, job_id)
+    assert (retried.state, retried.pickups, retried.attempts, retried.error) == (
+        JobState.RECEIVED, 0, 0, None,
+    )  # fmt: skip
+    assert [j.id for j in claim_jobs(conn, JobState.RECEIVED, now=T0 + 11)] == [job_id]
+    assert retry_job(conn, job_id, now=T0 + 12) is None  # not held or failed any more
+
+
+def test_retry_failed_job_resends_failed_faxes_only(conn: sqlite3.Connection) -> None:
+    """Failed faxes are pending again (carrier ones with a fresh POST round); delivered stay."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    first, second, third = faxes_of(conn, job_id)
+    submit(conn, first.id, "carrier-1")
+    submit(conn, second.id, "carrier-2")
+    record_carrier_status(conn, "carrier-1", "delivered", Outcome.SUCCEEDED, now=T0 + 5)
+    record_carrier_status(
+        conn, "carrier-2", "failed", Outcome.FAILED, 0, 0, 3, 5109, "busy", now=T0 + 5
+    )
+    begin_submit(conn, third.id, now=T0 + 6)  # a POST that may have reached the carrier
+    fail_job(conn, job_id, "lifetime exceeded", now=T0 + 7)
+    assert job(conn, job_id).state is JobState.FAILED
+
+    assert retry_job(conn, job_id, now=T0 + 8) is JobState.UPLOADED
+    delivered, resent, unsure = faxes_of(conn, job_id)
+    assert delivered.state is FaxState.DELIVERED
+    assert (resent.state, resent.carrier_id, resent.submit_attempts) == (FaxState.PENDING, None, 0)
+    assert (resent.error_code, resent.finished_at, resent.reported_at) == (None, None, None)
+    assert (unsure.state, unsure.submit_attempts, unsure.submit_started_at) == (
+        FaxState.PENDING, 1, T0 + 6,
+    )  # fmt: skip
+    assert fax_by_carrier_id(conn, "carrier-2") is None
+    assert sorted(f.id for f, _ in claim_faxes(conn, now=T0 + 9)) == [resent.id, unsure.id]
+
+
+def test_retry_needs_a_fresh_upload_when_the_url_is_gone(conn: sqlite3.Connection) -> None:
+    """An expired URL sends the job back to prepared; restart_from forces an earlier stage."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id, expires=T0 + 100)
+    fail_job(conn, job_id, "carrier account suspended", now=T0 + 50)
+    assert retry_job(conn, job_id, now=T0 + 200) is JobState.PREPARED
+    again = job(conn, job_id)
+    assert (again.document_url, again.url_expires_at) == (None, None)
+    assert again.document_path == Path(f"/data/documents/{job_id}.pdf")
+
+    fail_job(conn, job_id, "document vanished", now=T0 + 300)
+    assert retry_job(conn, job_id, now=T0 + 301, restart_from=JobState.RECEIVED) is (
+        JobState.RECEIVED
+    )
+    assert job(conn, job_id).document_path is None
+    with pytest.raises(ValueError):
+        retry_job(conn, job_id, restart_from=JobState.DONE)
+
+
+def test_cancel_job_stops_unsent_faxes(conn: sqlite3.Connection) -> None:
+    """Cancelling stops pending faxes; a submitted one goes on; a POST in flight still counts."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    first, second, _third = faxes_of(conn, job_id)
+    submit(conn, first.id, "carrier-1")
+    begin_submit(conn, second.id, now=T0 + 4)  # its POST is in flight during the cancel
+    assert cancel_job(conn, job_id, now=T0 + 5)
+    assert not cancel_job(conn, job_id, now=T0 + 6)
+    assert job(conn, job_id).state is JobState.CANCELLED
+    assert [f.state for f in faxes_of(conn, job_id)] == [
+        FaxState.SUBMITTED, FaxState.CANCELLED, FaxState.CANCELLED,
+    ]  # fmt: skip
+    assert claim_faxes(conn, now=T0 + 10) == []
+    # The POST that was in flight succeeded: the fax is on its way and must be followed.
+    assert mark_submitted(conn, second.id, "carrier-2", "queued", now=T0 + 7)
+    assert fax(conn, second.id).state is FaxState.SUBMITTED
+    assert retry_job(conn, job_id) is None
+    assert not cancel_job(conn, "JNOPE")
+
+
+def test_queue_depth_and_list_jobs(conn: sqlite3.Connection) -> None:
+    """Depth counts unfinished jobs per state; the list is newest first and filterable."""
+    received = make_job(conn, now=T0)
+    uploaded = make_job(conn, now=T0 + 1)
+    to_uploaded(conn, uploaded)
+    cancelled = make_job(conn, now=T0 + 2)
+    cancel_job(conn, cancelled)
+    failed = make_job(conn, now=T0 + 3)
+    fail_job(conn, failed, "bad document")
+    assert queue_depth(conn) == {
+        "received": 1, "prepared": 0, "uploaded": 1, "submitted": 0, "held": 0,
+    }  # fmt: skip
+    assert [j.id for j in list_jobs(conn)] == [failed, cancelled, uploaded, received]
+    assert [j.id for j in list_jobs(conn, limit=2)] == [failed, cancelled]
+    assert [j.id for j in list_jobs(conn, JobState.UPLOADED)] == [uploaded]
+
+
+# -- durability --------------------------------------------------------------------------------
+
+
+def test_everything_is_still_there_after_reopening(tmp_path: Path) -> None:
+    """A restart (closing and reopening the file) finds every job and fax as it was."""
+    path = tmp_path / "store.db"
+    conn = connect(path)
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    first = faxes_of(conn, job_id)[0]
+    begin_submit(conn, first.id, now=T0 + 10)  # then "killed" before the POST's answer
+    claim_jobs(conn, JobState.RECEIVED, now=T0)
+    before = (job(conn, job_id), faxes_of(conn, job_id))
+    conn.close()
+
+    conn = connect(path)
+    try:
+        assert (job(conn, job_id), faxes_of(conn, job_id)) == before
+        claimed = claim_faxes(conn, now=T0 + 20)
+        resumed = next(f for f, _ in claimed if f.id == first.id)
+        assert resumed.submit_attempts == 1  # so the submitter looks before posting again
+    finally:
+        conn.close()
+
+
+async def test_concurrent_creates_while_a_reader_lists(tmp_path: Path) -> None:
+    """Jobs created from many tasks are all stored; a second reader never sees half a job."""
+    path = tmp_path / "store.db"
+    writer = await Database(path).open()
+    reader = await Database(path).open()
+    done = asyncio.Event()
+    seen: list[int] = []
+
+    async def read() -> None:
+        while not done.is_set():
+            jobs = await reader.run(list_jobs, None, 1000)
+            for listed in jobs:
+                faxes = await reader.run(faxes_of, listed.id)
+                assert len(faxes) == 3, "a job was visible without all its faxes"
+            seen.append(len(jobs))
+
+    async def create(n: int) -> None:
+        await writer.run(make_job, None, now=T0 + n)
+
+    try:
+        reading = asyncio.create_task(read())
+        await asyncio.gather(*(create(n) for n in range(60)))
+        done.set()
+        await reading
+        assert seen and seen == sorted(seen)
+        assert len(await reader.run(list_jobs, None, 1000)) == 60
+        assert await reader.run(faxes_sent_since, "alice@example.com", T0) == 180
+    finally:
+        writer.close()
+        reader.close()
