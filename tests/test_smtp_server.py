@@ -20,7 +20,7 @@ import pytest
 import structlog
 import trustme
 
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.smtp.server import SmtpServer
 from gateway.smtp.users import hash_password
 from gateway.spool import Spool
@@ -601,6 +601,48 @@ async def test_implicit_tls_listener(
         assert "starttls" not in features
         assert "PLAIN" in features["auth"]
         outcome.job_id  # noqa: B018
+
+
+async def test_reload_users_takes_new_passwords(
+    smtp: Callable[..., Any], certs: Certs, users_file: Path
+) -> None:
+    """reload_users() (SIGHUP) swaps the users in; a broken file keeps the old ones."""
+
+    def login(port: int, password: str) -> int:
+        with smtplib.SMTP("127.0.0.1", port, local_hostname=CLIENT_NAME) as client:
+            client.starttls(context=certs.client_context())
+            client.ehlo()
+            blob = base64.b64encode(f"\0scanner\0{password}".encode()).decode()
+            return client.docmd("AUTH", f"PLAIN {blob}")[0]
+
+    async with smtp(tls_override(certs, users_file, auth_max_failures=100)) as gw:
+        assert await asyncio.to_thread(login, gw.port, PASSWORD) == 235
+        new = f"scanner:{hash_password('new password', log2_n=4)}\n"
+        await asyncio.to_thread(users_file.write_text, new)
+        assert await asyncio.to_thread(login, gw.port, "new password") == 535
+        await gw.server.reload_users()
+        assert await asyncio.to_thread(login, gw.port, "new password") == 235
+        await asyncio.to_thread(users_file.write_text, "broken line\n")
+        await gw.server.reload_users()
+        assert await asyncio.to_thread(login, gw.port, "new password") == 235
+
+
+async def test_missing_users_file_stops_start(
+    make_config: Callable[..., Config], certs: Certs, tmp_path: Path
+) -> None:
+    """A configured users file that does not exist is a configuration error at start."""
+    config = make_config(tls_override(certs, tmp_path / "absent"))
+    with pytest.raises(ConfigError, match=r"smtp\.users_file: .*no such file"):
+        async with running_smtp(config):
+            pass
+
+
+async def test_users_without_tls_offer_no_auth(smtp: Callable[..., Any], users_file: Path) -> None:
+    """A users file without TLS cannot be used (no AUTH in clear): outsiders get 550, not 530."""
+    override = {"smtp": {"users_file": str(users_file), "allowed_networks": ["10.0.0.0/8"]}}
+    async with smtp(override) as gw:
+        outcome = await asend(gw.port, pdf_mail())
+    assert outcome.mail[0] == 550
 
 
 # -- DATA ----------------------------------------------------------------------------------------
