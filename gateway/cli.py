@@ -19,6 +19,10 @@ COMMAND_MODULES = [
     "gateway.commands.serve",
     "gateway.commands.check_config",
     "gateway.commands.user",
+    "gateway.commands.send",
+    "gateway.commands.status",
+    "gateway.commands.faxlist",
+    "gateway.commands.sandbox",
 ]
 
 EXIT_USAGE = 2

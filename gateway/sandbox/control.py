@@ -98,6 +98,8 @@ async def summary(request: web.Request) -> web.Response:
             "faxes": len(state.faxes),
             "requests": len(state.requests),
             "webhooks": len(state.webhooks),
+            # Fax walks and webhook deliveries still running: 0 means the sandbox is idle.
+            "busy": len(state.tasks),
             "version": state.version,
         }
     )

@@ -283,5 +283,10 @@ class SandboxState:
         """Run a background job of the sandbox; it is cancelled when the sandbox stops."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.touch()
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        self.touch()

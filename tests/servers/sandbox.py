@@ -196,6 +196,10 @@ class Sandbox:
     def fax(self, fax_id: str) -> dict[str, Any]:
         return self._call("GET", f"/faxes/{fax_id}")
 
+    def busy(self) -> int:
+        """Fax walks and webhook deliveries still running (0 = idle, nothing more will come)."""
+        return int(self._call("GET", "")["busy"])
+
     def document(self, fax_id: str) -> bytes:
         with _OPENER.open(f"{self.control_url}/faxes/{fax_id}/document", timeout=10) as resp:
             return resp.read()

@@ -1,0 +1,94 @@
+"""Fax numbers as people type them: parsed to E.164, or refused with a reason they can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.numbers import (
+    NumberError,
+    carrier_digits,
+    is_premium_rate,
+    parse_fax_number,
+    pretty,
+    region_of,
+)
+
+# (text, default country, E.164 expected in strict mode, E.164 expected when not strict)
+VALID = [
+    ("+12015550123", "US", "+12015550123", "+12015550123"),
+    ("12015550123", "US", "+12015550123", "+12015550123"),
+    ("1-201-555-0123", "US", "+12015550123", "+12015550123"),
+    ("201.555.0123", "US", "+12015550123", "+12015550123"),
+    ("(201) 555-0123", "US", "+12015550123", "+12015550123"),
+    ("  +1 (701) 929-9797 ", "US", "+17019299797", "+17019299797"),
+    ("7019299797", "US", "+17019299797", "+17019299797"),
+    ("1/701/929/9797", "US", "+17019299797", "+17019299797"),
+    ("+18005550199", "US", "+18005550199", "+18005550199"),  # toll free
+    ("+442071838750", "US", "+442071838750", "+442071838750"),
+    ("442071838750", "US", "+442071838750", "+442071838750"),  # international, no '+'
+    ("011 44 20 7183 8750", "US", "+442071838750", "+442071838750"),  # US exit code
+    ("020 7183 8750", "GB", "+442071838750", "+442071838750"),
+    ("+44 (0)20 7183 8750", "US", "+442071838750", "+442071838750"),  # UK trunk "(0)"
+    ("0049 30 1234567", "DE", "+49301234567", "+49301234567"),
+    ("030 1234567", "de", "+49301234567", "+49301234567"),
+    ("+33 1 42 68 53 00", "US", "+33142685300", "+33142685300"),
+    ("+19005550100", "US", "+19005550100", "+19005550100"),  # premium: the policy refuses
+    # The fictional numbers of fax tutorials: only the lenient mode takes them.
+    ("+15551234567", "US", None, "+15551234567"),
+    ("15551234567", "US", None, "+15551234567"),
+    ("1-555-123-4567", "US", None, "+15551234567"),
+    ("555.123.4567", "US", None, "+15551234567"),
+]
+
+# (text, default country, words the reason must contain)
+INVALID = [
+    ("", "US", "no number given"),
+    ("   ", "US", "no number given"),
+    ("sales", "US", "only digits"),
+    ("1-800-FLOWERS", "US", "only digits"),
+    ("+1 201 555 0123 ext 5", "US", "only digits"),
+    ("201-555-0123;x=1", "US", "only digits"),
+    ("++12015550123", "US", "only digits"),
+    ("12", "US", "too short"),
+    ("1234567890123456", "US", "more than 15 digits"),
+    ("555-0123", "US", "add the area code"),
+    ("+1 201 555 012", "US", "wrong number of digits"),
+    ("+1 201 555 01234", "US", "wrong number of digits"),
+    ("+0123456789", "US", "unknown country code"),
+    ("02071838750", "US", "wrong number of digits"),  # UK national number, US default
+]
+
+
+@pytest.mark.parametrize(("text", "country", "strict_e164", "lenient_e164"), VALID)
+def test_valid_numbers(text: str, country: str, strict_e164: str | None, lenient_e164: str) -> None:
+    """Real-world spellings give E.164 with '+'; strict mode refuses unassigned ranges."""
+    assert parse_fax_number(text, country, strict=False) == lenient_e164
+    if strict_e164 is None:
+        with pytest.raises(NumberError, match="not an assigned number"):
+            parse_fax_number(text, country, strict=True)
+    else:
+        assert parse_fax_number(text, country, strict=True) == strict_e164
+
+
+@pytest.mark.parametrize(("text", "country", "reason"), INVALID)
+@pytest.mark.parametrize("strict", [True, False])
+def test_invalid_numbers(text: str, country: str, reason: str, strict: bool) -> None:
+    """What is not a fax number is refused in both modes, with the text and a reason."""
+    with pytest.raises(NumberError) as caught:
+        parse_fax_number(text, country, strict=strict)
+    message = str(caught.value)
+    assert reason in message
+    if text.strip():
+        assert repr(text.strip()) in message
+
+
+def test_helpers() -> None:
+    """Region, premium-rate check, human form and the carrier's digits-only form."""
+    assert region_of("+442071838750") == "GB"
+    assert region_of("+12015550123") == "US"
+    assert is_premium_rate("+19005550100")
+    assert not is_premium_rate("+12015550123")
+    assert pretty("+12015550123") == "+1 201-555-0123"
+    assert pretty("12015550123") == "+1 201-555-0123"
+    assert pretty("garbage") == "garbage"
+    assert carrier_digits("+12015550123") == "12015550123"
