@@ -1,0 +1,273 @@
+"""The outbox: every mail the gateway sends is queued on disk and handed to the relay from here.
+
+`queue_mail` is how other stages send mail: the rendered message is written durably, then a
+row with the caller's idempotency key is committed, so a queued mail survives a crash and a
+notification queued twice goes out once. `OutboxWorker` owns every transition after that:
+
+- the relay took it: sent (its message file is then removed: the recipient has it);
+- 4xx, relay down, timeout: deferred with doubling backoff and jitter between
+  queue.min_backoff_seconds and queue.max_backoff_seconds, in the store, so across restarts;
+- 5xx: failed, logged at error level (the operator can requeue it);
+- still undelivered after queue.lifetime_seconds: dead, logged at error level.
+
+When the relay as a whole is unavailable (down, refusing our login), the rest of the batch is
+deferred without trying: a dead relay costs one timeout per pass, not one per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Protocol
+
+from gateway import log
+from gateway.config import Config
+from gateway.fsutil import write_atomic
+from gateway.mail import clean_address
+from gateway.metrics import Metrics
+from gateway.relay import RecipientsRefused, Relay, RelayError
+from gateway.retry import backoff_delay
+from gateway.store import Database
+from gateway.store import outbox as store
+from gateway.store.outbox import OutboxMessage
+
+logger = log.get_logger(__name__)
+
+# Messages picked up per pass; the runner calls again at once while a pass found work.
+BATCH_SIZE = 20
+
+
+class _Random(Protocol):
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+def message_path_for(outbox_dir: Path, key: str) -> Path:
+    """Where the message queued under `key` is kept: a name derived from the key, so a
+    second queue_mail for the same key finds the same file instead of making an orphan."""
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+    return outbox_dir / f"{digest}.eml"
+
+
+async def queue_mail(
+    db: Database,
+    outbox_dir: Path,
+    *,
+    key: str,
+    kind: str,
+    message: EmailMessage,
+    recipients: Sequence[str],
+    now: float | None = None,
+) -> bool:
+    """Queue `message` for `recipients` once per `key`; False if the key was queued before.
+
+    The file is on disk (fsync'd) before the row is committed: a crash in between leaves at
+    most an orphan file, never a row whose message is missing. Raises ValueError for a
+    malformed recipient, before anything is written.
+    """
+    rcpts = [clean_address(r) for r in recipients]
+    if not rcpts:
+        raise ValueError("a mail needs at least one recipient")
+    existing = await db.run(store.get_by_key, key)
+    if existing is not None:
+        # Already queued (or sent): never rewrite a file a pending row may be about to send.
+        return False
+    path = message_path_for(outbox_dir, key)
+    # Two concurrent calls for one key both get here; both write an equivalent rendering of
+    # the same notification to the same path (atomic replace), and the unique key lets one
+    # row in.
+    await asyncio.to_thread(_write_message, path, message)
+    return await db.run(
+        store.enqueue,
+        key=key,
+        kind=kind,
+        recipients=rcpts,
+        message_path=path,
+        now=time.time() if now is None else now,
+    )
+
+
+def _write_message(path: Path, message: EmailMessage) -> None:
+    # policy.SMTP: CRLF line endings, the form the message takes on the wire (an .eml file).
+    write_atomic(path, message.as_bytes(policy=policy.SMTP))
+
+
+def _read_message(path: Path) -> EmailMessage:
+    with path.open("rb") as handle:
+        parsed = BytesParser(policy=policy.default).parse(handle)
+    assert isinstance(parsed, EmailMessage)  # policy.default builds EmailMessage objects
+    return parsed
+
+
+class OutboxWorker:
+    """Sends due outbox messages through the relay; one pass per `run_once`."""
+
+    name = "outbox"
+
+    def __init__(
+        self,
+        db: Database,
+        relay: Relay,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: _Random = random,  # type: ignore[assignment]
+        metrics: Metrics | None = None,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self.db = db
+        self.relay = relay
+        self.queue = config.queue
+        self.clock = clock
+        self.rng = rng
+        self.metrics = metrics
+        self.batch_size = batch_size
+        # A claimed message is left alone this long if we die mid-send: longer than any send
+        # can take (every step of the SMTP dialogue is bounded by the relay timeout).
+        self.lease = max(store.DEFAULT_LEASE_SECONDS, 20 * config.relay.timeout_seconds)
+
+    async def run_once(self) -> int:
+        """Handle the messages due now; how many were handled (0 when there is nothing to do)."""
+        due = await self.db.run(store.claim_due, self.clock(), self.batch_size, self.lease)
+        relay_down: RelayError | None = None
+        for message in due:
+            with log.bound(outbox_id=message.id, key=message.key, kind=message.kind):
+                if relay_down is not None:
+                    await self._retry_later(message, relay_down, tried=False)
+                    continue
+                relay_down = await self._deliver(message)
+        return len(due)
+
+    async def _deliver(self, message: OutboxMessage) -> RelayError | None:
+        """Try one message; the error if the relay as a whole is unavailable, else None."""
+        try:
+            email = await asyncio.to_thread(_read_message, message.message_path)
+        except FileNotFoundError:
+            await self._give_up(message, f"message file {message.message_path} is missing")
+            return None
+        except Exception as exc:  # an unreadable file (I/O error): may be transient
+            logger.exception("outbox.unreadable", path=str(message.message_path))
+            await self._retry_later(
+                message, RelayError(f"cannot read message: {exc}", permanent=False)
+            )
+            return None
+        try:
+            await self.relay.send(email, message.recipients)
+        except RecipientsRefused as exc:
+            await self._partly_refused(message, exc)
+            return None
+        except RelayError as exc:
+            if exc.permanent:
+                await self._failed(message, str(exc))
+            else:
+                await self._retry_later(message, exc)
+            return exc if exc.relay_unavailable else None
+        except Exception as exc:
+            # A bug or a library surprise, not a verdict on the message: keep it and retry;
+            # the lifetime bounds how long a message that always trips it is retried.
+            logger.exception("outbox.send_crashed")
+            await self._retry_later(
+                message, RelayError(f"{type(exc).__name__}: {exc}", permanent=False)
+            )
+            return None
+        await self._sent(message)
+        return None
+
+    async def _sent(self, message: OutboxMessage, note: str | None = None) -> None:
+        now = self.clock()
+        await self.db.run(store.mark_sent, message.id, now, note)
+        logger.info(
+            "outbox.sent",
+            key=message.key,
+            kind=message.kind,
+            attempts=message.attempts,
+            recipients=len(message.recipients),
+        )
+        if self.metrics is not None:
+            self.metrics.mail_sent.labels(kind=message.kind).inc()
+        # The relay has it; a failed or dead message keeps its file for a requeue.
+        await asyncio.to_thread(message.message_path.unlink, missing_ok=True)
+
+    async def _failed(self, message: OutboxMessage, error: str) -> None:
+        await self.db.run(store.mark_failed, message.id, error, self.clock())
+        logger.error(
+            "outbox.failed",
+            key=message.key,
+            kind=message.kind,
+            attempts=message.attempts,
+            error=error,
+        )
+        self._count_failure(message)
+
+    async def _give_up(self, message: OutboxMessage, error: str) -> None:
+        await self.db.run(store.mark_dead, message.id, error, self.clock())
+        logger.error(
+            "outbox.dead",
+            key=message.key,
+            kind=message.kind,
+            attempts=message.attempts,
+            error=error,
+        )
+        if self.metrics is not None:
+            self.metrics.mail_dead.labels(kind=message.kind).inc()
+
+    async def _retry_later(
+        self,
+        message: OutboxMessage,
+        error: RelayError,
+        *,
+        recipients: Sequence[str] | None = None,
+        tried: bool = True,
+    ) -> None:
+        now = self.clock()
+        expires = message.created_at + self.queue.lifetime_seconds
+        reason = str(error) if tried else f"not tried: {error}"
+        if now >= expires:
+            await self._give_up(message, f"lifetime over: {reason}")
+            return
+        delay = backoff_delay(
+            max(message.attempts, 1),
+            self.queue.min_backoff_seconds,
+            self.queue.max_backoff_seconds,
+            self.rng,
+        )
+        # The last attempt happens when the lifetime ends, not up to max_backoff after it.
+        delay = min(delay, expires - now)
+        await self.db.run(store.defer, message.id, reason, delay, now, recipients=recipients)
+        logger.warning(
+            "outbox.deferred",
+            key=message.key,
+            kind=message.kind,
+            attempts=message.attempts,
+            delay=round(delay, 1),
+            error=reason,
+        )
+        if tried:
+            self._count_failure(message)
+
+    async def _partly_refused(self, message: OutboxMessage, exc: RecipientsRefused) -> None:
+        # The message reached `exc.accepted`: they must not get it again. Recipients refused
+        # with 5xx are dropped (logged), those refused with 4xx keep the message pending.
+        if exc.permanently_refused:
+            logger.error(
+                "outbox.recipients_refused",
+                key=message.key,
+                kind=message.kind,
+                refused={r: f"{c} {t}" for r, (c, t) in exc.refused.items() if c >= 500},
+            )
+        if exc.temporary:
+            await self._retry_later(message, exc, recipients=exc.temporary)
+        elif exc.accepted:
+            await self._sent(message, note=str(exc))
+        else:
+            await self._failed(message, str(exc))
+
+    def _count_failure(self, message: OutboxMessage) -> None:
+        if self.metrics is not None:
+            self.metrics.mail_failed.labels(kind=message.kind).inc()

@@ -1,0 +1,260 @@
+"""Every mail the gateway sends, from queued to sent (table `outbox`).
+
+A row is written only after its rendered message is on disk (gateway/outbox.py `queue_mail`),
+and carries a unique key chosen by the caller (`report:<fax id>:delivered`), so a notification
+queued twice (a retried webhook, a restart mid-step) is recorded once and goes out once.
+
+States:
+- pending: waiting for its next attempt at `next_attempt_at` (new or deferred).
+- sent: the relay took it (for all recipients, or for some while the rest were refused 5xx).
+- failed: the relay refused it for good (5xx); kept for the operator, who may requeue it.
+- dead: still undelivered when its lifetime ran out, or its message file is gone.
+
+`attempts` counts pickups: `claim_due` adds one and pushes `next_attempt_at` a lease ahead, so
+a worker that dies mid-send leaves the message due again after the lease, not at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from gateway.store.db import transaction
+
+# How long a claimed message is left alone before it counts as abandoned (worker crashed).
+DEFAULT_LEASE_SECONDS = 600.0
+
+
+class OutboxState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: int
+    key: str
+    kind: str
+    state: OutboxState
+    recipients: tuple[str, ...]
+    message_path: Path
+    attempts: int
+    next_attempt_at: float
+    error: str | None
+    created_at: float
+    updated_at: float
+    sent_at: float | None
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    *,
+    key: str,
+    kind: str,
+    recipients: Sequence[str],
+    message_path: Path,
+    now: float | None = None,
+) -> bool:
+    """Record a mail to send; False (and nothing changed) if `key` was queued before."""
+    if not recipients:
+        raise ValueError("a mail needs at least one recipient")
+    at = _now(now)
+    with transaction(conn):
+        cursor = conn.execute(
+            "INSERT INTO outbox (key, kind, state, recipients, message_path, next_attempt_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (key) DO NOTHING",
+            (
+                key,
+                kind,
+                OutboxState.PENDING,
+                json.dumps(list(recipients)),
+                str(message_path),
+                at,
+                at,
+                at,
+            ),
+        )
+        return cursor.rowcount == 1
+
+
+def claim_due(
+    conn: sqlite3.Connection,
+    now: float,
+    limit: int,
+    lease: float = DEFAULT_LEASE_SECONDS,
+) -> list[OutboxMessage]:
+    """Pending messages due at `now`, oldest due first, each counted as one more attempt."""
+    with transaction(conn):
+        rows = conn.execute(
+            "SELECT id FROM outbox WHERE state = ? AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, id LIMIT ?",
+            (OutboxState.PENDING, now, limit),
+        ).fetchall()
+        claimed = []
+        for row in rows:
+            updated = conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ? RETURNING *",
+                (now + lease, now, row["id"]),
+            ).fetchone()
+            claimed.append(_message(updated))
+    return claimed
+
+
+def mark_sent(
+    conn: sqlite3.Connection, message_id: int, now: float | None = None, error: str | None = None
+) -> None:
+    """The relay took the message. `error` notes recipients it refused for good, if any."""
+    at = _now(now)
+    with transaction(conn):
+        conn.execute(
+            "UPDATE outbox SET state = ?, sent_at = ?, updated_at = ?, error = ? WHERE id = ?",
+            (OutboxState.SENT, at, at, error, message_id),
+        )
+
+
+def defer(
+    conn: sqlite3.Connection,
+    message_id: int,
+    error: str,
+    delay: float,
+    now: float | None = None,
+    *,
+    recipients: Sequence[str] | None = None,
+) -> None:
+    """Try again `delay` seconds from now; `recipients` narrows who is still owed the mail."""
+    at = _now(now)
+    with transaction(conn):
+        if recipients is None:
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, error = ?, updated_at = ? WHERE id = ?",
+                (at + delay, error, at, message_id),
+            )
+        else:
+            if not recipients:
+                raise ValueError("deferring to nobody: mark the message sent instead")
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, error = ?, updated_at = ?,"
+                " recipients = ? WHERE id = ?",
+                (at + delay, error, at, json.dumps(list(recipients)), message_id),
+            )
+
+
+def mark_failed(
+    conn: sqlite3.Connection, message_id: int, error: str, now: float | None = None
+) -> None:
+    """The relay refused the message for good (5xx)."""
+    _finish(conn, message_id, OutboxState.FAILED, error, _now(now))
+
+
+def mark_dead(
+    conn: sqlite3.Connection, message_id: int, error: str, now: float | None = None
+) -> None:
+    """Given up: lifetime over, or nothing left to send."""
+    _finish(conn, message_id, OutboxState.DEAD, error, _now(now))
+
+
+def _finish(
+    conn: sqlite3.Connection, message_id: int, state: OutboxState, error: str, now: float
+) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE outbox SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+            (state, error, now, message_id),
+        )
+
+
+def requeue(conn: sqlite3.Connection, message_id: int, now: float | None = None) -> bool:
+    """Make a failed, dead or deferred message due now; False if there is no such message.
+
+    Like Postfix's `postsuper -r`, a requeued message starts over: attempts and the lifetime
+    count from now, or a dead message would die again at its first temporary failure.
+    """
+    at = _now(now)
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?, created_at = ?,"
+            " updated_at = ? WHERE id = ? AND state != ?",
+            (OutboxState.PENDING, at, at, at, message_id, OutboxState.SENT),
+        )
+        return cursor.rowcount == 1
+
+
+def get_message(conn: sqlite3.Connection, message_id: int) -> OutboxMessage | None:
+    row = conn.execute("SELECT * FROM outbox WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else _message(row)
+
+
+def get_by_key(conn: sqlite3.Connection, key: str) -> OutboxMessage | None:
+    """The message queued under `key` (to learn whether a notification has gone out)."""
+    row = conn.execute("SELECT * FROM outbox WHERE key = ?", (key,)).fetchone()
+    return None if row is None else _message(row)
+
+
+def list_messages(
+    conn: sqlite3.Connection, state: OutboxState | str | None = None
+) -> list[OutboxMessage]:
+    if state is None:
+        rows = conn.execute("SELECT * FROM outbox ORDER BY id").fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT * FROM outbox WHERE state = ? ORDER BY id", (OutboxState(state),)
+        ).fetchall()
+    return [_message(row) for row in rows]
+
+
+def pending_count(conn: sqlite3.Connection) -> int:
+    return int(
+        conn.execute(
+            "SELECT count(*) FROM outbox WHERE state = ?", (OutboxState.PENDING,)
+        ).fetchone()[0]
+    )
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    """When the earliest pending message is due (for a worker deciding how long to sleep)."""
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM outbox WHERE state = ?", (OutboxState.PENDING,)
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def _message(row: sqlite3.Row) -> OutboxMessage:
+    try:
+        recipients = json.loads(row["recipients"])
+    except ValueError:
+        recipients = []
+    return OutboxMessage(
+        id=row["id"],
+        key=row["key"],
+        kind=row["kind"],
+        state=OutboxState(row["state"]),
+        recipients=tuple(str(r) for r in recipients) if isinstance(recipients, list) else (),
+        message_path=Path(row["message_path"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        sent_at=row["sent_at"],
+    )
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Messages per state, every state present (for the metrics' queue depth)."""
+    counts = {state.value: 0 for state in OutboxState}
+    for row in conn.execute("SELECT state, count(*) AS n FROM outbox GROUP BY state"):
+        counts[row["state"]] = int(row["n"])
+    return counts
