@@ -1,0 +1,287 @@
+"""The worker runner: woken by commits, scanning as a fallback, surviving bugs, stopping safely."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from structlog.testing import capture_logs
+
+from gateway.worker import Runner, run_until_idle
+
+# Long enough that only wake() can explain a prompt run.
+NEVER = 3600.0
+WITHIN = 5.0
+
+
+class Queue:
+    """A worker over an in-memory list: each round handles every item there."""
+
+    def __init__(self, name: str = "queue") -> None:
+        self.name = name
+        self.items: list[str] = []
+        self.handled: list[str] = []
+        self.rounds = 0
+        self.changed = asyncio.Condition()
+
+    async def run_once(self) -> int:
+        self.rounds += 1
+        taken, self.items = self.items, []
+        self.handled.extend(taken)
+        async with self.changed:
+            self.changed.notify_all()
+        return len(taken)
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WITHIN):
+            async with self.changed:
+                await self.changed.wait_for(predicate)
+
+
+StartRunner = Callable[..., Awaitable[Runner]]
+
+
+@pytest.fixture
+async def runners() -> AsyncIterator[StartRunner]:
+    """Starts runners; every one is stopped at the end of the test."""
+    started: list[Runner] = []
+
+    async def start(*workers: object, **options: float) -> Runner:
+        runner = Runner(workers, **{"scan_interval": NEVER, **options})  # type: ignore[arg-type]
+        await runner.start()
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        await runner.stop(timeout=WITHIN)
+
+
+async def test_wake_makes_an_idle_worker_run_promptly(runners: StartRunner) -> None:
+    """With a scan interval of an hour, wake() alone gets new work handled at once."""
+    queue = Queue()
+    runner = await runners(queue)
+    await queue.until(lambda: queue.rounds >= 1)  # the first round found nothing
+    queue.items.append("job-1")
+    runner.wake()
+    await queue.until(lambda: queue.handled == ["job-1"])
+
+
+async def test_scan_interval_finds_work_without_a_wake(runners: StartRunner) -> None:
+    """Work nobody announced (a deferred job coming due) is found by the periodic scan."""
+    queue = Queue()
+    await runners(queue, scan_interval=0.02)
+    await queue.until(lambda: queue.rounds >= 1)
+    queue.items.append("deferred")
+    await queue.until(lambda: queue.handled == ["deferred"])
+
+
+async def test_worker_runs_again_while_it_finds_work(runners: StartRunner) -> None:
+    """A round that handled something is followed by another, without waiting for a wake."""
+
+    class Batches(Queue):
+        async def run_once(self) -> int:
+            self.rounds += 1
+            taken, self.items = self.items[:2], self.items[2:]
+            self.handled.extend(taken)
+            async with self.changed:
+                self.changed.notify_all()
+            return len(taken)
+
+    queue = Batches()
+    queue.items = [f"job-{n}" for n in range(7)]
+    await runners(queue)
+    await queue.until(lambda: len(queue.handled) == 7)
+    assert queue.rounds >= 4
+
+
+async def test_wake_during_a_round_is_not_lost(runners: StartRunner) -> None:
+    """Work committed while a round is running is picked up right after that round."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    class Slow(Queue):
+        async def run_once(self) -> int:
+            handled = await super().run_once()
+            if self.rounds == 1:  # looked at the queue (empty), now busy a while
+                entered.set()
+                await release.wait()
+            return handled
+
+    queue = Slow()
+    runner = await runners(queue)
+    await asyncio.wait_for(entered.wait(), WITHIN)
+    queue.items.append("late")  # committed after this round looked at the queue
+    runner.wake()
+    release.set()
+    await queue.until(lambda: queue.handled == ["late"])
+
+
+async def test_a_raising_worker_is_logged_and_keeps_running(runners: StartRunner) -> None:
+    """An unexpected exception is logged with its traceback and the worker carries on."""
+
+    class Flaky(Queue):
+        async def run_once(self) -> int:
+            if self.rounds < 2:
+                self.rounds += 1
+                raise RuntimeError(f"bug number {self.rounds}")
+            return await super().run_once()
+
+    queue = Flaky()
+    queue.items.append("job-1")
+    other = Queue("other")
+    with capture_logs() as logs:
+        runner = await runners(queue, other, error_pause=0.001, max_error_pause=0.01)
+        await queue.until(lambda: queue.handled == ["job-1"])
+        other.items.append("unaffected")
+        runner.wake()
+        await other.until(lambda: other.handled == ["unaffected"])
+    crashes = [e for e in logs if e["event"] == "worker.crashed"]
+    assert [e["failures"] for e in crashes] == [1, 2]
+    assert all(e["log_level"] == "error" and e["exc_info"] is True for e in crashes)
+    assert runner.running
+
+
+async def test_error_pause_grows_and_is_bounded() -> None:
+    """Consecutive failures wait longer each time, never longer than the maximum."""
+    sixth = asyncio.Event()
+
+    class Broken:
+        name = "broken"
+        calls = 0
+
+        async def run_once(self) -> int:
+            self.calls += 1
+            if self.calls == 7:  # the sixth failure has been logged
+                sixth.set()
+            raise ValueError("always")
+
+    runner = Runner([Broken()], scan_interval=NEVER, error_pause=0.001, max_error_pause=0.004)
+    with capture_logs() as logs:
+        await runner.start()
+        try:
+            await asyncio.wait_for(sixth.wait(), WITHIN)
+        finally:
+            await runner.stop(timeout=WITHIN)
+    pauses = [e["pause"] for e in logs if e["event"] == "worker.crashed"]
+    assert len(pauses) >= 6
+    assert pauses[0] < pauses[2]
+    assert max(pauses) <= 0.004
+
+
+async def test_stop_waits_for_the_round_in_progress() -> None:
+    """Stopping lets the current run_once finish (a safe point) before the task ends."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[bool] = []
+
+    class Busy:
+        name = "busy"
+
+        async def run_once(self) -> int:
+            entered.set()
+            await release.wait()
+            finished.append(True)
+            return 1
+
+    runner = Runner([Busy()], scan_interval=NEVER)
+    await runner.start()
+    await asyncio.wait_for(entered.wait(), WITHIN)
+    stopping = asyncio.create_task(runner.stop(timeout=WITHIN))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not stopping.done()
+    release.set()
+    await asyncio.wait_for(stopping, WITHIN)
+    assert finished == [True]  # exactly the one round: no new one started after stop
+    assert not runner.running
+
+
+async def test_stop_cancels_a_round_that_outlives_the_timeout() -> None:
+    """A round stuck past the timeout is cancelled so shutdown cannot hang."""
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    class Stuck:
+        name = "stuck"
+
+        async def run_once(self) -> int:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return 0
+
+    runner = Runner([Stuck()], scan_interval=NEVER)
+    await runner.start()
+    await asyncio.wait_for(entered.wait(), WITHIN)
+    with capture_logs() as logs:
+        await runner.stop(timeout=0.01)
+    assert cancelled.is_set()
+    assert not runner.running
+    assert [e["workers"] for e in logs if e["event"] == "workers.stop_timeout"] == [["stuck"]]
+
+
+async def test_stop_ends_idle_workers_at_once() -> None:
+    """Idle workers waiting for work end as soon as stop is called."""
+    queue = Queue()
+    runner = Runner([queue], scan_interval=NEVER)
+    await runner.start()
+    await queue.until(lambda: queue.rounds >= 1)
+    await asyncio.wait_for(runner.stop(timeout=NEVER), WITHIN)
+    assert not runner.running
+
+
+async def test_run_until_idle_drains_all_workers() -> None:
+    """All workers run until one full round finds nothing; the total is returned."""
+    first, second = Queue("first"), Queue("second")
+    first.items = ["a", "b"]
+
+    class Feeder(Queue):
+        async def run_once(self) -> int:
+            handled = await super().run_once()
+            second.items.extend(f"from-{item}" for item in self.handled[-handled:] if handled)
+            return handled
+
+    feeder = Feeder("feeder")
+    feeder.items = ["c"]
+    assert await run_until_idle([first, feeder, second]) == 4
+    assert first.handled == ["a", "b"]
+    assert second.handled == ["from-c"]
+    assert await run_until_idle([first, feeder, second]) == 0
+
+
+async def test_run_until_idle_times_out_on_endless_work() -> None:
+    """A queue that never empties raises TimeoutError instead of hanging the test."""
+
+    class Endless:
+        name = "endless"
+
+        async def run_once(self) -> int:
+            await asyncio.sleep(0)
+            return 1
+
+    with pytest.raises(TimeoutError):
+        await run_until_idle([Endless()], timeout=0.05)
+
+
+async def test_run_until_idle_lets_errors_through() -> None:
+    """In tests a worker's exception surfaces instead of being logged away."""
+
+    class Broken:
+        name = "broken"
+
+        async def run_once(self) -> int:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await run_until_idle([Broken()])
+
+
+def test_worker_names_must_be_unique() -> None:
+    """Two workers of one name would share a wake-up flag and a log name: refused."""
+    with pytest.raises(ValueError, match="unique"):
+        Runner([Queue("a"), Queue("a")], scan_interval=1)
