@@ -186,37 +186,47 @@ def _page_pixels(paper: str) -> tuple[int, int]:
     return round(width * DPI), round(height * DPI)
 
 
-def _wrap(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> list[str]:
-    """Greedy word wrap to `width` pixels; a word wider than a line is cut where it must be."""
+@functools.lru_cache(maxsize=65536)
+def _length(size: int, text: str) -> float:
+    """Advance width of `text` in pixels (cached: the same words recur all through a letter)."""
+    return float(_font(size).getlength(text))
+
+
+def _wrap(text: str, width: float, size: int) -> list[str]:
+    """Greedy word wrap to `width` pixels; a word wider than a line is cut where it must be.
+
+    Lines are measured as the sum of their words, which ignores kerning across word boundaries;
+    the 1% kept spare covers it.
+    """
     if not text.strip():
         return [""]
+    budget = width * 0.99
     lines: list[str] = []
-    current = ""
+    indent = text[: len(text) - len(text.lstrip())]
+    current, used = indent, _length(size, indent)
     for word in re.findall(r"\S+\s*", text):
-        candidate = current + word
-        if font.getlength(candidate.rstrip()) <= width:
-            current = candidate
+        bare = word.rstrip()
+        if used + _length(size, bare) <= budget:
+            current, used = current + word, used + _length(size, word)
             continue
-        if current:
+        if current.strip():
             lines.append(current.rstrip())
-            current = ""
-        while font.getlength(word.rstrip()) > width:
-            cut = _longest_prefix(word, width, font)
-            lines.append(word[:cut])
-            word = word[cut:]
-        current = word
+        while _length(size, bare) > budget:
+            cut = _longest_prefix(bare, budget, size)
+            lines.append(bare[:cut])
+            bare, word = bare[cut:], word[cut:]
+        current, used = word, _length(size, word)
     if current.strip() or not lines:
         lines.append(current.rstrip())
     return lines
 
 
-def _longest_prefix(
-    word: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.ImageFont
-) -> int:
+def _longest_prefix(word: str, width: float, size: int) -> int:
+    """The longest prefix of `word` (at least one character) that fits in `width`."""
     low, high = 1, len(word)
     while low < high:
         middle = (low + high + 1) // 2
-        if font.getlength(word[:middle]) <= width:
+        if _length(size, word[:middle]) <= width:
             low = middle
         else:
             high = middle - 1
@@ -250,7 +260,6 @@ class _Pager:
         heading = source.startswith(_HEADING)
         source = "".join(c for c in source if c == "\t" or not _is_control(c))
         size = HEADING_PX if heading else FONT_PX
-        font = _font(size)
         line_height = round(size * LINE_SPACING)
         # Leading segments sit at successive tab stops; the last one wraps, hanging at its stop.
         segments = source.split("\t")
@@ -258,11 +267,11 @@ class _Pager:
         fixed: list[tuple[int, str]] = []
         for segment in segments[:-1]:
             fixed.append((x, segment))
-            end = x + font.getlength(segment)
+            end = x + _length(size, segment)
             x = MARGIN_PX + (int(end - MARGIN_PX) // TAB_PX + 1) * TAB_PX
-        if x > self.right - 20 * font.getlength("M"):
+        if x > self.right - 20 * _length(size, "M"):
             x = MARGIN_PX  # tab stops past most of the width: wrap from the margin instead
-        for number, line in enumerate(_wrap(segments[-1], self.right - x, font)):
+        for number, line in enumerate(_wrap(segments[-1], self.right - x, size)):
             top = self.take(line_height)
             if number == 0:
                 self.pages[-1].extend(_Run(fx, top, text, heading) for fx, text in fixed if text)
