@@ -119,7 +119,8 @@ class Runner:
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
             try:
-                handled = await worker.run_once()
+                # int(): a worker returning something else is a bug to log, not to die of.
+                handled = int(await worker.run_once())
             except Exception:
                 failures += 1
                 pause = backoff_delay(failures, self.error_pause, self.max_error_pause)
