@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
@@ -199,17 +199,13 @@ class MailRenderer:
         values = dict(context)
         subject = clean_subject(self._render(self._text_env, f"{kind}.subject.j2", values))
         text = _normalize_newlines(self._render(self._text_env, f"{kind}.txt.j2", values))
-        html: str | None = _normalize_newlines(
-            self._render(self._html_env, f"{kind}.html.j2", values)
-        )
-        # An operator who wants text-only mail overrides the HTML template with an empty file.
-        if not html.strip():
-            html = None
+        html = _normalize_newlines(self._render(self._html_env, f"{kind}.html.j2", values))
         if not text.strip():
             raise MailTemplateError(
                 f"template {kind}.txt.j2 rendered nothing (a text part is required)"
             )
-        return RenderedMail(subject=subject, text=text, html=html)
+        # An operator who wants text-only mail overrides the HTML template with an empty file.
+        return RenderedMail(subject=subject, text=text, html=html if html.strip() else None)
 
     @staticmethod
     def _render(env: jinja2.Environment, name: str, context: dict[str, object]) -> str:
@@ -398,6 +394,7 @@ def build_message(
             _normalize_newlines(rendered.html), subtype="html", cte="quoted-printable"
         )
         html_part = message.get_payload()[1]  # type: ignore[index]
+        assert isinstance(html_part, MIMEPart)  # add_alternative made it one
         for image in inline_images:
             if not _CID.fullmatch(image.cid):
                 raise ValueError(f"{image.cid!r} is not a usable Content-ID")

@@ -117,7 +117,7 @@ class OutboxWorker:
         config: Config,
         *,
         clock: Callable[[], float] = time.time,
-        rng: _Random = random,  # type: ignore[assignment]
+        rng: _Random = random,
         metrics: Metrics | None = None,
         batch_size: int = BATCH_SIZE,
     ) -> None:

@@ -156,7 +156,7 @@ class _ImplicitTlsController(Controller):
     auth_require_tls=False would make aiosmtpd warn about plaintext AUTH)."""
 
     def factory(self) -> SMTP:
-        server = super().factory()
+        server = SMTP(self.handler, **self.SMTP_kwargs)
         server._auth_require_tls = False
         return server
 
