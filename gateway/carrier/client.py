@@ -102,6 +102,13 @@ class VoxtelesysClient:
     ) -> None:
         await self.close()
 
+    async def start(self) -> None:
+        """Open the session now (the daemon's component protocol); requests also open it."""
+        self._client_session()
+
+    async def stop(self) -> None:
+        await self.close()
+
     async def close(self) -> None:
         if self._owns_session and self._session is not None:
             await self._session.close()

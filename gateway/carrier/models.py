@@ -15,6 +15,7 @@ dotted keys (`error.code`), so both are read.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -60,8 +61,10 @@ class Fax:
         return cls(
             id=_required_text(data, "id"),
             direction=_required_text(data, "direction").lower(),
-            to=_required_number(data, "to"),
-            from_=_required_number(data, "from"),
+            to=_required_text(data, "to"),
+            # An inbound caller may withhold its number ("anonymous", or nothing at all): a fax
+            # must never be refused for that, so `from` is kept as given, "" when absent.
+            from_=_optional_text(data.get("from")) or "",
             status=_required_text(data, "status"),
             created_at=_timestamp(data.get("created_at")),
             modified_at=_timestamp(data.get("modified_at")),
@@ -167,13 +170,6 @@ def _required_text(data: Mapping[str, Any], key: str) -> str:
     return text
 
 
-def _required_number(data: Mapping[str, Any], key: str) -> str:
-    text = _required_text(data, key)
-    if not re.fullmatch(r"\+?[0-9]{1,15}", text):
-        raise PayloadError(f"{key} is not a phone number: {text!r}")
-    return text
-
-
 def _optional_text(value: Any) -> str | None:
     if value is None or isinstance(value, dict | list | bool):
         return None
@@ -189,7 +185,7 @@ def _count(value: Any) -> int | None:
         number = float(value) if isinstance(value, str) else value
     except ValueError:
         return None
-    if not isinstance(number, int | float) or number != number or number < 0:
+    if not isinstance(number, int | float) or not math.isfinite(number) or number < 0:
         return None
     if isinstance(number, float) and not number.is_integer():
         # A fractional duration is rounded; a fractional page count does not occur.
@@ -269,4 +265,5 @@ def _media_url(value: Any) -> str | None:
 
 
 def _e164(number: str) -> str:
-    return number if number.startswith("+") else "+" + number
+    """'+' before a number of digits; anything else ("anonymous", "") is returned as is."""
+    return "+" + number if number.isdigit() else number

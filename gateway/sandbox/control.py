@@ -39,7 +39,7 @@ from gateway.sandbox import documents
 from gateway.sandbox.api import LIFECYCLE, STATE
 from gateway.sandbox.lifecycle import RECEIVING
 from gateway.sandbox.settings import CONTROL_PREFIX, SandboxSettings
-from gateway.sandbox.state import ERROR_BODIES, FAULT_KINDS, SandboxState
+from gateway.sandbox.state import ERROR_BODIES, FAULT_KINDS, SandboxFax, SandboxState
 from gateway.sandbox.webhooks import WebhookSender
 
 WEBHOOKS: web.AppKey[WebhookSender] = web.AppKey("sandbox_webhooks", WebhookSender)
@@ -256,7 +256,7 @@ async def reset(request: web.Request) -> web.Response:
     return web.json_response({"version": request.app[STATE].version})
 
 
-def _fax(request: web.Request) -> Any:
+def _fax(request: web.Request) -> SandboxFax:
     fax = request.app[STATE].faxes.get(request.match_info["fax_id"])
     if fax is None:
         raise web.HTTPNotFound(text="no such fax")

@@ -9,6 +9,8 @@ Inbound: `receiving`, then `received` after the delay, then the webhook with `li
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 
@@ -56,7 +58,7 @@ class Lifecycle:
             self._fail(fax, error_code)
         self.webhooks.send(fax)
 
-    def _start(self, fax: SandboxFax, coro: object) -> None:
+    def _start(self, fax: SandboxFax, coro: Coroutine[Any, Any, None]) -> None:
         task = self.state.spawn(coro, name=f"sandbox-fax-{fax.id}")
         self._running[fax.id] = task
         task.add_done_callback(lambda _task: self._running.pop(fax.id, None))
