@@ -77,8 +77,13 @@ class CoverContext:
 
 
 def clean_line(text: str) -> str:
-    """One line of printable text: every control, format or separator character becomes a space."""
-    out = [" " if _is_control(c) or c.isspace() else c for c in unicodedata.normalize("NFC", text)]
+    """One line of printable text: controls and line breaks become spaces, format characters go."""
+    out = []
+    for char in unicodedata.normalize("NFC", text):
+        if char.isspace() or unicodedata.category(char) == "Cc":
+            out.append(" ")
+        elif not _is_control(char):
+            out.append(char)
     return " ".join("".join(out).split())
 
 
