@@ -202,9 +202,9 @@ class FaxHandler:
                 code, reason = _DOCUMENT_REPLIES.get(exc.kind, ("554 5.6.0", Reason.MALFORMED))
                 refusal = Refusal(reason, replies.document_rejected(code, str(exc)))
                 return _refuse("data", refusal, server, sender=transaction.sender)
-            accept = asyncio.ensure_future(
-                self._accept(server, transaction, raw, extracted, pages, len(raw))
-            )
+            ip = peer_of(server)
+            client = str(ip) if ip is not None else None
+            accept = asyncio.ensure_future(self._accept(transaction, raw, extracted, pages, client))
         except Exception:
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
             return replies.TEMPORARY_FAILURE
@@ -219,12 +219,11 @@ class FaxHandler:
 
     async def _accept(
         self,
-        server: SMTP,
         transaction: Transaction,
         raw: bytes,
-        extracted: Any,
+        extracted: mime.Extracted,
         pages: int,
-        size: int,
+        client: str | None,
     ) -> str | None:
         """Spool, commit, wake: the job id, or None after logging why it failed."""
         try:
@@ -233,12 +232,11 @@ class FaxHandler:
                 spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
                 sender = transaction.sender.lower()
                 mapped = self.config.senders.get(sender)
-                ip = peer_of(server)
                 job = NewJob(
                     id=job_id,
                     sender=sender,
                     auth_user=transaction.auth_user,
-                    client_address=str(ip) if ip is not None else None,
+                    client_address=client,
                     subject=extracted.subject or "",
                     message_id=extracted.message_id or "",
                     from_number=(
@@ -255,8 +253,8 @@ class FaxHandler:
                     user=transaction.auth_user,
                     recipients=list(transaction.numbers),
                     pages=pages,
-                    size=size,
-                    client=job.client_address,
+                    size=len(raw),
+                    client=client,
                 )
                 try:
                     self.wake()

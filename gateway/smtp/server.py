@@ -62,6 +62,9 @@ class GatewaySMTP(SMTP):
         context.run(log.bind, session=self.session_id)
         context.run(super().connection_made, transport)
         context.run(logger.debug, "smtp.connected", peer=str(transport.get_extra_info("peername")))
+        if self.owner.stopping:
+            # Accepted in the same instant the listeners closed: 421 in place of the greeting.
+            self.close_for_shutdown()
 
     def connection_lost(self, error: Exception | None) -> None:
         try:
@@ -104,6 +107,14 @@ class GatewaySMTP(SMTP):
                     client=str(peer_of(self)),
                 )
         await super().push(status)
+
+    def abort(self) -> None:
+        """Drop the connection now, without waiting for the client (a TLS close included)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
+        elif transport is not None:
+            transport.close()
 
     def close_for_shutdown(self) -> None:
         """Say 421 and hang up (RFC 5321 4.3.2: a server may do so at any time)."""
@@ -270,8 +281,7 @@ class SmtpServer:
         if self._sessions:
             logger.warning("smtp.stop_timeout", sessions=len(self._sessions))
             for session in list(self._sessions):
-                if session.transport is not None:
-                    session.transport.close()
+                session.abort()
         if self.handler is not None:
             await self.handler.drain()
         # Closed transports call connection_lost on the next loop iterations.
