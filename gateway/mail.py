@@ -150,9 +150,13 @@ class MailRenderer:
 
     def __init__(self, templates_dir_override: Path | None = None) -> None:
         self.override = templates_dir_override
-        self._text_env, self._html_env = self._build()
+        # One attribute holding both: a reload in another thread swaps them together.
+        self._envs = self._build()
 
     def _build(self) -> tuple[jinja2.Environment, jinja2.Environment]:
+        if self.override is not None and not self.override.is_dir():
+            # A mistyped templates.dir would otherwise fall back to the built-in set unnoticed.
+            raise MailTemplateError(f"templates.dir {self.override} is not a directory")
         loaders: list[jinja2.BaseLoader] = []
         if self.override is not None:
             loaders.append(jinja2.FileSystemLoader(self.override))
@@ -190,16 +194,21 @@ class MailRenderer:
         return text_env, html_env
 
     def reload(self) -> None:
-        """Read the templates again (SIGHUP). On an error the templates in use are kept."""
-        self._text_env, self._html_env = self._build()
+        """Read the templates again (SIGHUP). On an error the templates in use are kept.
+
+        Reads files: from async code call it in a thread. `render` itself does no I/O (every
+        template is compiled here and cached).
+        """
+        self._envs = self._build()
 
     def render(self, kind: str, context: Mapping[str, object]) -> RenderedMail:
         if kind not in KINDS:
             raise MailTemplateError(f"unknown mail kind {kind!r}; known: {', '.join(KINDS)}")
         values = dict(context)
-        subject = clean_subject(self._render(self._text_env, f"{kind}.subject.j2", values))
-        text = _normalize_newlines(self._render(self._text_env, f"{kind}.txt.j2", values))
-        html = _normalize_newlines(self._render(self._html_env, f"{kind}.html.j2", values))
+        text_env, html_env = self._envs
+        subject = clean_subject(self._render(text_env, f"{kind}.subject.j2", values))
+        text = _normalize_newlines(self._render(text_env, f"{kind}.txt.j2", values))
+        html = _normalize_newlines(self._render(html_env, f"{kind}.html.j2", values))
         if not text.strip():
             raise MailTemplateError(
                 f"template {kind}.txt.j2 rendered nothing (a text part is required)"

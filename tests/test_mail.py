@@ -167,6 +167,12 @@ def test_broken_override_is_reported_and_old_templates_are_kept(tmp_path: Path) 
     assert renderer.render("queued", OUTBOUND).text == "Queued +15551234567\n"
 
 
+def test_missing_override_directory_is_an_error(tmp_path: Path) -> None:
+    """A mistyped templates.dir is reported instead of silently using the built-in set."""
+    with pytest.raises(MailTemplateError, match="not a directory"):
+        MailRenderer(tmp_path / "no-such-dir")
+
+
 def test_empty_html_override_sends_text_only(tmp_path: Path) -> None:
     """An empty HTML template in the override directory means a text-only mail."""
     (tmp_path / "delivered.html.j2").write_text("\n")
