@@ -206,3 +206,12 @@ def _inbound(row: sqlite3.Row) -> InboundFax:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def set_media_url(conn: sqlite3.Connection, inbound_id: int, media_url: str, now: float) -> None:
+    """A fresh media link from the carrier (the stored one may have expired)."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE inbound SET media_url = ?, updated_at = ? WHERE id = ?",
+            (media_url, now, inbound_id),
+        )

@@ -1,0 +1,292 @@
+"""The events worker: applies stored carrier events (webhooks and the reconciler's findings).
+
+For each unprocessed row of `events`, oldest first:
+- With webhooks.verify (the default) the fax is fetched with GET /faxes/{id} and that record is
+  acted upon; the webhook only says "look at this fax". A fax the carrier does not know (404)
+  is a forged or misdirected webhook: dropped, logged at warning level. A carrier that cannot
+  be reached leaves the event for later, with backoff; so does any other failure, until
+  queue.lifetime_seconds after the event arrived (the reconciler still covers the fax).
+- Outbound: the status is classified and recorded on our fax (`record_carrier_status`, which
+  never undoes a final state, so an out-of-order `delivering` after `delivered` changes
+  nothing). A fax that became final is reported by the reports worker (gateway/reports.py),
+  which is woken; a pending one gets its queued report here when notify.on_queued asks for
+  it. Reports are keyed per fax and kind in the outbox, so replaying an event never mails
+  twice.
+- Inbound: a fax that was received is recorded in `inbound` (once per carrier id) for the
+  inbound worker; one still being received is looked at again later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway import log
+from gateway.carrier.client import VoxtelesysClient
+from gateway.carrier.errors import CarrierError, NotFound
+from gateway.carrier.models import Fax, PayloadError
+from gateway.carrier.status import Outcome
+from gateway.config import Config
+from gateway.inbound import shown_number
+from gateway.metrics import Metrics
+from gateway.reports import Reporter
+from gateway.retry import backoff_delay
+from gateway.store import Database
+from gateway.store.events import Event, mark_processed, note_failure, pending_events
+from gateway.store.inbound import announce_inbound
+from gateway.store.jobs import record_carrier_status
+
+logger = log.get_logger(__name__)
+
+_BATCH = 50
+
+
+class _NotYet(Exception):
+    """The event cannot take effect yet (an inbound fax still being received)."""
+
+
+class EventsWorker:
+    """Applies stored events; `run_once` returns how many it finished or tried."""
+
+    name = "events"
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        db: Database,
+        client: VoxtelesysClient,
+        reporter: Reporter,
+        wake: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.client = client
+        self.reporter = reporter
+        self.wake = wake
+        self.metrics = metrics
+        self.clock = clock
+        # Backoff lives in memory: after a restart every waiting event is tried once at once,
+        # which is what a restart is usually for. A carrier outage pauses all events together.
+        self._not_before: dict[int, float] = {}
+        self._carrier_paused_until = 0.0
+
+    async def run_once(self) -> int:
+        now = self.clock()
+        if now < self._carrier_paused_until:
+            return 0
+        done = 0
+        for event in await self.db.run(pending_events, _BATCH):
+            if self._not_before.get(event.id, 0.0) > now:
+                continue
+            with log.bound(event_id=event.id, fax_id=event.carrier_id):
+                carrier_down = await self._process(event)
+            done += 1
+            if carrier_down:
+                break
+        return done
+
+    async def _process(self, event: Event) -> bool:
+        """Apply one event; True when the carrier is unreachable and the batch should stop."""
+        try:
+            fax = await self._fax_of(event)
+            if fax is None:
+                self._count(event, "dropped")
+                return False
+            if fax.direction == "outbound":
+                await self._outbound(event, fax)
+            elif fax.direction == "inbound":
+                await self._inbound(event, fax)
+            else:
+                logger.warning("event.unknown_direction", direction=fax.direction)
+            await self.db.run(mark_processed, event.id, self.clock(), payload=fax_payload(fax))
+            self._not_before.pop(event.id, None)
+            self._count(event, "applied")
+            return False
+        except _NotYet as exc:
+            await self._retry_later(event, str(exc), level="info")
+            return False
+        except CarrierError as exc:
+            # 5xx, timeouts, a refused key, an unreadable answer: none of them says anything
+            # about the fax, so the event waits; a refused key needs the operator, whose fix
+            # should not cost the events that arrived meanwhile.
+            delay = await self._retry_later(event, f"carrier: {exc}", level="warning")
+            if exc.transient or exc.http_status in (401, 403):
+                self._carrier_paused_until = self.clock() + delay
+                return True
+            return False
+        except Exception as exc:
+            logger.exception("event.failed")
+            await self._retry_later(event, f"{type(exc).__name__}: {exc}", level="error")
+            return False
+
+    def _count(self, event: Event, outcome: str) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.webhook_events.labels(direction=event.direction, outcome=outcome).inc()
+        if outcome != "deferred":
+            self.metrics.webhook_handling.observe(max(0.0, self.clock() - event.received_at))
+
+    async def _fax_of(self, event: Event) -> Fax | None:
+        """The record to act upon, or None when the event was dropped (and marked so)."""
+        if self.config.webhooks.verify:
+            try:
+                fax = await self.client.get_fax(event.carrier_id)
+            except NotFound:
+                logger.warning(
+                    "event.unknown_fax",
+                    status=event.status,
+                    hint="the carrier has no such fax: a forged or misdirected webhook",
+                )
+                await self.db.run(
+                    mark_processed, event.id, self.clock(), error="unknown to the carrier"
+                )
+                return None
+            if fax.id != event.carrier_id:
+                # Our GET by id answered with another fax: never act on it.
+                raise CarrierError(f"asked for fax {event.carrier_id}, got {fax.id}")
+            return fax
+        try:
+            return Fax.from_api(event.payload)
+        except PayloadError as exc:
+            logger.warning("event.unusable", reason=str(exc))
+            await self.db.run(
+                mark_processed, event.id, self.clock(), error=f"unusable payload: {exc}"
+            )
+            return None
+
+    async def _outbound(self, event: Event, fax: Fax) -> None:
+        outcome = fax.outcome(self.config.voxtelesys.success_statuses)
+        result = await self.db.run(
+            record_carrier_status,
+            fax.id,
+            fax.status,
+            outcome,
+            fax.pages,
+            fax.duration,
+            fax.attempts,
+            fax.error_code,
+            fax.error_description,
+            self.clock(),
+        )
+        if result is None:
+            # A fax that failed at once (a bad document) can call back before the submit
+            # worker has recorded its carrier id: wait a while before calling it foreign.
+            if self.clock() - event.received_at < self.config.webhooks.reconcile_after_seconds:
+                raise _NotYet("no fax of ours has this carrier id (yet)")
+            # The account may be shared with other software; its faxes are not ours to report.
+            logger.info("event.foreign_fax", status=fax.status)
+            return
+        ours, final_now = result
+        logger.info(
+            "event.applied",
+            status=fax.status,
+            outcome=outcome.value,
+            state=str(ours.state),
+            final_now=final_now,
+        )
+        if final_now:
+            # The reports worker tells the outcome (faxes_to_report finds every final fax not
+            # yet reported, so a crash right here still gets its report).
+            self._wake()
+        elif outcome is Outcome.PENDING and not ours.final:
+            await self.reporter.queued(ours)
+
+    async def _inbound(self, event: Event, fax: Fax) -> None:
+        outcome = fax.outcome(self.config.voxtelesys.success_statuses)
+        if outcome is Outcome.PENDING:
+            raise _NotYet(f"inbound fax is still {fax.status!r}")
+        if outcome is Outcome.FAILED:
+            info = fax.error_info
+            logger.warning(
+                "inbound.reception_failed",
+                status=fax.status,
+                from_number=shown_number(fax.from_),
+                to_number=shown_number(fax.to),
+                error_code=info.code if info else None,
+                error=info.description if info else None,
+            )
+            return
+        media_url = fax.media_url or fax.url
+        inbound_id = await self.db.run(
+            announce_inbound,
+            carrier_id=fax.id,
+            from_number=shown_number(fax.from_),
+            to_number=shown_number(fax.to),
+            pages=fax.pages,
+            duration=fax.duration,
+            fax_time=fax.time or _iso(fax),
+            media_url=media_url,
+            now=self.clock(),
+        )
+        if inbound_id is None:
+            logger.info("inbound.already_known")
+            return
+        logger.info(
+            "inbound.announced",
+            inbound_id=inbound_id,
+            from_number=shown_number(fax.from_),
+            to_number=shown_number(fax.to),
+            pages=fax.pages,
+            has_media=media_url is not None,
+        )
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wake is not None:
+            self.wake()
+
+    async def _retry_later(self, event: Event, error: str, *, level: str) -> float:
+        attempts = await self.db.run(note_failure, event.id, error)
+        now = self.clock()
+        queue = self.config.queue
+        if now - event.received_at > queue.lifetime_seconds:
+            logger.error("event.given_up", attempts=attempts, error=error)
+            await self.db.run(mark_processed, event.id, now, error=f"gave up: {error}")
+            self._not_before.pop(event.id, None)
+            self._count(event, "given_up")
+            return 0.0
+        delay = backoff_delay(
+            max(attempts, 1), queue.min_backoff_seconds, queue.max_backoff_seconds
+        )
+        self._not_before[event.id] = now + delay
+        self._count(event, "deferred")
+        getattr(logger, level)(
+            "event.deferred", attempts=attempts, delay=round(delay, 1), error=error
+        )
+        return delay
+
+
+def _iso(fax: Fax) -> str | None:
+    moment = fax.modified_at or fax.created_at
+    return moment.isoformat() if moment is not None else None
+
+
+def fax_payload(fax: Fax) -> dict[str, Any]:
+    """A webhook-shaped payload of a carrier record (synthetic events of the reconciler)."""
+    data: dict[str, Any] = {
+        "type": "fax",
+        "id": fax.id,
+        "direction": fax.direction,
+        "to": fax.to,
+        "from": fax.from_,
+        "status": fax.status,
+    }
+    optional: dict[str, Any] = {
+        "time": fax.time,
+        "created_at": fax.created_at.isoformat() if fax.created_at else None,
+        "modified_at": fax.modified_at.isoformat() if fax.modified_at else None,
+        "url": fax.url,
+        "pages": fax.pages,
+        "duration": fax.duration,
+        "attempts": fax.attempts,
+    }
+    data.update({key: value for key, value in optional.items() if value is not None})
+    if fax.has_error:
+        data["error"] = {"code": fax.error_code, "description": fax.error_description}
+    if fax.media_url:
+        data["links"] = {"media": fax.media_url}
+    return data

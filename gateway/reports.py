@@ -1,0 +1,290 @@
+"""Delivery reports: the sender of each outbound fax learns how it went, by mail, once.
+
+Kinds, after HylaFAX's fixed vocabulary of outcomes, one template set each:
+- delivered: the carrier reports success (notify.on_success);
+- failed: the carrier reports failure, or the fax failed before reaching it (a refused POST,
+  too many pages, a carrier unreachable past the queue lifetime) (notify.on_failure);
+- queued: the fax is at the carrier and not finished yet (notify.on_queued, off by default).
+
+A report goes to the envelope sender of the original message (notify.cc in copy), threads under
+it (In-Reply-To/References = its Message-ID), keeps the user's subject in its own, and attaches
+the faxed document as PDF unless notify.attach_document is off. Each is queued in the outbox
+under `report:<fax id>:<kind>`, so however often it is asked for it goes out once.
+
+`ReportsWorker` finds every fax that reached a final state, whichever way (webhook,
+reconciler, submit stage, failed or cancelled job), through `faxes_to_report`, and marks it
+reported once its mail is queued: a crash in between queues the mail again under the same key,
+which is a no-op, and the stored document is not cleaned before that mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+from gateway import log
+from gateway.carrier.faxerrors import describe
+from gateway.config import Config
+from gateway.document import kinds
+from gateway.document.convert import tiff_to_pdf
+from gateway.mail import MailAttachment, MailRenderer, build_message, clean_address
+from gateway.metrics import Metrics
+from gateway.outbox import queue_mail
+from gateway.retry import backoff_delay
+from gateway.store import Database
+from gateway.store.jobs import Fax, FaxState, Job, faxes_to_report, get_job, mark_reported
+from gateway.store.outbox import get_by_key
+
+logger = log.get_logger(__name__)
+
+DELIVERED = "delivered"
+FAILED = "failed"
+QUEUED = "queued"
+
+_BATCH = 50
+
+
+def outcome_kind(fax: Fax) -> str | None:
+    """The report kind for a final fax; None for one not final, or cancelled by an operator.
+
+    A cancelled fax is not reported: the operator who cancelled it decided what the sender is
+    told, and the failure template's advice (try again / check the number) would be wrong.
+    """
+    if fax.state is FaxState.DELIVERED:
+        return DELIVERED
+    if fax.state is FaxState.FAILED:
+        return FAILED
+    return None
+
+
+def wanted(config: Config, kind: str) -> bool:
+    notify = config.notify
+    return {DELIVERED: notify.on_success, FAILED: notify.on_failure, QUEUED: notify.on_queued}[kind]
+
+
+def report_key(fax: Fax, kind: str) -> str:
+    return f"report:{fax.id}:{kind}"
+
+
+async def report_fax(
+    db: Database,
+    config: Config,
+    renderer: MailRenderer,
+    outbox_dir: Path,
+    job: Job,
+    fax: Fax,
+    *,
+    kind: str | None = None,
+    retry_may_help: bool | None = None,
+) -> bool:
+    """Queue the report on `fax` (kind from its state unless given); True if queued just now.
+
+    False when notify settings do not want it, there is nobody to send it to, or it was queued
+    before. `retry_may_help` overrides the advice derived from the error code, for a caller
+    that knows better (a 422 from the carrier, say, will fail again).
+    """
+    kind = kind or outcome_kind(fax)
+    if kind is None or not wanted(config, kind):
+        return False
+    key = report_key(fax, kind)
+    # Cheap check first: no document read, no rendering for a report already queued.
+    if await db.run(get_by_key, key) is not None:
+        return False
+    to, cc = report_recipients(config, job)
+    if not to:
+        logger.warning("report.no_recipient", fax_id=fax.id, job_id=job.id, sender=job.sender)
+        return False
+    message = await asyncio.to_thread(
+        compose_report, config, renderer, job, fax, kind, to, cc, retry_may_help
+    )
+    queued = await queue_mail(
+        db, outbox_dir, key=key, kind=kind, message=message, recipients=[*to, *cc]
+    )
+    if queued:
+        logger.info("report.queued", kind=kind, fax_id=fax.id, job_id=job.id)
+    return queued
+
+
+def report_recipients(config: Config, job: Job) -> tuple[list[str], list[str]]:
+    """(To, Cc): the envelope sender and notify.cc. Without a usable sender (logged), the
+    copies are the only recipients."""
+    cc = list(dict.fromkeys(config.notify.cc))
+    try:
+        sender = clean_address(job.sender)
+    except ValueError:
+        logger.warning("report.bad_sender", job_id=job.id, sender=job.sender)
+        return cc, []
+    return [sender], [address for address in cc if address != sender]
+
+
+def compose_report(
+    config: Config,
+    renderer: MailRenderer,
+    job: Job,
+    fax: Fax,
+    kind: str,
+    to: list[str],
+    cc: list[str],
+    retry_may_help: bool | None = None,
+) -> EmailMessage:
+    """The report mail. Blocking (reads and may convert the document): run in a thread."""
+    attachment = _document(config, job, fax) if kind != QUEUED else None
+    moment = fax.submitted_at if kind == QUEUED else (fax.finished_at or fax.updated_at)
+    context: dict[str, object] = {
+        "number": fax.recipient,
+        # A failure reports the pages the carrier got through; otherwise the document's pages
+        # stand in until the carrier's count is known.
+        "pages": fax.pages if kind == FAILED else (fax.pages or job.pages),
+        "duration": fax.duration,
+        "attempts": fax.carrier_attempts,
+        "fax_id": fax.carrier_id,
+        "time": datetime.fromtimestamp(moment, UTC) if moment else None,
+        "subject": job.subject,
+        "sender": job.sender,
+        "job_id": job.id,
+        "document_attached": attachment is not None,
+    }
+    if kind == FAILED:
+        context.update(failure_details(fax, retry_may_help))
+    rendered = renderer.render(kind, context)
+    return build_message(
+        from_address=config.relay.from_address,
+        to=to,
+        cc=cc,
+        rendered=rendered,
+        attachments=[attachment] if attachment else [],
+        in_reply_to=job.message_id or None,
+        message_id_domain=config.smtp.domain,
+    )
+
+
+def failure_details(fax: Fax, retry_may_help: bool | None = None) -> dict[str, object]:
+    """error_code, error_description and retry_may_help for the failed template.
+
+    A known code is described from the carrier's table (with our retry advice); an unknown
+    code keeps the carrier's own words when it gave some; no code means a failure before or
+    outside the carrier's fax attempt, described by whoever failed it.
+    """
+    info = describe(fax.error_code)
+    if fax.error_code is None:
+        description = fax.error_description or info.description
+    elif info.description.startswith("unknown fax error") and fax.error_description:
+        description = fax.error_description
+    else:
+        description = info.description
+    return {
+        "error_code": fax.error_code,
+        "error_description": description,
+        "retry_may_help": info.retryable if retry_may_help is None else retry_may_help,
+    }
+
+
+def _document(config: Config, job: Job, fax: Fax) -> MailAttachment | None:
+    """The faxed document as a PDF attachment, or None (not wanted, or no longer there)."""
+    if not config.notify.attach_document or job.document_path is None:
+        return None
+    try:
+        data = Path(job.document_path).read_bytes()
+    except OSError as exc:
+        # The report matters more than its attachment: it goes without.
+        logger.warning("report.document_unreadable", job_id=job.id, error=str(exc))
+        return None
+    kind = kinds.sniff(data) or job.document_type or "application/octet-stream"
+    if kind == kinds.TIFF:
+        try:
+            data, kind = tiff_to_pdf(data), kinds.PDF
+        except Exception as exc:
+            logger.warning("report.convert_failed", job_id=job.id, error=str(exc))
+    digits = "".join(c for c in fax.recipient if c.isdigit())
+    return MailAttachment(f"fax-to-{digits}{kinds.extension(kind)}", kind, data)
+
+
+class Reporter:
+    """What the events worker needs: queued reports for faxes still at the carrier."""
+
+    def __init__(
+        self, *, config: Config, db: Database, renderer: MailRenderer, outbox_dir: Path
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.renderer = renderer
+        self.outbox_dir = outbox_dir
+
+    async def report(self, job: Job, fax: Fax, *, kind: str | None = None) -> bool:
+        return await report_fax(
+            self.db, self.config, self.renderer, self.outbox_dir, job, fax, kind=kind
+        )
+
+    async def queued(self, fax: Fax) -> bool:
+        """The queued report (notify.on_queued) for a fax the carrier has not finished."""
+        if not self.config.notify.on_queued or fax.final:
+            return False
+        job = await self.db.run(get_job, fax.job_id)
+        if job is None:
+            return False
+        return await self.report(job, fax, kind=QUEUED)
+
+
+class ReportsWorker:
+    """Reports every fax that reached a final state, once; `run_once` returns how many."""
+
+    name = "reports"
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        db: Database,
+        renderer: MailRenderer,
+        outbox_dir: Path,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.renderer = renderer
+        self.outbox_dir = outbox_dir
+        self.metrics = metrics
+        self.clock = clock
+        # A report that fails (a broken template override, a full disk) is tried again with
+        # backoff; in memory, since a restart is a fair moment to try at once.
+        self._failures: dict[int, tuple[int, float]] = {}
+
+    async def run_once(self) -> int:
+        done = 0
+        now = self.clock()
+        for fax, job in await self.db.run(faxes_to_report, _BATCH):
+            failures, not_before = self._failures.get(fax.id, (0, 0.0))
+            if not_before > now:
+                continue
+            with log.bound(job_id=job.id, fax_id=fax.id):
+                try:
+                    await report_fax(self.db, self.config, self.renderer, self.outbox_dir, job, fax)
+                except Exception:
+                    failures += 1
+                    queue = self.config.queue
+                    delay = backoff_delay(
+                        failures, queue.min_backoff_seconds, queue.max_backoff_seconds
+                    )
+                    self._failures[fax.id] = (failures, now + delay)
+                    logger.exception("report.failed", failures=failures, delay=round(delay, 1))
+                    continue
+                if await self.db.run(mark_reported, fax.id, self.clock()):
+                    self._count(fax)
+            self._failures.pop(fax.id, None)
+            done += 1
+        return done
+
+    def _count(self, fax: Fax) -> None:
+        if self.metrics is None:
+            return
+        since = None
+        if fax.submitted_at is not None and fax.finished_at is not None:
+            since = fax.finished_at - fax.submitted_at
+        self.metrics.fax_final(
+            str(fax.state), error_code=fax.error_code, seconds_since_submitted=since
+        )
