@@ -83,10 +83,11 @@ async def post_fax(
 
 
 async def final(sandbox: Sandbox, fax_id: str) -> dict[str, Any]:
-    return await sandbox.wait_for_async(
-        lambda: (f := sandbox.fax(fax_id))["status"] in ("delivered", "failed", "received") and f,
+    await sandbox.wait_for_async(
+        lambda: sandbox.fax(fax_id)["status"] in ("delivered", "failed", "received"),
         what=f"fax {fax_id} to end",
     )
+    return sandbox.fax(fax_id)
 
 
 # -- the documented API ----------------------------------------------------------------------
@@ -359,9 +360,8 @@ async def test_webhook_retries_are_bounded(
     sandbox.configure(webhook_url=f"http://127.0.0.1:{free_port()}/hook", webhook_attempts=3)
     url = document_server.add("a.pdf", make_pdf())
     await post_fax(http, sandbox, {"to": TO, "from": FROM, "url": url})
-    hooks = await sandbox.wait_for_async(
-        lambda: len(sandbox.webhooks()) >= 3 and sandbox.webhooks()
-    )
+    await sandbox.wait_for_async(lambda: len(sandbox.webhooks()) >= 3)
+    hooks = sandbox.webhooks()
     assert [h["attempt"] for h in hooks] == [1, 2, 3]
     assert all(h["response_status"] is None and h["error"] for h in hooks)
     # Given up: nothing is left running that could send a fourth.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -163,7 +163,7 @@ class VoxtelesysClient:
         path = "/faxes/" + quote(fax_id.strip(), safe="")
         return _fax(await self._request("GET", path, operation="carrier.get_fax"))
 
-    async def list_faxes(self, page: int | None = None) -> AsyncIterator[Fax]:
+    async def list_faxes(self, page: int | None = None) -> AsyncGenerator[Fax, None]:
         """Every fax, inbound and outbound, page after page until the last `next_page`.
 
         `page` starts at that page number (the documented `page` parameter); later pages are
@@ -225,14 +225,14 @@ class VoxtelesysClient:
                     return fax
         return None
 
-    async def _pages(self, page: int | None, *, retry: bool) -> AsyncIterator[Fax]:
+    async def _pages(self, page: int | None, *, retry: bool) -> AsyncGenerator[Fax, None]:
         async with aclosing(self._pages_marked(page, retry=retry)) as faxes:
             async for fax, _first in faxes:
                 yield fax
 
     async def _pages_marked(
         self, page: int | None, *, retry: bool
-    ) -> AsyncIterator[tuple[Fax, bool]]:
+    ) -> AsyncGenerator[tuple[Fax, bool], None]:
         """(fax, is-first-on-its-page) over all pages from `page` on."""
         params: dict[str, str] = {} if page is None else {"page": str(page)}
         seen: set[str] = set()

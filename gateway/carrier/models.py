@@ -133,7 +133,8 @@ def unflatten_query(items: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
                 node[part] = child
             node = child
         node[parts[-1]] = value
-    return _lists(root)
+    nested: dict[str, Any] = _lists(root)
+    return nested
 
 
 _KEY_PART = re.compile(r"\[([^\]]*)\]|\.?([^.\[\]]+)")

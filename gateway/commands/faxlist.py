@@ -16,7 +16,7 @@ from gateway.numbers import pretty
 DEFAULT_LIMIT = 50
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "list",
         help="list the carrier's faxes, newest first",

@@ -33,7 +33,7 @@ _POLL_MAX = 10.0
 _SMTP_PREFIX = re.compile(r"^\d{3} \d\.\d{1,3}\.\d{1,3} ")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "send",
         help="send a fax of a document at a URL directly through the carrier API",

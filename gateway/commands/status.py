@@ -33,7 +33,7 @@ class CarrierUnreachable(Exception):
     """The carrier failed or could not be reached; not the user's mistake (exit 1)."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "status",
         help="show what the carrier says about one fax",

@@ -131,14 +131,14 @@ class Sandbox:
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change settings at run time: delay, page_size, webhook_url, outcomes, ..."""
-        return self._call("PATCH", "/settings", settings)
+        return self._object("PATCH", "/settings", settings)
 
     def set_webhook(self, url: str | None, method: str = "POST") -> dict[str, Any]:
         return self.configure(webhook_url=url, webhook_method=method)
 
     def inject(self, kind: str, count: int = 1, **options: Any) -> dict[str, Any]:
         """Add a fault; see gateway/sandbox/control.py for kinds and options."""
-        return self._call("POST", "/faults", {"kind": kind, "count": count, **options})
+        return self._object("POST", "/faults", {"kind": kind, "count": count, **options})
 
     def fail_next(self, count: int = 1, status: int = 500, **options: Any) -> dict[str, Any]:
         """The next `count` API requests (matching `method`/`path`) answer `status`."""
@@ -159,14 +159,14 @@ class Sandbox:
     def inbound(self, to: str, from_: str, data: bytes) -> dict[str, Any]:
         """An inbound fax of document `data` arrives for `to`; returns the sandbox's record."""
         query = urllib.parse.urlencode({"to": to, "from": from_})
-        return self._call("POST", f"/inbound?{query}", raw=data)
+        return self._object("POST", f"/inbound?{query}", raw=data)
 
     def finish(self, fax_id: str, error_code: int | None = None) -> dict[str, Any]:
         """End a fax now: delivered, or failed with `error_code`; its webhook goes out."""
-        return self._call("POST", f"/faxes/{fax_id}/finish", {"error_code": error_code})
+        return self._object("POST", f"/faxes/{fax_id}/finish", {"error_code": error_code})
 
     def resend_webhook(self, fax_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/faxes/{fax_id}/webhook")
+        return self._object("POST", f"/faxes/{fax_id}/webhook")
 
     def reset(self) -> None:
         self._call("POST", "/reset")
@@ -176,7 +176,7 @@ class Sandbox:
     def requests(self, path: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
         """API and media requests the sandbox answered, oldest first, optionally filtered by
         path (relative to the API base, e.g. "/faxes", or absolute) and method."""
-        entries = self._call("GET", "/requests")
+        entries = self._list("/requests")
         if path is not None:
             full = path if path.startswith(("/api/", "/_sandbox/")) else "/api/v1" + path
             entries = [e for e in entries if e["path"] == full]
@@ -186,15 +186,15 @@ class Sandbox:
 
     def webhooks(self, fax_id: str | None = None) -> list[dict[str, Any]]:
         """Every webhook attempt, oldest first, with `response_status` / `error` / `dropped`."""
-        entries = self._call("GET", "/webhooks")
+        entries = self._list("/webhooks")
         return [e for e in entries if fax_id is None or e["fax_id"] == fax_id]
 
     def faxes(self) -> list[dict[str, Any]]:
         """All faxes, newest first, with history, document and download details."""
-        return self._call("GET", "/faxes")
+        return self._list("/faxes")
 
     def fax(self, fax_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/faxes/{fax_id}")
+        return self._object("GET", f"/faxes/{fax_id}")
 
     def busy(self) -> int:
         """Fax walks and webhook deliveries still running (0 = idle, nothing more will come)."""
@@ -202,7 +202,8 @@ class Sandbox:
 
     def document(self, fax_id: str) -> bytes:
         with _OPENER.open(f"{self.control_url}/faxes/{fax_id}/document", timeout=10) as resp:
-            return resp.read()
+            data: bytes = resp.read()
+            return data
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -247,6 +248,16 @@ class Sandbox:
         self._call("GET", f"/changes?since={version}&timeout={seconds:.3f}")
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _object(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        result = self._call(method, path, body, **kw)
+        assert isinstance(result, dict), result
+        return result
+
+    def _list(self, path: str) -> list[dict[str, Any]]:
+        result = self._call("GET", path)
+        assert isinstance(result, list), result
+        return result
 
     def _call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> Any:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
