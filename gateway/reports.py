@@ -136,9 +136,7 @@ def compose_report(
     moment = fax.submitted_at if kind == QUEUED else (fax.finished_at or fax.updated_at)
     context: dict[str, object] = {
         "number": fax.recipient,
-        # A failure reports the pages the carrier got through; otherwise the document's pages
-        # stand in until the carrier's count is known.
-        "pages": fax.pages if kind == FAILED else (fax.pages or job.pages),
+        "pages": _pages(job, fax, kind),
         "duration": fax.duration,
         "attempts": fax.carrier_attempts,
         "fax_id": fax.carrier_id,
@@ -160,6 +158,17 @@ def compose_report(
         in_reply_to=job.message_id or None,
         message_id_domain=config.smtp.domain,
     )
+
+
+def _pages(job: Job, fax: Fax, kind: str) -> int | None:
+    """Pages for the report: those the carrier got through for a failure, the document's
+    while queued (the carrier counts 0 until it is done), the carrier's count once delivered
+    (the document's if the carrier gave none)."""
+    if kind == FAILED:
+        return fax.pages
+    if kind == QUEUED:
+        return job.pages
+    return fax.pages or job.pages
 
 
 def failure_details(fax: Fax, retry_may_help: bool | None = None) -> dict[str, object]:

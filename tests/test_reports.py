@@ -1,0 +1,335 @@
+"""Delivery reports: what each says, who gets it, and that it goes out once.
+
+Jobs and faxes are made through the jobs repository and finished with the carrier's own
+statuses (`record_carrier_status`), or failed before submission (`fail_fax`), as the stages
+do; reports go through the real outbox to a capturing relay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from gateway.carrier.faxerrors import FAX_ERRORS, NOT_RETRYABLE
+from gateway.carrier.status import Outcome
+from gateway.config import Config
+from gateway.mail import MailRenderer
+from gateway.outbox import OutboxWorker
+from gateway.relay import create_relay
+from gateway.reports import Reporter, ReportsWorker, failure_details, report_fax
+from gateway.store import Database
+from gateway.store.jobs import (
+    Fax,
+    FaxState,
+    Job,
+    JobState,
+    NewJob,
+    advance,
+    begin_submit,
+    cancel_job,
+    create_job,
+    fail_fax,
+    faxes_of,
+    get_fax,
+    get_job,
+    mark_submitted,
+    new_job_id,
+    record_carrier_status,
+)
+from gateway.store.outbox import list_messages
+from gateway.worker import run_until_idle
+from tests import samples
+from tests.servers.relay import CapturingRelay
+from tests.test_fax_to_email import attachments, subject_of
+
+NUMBER = "+12015550123"
+
+
+@dataclass
+class Reports:
+    config: Config
+    db: Database
+    renderer: MailRenderer
+    relay: CapturingRelay
+    worker: ReportsWorker
+    outbox: OutboxWorker
+
+    async def job(
+        self,
+        *,
+        to: str = NUMBER,
+        subject: str = "Quarterly report",
+        sender: str = "alice@example.com",
+        submit: bool = True,
+    ) -> tuple[Job, Fax]:
+        """A job with one fax, uploaded (and submitted with a made-up carrier id)."""
+        job_id = new_job_id()
+        path = self.config.data.dir / "documents" / f"{job_id}.pdf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(samples.pdf(3))
+        new = NewJob(
+            id=job_id,
+            sender=sender,
+            auth_user=None,
+            client_address=None,
+            subject=subject,
+            message_id="<m-1@mail.example.com>",
+            from_number="+12015550100",
+            spool_path=path,
+            recipients=(to,),
+        )
+        await self.db.run(create_job, new)
+        await self.db.run(
+            advance,
+            job_id,
+            JobState.RECEIVED,
+            JobState.PREPARED,
+            document_path=path,
+            document_type="application/pdf",
+            pages=3,
+        )
+        await self.db.run(
+            advance,
+            job_id,
+            JobState.PREPARED,
+            JobState.UPLOADED,
+            document_url=f"https://files.example/{job_id}.pdf",
+        )
+        [fax] = await self.db.run(faxes_of, job_id)
+        if submit:
+            await self.db.run(begin_submit, fax.id)
+            await self.db.run(mark_submitted, fax.id, f"carrier-{job_id}", "queued")
+        job = await self.db.run(get_job, job_id)
+        fax = await self.db.run(get_fax, fax.id)
+        assert job is not None and fax is not None
+        return job, fax
+
+    async def finish(self, fax: Fax, status: str, outcome: Outcome, code: int | None = None) -> Fax:
+        result = await self.db.run(
+            record_carrier_status,
+            fax.carrier_id or "",
+            status,
+            outcome,
+            3 if outcome is Outcome.SUCCEEDED else 1,
+            95,
+            2,
+            code,
+            None if code is None else FAX_ERRORS.get(code),
+        )
+        assert result is not None
+        return result[0]
+
+    async def settle(self) -> list[EmailMessage]:
+        await run_until_idle([self.worker, self.outbox])
+        return [m.message for m in self.relay.messages]
+
+
+@pytest.fixture
+def start_reports(
+    make_config: Callable[..., Config], relay_server: CapturingRelay
+) -> Callable[..., Any]:
+    opened: list[Database] = []
+
+    async def start(override: dict[str, Any] | None = None) -> Reports:
+        config = make_config({"relay": relay_server.relay_config_overrides(), **(override or {})})
+        db = await Database(config.data.dir / "store.db").open()
+        opened.append(db)
+        renderer = MailRenderer(config.templates.dir)
+        outbox_dir = config.data.dir / "outbox"
+        return Reports(
+            config=config,
+            db=db,
+            renderer=renderer,
+            relay=relay_server,
+            worker=ReportsWorker(config=config, db=db, renderer=renderer, outbox_dir=outbox_dir),
+            outbox=OutboxWorker(db, create_relay(config), config),
+        )
+
+    yield start
+    for db in opened:
+        db.close()
+
+
+@pytest.fixture
+async def reports(start_reports: Callable[..., Any]) -> AsyncIterator[Reports]:
+    yield await start_reports()
+
+
+@pytest.mark.parametrize("code", sorted(FAX_ERRORS))
+def test_every_fax_error_code_is_described_with_retry_advice(code: int) -> None:
+    """Each code of the carrier's table renders its description and our retry advice."""
+    details = failure_details(_fax_with(code, "whatever the carrier wrote"))
+    assert details["error_code"] == code
+    assert details["error_description"] == FAX_ERRORS[code]
+    assert details["retry_may_help"] is (code not in NOT_RETRYABLE)
+
+
+def test_unknown_codes_and_failures_without_a_code_keep_the_carriers_words() -> None:
+    """An unknown code keeps the carrier's description; no code keeps the stage's reason."""
+    unknown = failure_details(_fax_with(5999, "line noise beyond repair"))
+    assert unknown["error_description"] == "line noise beyond repair"
+    assert unknown["retry_may_help"] is True
+    refused = failure_details(
+        _fax_with(None, "the carrier rejected the request: invalid number"), retry_may_help=False
+    )
+    assert refused["error_description"] == "the carrier rejected the request: invalid number"
+    assert refused["retry_may_help"] is False
+
+
+async def test_the_failure_report_renders_each_scripted_code(reports: Reports) -> None:
+    """Failure reports for a document error, a call error and an internal error say so."""
+    cases = {
+        4201: "file format invalid",
+        5121: "no response after sending a page",
+        5314: "failed to fetch file",
+    }
+    for code in cases:
+        _job, fax = await reports.job(subject=f"code {code}")
+        await reports.finish(fax, "failed", Outcome.FAILED, code)
+    messages = await reports.settle()
+    subjects = sorted(subject_of(m) for m in messages)
+    assert subjects == sorted(
+        f"Fax to +1 201-555-0123 failed: {text} (Re: code {code})" for code, text in cases.items()
+    )
+    for message in messages:
+        text = message.get_body(("plain",)).get_content()
+        code = int(subject_of(message).rsplit(" ", 1)[1].rstrip(")"))
+        assert f"(error {code})" in text
+        advice = "will most likely fail" if code in NOT_RETRYABLE else "again later may work"
+        assert advice in text
+
+
+async def test_delivered_report_goes_once_however_often_it_is_asked_for(
+    reports: Reports,
+) -> None:
+    """Asking again for a report already queued (a replay after a crash) sends nothing more."""
+    job, fax = await reports.job()
+    final = await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
+    outbox_dir = reports.config.data.dir / "outbox"
+    assert await report_fax(reports.db, reports.config, reports.renderer, outbox_dir, job, final)
+    assert not await report_fax(
+        reports.db, reports.config, reports.renderer, outbox_dir, job, final
+    )
+    [message] = await reports.settle()
+    assert subject_of(message) == "Fax to +1 201-555-0123 delivered, 3 pages (Re: Quarterly report)"
+    assert (await reports.db.run(get_fax, fax.id)).reported_at is not None
+    # Another pass finds nothing left to report.
+    assert await reports.worker.run_once() == 0
+    assert len(reports.relay.messages) == 1
+
+
+async def test_copies_and_no_document_when_the_settings_say_so(
+    start_reports: Callable[..., Any],
+) -> None:
+    """notify.cc receives a copy; with attach_document off the document stays home."""
+    reports = await start_reports(
+        {"notify": {"cc": ["records@example.com"], "attach_document": False}}
+    )
+    _job, fax = await reports.job()
+    await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
+    [message] = await reports.settle()
+    [mail] = reports.relay.messages
+    assert mail.rcpt_tos == ("alice@example.com", "records@example.com")
+    assert message["To"] == "alice@example.com"
+    assert message["Cc"] == "records@example.com"
+    assert attachments(message) == []
+    assert "is attached" not in message.get_body(("plain",)).get_content()
+
+
+async def test_which_reports_go_out_follows_notify(start_reports: Callable[..., Any]) -> None:
+    """on_success off: no delivered report; on_failure still reports; nothing is re-tried."""
+    reports = await start_reports({"notify": {"on_success": False}})
+    _job, ok = await reports.job(subject="fine")
+    _job, bad = await reports.job(subject="bad")
+    await reports.finish(ok, "delivered", Outcome.SUCCEEDED)
+    await reports.finish(bad, "failed", Outcome.FAILED, 5109)
+    messages = await reports.settle()
+    assert [subject_of(m) for m in messages] == [
+        "Fax to +1 201-555-0123 failed: far end is not able to receive (Re: bad)"
+    ]
+    # The delivered fax counts as reported (deliberately not sent): its document may go.
+    assert (await reports.db.run(get_fax, ok.id)).reported_at is not None
+
+
+async def test_queued_report_once_when_asked_for(start_reports: Callable[..., Any]) -> None:
+    """notify.on_queued sends one queued report for a fax still at the carrier."""
+    reports = await start_reports({"notify": {"on_queued": True}})
+    _job, fax = await reports.job()
+    pending = await reports.finish(fax, "delivering", Outcome.PENDING)
+    reporter = Reporter(
+        config=reports.config,
+        db=reports.db,
+        renderer=reports.renderer,
+        outbox_dir=reports.config.data.dir / "outbox",
+    )
+    assert await reporter.queued(pending)
+    assert not await reporter.queued(pending)
+    [message] = await reports.settle()
+    assert subject_of(message) == "Fax to +1 201-555-0123 queued, 3 pages (Re: Quarterly report)"
+    assert attachments(message) == []
+
+
+async def test_a_fax_failed_before_submission_gets_the_same_failure_report(
+    reports: Reports,
+) -> None:
+    """A fax the submit stage fails (no carrier id) is reported like a carrier failure."""
+    _job, fax = await reports.job(submit=False)
+    assert await reports.db.run(
+        fail_fax, fax.id, None, "the carrier could not be reached for 5 days"
+    )
+    [message] = await reports.settle()
+    assert subject_of(message) == (
+        "Fax to +1 201-555-0123 failed: the carrier could not be reached for 5 days"
+        " (Re: Quarterly report)"
+    )
+    text = message.get_body(("plain",)).get_content()
+    assert "Fax id" not in text
+    assert [name for name, _t, _d in attachments(message)] == ["fax-to-12015550123.pdf"]
+
+
+async def test_a_cancelled_fax_is_not_reported(reports: Reports) -> None:
+    """An operator's cancellation is not mailed as a failure, but counts as told."""
+    job, fax = await reports.job(submit=False)
+    assert await reports.db.run(cancel_job, job.id)
+    assert await reports.settle() == []
+    assert (await reports.db.run(get_fax, fax.id)).reported_at is not None
+
+
+async def test_an_unusable_sender_leaves_only_the_copies(start_reports: Callable[..., Any]) -> None:
+    """A sender that is not an address gets nothing; notify.cc still gets the report."""
+    reports = await start_reports({"notify": {"cc": ["records@example.com"]}})
+    _job, fax = await reports.job(sender="not an address")
+    await reports.finish(fax, "failed", Outcome.FAILED, 5109)
+    [message] = await reports.settle()
+    assert message["To"] == "records@example.com"
+    assert message["Cc"] is None
+    assert [m.key for m in await reports.db.run(list_messages)] == [f"report:{fax.id}:failed"]
+
+
+def _fax_with(code: int | None, description: str | None) -> Fax:
+    return Fax(
+        id=1,
+        job_id="J1",
+        recipient=NUMBER,
+        state=FaxState.FAILED,
+        carrier_id="c-1",
+        carrier_status="failed",
+        error_code=code,
+        error_description=description,
+        pages=0,
+        duration=0,
+        carrier_attempts=1,
+        submit_attempts=1,
+        pickups=0,
+        next_attempt_at=0,
+        created_at=0,
+        updated_at=0,
+        submitted_at=0,
+        finished_at=0,
+        reported_at=None,
+        submit_started_at=None,
+    )
