@@ -28,7 +28,7 @@ from gateway.carrier.errors import CarrierError, NotFound
 from gateway.carrier.models import Fax, PayloadError
 from gateway.carrier.status import Outcome
 from gateway.config import Config
-from gateway.inbound import shown_number
+from gateway.inbound_mail import shown_number
 from gateway.metrics import Metrics
 from gateway.reports import Reporter
 from gateway.retry import backoff_delay

@@ -15,33 +15,37 @@ The worker owns three transitions of the `inbound` table (see gateway/store/inbo
    on). If the outbox has tried inbound.max_attempts times, or gave the mail up, the mail is
    dead-lettered: the outbox stops, the file moves to data.dir/dead-letter/, an error is
    logged, and `fax-gateway queue dead-letter` lists it until someone requeues it.
+
+Helpers live next door: gateway/media.py downloads, gateway/inbound_mail.py builds the mail's
+parts, gateway/deadletter.py keeps the files and the dead letters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
-
-import aiohttp
 
 from gateway import log
 from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError
 from gateway.config import Config
+from gateway.deadletter import (
+    dead_letter_dir,
+    inbound_dir,
+    locate,
+    mail_key,
+    move_durably,
+    remove_durably,
+    stored_name,
+)
 from gateway.document import kinds
-from gateway.document.convert import tiff_to_pdf
-from gateway.document.preview import first_page_png
-from gateway.fsutil import fsync_dir, write_atomic
-from gateway.mail import InlineImage, MailAttachment, MailRenderer, build_message
+from gateway.fsutil import write_atomic
+from gateway.inbound_mail import attachments_for, fax_moment, preview_of, shown_number
+from gateway.mail import MailRenderer, build_message
+from gateway.media import DownloadError, download
 from gateway.metrics import Metrics
 from gateway.outbox import queue_mail
 from gateway.retry import backoff_delay
@@ -52,7 +56,6 @@ from gateway.store.inbound import (
     InboundState,
     defer_inbound,
     due_inbound,
-    get_inbound,
     inbound_in_state,
     mark_dead,
     mark_mailed,
@@ -64,232 +67,6 @@ from gateway.store.inbound import (
 from gateway.store.outbox import OutboxState
 
 logger = log.get_logger(__name__)
-
-INBOUND_DIR = "inbound"
-DEAD_LETTER_DIR = "dead-letter"
-
-# Redirects followed for one download (presigned storage URLs often redirect once).
-_MAX_REDIRECTS = 5
-_CHUNK = 64 * 1024
-# What a withheld or odd caller id may look like to be shown as it is ("anonymous",
-# "Restricted", "+1 (201) 555-0100" spelled oddly).
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 +()-]{0,31}")
-
-
-class DownloadError(Exception):
-    """The media could not be fetched; `permanent` when trying again cannot help."""
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-@dataclass(frozen=True)
-class Media:
-    data: bytes
-    content_type: str | None
-
-
-def inbound_dir(config: Config) -> Path:
-    return config.data.dir / INBOUND_DIR
-
-
-def dead_letter_dir(config: Config) -> Path:
-    return config.data.dir / DEAD_LETTER_DIR
-
-
-async def download(
-    url: str,
-    *,
-    max_bytes: int,
-    time_limit: float,
-    carrier_base_url: str,
-    api_key: str,
-) -> Media:
-    """Fetch `url` (http or https only) with a size and a total time limit.
-
-    The API key goes along only to the carrier's own origin: a media link elsewhere (a
-    presigned storage URL) must not learn it, including through a redirect, which is why
-    redirects are followed here hop by hop rather than by aiohttp.
-    """
-    carrier_origin = _origin(carrier_base_url)
-    deadline = time.monotonic() + time_limit
-    async with aiohttp.ClientSession(trust_env=True) as session:
-        for _hop in range(_MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise DownloadError(
-                    f"refusing to fetch a non-http(s) URL ({parts.scheme}:)", permanent=True
-                )
-            headers = {"Accept": "application/pdf, image/tiff, */*"}
-            if _origin(url) == carrier_origin:
-                headers["Authorization"] = f"Bearer {api_key}"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DownloadError(f"download took longer than {time_limit:g}s")
-            try:
-                async with session.get(
-                    url,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=remaining),
-                ) as response:
-                    if response.status in (301, 302, 303, 307, 308):
-                        location = response.headers.get("Location")
-                        if not location:
-                            raise DownloadError(f"HTTP {response.status} without a Location")
-                        url = urljoin(url, location)
-                        continue
-                    if response.status != 200:
-                        raise DownloadError(
-                            f"HTTP {response.status} {response.reason or ''}".strip()
-                        )
-                    if response.content_length is not None and response.content_length > max_bytes:
-                        raise DownloadError(
-                            f"media is {response.content_length} bytes, more than"
-                            f" inbound.max_download_bytes ({max_bytes})",
-                            permanent=True,
-                        )
-                    data = await _read_limited(response, max_bytes)
-                    content_type = response.headers.get("Content-Type")
-            except TimeoutError:
-                raise DownloadError(f"download took longer than {time_limit:g}s") from None
-            except aiohttp.ClientError as exc:
-                raise DownloadError(f"{type(exc).__name__}: {exc}") from None
-            if not data:
-                raise DownloadError("the media is empty")
-            return Media(data, content_type)
-    raise DownloadError(f"more than {_MAX_REDIRECTS} redirects")
-
-
-async def _read_limited(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > max_bytes:
-            raise DownloadError(
-                f"media is larger than inbound.max_download_bytes ({max_bytes})", permanent=True
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, f"{(parts.hostname or '').lower()}:{port}"
-
-
-def stored_name(fax: InboundFax, content_type: str | None) -> str:
-    """File name under inbound/: unique by row id, recognisable by the carrier id."""
-    safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", fax.carrier_id)[:80]
-    return f"{fax.id:06d}-{safe_id}{kinds.extension(content_type or '')}"
-
-
-def shown_number(raw: str) -> str:
-    """A number the carrier gave, safe to put in a mail: '+digits' for a number, a short plain
-    label for anything else ('anonymous'), 'unknown' when there is nothing usable.
-
-    Callers may withhold their number, and the carrier passes on whatever it got, so nothing
-    about this text is trusted: no line breaks, no markup, no address-like text survives.
-    """
-    text = " ".join(raw.split())
-    digits = text.removeprefix("+")
-    if digits.isdigit() and len(digits) <= 15:
-        return "+" + digits
-    if _LABEL.fullmatch(text):
-        return text
-    return "unknown"
-
-
-def fax_moment(fax: InboundFax) -> datetime:
-    """When the fax arrived: the carrier's time, else when we first heard of it (UTC)."""
-    if fax.fax_time:
-        try:
-            moment = datetime.fromisoformat(fax.fax_time.strip())
-        except ValueError:
-            moment = None
-        if moment is not None:
-            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(fax.created_at, UTC)
-
-
-def attachment_stem(fax: InboundFax) -> str:
-    """`fax-2024-06-19-1538-from-15556668888`: sorts by time, names the caller."""
-    when = fax_moment(fax).astimezone(UTC)
-    caller = re.sub(r"[^0-9]", "", fax.from_number) or "unknown"
-    return f"fax-{when:%Y-%m-%d-%H%M}-from-{caller}"
-
-
-def attachments_for(fax: InboundFax, data: bytes, attach_format: str) -> list[MailAttachment]:
-    """The files to mail for the stored document, as inbound.attach_format asks.
-
-    A TIFF becomes a PDF for "pdf", stays a TIFF for "tiff", and goes as both for "both". A
-    document that is already a PDF goes as it is whatever the setting (there is no sensible
-    TIFF of it to make). When the conversion fails the TIFF is sent rather than nothing.
-    Blocking (conversion): run in a thread.
-    """
-    stem = attachment_stem(fax)
-    kind = kinds.sniff(data)
-    if kind != kinds.TIFF:
-        content_type = kind or "application/octet-stream"
-        return [MailAttachment(stem + kinds.extension(content_type), content_type, data)]
-    result: list[MailAttachment] = []
-    if attach_format in ("pdf", "both"):
-        try:
-            result.append(MailAttachment(stem + ".pdf", kinds.PDF, tiff_to_pdf(data)))
-        except Exception as exc:
-            logger.warning("inbound.convert_failed", error=f"{type(exc).__name__}: {exc}")
-    if attach_format in ("tiff", "both") or not result:
-        result.append(MailAttachment(stem + ".tif", kinds.TIFF, data))
-    return result
-
-
-def preview_of(fax: InboundFax, data: bytes) -> InlineImage | None:
-    """A PNG of page 1 for the HTML part, or None (the mail goes without one). Blocking."""
-    kind = kinds.sniff(data)
-    if kind is None:
-        return None
-    try:
-        png = first_page_png(data, kind)
-    except Exception as exc:
-        logger.warning("inbound.preview_failed", error=f"{type(exc).__name__}: {exc}")
-        return None
-    safe_id = re.sub(r"[^A-Za-z0-9]", "", fax.carrier_id)[:40] or str(fax.id)
-    return InlineImage(f"page1.{safe_id}@fax-gateway", kinds.PNG, png)
-
-
-def locate(path: Path, config: Config) -> Path | None:
-    """Where a stored document is now: its recorded path, or the same name in the other folder.
-
-    A crash between moving a file (dead letter, requeue) and recording its new path leaves the
-    record one step behind; the file is then found by its unique name.
-    """
-    if path.exists():
-        return path
-    for folder in (inbound_dir(config), dead_letter_dir(config)):
-        candidate = folder / path.name
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def move_durably(source: Path, folder: Path) -> Path:
-    """Move `source` into `folder` (same file system: both under data.dir). Blocking."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / source.name
-    if source != target:
-        os.replace(source, target)
-        fsync_dir(folder)
-        fsync_dir(source.parent)
-    return target
-
-
-def remove_durably(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 class InboundWorker:
@@ -435,7 +212,7 @@ class InboundWorker:
             )
             return 0
         try:
-            path = locate(Path(fax.file_path or ""), self.config) if fax.file_path else None
+            path = await self._locate(fax)
             if path is None:
                 raise FileNotFoundError(f"stored document {fax.file_path} is missing")
             data = await asyncio.to_thread(path.read_bytes)
@@ -524,7 +301,7 @@ class InboundWorker:
         return 0
 
     async def _delivered(self, fax: InboundFax) -> None:
-        path = locate(Path(fax.file_path), self.config) if fax.file_path else None
+        path = await self._locate(fax)
         if path is not None:
             await asyncio.to_thread(remove_durably, path)
         await self.db.run(set_file_path, fax.id, None, self.clock())
@@ -542,7 +319,7 @@ class InboundWorker:
         return 1
 
     async def _dead_letter(self, fax: InboundFax, error: str) -> None:
-        path = locate(Path(fax.file_path), self.config) if fax.file_path else None
+        path = await self._locate(fax)
         moved: Path | None = None
         if path is not None:
             moved = await asyncio.to_thread(move_durably, path, dead_letter_dir(self.config))
@@ -555,6 +332,11 @@ class InboundWorker:
         )
         self._count("dead")
 
+    async def _locate(self, fax: InboundFax) -> Path | None:
+        if fax.file_path is None:
+            return None
+        return await asyncio.to_thread(locate, Path(fax.file_path), self.config)
+
     def _backoff(self, attempts: int) -> float:
         queue = self.config.queue
         return backoff_delay(attempts, queue.min_backoff_seconds, queue.max_backoff_seconds)
@@ -564,66 +346,8 @@ class InboundWorker:
             self.metrics.inbound_faxes.labels(status=status).inc()
 
 
-def mail_key(carrier_id: str) -> str:
-    """The outbox key of an inbound fax's mail: one mail per fax, however often queued."""
-    return f"inbound:{carrier_id}"
-
-
 def _declared(content_type: str | None) -> str | None:
     if not content_type:
         return None
     bare = content_type.split(";", 1)[0].strip().lower()
     return bare or None
-
-
-# -- dead letters (the queue tools) ---------------------------------------------------------
-
-
-def list_dead_letters(conn: sqlite3.Connection) -> list[InboundFax]:
-    """Inbound faxes that could not be mailed (or fetched), oldest first."""
-    return inbound_in_state(conn, InboundState.DEAD)
-
-
-def requeue_dead_letter(
-    conn: sqlite3.Connection,
-    inbound_id: int,
-    *,
-    data_dir: Path | None = None,
-    now: float | None = None,
-) -> InboundState:
-    """Give a dead inbound fax another round; the state it is back in.
-
-    With its file: the file returns to data.dir/inbound/ and its mail is requeued in the
-    outbox with a fresh attempt count (mailed), or built again if the outbox no longer has it
-    (stored). Without a file (the download gave up): it is fetched again (announced).
-    `data_dir` defaults to the folder above the dead-letter one the file is in. Blocking:
-    command-line tools call it directly, the daemon through `Database.run`.
-    Raises LookupError for an unknown id and ValueError for a fax that is not dead.
-    """
-    at = time.time() if now is None else now
-    fax = get_inbound(conn, inbound_id)
-    if fax is None:
-        raise LookupError(f"no inbound fax {inbound_id}")
-    if fax.state is not InboundState.DEAD:
-        raise ValueError(f"inbound fax {inbound_id} is {fax.state}, not dead")
-    if fax.file_path is None:
-        revive(conn, fax.id, InboundState.ANNOUNCED, None, at)
-        return InboundState.ANNOUNCED
-    recorded = Path(fax.file_path)
-    base = data_dir if data_dir is not None else recorded.parent.parent
-    source = recorded if recorded.exists() else base / DEAD_LETTER_DIR / recorded.name
-    if not source.exists():
-        source = base / INBOUND_DIR / recorded.name
-    if not source.exists():
-        raise FileNotFoundError(f"the file of inbound fax {inbound_id} ({recorded}) is missing")
-    path = move_durably(source, base / INBOUND_DIR)
-    entry = outbox_store.get_by_key(conn, mail_key(fax.carrier_id))
-    if entry is not None and entry.state is not OutboxState.SENT and entry.message_path.exists():
-        outbox_store.requeue(conn, entry.id, at)
-        state = InboundState.MAILED
-    else:
-        # Sent after all, or its message file is gone: the mail step builds it again (and
-        # requeues the outbox entry with it) or finds it sent.
-        state = InboundState.STORED
-    revive(conn, fax.id, state, str(path), at)
-    return state

@@ -18,16 +18,12 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from gateway.config import Address, Config
+from gateway.deadletter import list_dead_letters, requeue_dead_letter
 from gateway.httpd import HttpServer
-from gateway.inbound import (
-    DownloadError,
-    InboundWorker,
-    download,
-    list_dead_letters,
-    requeue_dead_letter,
-    shown_number,
-)
+from gateway.inbound import InboundWorker
+from gateway.inbound_mail import shown_number
 from gateway.mail import MailRenderer
+from gateway.media import DownloadError, download
 from gateway.outbox import OutboxWorker
 from gateway.relay import create_relay
 from gateway.store import Database
