@@ -573,3 +573,63 @@ async def test_reconciler_finds_what_lost_webhooks_never_said(
     ]
     assert (await gateway.fax(fax.id)).state is FaxState.FAILED
     assert created["id"] in [e.carrier_id for e in await gateway.db.run(events_of, created["id"])]
+
+
+async def test_an_unreachable_carrier_leaves_the_event_for_later(
+    gateway: Harness, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """When the webhook cannot be verified the event waits, with backoff, and is not lost."""
+    _job, fax = await gateway.submit(DELIVERS)
+    carrier_id = fax.carrier_id or ""
+    await webhooks_answered(sandbox, carrier_id)
+    sandbox.fail_next(count=1, status=503, method="GET", path=f"/api/v1/faxes/{carrier_id}")
+    await gateway.settle()
+    [event] = await gateway.db.run(events_of, carrier_id)
+    assert event.processed_at is None and event.attempts == 1
+    assert "503" in (event.error or "")
+    assert relay_server.messages == []
+    # Not retried at once, only after the backoff.
+    await gateway.settle()
+    assert len(sandbox.requests(f"/faxes/{carrier_id}")) == 1
+
+    gateway.clock.advance(gateway.config.queue.max_backoff_seconds)
+    await gateway.settle()
+    assert len(relay_server.messages) == 1
+    assert (await gateway.fax(fax.id)).state is FaxState.DELIVERED
+
+
+async def test_without_verification_a_late_status_still_cannot_undo_delivered(
+    config: Config, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """With webhooks.verify off the payload is used as it is, and order still cannot hurt."""
+    unverified = config.model_copy(
+        update={"webhooks": config.webhooks.model_copy(update={"verify": False})}
+    )
+    async with running(unverified) as gateway:
+        sandbox.set_webhook(gateway.webhook_url)
+        _job, fax = await gateway.submit(DELIVERS)
+        carrier_id = fax.carrier_id or ""
+        await webhooks_answered(sandbox, carrier_id)
+        late = {
+            "type": "fax",
+            "id": carrier_id,
+            "direction": "outbound",
+            "to": DELIVERS[1:],
+            "from": FROM_NUMBER[1:],
+            "status": "delivering",
+            "pages": "0",
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(gateway.webhook_url, json=late) as response,
+        ):
+            assert response.status == 200
+        await gateway.settle()
+        stored = await gateway.fax(fax.id)
+        assert (stored.state, stored.carrier_status, stored.pages) == (
+            FaxState.DELIVERED,
+            "delivered",
+            2,
+        )
+        assert sandbox.requests(f"/faxes/{carrier_id}") == []
+    assert len(relay_server.messages) == 1

@@ -104,15 +104,6 @@ def inbound_in_state(conn: sqlite3.Connection, state: InboundState) -> list[Inbo
     return [_inbound(row) for row in rows]
 
 
-def next_due_at(conn: sqlite3.Connection) -> float | None:
-    """When the earliest announced or stored fax is due next (None when there is none)."""
-    row = conn.execute(
-        "SELECT min(next_attempt_at) FROM inbound WHERE state IN (?, ?)",
-        (InboundState.ANNOUNCED, InboundState.STORED),
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
-
-
 def mark_stored(conn: sqlite3.Connection, inbound_id: int, file_path: str, now: float) -> None:
     """The document is durably on disk; the mail step starts with a fresh attempt count."""
     with transaction(conn):
