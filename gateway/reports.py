@@ -175,12 +175,16 @@ def failure_details(fax: Fax, retry_may_help: bool | None = None) -> dict[str, o
     """error_code, error_description and retry_may_help for the failed template.
 
     A known code is described from the carrier's table (with our retry advice); an unknown
-    code keeps the carrier's own words when it gave some; no code means a failure before or
-    outside the carrier's fax attempt, described by whoever failed it.
+    code keeps the carrier's own words when it gave some. No code on a fax the carrier never
+    took (no carrier id) means the gateway failed it: the carrier refused the request, the
+    document broke a limit, or the carrier stayed unreachable for the whole queue lifetime.
+    Each has been retried as far as retrying helps, so sending the same again is not advised.
     """
     info = describe(fax.error_code)
+    advice = info.retryable
     if fax.error_code is None:
         description = fax.error_description or info.description
+        advice = fax.carrier_id is not None
     elif info.description.startswith("unknown fax error") and fax.error_description:
         description = fax.error_description
     else:
@@ -188,7 +192,7 @@ def failure_details(fax: Fax, retry_may_help: bool | None = None) -> dict[str, o
     return {
         "error_code": fax.error_code,
         "error_description": description,
-        "retry_may_help": info.retryable if retry_may_help is None else retry_may_help,
+        "retry_may_help": advice if retry_may_help is None else retry_may_help,
     }
 
 

@@ -173,11 +173,17 @@ def test_unknown_codes_and_failures_without_a_code_keep_the_carriers_words() -> 
     unknown = failure_details(_fax_with(5999, "line noise beyond repair"))
     assert unknown["error_description"] == "line noise beyond repair"
     assert unknown["retry_may_help"] is True
+    no_code = failure_details(_fax_with(None, None))
+    assert no_code["error_description"] == "fax failed without an error code"
+    assert no_code["retry_may_help"] is True
     refused = failure_details(
-        _fax_with(None, "the carrier rejected the request: invalid number"), retry_may_help=False
+        _fax_with(None, "the carrier refused the fax: invalid number", carrier_id=None)
     )
-    assert refused["error_description"] == "the carrier rejected the request: invalid number"
+    assert refused["error_description"] == "the carrier refused the fax: invalid number"
     assert refused["retry_may_help"] is False
+    assert failure_details(_fax_with(None, "x", carrier_id=None), retry_may_help=True)[
+        "retry_may_help"
+    ]
 
 
 async def test_the_failure_report_renders_each_scripted_code(reports: Reports) -> None:
@@ -288,6 +294,7 @@ async def test_a_fax_failed_before_submission_gets_the_same_failure_report(
     )
     text = message.get_body(("plain",)).get_content()
     assert "Fax id" not in text
+    assert "will most likely fail the same way" in text
     assert [name for name, _t, _d in attachments(message)] == ["fax-to-12015550123.pdf"]
 
 
@@ -310,13 +317,13 @@ async def test_an_unusable_sender_leaves_only_the_copies(start_reports: Callable
     assert [m.key for m in await reports.db.run(list_messages)] == [f"report:{fax.id}:failed"]
 
 
-def _fax_with(code: int | None, description: str | None) -> Fax:
+def _fax_with(code: int | None, description: str | None, carrier_id: str | None = "c-1") -> Fax:
     return Fax(
         id=1,
         job_id="J1",
         recipient=NUMBER,
         state=FaxState.FAILED,
-        carrier_id="c-1",
+        carrier_id=carrier_id,
         carrier_status="failed",
         error_code=code,
         error_description=description,
