@@ -346,10 +346,13 @@ def _header_text(part: Message, name: str) -> str:
 
 
 def _filename(part: Message) -> str | None:
-    try:
-        name = part.get_filename()
-    except Exception:
-        return None
+    name = _param(part, "content-disposition", "filename") or _param(part, "content-type", "name")
+    if not name:
+        try:
+            # The older API finds names the structured header gives up on (e.g. unquoted).
+            name = part.get_filename()
+        except Exception:
+            return None
     if not name:
         return None
     # Some clients send the sender's full path ("C:\Users\ann\report.pdf"); only the name counts.
@@ -357,6 +360,20 @@ def _filename(part: Message) -> str | None:
     name = "".join(c if c.isprintable() else " " for c in name)
     name = " ".join(name.split())[:255]
     return name or None
+
+
+def _param(part: Message, header: str, name: str) -> str | None:
+    """A decoded header parameter (RFC 2231, encoded words) as policy.default parses it.
+
+    Preferred to get_filename(), which strips <angle brackets> off a name like "<scan>.pdf".
+    """
+    try:
+        value = part.get(header)
+        params = getattr(value, "params", None) or {}
+        found = params.get(name)
+    except Exception:
+        return None
+    return str(found) if found else None
 
 
 def _text_of(part: Message) -> str:
