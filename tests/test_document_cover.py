@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -207,3 +208,18 @@ def test_unknown_paper_is_refused() -> None:
     """Only letter and a4 are paper sizes."""
     with pytest.raises(ValueError):
         render_text_pages("x", paper="legal")
+
+
+def test_covers_render_from_many_threads_at_once() -> None:
+    """Validation and assembly lay out text in different threads; results stay identical."""
+    long = context(body="Lorem ipsum dolor sit amet. " * 300)
+    expected = count_cover_pages(long, paper="letter")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        counts = list(pool.map(lambda _: count_cover_pages(long, paper="letter"), range(12)))
+        pdfs = list(pool.map(lambda _: render_cover(long, paper="a4"), range(4)))
+    assert counts == [expected] * 12
+    # Compare the drawn pages (the PDF's /ID differs from one save to the next).
+    drawn = {
+        tuple(i.data for p in PdfReader(io.BytesIO(pdf)).pages for i in p.images) for pdf in pdfs
+    }
+    assert len(drawn) == 1

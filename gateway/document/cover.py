@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -47,6 +48,10 @@ TAB_PX = 200  # 1 inch
 # Private markers only templates can produce (mail data is stripped of control characters).
 _HEADING = "\x0e"
 _PAGE_BREAK = "\f"
+
+# Font objects are shared (cached) and FreeType faces are not safe to use from two threads at
+# once; validation (SMTP thread) and assembly (worker thread) can lay out text at the same time.
+_FONT_LOCK = threading.RLock()
 
 # Debian's DejaVu covers Latin, Greek and Cyrillic; Pillow's built-in font covers Latin only.
 # The same machine renders validation and assembly, so page counts agree whichever is used.
@@ -287,6 +292,15 @@ class _Pager:
 def _layout(text: str, paper: str, page_limit: int | None = None) -> list[list[_Run]]:
     """Text placed on pages. With page_limit, stops once more pages than that are needed."""
     pager = _Pager(paper)
+    with _FONT_LOCK:
+        _place_all(pager, text, page_limit)
+    pages = pager.pages
+    if len(pages) > 1 and not pages[-1]:
+        pages.pop()
+    return pages
+
+
+def _place_all(pager: _Pager, text: str, page_limit: int | None) -> None:
     for source in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         if page_limit is not None and len(pager.pages) > page_limit:
             break
@@ -296,10 +310,6 @@ def _layout(text: str, paper: str, page_limit: int | None = None) -> list[list[_
                 pager.new_page()
             if chunk or len(chunks) == 1:
                 pager.place(chunk)
-    pages = pager.pages
-    if len(pages) > 1 and not pages[-1]:
-        pages.pop()
-    return pages
 
 
 def count_text_pages(text: str, *, paper: str, page_limit: int | None = None) -> int:
@@ -313,15 +323,18 @@ def _draw(pages: list[list[_Run]], paper: str) -> bytes:
     for runs in pages:
         image = Image.new("1", (width, height), 1)
         draw = ImageDraw.Draw(image)
-        for run in runs:
-            draw.text((run.x, run.y), run.text, font=_font(HEADING_PX if run.heading else FONT_PX))
+        with _FONT_LOCK:
+            for run in runs:
+                font = _font(HEADING_PX if run.heading else FONT_PX)
+                draw.text((run.x, run.y), run.text, font=font)
         buffer = io.BytesIO()
         image.save(buffer, "PNG", dpi=(DPI, DPI))
         images.append(buffer.getvalue())
     page_width, page_height = PAPER_POINTS[paper]
     layout = img2pdf.get_layout_fun((page_width, page_height), fit=img2pdf.FitMode.into)
     pdf = img2pdf.convert(images, layout_fun=layout, nodate=True)
-    assert isinstance(pdf, bytes)
+    if not isinstance(pdf, bytes):
+        raise TypeError("img2pdf returned no PDF")
     return pdf
 
 
