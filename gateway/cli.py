@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "gateway.commands.status",
     "gateway.commands.faxlist",
     "gateway.commands.sandbox",
+    "gateway.commands.demo",
 ]
 
 EXIT_USAGE = 2

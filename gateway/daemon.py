@@ -1,8 +1,11 @@
 """The daemon: every server and worker of the gateway on one event loop that we own.
 
-Start order: store, HTTP, SMTP, workers; then READY=1. Stop order is the reverse, after
-STOPPING=1: no new SMTP sessions, DATA in progress finishes, workers reach a safe point, the
-store is closed last.
+Start order: store, HTTP, carrier client, workers, SMTP; then READY=1. The gateway starts even
+when a dependency (S3, the carrier, the relay) is failing: mail is accepted and kept queued,
+and /readyz says what is wrong. Stop order is the reverse, after STOPPING=1: SMTP stops
+accepting and finishes DATA in progress, workers reach a safe point, the store closes last.
+SIGHUP re-reads the configuration file and applies what can change without a restart:
+routes, allowed senders, limits, users and templates.
 """
 
 from __future__ import annotations
@@ -10,14 +13,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from gateway import log, sdnotify
-from gateway.config import Config
+from gateway.carrier.client import VoxtelesysClient
+from gateway.config import Config, ConfigError, load_config
+from gateway.events import EventsWorker
+from gateway.health import Health, store_check
 from gateway.httpd import HttpServer, create_app
+from gateway.inbound import InboundWorker
+from gateway.mail import MailRenderer
+from gateway.metrics import Metrics
+from gateway.metrics import add_routes as add_metrics_routes
+from gateway.outbound.cleanup import CleanupWorker
+from gateway.outbound.prepare import PrepareWorker
+from gateway.outbound.submit import SubmitWorker
+from gateway.outbound.upload import UploadWorker
+from gateway.outbox import OutboxWorker
+from gateway.reconcile import Reconciler
+from gateway.relay import create_relay
+from gateway.reports import Reporter, ReportsWorker
+from gateway.smtp.server import SmtpServer
+from gateway.spool import Spool
+from gateway.storage import create_storage
 from gateway.store import Database
+from gateway.store import jobs as job_store
+from gateway.store.outbox import state_counts as outbox_counts
+from gateway.webhooks import add_routes as add_webhook_routes
+from gateway.worker import Runner
 
 logger = log.get_logger(__name__)
+
+# Spool temp files older than this at start-up are leftovers of a crash mid-write.
+_STALE_TEMP_SECONDS = 3600
 
 
 class Component(Protocol):
@@ -26,44 +58,189 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
+def _inbound_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT state, count(*) FROM inbound GROUP BY state").fetchall()
+    return {str(state): int(count) for state, count in rows}
+
+
 class Gateway:
     """All parts of one running gateway, built from its configuration."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         config.data.dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(config.data.dir / "store.db")
+        self.spool = Spool(config.data.dir / "spool")
+        self.outbox_dir = config.data.dir / "outbox"
+        self.metrics = Metrics()
+        self.health = Health()
         self.http_app = create_app(client_max_size=max(config.http.max_webhook_bytes, 1024**2))
         self.http = HttpServer(self.http_app, config.http.listen)
-        self.components: list[Component] = []
+        self.client = VoxtelesysClient.from_config(config.voxtelesys)
+        self.storage = create_storage(config, self.http_app)
+        self.relay = create_relay(config)
+        self.renderer = MailRenderer(config.templates.dir)
+        self.runner = Runner(
+            self._workers(),
+            scan_interval=config.queue.scan_interval_seconds,
+            stop_timeout=0.8 * config.queue.shutdown_timeout_seconds,
+        )
+        self.smtp = SmtpServer(config, self.db, self.spool, self.runner.wake)
+        self._routes()
+
+    def _workers(self) -> list[object]:
+        config, db, wake = self.config, self.db, self._wake
+        common = {"config": config, "db": db}
+        self.reports = ReportsWorker(
+            **common, renderer=self.renderer, outbox_dir=self.outbox_dir, metrics=self.metrics
+        )
+        self.inbound = InboundWorker(
+            **common,
+            renderer=self.renderer,
+            outbox_dir=self.outbox_dir,
+            client=self.client,
+            metrics=self.metrics,
+            wake=wake,
+        )
+        self.reporter = Reporter(**common, renderer=self.renderer, outbox_dir=self.outbox_dir)
+        self.events = EventsWorker(
+            **common,
+            client=self.client,
+            reporter=self.reporter,
+            wake=wake,
+            metrics=self.metrics,
+        )
+        self.reconciler = Reconciler(**common, client=self.client, wake=wake)
+        return [
+            PrepareWorker(config, db),
+            UploadWorker(config, db, self.storage),
+            SubmitWorker(config, db, self.client, self.storage),
+            self.events,
+            self.reports,
+            self.inbound,
+            OutboxWorker(db, self.relay, config, metrics=self.metrics),
+            self.reconciler,
+            CleanupWorker(config, db, self.storage),
+        ]
+
+    def _wake(self) -> None:
+        self.runner.wake()
+
+    def _routes(self) -> None:
+        config = self.config
+        add_webhook_routes(
+            self.http_app, config=config, db=self.db, wake=self._wake, metrics=self.metrics
+        )
+        token = config.http.metrics_token
+        add_metrics_routes(self.http_app, self.metrics, token.get_secret_value() if token else None)
+        self.health.add_routes(self.http_app)
+        self.health.add_check("store", store_check(self.db))
+        self.health.add_check("carrier", self.client.check)
+        self.health.add_check("storage", self.storage.check)
+        self.health.add_check("relay", self.relay.check)
+        self.metrics.add_queue("jobs", lambda: self.db.run(job_store.queue_depth))
+        self.metrics.add_queue("outbox", lambda: self.db.run(outbox_counts))
+        self.metrics.add_queue("inbound", lambda: self.db.run(_inbound_counts))
 
     async def start(self) -> None:
         await self.db.open()
+        removed = await asyncio.to_thread(self.spool.remove_stale_temp_files, _STALE_TEMP_SECONDS)
+        if removed:
+            logger.warning("spool.stale_temp_removed", count=removed)
         await self.http.start()
-        for component in self.components:
-            await component.start()
+        await self.runner.start()
+        await self.smtp.start()
+        await self._report_dependencies()
+
+    async def _report_dependencies(self) -> None:
+        """Say at start-up what is not working yet; the gateway runs and queues regardless."""
+        readiness = await self.health.readiness()
+        for name, result in readiness.checks.items():
+            if result != "ok":
+                logger.error("daemon.dependency_failing", dependency=name, problem=result)
 
     async def stop(self) -> None:
-        for component in reversed(self.components):
+        bound = self.config.queue.shutdown_timeout_seconds
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("smtp", self.smtp.stop),
+            ("workers", self.runner.stop),
+            ("http", self.http.stop),
+            ("carrier", self.client.close),
+        ]
+        for name, step in steps:
             try:
-                await asyncio.wait_for(component.stop(), self.config.queue.shutdown_timeout_seconds)
+                await asyncio.wait_for(step(), bound)  # type: ignore[arg-type]
             except Exception:
-                logger.exception("daemon.stop_failed", component=type(component).__name__)
-        await self.http.stop()
+                logger.exception("daemon.stop_failed", component=name)
         self.db.close()
 
+    async def reload(self) -> None:
+        """SIGHUP: re-read the configuration; apply what can change while running."""
+        if self.config_path is None:
+            logger.warning("daemon.reload_skipped", reason="no configuration file")
+            return
+        sdnotify.reloading()
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            logger.error("daemon.reload_failed", problems=exc.problems)
+            sdnotify.notify("READY=1")
+            return
+        restart_needed = [
+            section
+            for section in ("http", "storage", "data", "voxtelesys")
+            if getattr(new, section) != getattr(self.config, section)
+        ]
+        if (
+            new.smtp.listen != self.config.smtp.listen
+            or new.smtp.tls_listen != self.config.smtp.tls_listen
+        ):
+            restart_needed.append("smtp.listen")
+        if new.relay != self.config.relay:
+            restart_needed.append("relay")
+        try:
+            await asyncio.to_thread(self.renderer.reload)
+            await self.smtp.reload(new)
+        except Exception as exc:
+            logger.error("daemon.reload_failed", error=str(exc))
+            sdnotify.notify("READY=1")
+            return
+        self.config = new
+        for worker in (self.reports, self.inbound, self.events, self.reporter, self.reconciler):
+            worker.config = new
+        log.register_secrets(new.secrets())
+        logger.info("daemon.reloaded", restart_needed=restart_needed)
+        sdnotify.notify("READY=1")
 
-async def serve(config: Config) -> int:
+
+async def serve(config: Config, *, config_path: Path | None = None) -> int:
     """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
 
-    gateway = Gateway(config)
+    started = time.monotonic()
+    gateway = Gateway(config, config_path=config_path)
     await gateway.start()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(gateway.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     sdnotify.notify("READY=1\nSTATUS=accepting mail and webhooks")
-    logger.info("daemon.ready", smtp=str(config.smtp.listen), http=str(config.http.listen))
+    logger.info(
+        "daemon.ready",
+        smtp=str(config.smtp.listen),
+        smtp_port=gateway.smtp.port,
+        http=str(config.http.listen),
+        http_port=gateway.http.port,
+        seconds=round(time.monotonic() - started, 2),
+    )
 
     watchdog = None
     interval = sdnotify.watchdog_interval()

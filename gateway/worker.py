@@ -130,6 +130,11 @@ class Runner:
                 continue
             failures = 0
             if handled > 0:
+                # What one stage finished is the next stage's work (a prepared job, a queued
+                # report mail): the others look now rather than at their next scan.
+                for name, event in self._wakeups.items():
+                    if name != worker.name:
+                        event.set()
                 # More may be due; yield so one busy queue cannot starve the loop.
                 await asyncio.sleep(0)
                 continue

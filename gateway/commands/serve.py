@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gateway.config import resolve_path
     from gateway.daemon import serve
 
     config = config_from_args(args)
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, config_path=resolve_path(args.config)))

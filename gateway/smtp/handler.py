@@ -78,6 +78,11 @@ class FaxHandler:
         )
         self._commits: set[asyncio.Task[str | None]] = set()
 
+    def reconfigure(self, config: Config) -> None:
+        """Use a reloaded configuration from the next SMTP command on (SIGHUP)."""
+        self.policy = RelayPolicy(config, auth_available=self.auth is not None)
+        self.config = config
+
     # -- EHLO and AUTH ----------------------------------------------------------------------
 
     async def handle_EHLO(

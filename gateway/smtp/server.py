@@ -254,6 +254,17 @@ class SmtpServer:
             auth=auth is not None,
         )
 
+    async def reload(self, config: Config) -> None:
+        """SIGHUP: apply a new configuration's policy (senders, networks, limits) and users.
+
+        The new rules apply from each session's next command; listen addresses, TLS files and
+        the users file's path need a restart.
+        """
+        self.config = config
+        if self.handler is not None:
+            self.handler.reconfigure(config)
+        await self.reload_users()
+
     async def reload_users(self) -> None:
         """Re-read the users file (for SIGHUP); on error keep the users known so far."""
         if self.users is None:

@@ -832,3 +832,21 @@ def _settle_job(conn: sqlite3.Connection, job_id: str, now: float) -> None:
             "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
             (JobState.SUBMITTED, now, job_id, JobState.UPLOADED),
         )
+
+
+def set_document_url(
+    conn: sqlite3.Connection,
+    job_id: str,
+    url: str,
+    expires_at: float,
+    now: float | None = None,
+) -> bool:
+    """A freshly signed URL for the job's stored document (the old one was about to expire)."""
+    now = _now(now)
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE jobs SET document_url = ?, url_expires_at = ?, updated_at = ?"
+            " WHERE id = ? AND state IN (?, ?)",
+            (url, expires_at, now, job_id, JobState.UPLOADED, JobState.SUBMITTED),
+        )
+    return cursor.rowcount == 1

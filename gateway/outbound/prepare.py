@@ -1,0 +1,93 @@
+"""received -> prepared: assemble the one document a job faxes from its spooled message."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway import log
+from gateway.config import Config
+from gateway.document.assemble import Document, assemble
+from gateway.document.cover import CoverContext
+from gateway.document.kinds import extension
+from gateway.document.mime import DocumentError, extract
+from gateway.fsutil import write_atomic
+from gateway.numbers import pretty
+from gateway.outbound.stage import Schedule
+from gateway.store import Database
+from gateway.store import jobs as store
+from gateway.store.jobs import Job, JobState
+
+logger = log.get_logger(__name__)
+
+
+def documents_dir(config: Config) -> Path:
+    return config.data.dir / "documents"
+
+
+class PrepareWorker:
+    name = "prepare"
+
+    def __init__(self, config: Config, db: Database, schedule: Schedule | None = None) -> None:
+        self.config = config
+        self.db = db
+        self.schedule = schedule or Schedule(config.queue)
+
+    async def run_once(self) -> int:
+        claimed = await self.db.run(
+            store.claim_jobs,
+            JobState.RECEIVED,
+            self.schedule.clock(),
+            10,
+            self.config.queue.max_pickups,
+        )
+        for job in claimed:
+            with log.bound(job_id=job.id):
+                await self._prepare(job)
+        return len(claimed)
+
+    async def _prepare(self, job: Job) -> None:
+        recipients = [f.recipient for f in await self.db.run(store.faxes_of, job.id)]
+        try:
+            document = await asyncio.to_thread(self._build, job, recipients)
+        except DocumentError as exc:
+            # The SMTP handler validated this message before answering 250, so this is rare
+            # (a changed limit or template since); the sender is told through the report.
+            logger.warning("job.failed", stage="prepare", reason=exc.kind, error=str(exc))
+            await self.db.run(store.fail_job, job.id, str(exc), self.schedule.clock())
+            return
+        path = documents_dir(self.config) / f"{job.id}{extension(document.content_type)}"
+        await asyncio.to_thread(write_atomic, path, document.data)
+        moved = await self.db.run(
+            store.advance,
+            job.id,
+            JobState.RECEIVED,
+            JobState.PREPARED,
+            now=self.schedule.clock(),
+            document_path=path,
+            document_type=document.content_type,
+            pages=document.pages,
+        )
+        if moved:
+            logger.info("job.prepared", pages=document.pages, content_type=document.content_type)
+
+    def _build(self, job: Job, recipients: list[str]) -> Document:
+        raw = job.spool_path.read_bytes()
+        extracted = extract(raw)
+        context = CoverContext(
+            sender=job.sender,
+            recipient=", ".join(pretty(number) for number in recipients),
+            subject=extracted.subject,
+            body=extracted.body_text,
+            pages=0,
+            date=datetime.fromtimestamp(job.created_at, UTC),
+        )
+        return assemble(
+            extracted,
+            paper=self.config.fax.paper,
+            max_pages=self.config.fax.max_pages,
+            cover=self.config.cover,
+            cover_context=context,
+            templates_dir=self.config.templates.dir,
+        )

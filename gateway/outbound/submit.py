@@ -1,0 +1,149 @@
+"""uploaded -> submitted: POST /faxes for each recipient, exactly once.
+
+Exactly once across crashes: `begin_submit` is committed before each POST. A fax picked up with
+an earlier POST on record may already exist at the carrier (the process died before storing
+its id), so the carrier's list is searched for it by document URL and number first, and it is
+adopted if found. Within one call the client does the same after an ambiguous failure.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from gateway import log
+from gateway.carrier.client import VoxtelesysClient
+from gateway.carrier.errors import AuthError, CarrierError, Rejected
+from gateway.carrier.models import Fax as CarrierFax
+from gateway.carrier.status import Outcome, classify
+from gateway.config import Config
+from gateway.outbound.stage import Schedule
+from gateway.storage.base import Storage, StorageError
+from gateway.store import Database
+from gateway.store import jobs as store
+from gateway.store.jobs import Fax, Job
+
+logger = log.get_logger(__name__)
+
+# A URL about to expire is signed afresh first: the carrier may fetch it again on a redial.
+_URL_MARGIN_SECONDS = 3600
+
+
+class SubmitWorker:
+    name = "submit"
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        client: VoxtelesysClient,
+        storage: Storage,
+        schedule: Schedule | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.client = client
+        self.storage = storage
+        self.schedule = schedule or Schedule(config.queue)
+
+    async def run_once(self) -> int:
+        claimed = await self.db.run(
+            store.claim_faxes, self.schedule.clock(), 10, self.config.queue.max_pickups
+        )
+        for fax, job in claimed:
+            with log.bound(job_id=job.id, fax_id=fax.id, to=fax.recipient):
+                await self._submit(fax, job)
+        return len(claimed)
+
+    async def _submit(self, fax: Fax, job: Job) -> None:
+        earlier_url = job.document_url  # what an earlier, unrecorded POST would have sent
+        url = await self._fresh_url(fax, job)
+        if url is None or earlier_url is None:
+            return
+        if fax.submit_attempts > 0 and fax.submit_started_at is not None:
+            # A fax found there is adopted whatever its status, failed included: it is the
+            # fax we sent, and its outcome is what the sender must be told.
+            try:
+                found = await self.client.find_fax_by_url(
+                    earlier_url,
+                    fax.recipient,
+                    since=datetime.fromtimestamp(fax.submit_started_at - 60, UTC),
+                )
+            except CarrierError as exc:
+                await self._carrier_error(fax, job, exc)
+                return
+            if found is not None:
+                logger.warning("fax.adopted", carrier_id=found.id, status=found.status)
+                await self._record(fax, found)
+                return
+        if await self.db.run(store.begin_submit, fax.id, self.schedule.clock()) is None:
+            return  # cancelled meanwhile
+        try:
+            created = await self.client.send_fax(
+                fax.recipient, job.from_number, url, self.config.voxtelesys.attempts
+            )
+        except CarrierError as exc:
+            await self._carrier_error(fax, job, exc)
+            return
+        await self._record(fax, created)
+
+    async def _fresh_url(self, fax: Fax, job: Job) -> str | None:
+        assert job.document_url is not None and job.storage_key is not None
+        expires = job.url_expires_at or 0
+        if expires - self.schedule.clock() > _URL_MARGIN_SECONDS:
+            return job.document_url
+        try:
+            stored = await self.storage.url_for(job.storage_key, job.document_type or "")
+        except StorageError as exc:
+            await self._defer(fax, job, f"storage: {exc}")
+            return None
+        await self.db.run(
+            store.set_document_url, job.id, stored.url, stored.expires_at, self.schedule.clock()
+        )
+        logger.info("job.url_renewed", expires_at=stored.expires_at)
+        return stored.url
+
+    async def _record(self, fax: Fax, created: CarrierFax) -> None:
+        now = self.schedule.clock()
+        await self.db.run(store.mark_submitted, fax.id, created.id, created.status, now)
+        logger.info("fax.submitted", carrier_id=created.id, status=created.status)
+        outcome = classify(
+            created.status,
+            created.error_code is not None,
+            self.config.voxtelesys.success_statuses,
+        )
+        if outcome is not Outcome.PENDING:
+            await self.db.run(
+                store.record_carrier_status,
+                created.id,
+                created.status,
+                outcome,
+                created.pages,
+                created.duration,
+                created.attempts,
+                created.error_code,
+                created.error_description,
+                now,
+            )
+
+    async def _carrier_error(self, fax: Fax, job: Job, exc: CarrierError) -> None:
+        if isinstance(exc, Rejected):
+            # 422: this request will never be accepted; the sender learns the carrier's words.
+            message = f"the carrier refused the fax: {exc.message}"
+            logger.warning("fax.failed", stage="submit", error=message)
+            await self.db.run(store.fail_fax, fax.id, None, message, self.schedule.clock())
+            return
+        if isinstance(exc, AuthError):
+            # Every fax would fail the same way: keep them queued for the operator to fix the
+            # key, and say so loudly.
+            logger.error("carrier.auth_failed", error=str(exc))
+        await self._defer(fax, job, f"carrier: {exc}")
+
+    async def _defer(self, fax: Fax, job: Job, error: str) -> None:
+        if self.schedule.expired(job.created_at):
+            message = f"the fax could not be submitted for {self.schedule.lifetime_text()}: {error}"
+            logger.error("fax.failed", stage="submit", error=message)
+            await self.db.run(store.fail_fax, fax.id, None, message, self.schedule.clock())
+            return
+        delay = self.schedule.delay(max(fax.submit_attempts, 1))
+        await self.db.run(store.defer_fax, fax.id, error, delay, self.schedule.clock())
+        logger.warning("fax.deferred", stage="submit", error=error, delay=round(delay))

@@ -1,0 +1,322 @@
+"""The daemon as a process: crashes (kill -9), SIGTERM during DATA, SIGHUP reload, the demo."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import samples
+from tests.conftest import ROOT, cli_env, free_port, merge
+from tests.servers.gateway import FAST_QUEUE
+from tests.servers.relay import CapturingRelay
+from tests.servers.sandbox import Sandbox
+
+pytestmark = pytest.mark.slow
+
+
+class GatewayProcess:
+    """`fax-gateway serve` in a subprocess, its JSON log lines collected by a thread."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.lines: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"event": "raw", "text": raw}
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, event: str, timeout: float = 20, **fields: Any) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            for line in self.lines:
+                if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
+                    return line
+            return None
+
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: found() is not None or self.proc.poll() is not None, timeout
+            ):
+                raise AssertionError(f"{event} not logged within {timeout}s: {self.lines[-20:]}")
+            line = found()
+            if line is None:
+                raise AssertionError(f"gateway exited before {event}: {self.lines[-20:]}")
+            return line
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._close()
+
+    def terminate(self, timeout: float = 10) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._close()
+        return code
+
+    def close(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def daemon_config(
+    config_data: dict[str, Any],
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    write_config: Callable[..., Path],
+) -> Callable[..., tuple[Path, dict[str, Any]]]:
+    def make(overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+        http_port = free_port()
+        data = merge(
+            config_data,
+            {
+                "smtp": {"listen": f"127.0.0.1:{free_port()}"},
+                "http": {
+                    "listen": f"127.0.0.1:{http_port}",
+                    "public_url": f"http://127.0.0.1:{http_port}",
+                },
+                "relay": relay_server.relay_config_overrides(),
+                "queue": FAST_QUEUE,
+            },
+        )
+        data = merge(merge(data, sandbox.config_override()), overrides or {})
+        token = data["http"]["webhook_token"]
+        sandbox.set_webhook(f"http://127.0.0.1:{http_port}/webhooks/fax/{token}")
+        return write_config(data), data
+
+    return make
+
+
+@pytest.fixture
+def processes() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    yield started
+    for process in started:
+        if process.proc.poll() is None:
+            process.kill()
+        process.close()
+
+
+def smtp_port(data: dict[str, Any]) -> int:
+    return int(data["smtp"]["listen"].rsplit(":", 1)[1])
+
+
+def submit(port: int, numbers: list[str], document: bytes) -> str | None:
+    """One message over SMTP; the job id if answered 250, None if the gateway was gone."""
+    message = EmailMessage()
+    message["From"] = "alice@example.com"
+    message["To"] = ", ".join(f"{n.lstrip('+')}@fax.local" for n in numbers)
+    message["Subject"] = "crash test"
+    message.set_content("see attachment")
+    message.add_attachment(document, "application", "pdf", filename="doc.pdf")
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo()
+            client.mail("alice@example.com")
+            for number in numbers:
+                code, _ = client.rcpt(f"{number.lstrip('+')}@fax.local")
+                assert code == 250
+            code, reply = client.data(message.as_bytes(policy=email.policy.SMTP))
+    except (OSError, smtplib.SMTPException):
+        return None
+    if code != 250:
+        return None
+    return reply.decode().rsplit(" ", 1)[1]
+
+
+def test_kill_9_mid_way_loses_and_duplicates_nothing(
+    daemon_config: Callable[..., tuple[Path, dict[str, Any]]],
+    sandbox: Sandbox,
+    processes: list[GatewayProcess],
+) -> None:
+    """30 messages, kill -9 mid-way, restart: each 250 became exactly one fax per recipient."""
+    path, data = daemon_config()
+    port = smtp_port(data)
+    document = samples.pdf(1)
+    # Unique fictional numbers per recipient, so the sandbox's faxes can be counted per number.
+    plan = [
+        [f"+1201555{100 + 2 * i:04d}"] + ([f"+1201555{101 + 2 * i:04d}"] if i % 3 == 0 else [])
+        for i in range(30)
+    ]
+    accepted: dict[str, list[str]] = {}
+
+    first = GatewayProcess(path)
+    processes.append(first)
+    first.wait_for("daemon.ready")
+    for numbers in plan[:12]:
+        job = submit(port, numbers, document)
+        if job:
+            accepted[job] = numbers
+    first.kill()  # mid-way: faxes of these jobs are at every stage of the pipeline
+    sent_before_restart = len(sandbox.faxes())
+
+    second = GatewayProcess(path)
+    processes.append(second)
+    second.wait_for("daemon.ready")
+    for numbers in plan[12:]:
+        job = submit(port, numbers, document)
+        if job:
+            accepted[job] = numbers
+    assert len(accepted) == 30
+
+    expected = [n for numbers in accepted.values() for n in numbers]
+
+    def all_final() -> bool:
+        faxes = [f for f in sandbox.faxes() if f["direction"] == "outbound"]
+        return len(faxes) >= len(expected) and all(
+            f["status"] in ("delivered", "failed") for f in faxes
+        )
+
+    sandbox.wait_for(all_final, timeout=60, what="every accepted fax at the carrier")
+    counts = Counter("+" + f["to"] for f in sandbox.faxes() if f["direction"] == "outbound")
+    assert {n: counts[n] for n in expected} == dict.fromkeys(expected, 1)
+    assert sum(counts.values()) == len(expected)
+    second.wait_for("job.cleaned", timeout=30)
+    assert second.terminate() == 0
+    assert sent_before_restart <= len(expected)
+
+
+def test_sigterm_during_data_finishes_the_message(
+    daemon_config: Callable[..., tuple[Path, dict[str, Any]]], processes: list[GatewayProcess]
+) -> None:
+    """SIGTERM while a client is in DATA: the message still gets its 250, then a clean exit 0."""
+    path, data = daemon_config()
+    process = GatewayProcess(path)
+    processes.append(process)
+    process.wait_for("daemon.ready")
+    message = EmailMessage()
+    message["From"] = "alice@example.com"
+    message["To"] = "12015550123@fax.local"
+    message["Subject"] = "in flight"
+    message.add_attachment(samples.pdf(1), "application", "pdf", filename="a.pdf")
+    body = message.as_bytes().replace(b"\n", b"\r\n")
+    client = smtplib.SMTP("127.0.0.1", smtp_port(data), timeout=10)
+    try:
+        client.ehlo()
+        client.mail("alice@example.com")
+        client.rcpt("12015550123@fax.local")
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(body[: len(body) // 2])
+        process.proc.send_signal(signal.SIGTERM)
+        process.wait_for("daemon.stopping")
+        client.send(body[len(body) // 2 :] + b"\r\n.\r\n")
+        code, reply = client.getreply()
+        assert code == 250, reply
+        assert b"queued as" in reply
+        # Then the stopping server says goodbye instead of waiting for QUIT.
+        assert client.getreply()[0] == 421
+    finally:
+        client.close()
+    assert process.proc.wait(15) == 0
+
+
+def test_sighup_reloads_inbound_routes(
+    daemon_config: Callable[..., tuple[Path, dict[str, Any]]],
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    processes: list[GatewayProcess],
+    write_config: Callable[..., Path],
+) -> None:
+    """After SIGHUP an inbound fax follows the route written into the file since start."""
+    routes = {"inbound": {"routes": {"+12015550101": ["before@example.com"]}}}
+    path, data = daemon_config(routes)
+    process = GatewayProcess(path)
+    processes.append(process)
+    process.wait_for("daemon.ready")
+    changed = merge(data, {"inbound": {"routes": {"+12015550101": ["after@example.com"]}}})
+    write_config(changed)
+    process.proc.send_signal(signal.SIGHUP)
+    process.wait_for("daemon.reloaded")
+    sandbox.inbound("12015550101", "12015550142", samples.pdf(1))
+    [mail] = relay_server.wait_for_sync(1, timeout=30)
+    assert list(mail.rcpt_tos) == ["after@example.com"]
+    assert process.terminate() == 0
+
+
+def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+    """`fax-gateway demo --once` leaves a delivery report and an inbound fax, both with PDFs."""
+    base = tmp_path / "demo"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "demo",
+            "--once",
+            "--dir",
+            str(base),
+            "--smtp-port",
+            str(free_port()),
+            "--http-port",
+            str(free_port()),
+            "--sandbox-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    mails = sorted((base / "maildir" / "new").iterdir())
+    assert len(mails) == 2
+    subjects = []
+    for path in mails:
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        subjects.append(str(message["Subject"]))
+        names = [part.get_filename() or "" for part in message.iter_attachments()]
+        assert any(name.endswith(".pdf") for name in names), names
+    assert any(s.startswith("Fax to +1 201-555-0123 delivered") for s in subjects), subjects
+    assert any(s.startswith("Fax from +1 201-555-0142") for s in subjects), subjects
+    assert "swaks --server" in result.stdout
+    assert (base / "gateway.toml").exists()
+
+
+def test_demo_config_is_valid(tmp_path: Path) -> None:
+    """The configuration the demo writes loads (the queue tools read it with --config)."""
+    from gateway.config import load_config
+    from gateway.demo import DemoPorts, demo_config_text
+
+    text = demo_config_text(tmp_path, DemoPorts(), "http://127.0.0.1:8099/api/v1", "key-12345")
+    (tmp_path / "gateway.toml").write_text(text)
+    config = load_config(tmp_path / "gateway.toml", env={})
+    assert config.relay.backend == "maildir"
+    assert config.fax.number_check == "possible"
