@@ -14,6 +14,7 @@ from aiohttp import ClientSession, web
 from structlog.testing import capture_logs
 from yarl import URL
 
+from gateway import log
 from gateway.config import Config
 from gateway.storage import (
     DocumentMissing,
@@ -304,3 +305,5 @@ async def test_no_secret_reaches_the_logs(served: Served) -> None:
     ]
     for value in forbidden:
         assert value not in text
+    # A URL logged by another stage loses its token to the redactor.
+    assert signatures[0] not in log.redact(f"job.uploaded url={stored.url}")

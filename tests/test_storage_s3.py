@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from gateway.storage import (
 )
 from gateway.storage.secret import SECRET_FILE
 from tests.conftest import free_port
-from tests.servers.seaweed import S3Server
+from tests.servers.seaweed import S3Server, _Weed
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 16
@@ -72,7 +73,7 @@ async def test_presigned_url_serves_the_document(
     assert stored.key.startswith("faxes/J0001-") and stored.key.endswith(".pdf")
     assert stored.url.startswith(f"{s3_env.endpoint_url}/{s3_env.bucket}/{stored.key}?")
     assert "X-Amz-Signature=" in stored.url and "X-Amz-Expires=86400" in stored.url
-    assert before + 86400 <= stored.expires_at <= time.time() + 86400
+    assert int(before) + 86400 <= stored.expires_at <= time.time() + 86400
 
     status, body, headers = await fetch(http, stored.url)
     assert status == 200
@@ -253,6 +254,18 @@ async def test_missing_credentials_say_where_they_are_looked_for(
         assert not failed.value.transient
     finally:
         await storage.close()
+
+
+def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path) -> None:
+    """The fixture fails fast, with weed's exit status and the tail of its log."""
+    weed = _Weed(tmp_path)
+    weed.args.append("-no-such-flag")
+    with pytest.raises(RuntimeError) as failed:
+        weed.start()
+    assert "weed exited with status" in str(failed.value)
+    assert str(weed.log_path) in str(failed.value)
+    assert "mini" in str(failed.value)  # from the usage text weed printed
+    assert weed.process is not None and weed.process.returncode is not None
 
 
 async def test_boto3_runs_off_the_event_loop(s3_config: Config) -> None:

@@ -9,6 +9,7 @@ holding a worker for long: the job is deferred and retried with backoff from the
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -117,9 +118,10 @@ class S3Storage:
             )
             return self._presign(client, key, content_type)
 
+        signed_from = self._now()
         url = await self._call("put", upload)
         logger.info("storage.put", key=key, bytes=len(data))
-        return self._stored(key, url)
+        return self._stored(key, url, signed_from)
 
     async def url_for(self, key: str, content_type: str) -> StoredDocument:
         self._check_key(key)
@@ -135,7 +137,8 @@ class S3Storage:
                 raise
             return self._presign(client, key, content_type)
 
-        return self._stored(key, await self._call("url_for", renew))
+        signed_from = self._now()
+        return self._stored(key, await self._call("url_for", renew), signed_from)
 
     async def delete(self, key: str) -> None:
         self._check_key(key)
@@ -167,9 +170,14 @@ class S3Storage:
         )
         return url
 
-    def _stored(self, key: str, url: str) -> StoredDocument:
-        # Taken after signing: the URL is valid at least until then.
-        return StoredDocument(key=key, url=url, expires_at=self.clock() + self.url_ttl_seconds)
+    def _now(self) -> float:
+        # SigV4 dates have whole seconds (truncated), so the URL's validity starts there.
+        return float(math.floor(self.clock()))
+
+    def _stored(self, key: str, url: str, signed_from: float) -> StoredDocument:
+        # Counted from before the call: the URL was signed later, so it is valid at least until
+        # the expiry we record, never shorter.
+        return StoredDocument(key=key, url=url, expires_at=signed_from + self.url_ttl_seconds)
 
     def _check_key(self, key: str) -> None:
         if not key.startswith(self.prefix) or not NAME_PATTERN.fullmatch(key[len(self.prefix) :]):
