@@ -205,6 +205,7 @@ async def test_metrics_and_readiness_after_a_fax(
         text = body.decode()
         assert status == 200
         assert 'faxgw_faxes_total{error_code="",status="delivered"} 1.0' in text
+        assert "faxgw_smtp_messages_accepted_total 1.0" in text
 
 
 async def test_readyz_reports_a_stopped_s3(

@@ -21,6 +21,7 @@ from gateway import log
 from gateway.config import Config
 from gateway.document import assemble, mime
 from gateway.document.mime import DocumentError
+from gateway.metrics import Metrics
 from gateway.smtp import replies
 from gateway.smtp.auth import SmtpAuth, peer_of
 from gateway.smtp.policy import Refusal, RelayPolicy
@@ -64,8 +65,10 @@ class FaxHandler:
         wake: Callable[[], None],
         *,
         auth: SmtpAuth | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.db = db
         self.spool = spool
         self.wake = wake
@@ -137,7 +140,7 @@ class FaxHandler:
         auth_user = _auth_user(session)
         refusal = self.policy.check_mail(address, peer_of(server), auth_user)
         if refusal is not None:
-            return _refuse("mail", refusal, server, sender=address, user=auth_user)
+            return self._refuse("mail", refusal, server, sender=address, user=auth_user)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         self._transactions[envelope] = Transaction(sender=address, auth_user=auth_user)
@@ -157,14 +160,18 @@ class FaxHandler:
             raise RuntimeError("RCPT without a transaction")
         parsed = self.policy.parse_recipient(address)
         if isinstance(parsed, Refusal):
-            return _refuse("rcpt", parsed, server, sender=transaction.sender, recipient=address)
+            return self._refuse(
+                "rcpt", parsed, server, sender=transaction.sender, recipient=address
+            )
         if parsed in transaction.numbers:
             # "15551234567@" and "+1 555 123 4567@" are one destination: one fax, not two.
             envelope.rcpt_tos.append(address)
             return replies.DUPLICATE_RECIPIENT
         if len(transaction.numbers) >= self.config.smtp.max_recipients:
             refusal = Refusal(Reason.TOO_MANY_RECIPIENTS, replies.TOO_MANY_RECIPIENTS)
-            return _refuse("rcpt", refusal, server, sender=transaction.sender, recipient=parsed)
+            return self._refuse(
+                "rcpt", refusal, server, sender=transaction.sender, recipient=parsed
+            )
         limit = self.config.limits.faxes_per_sender_per_day
         if limit > 0:
             # Counts faxes of committed jobs plus this message's; two sessions of one sender
@@ -175,7 +182,7 @@ class FaxHandler:
                 refusal = Refusal(
                     Reason.DAILY_LIMIT, replies.daily_limit(transaction.sender, limit)
                 )
-                return _refuse("rcpt", refusal, server, sender=transaction.sender, sent=sent)
+                return self._refuse("rcpt", refusal, server, sender=transaction.sender, sent=sent)
         transaction.numbers.append(parsed)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -192,7 +199,7 @@ class FaxHandler:
                 refusal = Refusal(
                     Reason.TOO_BIG, replies.too_big(self.config.smtp.max_message_bytes)
                 )
-                return _refuse("data", refusal, server, sender=transaction.sender)
+                return self._refuse("data", refusal, server, sender=transaction.sender)
             try:
                 extracted = await asyncio.to_thread(mime.extract, raw)
                 pages = await asyncio.to_thread(
@@ -206,7 +213,7 @@ class FaxHandler:
             except DocumentError as exc:
                 code, reason = _DOCUMENT_REPLIES.get(exc.kind, ("554 5.6.0", Reason.MALFORMED))
                 refusal = Refusal(reason, replies.document_rejected(code, str(exc)))
-                return _refuse("data", refusal, server, sender=transaction.sender)
+                return self._refuse("data", refusal, server, sender=transaction.sender)
             ip = peer_of(server)
             client = str(ip) if ip is not None else None
             accept = asyncio.ensure_future(self._accept(transaction, raw, extracted, pages, client))
@@ -261,6 +268,8 @@ class FaxHandler:
                     size=len(raw),
                     client=client,
                 )
+                if self.metrics is not None:
+                    self.metrics.smtp_accepted.inc()
                 try:
                     self.wake()
                 except Exception:
@@ -280,6 +289,20 @@ class FaxHandler:
             logger.error("smtp.error", reason=Reason.INTERNAL_ERROR, exc_info=error)
         return replies.TEMPORARY_FAILURE
 
+    def _refuse(self, stage: str, refusal: Refusal, server: SMTP, **fields: Any) -> str:
+        """Log the canonical line of a refusal, count it, and return its reply."""
+        logger.info(
+            "smtp.rejected",
+            stage=stage,
+            reason=refusal.reason,
+            reply=refusal.reply,
+            client=str(peer_of(server)),
+            **fields,
+        )
+        if self.metrics is not None:
+            self.metrics.smtp_rejected.labels(reason=str(refusal.reason)).inc()
+        return refusal.reply
+
     async def drain(self) -> None:
         """Wait until every message being spooled has its 250 decided (for shutdown)."""
         while self._commits:
@@ -295,16 +318,3 @@ def _auth_user(session: Session) -> str | None:
     if session.authenticated and isinstance(session.auth_data, str):
         return session.auth_data
     return None
-
-
-def _refuse(stage: str, refusal: Refusal, server: SMTP, **fields: Any) -> str:
-    """Log the canonical line of a refusal and return its reply."""
-    logger.info(
-        "smtp.rejected",
-        stage=stage,
-        reason=refusal.reason,
-        reply=refusal.reply,
-        client=str(peer_of(server)),
-        **fields,
-    )
-    return refusal.reply

@@ -22,6 +22,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway import log
 from gateway.config import Address, Config, ConfigError
+from gateway.metrics import Metrics
 from gateway.smtp import replies
 from gateway.smtp.auth import AuthThrottle, SmtpAuth, peer_of
 from gateway.smtp.handler import FaxHandler
@@ -144,6 +145,7 @@ class SmtpServer:
         wake: Callable[[], None],
         *,
         drain_timeout: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
@@ -156,6 +158,7 @@ class SmtpServer:
         )
         self.db = db
         self.spool = spool
+        self.metrics = metrics
         self.wake = wake
         self.users: Users | None = None
         self.handler: FaxHandler | None = None
@@ -200,7 +203,9 @@ class SmtpServer:
         mail_log = logging.getLogger("mail.log")
         if not any(isinstance(f, _HideDeprecatedLoginData) for f in mail_log.filters):
             mail_log.addFilter(_HideDeprecatedLoginData())
-        self.handler = FaxHandler(self.config, self.db, self.spool, self.wake, auth=auth)
+        self.handler = FaxHandler(
+            self.config, self.db, self.spool, self.wake, auth=auth, metrics=self.metrics
+        )
         # socket.getfqdn() may ask DNS: once, off the loop, not per connection as aiosmtpd would.
         hostname = smtp.hostname or await asyncio.to_thread(socket.getfqdn)
 
