@@ -168,6 +168,9 @@ class Gateway:
             ("http", self.http.stop),
             ("carrier", self.client.close),
         ]
+        close_storage = getattr(self.storage, "close", None)
+        if close_storage is not None:
+            steps.append(("storage", close_storage))
         for name, step in steps:
             try:
                 await asyncio.wait_for(step(), bound)  # type: ignore[arg-type]

@@ -17,10 +17,10 @@ from gateway.carrier.models import Fax as CarrierFax
 from gateway.carrier.status import Outcome, classify
 from gateway.config import Config
 from gateway.outbound.stage import Schedule
-from gateway.storage.base import Storage, StorageError
+from gateway.storage.base import DocumentMissing, Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
-from gateway.store.jobs import Fax, Job
+from gateway.store.jobs import Fax, Job, JobState
 
 logger = log.get_logger(__name__)
 
@@ -93,6 +93,15 @@ class SubmitWorker:
             return job.document_url
         try:
             stored = await self.storage.url_for(job.storage_key, job.document_type or "")
+        except DocumentMissing as exc:
+            # Gone from the bucket (a lifecycle rule, an operator): upload it again.
+            if job.state is JobState.UPLOADED and await self.db.run(
+                store.advance, job.id, JobState.UPLOADED, JobState.PREPARED, error=str(exc)
+            ):
+                logger.warning("job.reupload", error=str(exc))
+                return None
+            await self._defer(fax, job, f"storage: {exc}")
+            return None
         except StorageError as exc:
             await self._defer(fax, job, f"storage: {exc}")
             return None
