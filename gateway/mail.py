@@ -36,11 +36,11 @@ from typing import Any
 
 import jinja2
 
-import gateway
 from gateway.numbers import pretty
+from gateway.paths import builtin_templates
 
 KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "received")
-BUILTIN_TEMPLATES = Path(gateway.__file__).resolve().parent.parent / "templates"
+BUILTIN_TEMPLATES = builtin_templates()
 
 # Long enough for "Fax to +44 20 7183 8750 failed: <reason> (Re: <their subject>)", short
 # enough that no client truncates it into nonsense. Headers are folded, so this is about

@@ -30,9 +30,9 @@ import img2pdf
 import jinja2
 from PIL import Image, ImageDraw, ImageFont
 
-import gateway
+from gateway.paths import builtin_templates
 
-BUILTIN_TEMPLATES = Path(gateway.__file__).resolve().parent.parent / "templates"
+BUILTIN_TEMPLATES = builtin_templates()
 DEFAULT_TEMPLATE = "cover.txt.j2"
 
 # Page geometry. 200 dpi is between fax "fine" (204x196) and what a printer needs for crisp text.
