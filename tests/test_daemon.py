@@ -320,3 +320,78 @@ def test_demo_config_is_valid(tmp_path: Path) -> None:
     config = load_config(tmp_path / "gateway.toml", env={})
     assert config.relay.backend == "maildir"
     assert config.fax.number_check == "possible"
+
+
+def test_send_file_goes_through_the_pipeline(
+    daemon_config: Callable[..., tuple[Path, dict[str, Any]]],
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    processes: list[GatewayProcess],
+    tmp_path: Path,
+) -> None:
+    """`fax-gateway send --to N FILE --sender A` queues the file like mail; A gets the report."""
+    path, _ = daemon_config()
+    process = GatewayProcess(path)
+    processes.append(process)
+    process.wait_for("daemon.ready")
+    document = tmp_path / "letter.pdf"
+    document.write_bytes(samples.pdf(2))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "send",
+            "--config",
+            str(path),
+            "--to",
+            "2015550123",
+            "--sender",
+            "bob@example.com",
+            str(document),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("queued as J")
+    [report] = relay_server.wait_for_sync(1, timeout=30)
+    assert list(report.rcpt_tos) == ["bob@example.com"]
+    assert "delivered, 2 pages" in str(report.message["Subject"])
+    [fax] = [f for f in sandbox.faxes() if f["direction"] == "outbound"]
+    assert fax["to"] == "12015550123"
+    assert process.terminate() == 0
+
+
+def test_send_file_refuses_what_cannot_be_faxed(
+    daemon_config: Callable[..., tuple[Path, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A file that is no fax document is refused before anything is sent, with exit 2."""
+    path, _ = daemon_config()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just text")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "send",
+            "--config",
+            str(path),
+            "--to",
+            "2015550123",
+            "--sender",
+            "bob@example.com",
+            str(notes),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "not a PDF, TIFF, PNG or JPEG file" in result.stderr
