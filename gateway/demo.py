@@ -249,6 +249,7 @@ class Demo:
 
     def _instructions(self, sandbox: SandboxServer) -> None:
         smtp = self.ports.smtp
+        command = _command()
         sample = self.base / "sample.pdf"
         self.say(f"Send a fax of your own (SMTP on 127.0.0.1:{smtp}, domain fax.local):")
         self.say(
@@ -267,13 +268,24 @@ class Demo:
             self.say(f"  {pretty(number)}  error {code}: {OUTCOME_TEXT.get(code, '')}")
         self.say("Make a fax arrive:")
         self.say(
-            f"  fax-gateway sandbox inbound --sandbox-url {sandbox.root_url}"
+            f"  {command} sandbox inbound --sandbox-url {sandbox.root_url}"
             f" --to {INBOUND_NUMBER} --from {INBOUND_CALLER} {sample}"
         )
-        self.say(f"See the queue: fax-gateway queue list --config {self.config_path}")
+        self.say(f"See the queue: {command} queue list --config {self.config_path}")
         self.say(f"Reports and inbound faxes land in {self.maildir_new}/")
         self.say()
         self.say("Press Ctrl-C to stop.")
+
+
+def _command() -> str:
+    """How the user runs fax-gateway: by name when it is on PATH, else by its venv path."""
+    if shutil.which("fax-gateway"):
+        return "fax-gateway"
+    script = Path(sys.executable).parent / "fax-gateway"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _summary(path: Path) -> tuple[str, str, list[str]]:
