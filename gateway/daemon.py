@@ -115,7 +115,7 @@ class Gateway:
         return [
             PrepareWorker(config, db),
             UploadWorker(config, db, self.storage),
-            SubmitWorker(config, db, self.client, self.storage),
+            SubmitWorker(config, db, self.client, self.storage, metrics=self.metrics),
             self.events,
             self.reports,
             self.inbound,

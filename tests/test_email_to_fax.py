@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import aiosmtplib
+import pytest
 from pypdf import PdfReader
 
 from gateway.daemon import Gateway
@@ -206,6 +207,7 @@ async def test_metrics_and_readiness_after_a_fax(
         assert status == 200
         assert 'faxgw_faxes_total{error_code="",status="delivered"} 1.0' in text
         assert "faxgw_smtp_messages_accepted_total 1.0" in text
+        assert "faxgw_fax_received_to_submitted_seconds_count 1.0" in text
 
 
 async def test_readyz_reports_a_stopped_s3(
@@ -247,3 +249,47 @@ def test_smtplib_client_gets_queued_reply(
             await outbound(sandbox, 1)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "filename", "pages"),
+    [
+        (samples.png(), "image/png", "scan.png", 1),
+        (samples.jpeg(), "image/jpeg", "photo.jpg", 1),
+        (samples.tiff(pages=3), "image/tiff", "fax.tif", 3),
+    ],
+)
+async def test_single_image_is_faxed_as_is(
+    gateway: GatewayFactory,
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    data: bytes,
+    content_type: str,
+    filename: str,
+    pages: int,
+) -> None:
+    """A lone PNG, JPEG or multi-page TIFF reaches the carrier unchanged, its pages counted."""
+    async with gateway() as gw:
+        await send(gw, fax_mail("12015550123@fax.local", (data, content_type, filename)))
+        [fax] = await outbound(sandbox, 1)
+        assert sandbox.document(fax["id"]) == data
+        assert int(fax["pages"]) == pages
+        [report] = await relay_server.wait_for(1, timeout=20)
+        assert f"delivered, {pages} page" in str(report.message["Subject"])
+
+
+async def test_national_number_and_non_ascii_names(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """A national number and a non-ASCII subject and file name go through; the report keeps them."""
+    async with gateway() as gw:
+        message = fax_mail(
+            "(201) 555-0123 <2015550123@fax.local>",
+            (samples.pdf(1), "application/pdf", "Überweisung März.pdf"),
+            subject="Rechnung für Müller",
+        )
+        await send(gw, message)
+        [fax] = await outbound(sandbox, 1)
+        assert fax["to"] == "12015550123"
+        [report] = await relay_server.wait_for(1, timeout=20)
+        assert "Rechnung für Müller" in str(report.message["Subject"])

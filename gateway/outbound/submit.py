@@ -16,6 +16,7 @@ from gateway.carrier.errors import AuthError, CarrierError, Rejected
 from gateway.carrier.models import Fax as CarrierFax
 from gateway.carrier.status import Outcome, classify
 from gateway.config import Config
+from gateway.metrics import Metrics
 from gateway.outbound.stage import Schedule
 from gateway.storage.base import DocumentMissing, Storage, StorageError
 from gateway.store import Database
@@ -38,7 +39,9 @@ class SubmitWorker:
         client: VoxtelesysClient,
         storage: Storage,
         schedule: Schedule | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.config = config
         self.db = db
         self.client = client
@@ -73,7 +76,7 @@ class SubmitWorker:
                 return
             if found is not None:
                 logger.warning("fax.adopted", carrier_id=found.id, status=found.status)
-                await self._record(fax, found)
+                await self._record(fax, job, found)
                 return
         if await self.db.run(store.begin_submit, fax.id, self.schedule.clock()) is None:
             return  # cancelled meanwhile
@@ -84,7 +87,7 @@ class SubmitWorker:
         except CarrierError as exc:
             await self._carrier_error(fax, job, exc)
             return
-        await self._record(fax, created)
+        await self._record(fax, job, created)
 
     async def _fresh_url(self, fax: Fax, job: Job) -> str | None:
         assert job.document_url is not None and job.storage_key is not None
@@ -111,10 +114,13 @@ class SubmitWorker:
         logger.info("job.url_renewed", expires_at=stored.expires_at)
         return stored.url
 
-    async def _record(self, fax: Fax, created: CarrierFax) -> None:
+    async def _record(self, fax: Fax, job: Job, created: CarrierFax) -> None:
         now = self.schedule.clock()
-        await self.db.run(store.mark_submitted, fax.id, created.id, created.status, now)
+        if not await self.db.run(store.mark_submitted, fax.id, created.id, created.status, now):
+            return
         logger.info("fax.submitted", carrier_id=created.id, status=created.status)
+        if self.metrics is not None:
+            self.metrics.received_to_submitted.observe(max(0.0, now - job.created_at))
         outcome = classify(
             created.status,
             created.error_code is not None,
