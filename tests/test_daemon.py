@@ -395,3 +395,24 @@ def test_send_file_refuses_what_cannot_be_faxed(
     )
     assert result.returncode == 2
     assert "not a PDF, TIFF, PNG or JPEG file" in result.stderr
+
+
+def test_failing_dependencies_are_reported_and_mail_still_queues(
+    daemon_config: Callable[..., tuple[Path, dict[str, Any]]], processes: list[GatewayProcess]
+) -> None:
+    """A rejected API key and a dead relay are named at start; mail is still accepted (250)."""
+    path, data = daemon_config(
+        {
+            "voxtelesys": {"api_key": "not-the-sandbox-key"},
+            "relay": {"port": free_port()},
+        }
+    )
+    process = GatewayProcess(path)
+    processes.append(process)
+    process.wait_for("daemon.ready")
+    carrier = process.wait_for("daemon.dependency_failing", dependency="carrier")
+    relay = process.wait_for("daemon.dependency_failing", dependency="relay")
+    assert "not-the-sandbox-key" not in json.dumps(process.lines)
+    assert carrier["problem"] and relay["problem"]
+    assert submit(smtp_port(data), ["+12015550123"], samples.pdf(1)) is not None
+    assert process.terminate() == 0
