@@ -1,0 +1,116 @@
+"""`python -m tests.bench` (`make bench`): run the benchmarks, print each, then a summary table.
+
+Each benchmark runs `--rounds` times, both sides each round, and the medians are reported.
+Options bound the counts (defaults keep the whole run well under two minutes on 2 cores) or
+pick benchmarks by name. The work directory is a fresh temp dir under $TMPDIR; point TMPDIR at
+the disk the gateway's data.dir will live on, since fsync cost is a property of the disk (on
+tmpfs it is free, and the durability ratios say nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tests.bench import acceptance, assembly, pipeline, store
+from tests.bench.common import Result, median_of, production_logging, report, table
+
+BENCHMARKS = ("smtp", "assembly", "pipeline", "store")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--messages", type=int, default=200, help="SMTP messages per run")
+    parser.add_argument("--iterations", type=int, default=30, help="assembly runs per figure")
+    parser.add_argument("--jobs", type=int, default=50, help="jobs through the pipeline")
+    parser.add_argument("--store-jobs", type=int, default=500, help="jobs written to the store")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per benchmark (median)")
+    parser.add_argument(
+        "--only", choices=BENCHMARKS, action="append", help="run only these (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    for name in ("messages", "iterations", "jobs", "store_jobs", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+Benchmark = Callable[[Path], Awaitable[list[Result]]]
+
+
+def chosen_benchmarks(args: argparse.Namespace) -> list[tuple[str, str, Benchmark]]:
+    """(name, title, the benchmark) for each one to run, in order."""
+    chosen = args.only or BENCHMARKS
+    found: list[tuple[str, str, Benchmark]] = []
+    if "smtp" in chosen:
+        for pages in (1, 20):
+
+            async def smtp(work: Path, pages: int = pages) -> list[Result]:
+                return await acceptance.run(work, args.messages, pages)
+
+            found.append((f"smtp-{pages}", acceptance.title(args.messages, pages), smtp))
+    if "assembly" in chosen:
+
+        async def assemble(work: Path) -> list[Result]:
+            return await asyncio.to_thread(assembly.run, args.iterations)
+
+        found.append(("assembly", assembly.title(args.iterations), assemble))
+    if "pipeline" in chosen:
+
+        async def outbound(work: Path) -> list[Result]:
+            return await pipeline.run(work, args.jobs)
+
+        found.append(("pipeline", pipeline.title(args.jobs), outbound))
+    if "store" in chosen:
+
+        async def jobs(work: Path) -> list[Result]:
+            return await asyncio.to_thread(store.run, work, args.store_jobs)
+
+        found.append(("store", store.title(args.store_jobs), jobs))
+    return found
+
+
+async def run_all(args: argparse.Namespace, work: Path) -> list[Result]:
+    results: list[Result] = []
+    for name, title, benchmark in chosen_benchmarks(args):
+        say(f"{title}, {args.rounds} rounds")
+        rounds = []
+        for number in range(args.rounds):
+            directory = work / f"{name}-{number}"
+            directory.mkdir()
+            rounds.append(await benchmark(directory))
+        for result in median_of(rounds):
+            report(result)
+            results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="fax-gateway-bench-") as directory:
+        say(
+            f"fax-gateway benchmarks: Python {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, work dir {directory}"
+        )
+        say("ratio = the gateway's cost per item / the baseline's (1.0x = no overhead)\n")
+        started = time.perf_counter()
+        with production_logging():
+            results = asyncio.run(run_all(args, Path(directory)))
+        say(f"\n{table(results)}")
+        say(f"\nfinished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
