@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests import samples
-from tests.conftest import ROOT, cli_env, free_port, merge
+from tests.conftest import ROOT, cli_env, free_port, merge, run_cli
 from tests.servers.gateway import FAST_QUEUE
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
@@ -336,25 +336,15 @@ def test_send_file_goes_through_the_pipeline(
     process.wait_for("daemon.ready")
     document = tmp_path / "letter.pdf"
     document.write_bytes(samples.pdf(2))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "send",
-            "--config",
-            str(path),
-            "--to",
-            "2015550123",
-            "--sender",
-            "bob@example.com",
-            str(document),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-        timeout=60,
+    result = run_cli(
+        "send",
+        "--config",
+        str(path),
+        "--to",
+        "2015550123",
+        "--sender",
+        "bob@example.com",
+        str(document),
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("queued as J")
@@ -373,25 +363,15 @@ def test_send_file_refuses_what_cannot_be_faxed(
     path, _ = daemon_config()
     notes = tmp_path / "notes.txt"
     notes.write_text("just text")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "send",
-            "--config",
-            str(path),
-            "--to",
-            "2015550123",
-            "--sender",
-            "bob@example.com",
-            str(notes),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-        timeout=60,
+    result = run_cli(
+        "send",
+        "--config",
+        str(path),
+        "--to",
+        "2015550123",
+        "--sender",
+        "bob@example.com",
+        str(notes),
     )
     assert result.returncode == 2
     assert "not a PDF, TIFF, PNG or JPEG file" in result.stderr
