@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "gateway.commands.send",
     "gateway.commands.status",
     "gateway.commands.faxlist",
+    "gateway.commands.queue",
     "gateway.commands.sandbox",
     "gateway.commands.demo",
 ]
