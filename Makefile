@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint format clean bench
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "fax-gateway needs Python 3.11 or newer ($(PYTHON) is older); try make PYTHON=python3.11"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+		echo "could not create $(VENV): on Debian/Ubuntu run: apt install python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
 
 # The stamp files make re-runs fast and re-install when pyproject.toml changes.
