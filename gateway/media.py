@@ -51,13 +51,9 @@ async def download(
     deadline = time.monotonic() + time_limit
     async with aiohttp.ClientSession(trust_env=True) as session:
         for _hop in range(_MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise DownloadError(
-                    f"refusing to fetch a non-http(s) URL ({parts.scheme}:)", permanent=True
-                )
+            origin = _checked_origin(url)
             headers = {"Accept": "application/pdf, image/tiff, */*"}
-            if _origin(url) == carrier_origin:
+            if origin == carrier_origin:
                 headers["Authorization"] = f"Bearer {api_key}"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -73,7 +69,13 @@ async def download(
                         location = response.headers.get("Location")
                         if not location:
                             raise DownloadError(f"HTTP {response.status} without a Location")
-                        url = urljoin(url, location)
+                        try:
+                            url = urljoin(url, location)
+                        except ValueError as exc:
+                            raise DownloadError(
+                                f"the redirect's Location is not a usable URL: {exc}",
+                                permanent=True,
+                            ) from None
                         continue
                     if response.status != 200:
                         raise DownloadError(
@@ -108,6 +110,24 @@ async def _read_limited(response: aiohttp.ClientResponse, max_bytes: int) -> byt
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _checked_origin(url: str) -> tuple[str, str]:
+    """The origin of a media URL, or a permanent DownloadError for one we will not fetch.
+
+    The URL comes from outside (the carrier's record, a redirect), and urllib raises plain
+    ValueError for some shapes ("http://[::1/x", a port past 65535): that must end this fax's
+    download with a reason, not escape and stop the worker for every other fax too.
+    """
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise DownloadError(
+                f"refusing to fetch a non-http(s) URL ({parts.scheme}:)", permanent=True
+            )
+        return _origin(url)
+    except ValueError as exc:
+        raise DownloadError(f"the media link is not a usable URL: {exc}", permanent=True) from None
 
 
 def _origin(url: str) -> tuple[str, str]:

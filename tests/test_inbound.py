@@ -66,6 +66,9 @@ async def media() -> AsyncIterator[Media]:
             raise web.HTTPServiceUnavailable()
         if name == "to-storage":
             raise web.HTTPFound(f"{state.storage_url}/media/stored.tif")
+        if name == "to-nowhere":
+            # A Location no URL parser accepts (an unclosed IPv6 bracket).
+            return web.Response(status=302, headers={"Location": "http://[::1/media/x"})
         if name == "endless":
             # No Content-Length: the limit must hold while reading.
             response = web.StreamResponse()
@@ -216,6 +219,9 @@ async def test_download_sends_the_api_key_only_to_the_carrier(media: Media) -> N
         (lambda m: "ftp://example.com/fax.tif", 1000, "non-http(s) URL", True),
         (lambda m: f"{m.carrier_url}/media/missing", 1000, "HTTP 404", False),
         (lambda m: f"{m.carrier_url}/media/stalls", 1000, "longer than 0.3s", False),
+        (lambda m: "http://[::1/media/fax", 1000, "not a usable URL", True),
+        (lambda m: "http://127.0.0.1:99999/media/fax", 1000, "not a usable URL", True),
+        (lambda m: f"{m.carrier_url}/media/to-nowhere", 1000, "not a usable URL", True),
     ],
 )
 async def test_download_limits(
@@ -333,6 +339,31 @@ async def test_a_failing_download_is_retried_with_backoff(
         inbound.clock.advance(inbound.config.queue.max_backoff_seconds)
         await inbound.settle()
     assert len(inbound.media.seen) == 3
+    assert len(inbound.relay.messages) == 1
+
+
+async def test_an_unusable_media_url_does_not_stop_other_faxes(
+    start_inbound: Callable[..., Any],
+) -> None:
+    """A media URL that cannot be parsed makes that fax dead, named; the next one is mailed."""
+    inbound = await start_inbound()
+    bad_id = await inbound.db.run(
+        announce_inbound,
+        carrier_id="in-bad-url",
+        from_number=CALLER,
+        to_number=ROUTED,
+        pages=1,
+        duration=10,
+        fax_time=None,
+        media_url="https://carrier.example:99999/media/fax",
+        now=inbound.clock(),
+    )
+    inbound.media.files["fax"] = samples.pdf(1)
+    await inbound.announce("fax")
+    await inbound.settle()
+    bad = await inbound.row(bad_id)
+    assert bad.state is InboundState.DEAD
+    assert "not a usable URL" in (bad.error or "")
     assert len(inbound.relay.messages) == 1
 
 
