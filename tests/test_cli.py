@@ -52,7 +52,7 @@ def test_help_for_each_verb() -> None:
     """Every verb answers --help."""
     result = run_cli("--help")
     assert result.returncode == 0
-    verbs = ["serve", "check-config"]
+    verbs = ["serve", "check-config", "user", "send", "status", "list", "queue", "sandbox", "demo"]
     for verb in verbs:
         assert verb in result.stdout
         assert run_cli(verb, "--help").returncode == 0
