@@ -171,9 +171,13 @@ class Gateway:
         close_storage = getattr(self.storage, "close", None)
         if close_storage is not None:
             steps.append(("storage", close_storage))
+        # One deadline for the whole stop, so systemd's TimeoutStopSec (twice the bound) holds
+        # however many parts are slow; each part still gets a moment to close its sockets.
+        deadline = time.monotonic() + bound
         for name, step in steps:
+            remaining = max(deadline - time.monotonic(), 1.0)
             try:
-                await asyncio.wait_for(step(), bound)  # type: ignore[arg-type]
+                await asyncio.wait_for(step(), remaining)  # type: ignore[arg-type]
             except Exception:
                 logger.exception("daemon.stop_failed", component=name)
         self.db.close()
