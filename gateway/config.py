@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.mail import clean_address
 from gateway.numbers import NumberError, parse_fax_number
 
 DEFAULT_PATH = Path("/etc/fax-gateway/gateway.toml")
@@ -113,6 +114,12 @@ def _email(value: str) -> str:
     local, at, domain = value.rpartition("@")
     if not at or not local or "." not in domain or any(c in value for c in " \r\n<>,;"):
         raise ValueError(f"{value!r} is not an email address")
+    # The same test every mail's addresses pass when it is built: an address that passed here
+    # but not there would fail each report at run time instead of the load.
+    try:
+        clean_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an email address") from None
     return value
 
 

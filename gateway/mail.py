@@ -28,6 +28,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, make_msgid
@@ -273,7 +274,8 @@ def clean_address(address: str) -> str:
         raise ValueError(f"{address!r} is not an email address")
     try:
         parsed = Address(addr_spec=text)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, HeaderParseError) as exc:
+        # HeaderParseError is no ValueError: callers catching ValueError must still see it.
         raise ValueError(f"{address!r} is not an email address: {exc}") from None
     if not parsed.username or not parsed.domain or parsed.addr_spec != text:
         raise ValueError(f"{address!r} is not a single plain email address")

@@ -71,6 +71,20 @@ def test_bad_from_number() -> None:
     assert problems_of(data) == ["voxtelesys.from_number: '12' is not a fax number: too short"]
 
 
+@pytest.mark.parametrize("address", ["ops@example.com)", "<ops@example.com>", "ops@exa[mple.com"])
+def test_unusable_mail_addresses_are_refused_at_load(
+    config_data: dict[str, Any], address: str
+) -> None:
+    """An address no mail could be sent to fails the load, not every report at run time."""
+    for override in (
+        {"notify": {"cc": [address]}},
+        {"relay": {"from_address": address}},
+        {"inbound": {"default_recipients": [address]}},
+    ):
+        [problem] = problems_of(merge(config_data, override))
+        assert f"{address!r} is not an email address" in problem
+
+
 def test_public_url_must_be_absolute(config_data: dict[str, Any]) -> None:
     """A relative public_url would give the carrier unusable links."""
     assert problems_of(merge(config_data, {"http": {"public_url": "fax.example.com/x"}})) == [

@@ -291,6 +291,9 @@ def test_header_injection_through_threading_ids_and_filenames_is_impossible(
         "Alice <alice@example.org>",
         "no-at-sign",
         "",
+        "<alice@example.org>",
+        "ops@example.org)",
+        "(x@example.org",
     ],
 )
 def test_addresses_must_each_be_one_plain_addr_spec(renderer: MailRenderer, address: str) -> None:
