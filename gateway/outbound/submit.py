@@ -58,7 +58,9 @@ class SubmitWorker:
         return len(claimed)
 
     async def _submit(self, fax: Fax, job: Job) -> None:
-        earlier_url = job.document_url  # what an earlier, unrecorded POST would have sent
+        # What an earlier, unrecorded POST sent: the job's URL may have been signed afresh since
+        # (for a sibling, or near its expiry), and only the URL that POST carried finds it.
+        earlier_url = fax.submit_url or job.document_url
         url = await self._fresh_url(fax, job)
         if url is None or earlier_url is None:
             return
@@ -78,7 +80,7 @@ class SubmitWorker:
                 logger.warning("fax.adopted", carrier_id=found.id, status=found.status)
                 await self._record(fax, job, found)
                 return
-        if await self.db.run(store.begin_submit, fax.id, self.schedule.clock()) is None:
+        if await self.db.run(store.begin_submit, fax.id, self.schedule.clock(), url) is None:
             return  # cancelled meanwhile
         try:
             created = await self.client.send_fax(

@@ -157,6 +157,7 @@ class Fax:
     finished_at: float | None
     reported_at: float | None
     submit_started_at: float | None
+    submit_url: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Fax:
@@ -467,21 +468,25 @@ def claim_faxes(
     return claimed
 
 
-def begin_submit(conn: sqlite3.Connection, fax_id: int, now: float | None = None) -> int | None:
-    """Record that a POST is about to start; the attempts so far, or None if not pending.
+def begin_submit(
+    conn: sqlite3.Connection, fax_id: int, now: float | None = None, url: str | None = None
+) -> int | None:
+    """Record that a POST of `url` is about to start; the attempts so far, or None if not
+    pending.
 
     Committed before the request: if the process dies before `mark_submitted`, the next
-    pickup sees submit_attempts > 0 and must first look for the fax at the carrier (by its
-    document URL and recipient, created since `submit_started_at`, adopting it unless it
-    failed there) instead of sending it again.
+    pickup sees submit_attempts > 0 and must first look for the fax at the carrier (by the
+    document URL this POST sent, kept as `submit_url`, and the recipient, created since
+    `submit_started_at`) instead of sending it again.
     """
     now = _now(now)
     with transaction(conn):
         row = conn.execute(
             "UPDATE faxes SET submit_attempts = submit_attempts + 1,"
-            " submit_started_at = coalesce(submit_started_at, ?), updated_at = ?"
+            " submit_started_at = coalesce(submit_started_at, ?),"
+            " submit_url = coalesce(?, submit_url), updated_at = ?"
             " WHERE id = ? AND state = ? RETURNING submit_attempts",
-            (now, now, fax_id, FaxState.PENDING),
+            (now, url, now, fax_id, FaxState.PENDING),
         ).fetchone()
     return None if row is None else int(row[0])
 
@@ -726,7 +731,8 @@ def retry_job(
         conn.execute(
             "UPDATE faxes SET carrier_id = NULL, carrier_status = NULL, pages = NULL,"
             " duration = NULL, carrier_attempts = NULL, submit_attempts = 0,"
-            " submit_started_at = NULL WHERE job_id = ? AND state = ? AND carrier_id IS NOT NULL",
+            " submit_started_at = NULL, submit_url = NULL"
+            " WHERE job_id = ? AND state = ? AND carrier_id IS NOT NULL",
             (job_id, FaxState.FAILED),
         )
         conn.execute(

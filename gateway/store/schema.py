@@ -130,4 +130,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX faxes_unreported ON faxes(state) WHERE reported_at IS NULL;
     CREATE INDEX jobs_uncleaned ON jobs(state) WHERE stored_deleted_at IS NULL
     """,
+    # 3: the document URL the latest POST of a fax sent. A restart looks for that POST at the
+    # carrier by this URL; the job's URL may have been signed afresh since (for a sibling fax,
+    # or because it neared expiry), and searching by the new one would miss the fax and send
+    # it twice.
+    """
+    ALTER TABLE faxes ADD COLUMN submit_url TEXT
+    """,
 ]

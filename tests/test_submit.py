@@ -1,0 +1,165 @@
+"""The submit stage against the sandbox carrier: exactly one fax per recipient across crashes.
+
+Real SQLite store, real local storage (signed, expiring links), the sandbox carrier on a free
+port; a crash between a POST and the record of its answer is reproduced by making the POST
+with the client and not recording it, as a killed process would leave things.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.carrier.client import VoxtelesysClient
+from gateway.config import Config
+from gateway.outbound.stage import Schedule
+from gateway.outbound.submit import SubmitWorker
+from gateway.retry import RetryPolicy
+from gateway.storage.local import LocalStorage
+from gateway.store import Database
+from gateway.store.jobs import (
+    Fax,
+    FaxState,
+    JobState,
+    NewJob,
+    advance,
+    begin_submit,
+    create_job,
+    faxes_of,
+    get_fax,
+    get_job,
+    new_job_id,
+)
+from tests import samples
+from tests.servers.sandbox import Sandbox
+from tests.test_fax_to_email import Clock
+
+FROM_NUMBER = "+12015550100"
+TTL = 7200
+
+
+@dataclass
+class Stage:
+    config: Config
+    db: Database
+    client: VoxtelesysClient
+    storage: LocalStorage
+    clock: Clock
+    worker: SubmitWorker
+
+    async def uploaded_job(self, *recipients: str) -> list[Fax]:
+        """A job with its document stored and signed, ready to be POSTed."""
+        job_id = new_job_id()
+        path = self.config.data.dir / "documents" / f"{job_id}.pdf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = samples.pdf(1)
+        path.write_bytes(data)
+        new = NewJob(
+            id=job_id,
+            sender="alice@example.com",
+            auth_user=None,
+            client_address="127.0.0.1",
+            subject="",
+            message_id="",
+            from_number=FROM_NUMBER,
+            spool_path=path,
+            recipients=recipients,
+        )
+        await self.db.run(create_job, new, self.clock())
+        await self.db.run(
+            advance,
+            job_id,
+            JobState.RECEIVED,
+            JobState.PREPARED,
+            now=self.clock(),
+            document_path=path,
+            document_type="application/pdf",
+            pages=1,
+        )
+        stored = await self.storage.put(job_id, data, "application/pdf")
+        await self.db.run(
+            advance,
+            job_id,
+            JobState.PREPARED,
+            JobState.UPLOADED,
+            now=self.clock(),
+            storage_key=stored.key,
+            document_url=stored.url,
+            url_expires_at=stored.expires_at,
+        )
+        return list(await self.db.run(faxes_of, job_id))
+
+    async def post_then_crash(self, fax: Fax) -> str:
+        """What a process killed after its POST leaves: the fax at the carrier, not recorded."""
+        job = await self.db.run(get_job, fax.job_id)
+        assert job is not None and job.document_url is not None
+        assert await self.db.run(begin_submit, fax.id, self.clock(), job.document_url) is not None
+        created = await self.client.send_fax(fax.recipient, FROM_NUMBER, job.document_url)
+        return created.id
+
+    async def fax(self, fax_id: int) -> Fax:
+        fax = await self.db.run(get_fax, fax_id)
+        assert fax is not None
+        return fax
+
+
+@pytest.fixture
+async def stage(make_config: Callable[..., Config], sandbox: Sandbox) -> AsyncIterator[Stage]:
+    config = make_config(
+        {
+            **sandbox.config_override(),
+            "storage": {"url_ttl_seconds": TTL},
+            "queue": {"min_backoff_seconds": 1, "max_backoff_seconds": 2},
+        }
+    )
+    clock = Clock()
+    db = await Database(config.data.dir / "store.db").open()
+    client = VoxtelesysClient.from_config(config.voxtelesys, retry=RetryPolicy.never())
+    storage = LocalStorage(
+        config.data.dir / "media", config.http.public_url, b"k" * 32, TTL, clock=clock
+    )
+    worker = SubmitWorker(config, db, client, storage, schedule=Schedule(config.queue, clock))
+    try:
+        yield Stage(config, db, client, storage, clock, worker)
+    finally:
+        await client.close()
+        db.close()
+
+
+async def test_a_fax_posted_before_a_crash_is_adopted_after_its_link_was_renewed(
+    stage: Stage, sandbox: Sandbox
+) -> None:
+    """The search for an unrecorded POST uses the link that POST sent, not a renewed one."""
+    [fax] = await stage.uploaded_job("+12015550123")
+    carrier_id = await stage.post_then_crash(fax)
+    # Restarted when the link is close to expiry: it is signed afresh, and the carrier's list
+    # cannot be read this time, so the fax waits.
+    stage.clock.advance(TTL - 1800)
+    sandbox.fail_next(1, status=503, method="GET", path="/api/v1/faxes")
+    await stage.worker.run_once()
+    assert (await stage.fax(fax.id)).state is FaxState.PENDING
+    stage.clock.advance(10)
+    await stage.worker.run_once()
+    # Adopted with whatever outcome the carrier has for it (here: it could not fetch the link).
+    assert (await stage.fax(fax.id)).carrier_id == carrier_id
+    assert len(sandbox.requests("/faxes", method="POST")) == 1
+
+
+async def test_a_fax_posted_before_a_crash_is_adopted_after_a_sibling_renewed_the_link(
+    stage: Stage, sandbox: Sandbox
+) -> None:
+    """A link renewed for another fax of the job does not hide the first fax's POST."""
+    first, second = await stage.uploaded_job("+12015550123", "+12015550124")
+    carrier_id = await stage.post_then_crash(first)
+    stage.clock.advance(TTL - 1800)
+    # The first fax's search fails; its sibling is then sent with a renewed link.
+    sandbox.fail_next(1, status=503, method="GET", path="/api/v1/faxes")
+    await stage.worker.run_once()
+    job = await stage.db.run(get_job, first.job_id)
+    assert job is not None and (await stage.fax(second.id)).carrier_id is not None
+    stage.clock.advance(10)
+    await stage.worker.run_once()
+    assert (await stage.fax(first.id)).carrier_id == carrier_id
+    assert len(sandbox.requests("/faxes", method="POST")) == 2
