@@ -423,6 +423,53 @@ async def test_daily_limit_per_sender(smtp: Callable[..., Any]) -> None:
         assert len(await gw.jobs()) == 3
 
 
+async def test_daily_limit_holds_across_parallel_sessions(smtp: Callable[..., Any]) -> None:
+    """Recipients accepted in other open sessions of the sender count toward the limit too."""
+    numbers = iter(range(12015550130, 12015550140))
+    async with smtp({"limits": {"faxes_per_sender_per_day": 3}}) as gw:
+        sessions = [await Raw.connect(gw.port) for _ in range(3)]
+        try:
+            codes = []
+            for raw in sessions:
+                await raw.command(f"EHLO {CLIENT_NAME}")
+                assert (await raw.command(f"MAIL FROM:<{SENDER}>"))[0].startswith("250")
+                for _ in range(2):
+                    reply = await raw.command(f"RCPT TO:<{next(numbers)}@fax.local>")
+                    codes.append(int(reply[0][:3]))
+            assert codes == [250, 250, 250, 452, 452, 452]
+            for raw in sessions:
+                if (await raw.command("DATA"))[0].startswith("354"):
+                    raw.writer.write(pdf_mail().replace(b"\n.", b"\n..") + b"\r\n.\r\n")
+                    assert (await raw.reply())[0].startswith("250")
+        finally:
+            for raw in sessions:
+                await raw.close()
+        faxes = sum(len(job["recipients"]) for job in await gw.jobs())
+    assert faxes == 3
+
+
+async def test_an_abandoned_transaction_stops_counting_toward_the_limit(
+    smtp: Callable[..., Any],
+) -> None:
+    """Recipients of a transaction reset, or of a session that hung up, no longer count."""
+    async with smtp({"limits": {"faxes_per_sender_per_day": 2}}) as gw:
+        first = await Raw.connect(gw.port)
+        await first.command(f"EHLO {CLIENT_NAME}")
+        for _ in range(2):
+            await first.command(f"MAIL FROM:<{SENDER}>")
+            for number in ("12015550130", "12015550133"):
+                assert (await first.command(f"RCPT TO:<{number}@fax.local>"))[0].startswith("250")
+            await first.command("RSET")
+        await first.command(f"MAIL FROM:<{SENDER}>")
+        assert (await first.command("RCPT TO:<12015550130@fax.local>"))[0].startswith("250")
+        await first.command("QUIT")
+        await first.close()
+        outcome = await asend(
+            gw.port, pdf_mail(), recipients=("12015550131@fax.local", "12015550132@fax.local")
+        )
+        assert [code for code, _ in outcome.rcpt] == [250, 250]
+
+
 # -- MAIL: who may send --------------------------------------------------------------------------
 
 

@@ -45,13 +45,18 @@ _DOCUMENT_REPLIES: dict[str, tuple[str, Reason]] = {
 }
 
 
-@dataclass
+@dataclass(eq=False)
 class Transaction:
     """One MAIL ... DATA exchange: the sender and the fax numbers accepted so far, in order."""
 
     sender: str
     auth_user: str | None
     numbers: list[str] = field(default_factory=list)
+    # Its numbers count toward the sender's daily limit from memory while it is open: until its
+    # job row is committed (the store counts them from then on) or it ends without one.
+    open: bool = True
+    # Its message is being spooled and committed (the outcome closes it, not the session).
+    accepting: bool = False
 
 
 class FaxHandler:
@@ -80,6 +85,10 @@ class FaxHandler:
             weakref.WeakKeyDictionary()
         )
         self._commits: set[asyncio.Task[str | None]] = set()
+        # Held while the daily limit is checked and a recipient taken, and while a job row is
+        # committed: a check then sees each accepted fax exactly once, in the store or in an
+        # open transaction, however many sessions of one sender run side by side.
+        self._limit_lock = asyncio.Lock()
 
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded configuration from the next SMTP command on (SIGHUP)."""
@@ -173,20 +182,53 @@ class FaxHandler:
                 "rcpt", refusal, server, sender=transaction.sender, recipient=parsed
             )
         limit = self.config.limits.faxes_per_sender_per_day
-        if limit > 0:
-            # Counts faxes of committed jobs plus this message's; two sessions of one sender
-            # running side by side can each pass the check, overshooting by one message at most.
+        if limit <= 0:
+            return self._take(transaction, envelope, address, parsed, rcpt_options)
+        async with self._limit_lock:
+            # Faxes of committed jobs, plus those of the sender's open transactions, this one's
+            # included: parallel sessions each under the limit must not pass it together.
             since = time.time() - DAY_SECONDS
             sent = await self.db.run(faxes_sent_since, transaction.sender.lower(), since)
-            if sent + len(transaction.numbers) >= limit:
+            sent += self._open_numbers(transaction.sender)
+            if sent >= limit:
                 refusal = Refusal(
                     Reason.DAILY_LIMIT, replies.daily_limit(transaction.sender, limit)
                 )
                 return self._refuse("rcpt", refusal, server, sender=transaction.sender, sent=sent)
-        transaction.numbers.append(parsed)
+            return self._take(transaction, envelope, address, parsed, rcpt_options)
+
+    def _take(
+        self,
+        transaction: Transaction,
+        envelope: Envelope,
+        address: str,
+        number: str,
+        rcpt_options: list[str],
+    ) -> str:
+        transaction.numbers.append(number)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
+
+    def _open_numbers(self, sender: str) -> int:
+        """Faxes accepted in the open transactions of `sender`, not yet in the store."""
+        sender = sender.lower()
+        return sum(
+            len(other.numbers)
+            for other in list(self._transactions.values())
+            if other.open and other.sender.lower() == sender
+        )
+
+    def forget(self, envelope: Envelope | None) -> None:
+        """The session of `envelope` ended: its transaction no longer holds any of the limit.
+
+        The envelope itself may outlive the connection for a while (reference cycles in the
+        protocol object), so this is not left to the weak mapping. A message being committed
+        keeps counting until its outcome is known.
+        """
+        transaction = self._transactions.get(envelope) if envelope is not None else None
+        if transaction is not None and not transaction.accepting:
+            transaction.open = False
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         transaction = self._transactions.get(envelope)
@@ -216,6 +258,7 @@ class FaxHandler:
                 return self._refuse("data", refusal, server, sender=transaction.sender)
             ip = peer_of(server)
             client = str(ip) if ip is not None else None
+            transaction.accepting = True
             accept = asyncio.ensure_future(self._accept(transaction, raw, extracted, pages, client))
         except Exception:
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
@@ -237,7 +280,11 @@ class FaxHandler:
         pages: int,
         client: str | None,
     ) -> str | None:
-        """Spool, commit, wake: the job id, or None after logging why it failed."""
+        """Spool, commit, wake: the job id, or None after logging why it failed.
+
+        Either way the transaction is closed at the end: committed, the store counts its faxes;
+        failed, the client was told 451 and nothing of it will be faxed.
+        """
         try:
             job_id = new_job_id()
             with log.bound(job=job_id):
@@ -257,7 +304,9 @@ class FaxHandler:
                     spool_path=spool_path,
                     recipients=tuple(transaction.numbers),
                 )
-                await self.db.run(create_job, job)
+                async with self._limit_lock:
+                    await self.db.run(create_job, job)
+                    transaction.open = False
                 logger.info(
                     "smtp.accepted",
                     reason=Reason.ACCEPTED,
@@ -279,6 +328,8 @@ class FaxHandler:
         except Exception:
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
             return None
+        finally:
+            transaction.open = False
 
     async def handle_exception(self, error: Exception) -> str:
         """Any exception escaping a hook or aiosmtpd itself: 451, never 500, so mail is kept."""

@@ -71,6 +71,7 @@ class GatewaySMTP(SMTP):
         try:
             super().connection_lost(error)
         finally:
+            self.event_handler.forget(self.envelope)
             self.owner.session_closed(self)
 
     async def smtp_EHLO(self, hostname: str) -> None:
