@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gateway.carrier import (
@@ -416,6 +418,46 @@ def test_lenient_optional_fields() -> None:
     )
 
 
+# JSON values as a carrier (or a forger, without verification) may send them, with the shapes
+# that trip Python's conversions: huge integers, non-ASCII digits, 5000-digit strings.
+_ODD_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["\u00b2", "\u0663", "9" * 5000, "1e999", "-0", "12" * 8]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+_OPTIONAL = ["created_at", "modified_at", "pages", "duration", "attempts", "error", "links", "time"]
+
+
+@settings(max_examples=300, database=None, suppress_health_check=list(HealthCheck))
+@given(key=st.sampled_from(_OPTIONAL), value=_ODD_VALUES)
+def test_odd_optional_values_never_break_a_payload(key: str, value: Any) -> None:
+    """Any JSON in an optional field reads as a Fax (or PayloadError), with storable counts."""
+    try:
+        fax = Fax.from_api({**DOC_FAILED, key: value})
+    except PayloadError:
+        return
+    for number in (fax.pages, fax.duration, fax.attempts, fax.error_code):
+        assert number is None or 0 <= number < 2**31
+
+
+def test_an_error_code_out_of_range_is_no_code() -> None:
+    """An error code too large to be one keeps the fax failed, without a code to store."""
+    for error in (10**30, {"code": 10**30}, {"code": "-5"}):
+        fax = Fax.from_api({**DOC_FAILED, "error": error})
+        assert fax.error_code is None and fax.has_error
+
+
+@pytest.mark.parametrize("index", ["\u00b2", "9" * 5000])
+def test_odd_query_indexes_stay_keys(index: str) -> None:
+    """A bracketed index that is no small ASCII number is kept as a key, not a list index."""
+    assert unflatten_query([(f"links[{index}][media]", "x")]) == {"links": {index: {"media": "x"}}}
+
+
 def test_classify() -> None:
     """Error objects and failure words fail, success words succeed, the rest is pending and
     each unknown word is logged once."""
@@ -478,7 +520,7 @@ def test_cli_send_wait_reports_failure(sandbox: Sandbox, sandbox_config: str, pd
         "--wait",
     )
     assert result.returncode == 1, result.stderr
-    assert "failed (failed)" in result.stdout
+    assert "\nstatus     failed\n" in result.stdout  # not "failed (failed)"
     assert "5109 far end is not able to receive (worth retrying later)" in result.stdout
     assert sandbox.requests("/faxes", "POST")[0]["body"]["attempts"] == 1
 

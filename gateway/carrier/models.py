@@ -150,13 +150,18 @@ def _key_parts(key: str) -> list[str]:
 
 
 def _lists(node: Any) -> Any:
-    """Dicts whose keys are all digits become lists, in index order."""
+    """Dicts whose keys are all small ASCII numbers become lists, in index order."""
     if not isinstance(node, dict):
         return node
     converted = {key: _lists(value) for key, value in node.items()}
-    if converted and all(key.isdigit() for key in converted):
+    # str.isdigit() also holds for "²" and for 5000-digit strings, which int() refuses.
+    if converted and all(_is_index(key) for key in converted):
         return [converted[key] for key in sorted(converted, key=int)]
     return converted
+
+
+def _is_index(key: str) -> bool:
+    return key.isascii() and key.isdigit() and len(key) <= 6
 
 
 def _required_text(data: Mapping[str, Any], key: str) -> str:
@@ -178,20 +183,24 @@ def _optional_text(value: Any) -> str | None:
     return text or None
 
 
+# Pages, seconds, attempts and error codes are far below this; a larger value is nonsense, and
+# would not even fit a store column (SQLite integers end at 2**63).
+_MAX_COUNT = 2**31 - 1
+
+
 def _count(value: Any) -> int | None:
     """A non-negative whole number given as number or string; anything else is unknown."""
     if value is None or isinstance(value, bool):
         return None
     try:
         number = float(value) if isinstance(value, str) else value
-    except ValueError:
+        if not isinstance(number, int | float) or not math.isfinite(number) or number < 0:
+            return None
+    except (ValueError, OverflowError):  # an int too big for a float
         return None
-    if not isinstance(number, int | float) or not math.isfinite(number) or number < 0:
-        return None
-    if isinstance(number, float) and not number.is_integer():
-        # A fractional duration is rounded; a fractional page count does not occur.
-        return round(number)
-    return int(number)
+    # A fractional duration is rounded; a fractional page count does not occur.
+    whole = round(number) if isinstance(number, float) else int(number)
+    return whole if whole <= _MAX_COUNT else None
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -199,15 +208,16 @@ def _timestamp(value: Any) -> datetime | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        seconds = value / 1000 if value > 10**11 else value
         try:
+            seconds = value / 1000 if value > 10**11 else value
             return datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             return None
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
+    # ASCII and short: int() refuses "²" and strings of thousands of digits.
+    if text.isascii() and text.isdigit() and len(text) <= 20:
         return _timestamp(int(text))
     try:
         parsed = datetime.fromisoformat(text)
@@ -226,7 +236,7 @@ def _error(value: Any) -> tuple[int | None, str | None]:
         except ValueError:
             return None, value.strip() or None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value, None
+        return (value, None) if 0 <= value <= _MAX_COUNT else (None, f"error {value}")
     if not isinstance(value, Mapping):
         return None, _optional_text(value)
     code: int | None = None
@@ -235,6 +245,8 @@ def _error(value: Any) -> tuple[int | None, str | None]:
         try:
             code = int(str(raw_code).strip())
         except ValueError:
+            code = None
+        if code is not None and not 0 <= code <= _MAX_COUNT:
             code = None
     description = _optional_text(value.get("description"))
     if code is None and description is None and raw_code is not None:
