@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from gateway.carrier import CarrierError, Fax, VoxtelesysClient
 from gateway.carrier.errors import AuthError, NotFound, Rejected, user_message
+from gateway.carrier.status import Outcome
 from gateway.cli import UserError, add_config_argument, config_from_args
 from gateway.config import Config
 from gateway.numbers import pretty
@@ -89,7 +90,7 @@ def describe_fax(fax: Fax, config: Config) -> str:
         ("direction", fax.direction),
         ("from", pretty(fax.from_e164)),
         ("to", pretty(fax.to_e164)),
-        ("status", f"{fax.status} ({outcome})"),
+        ("status", status_text(fax.status, outcome)),
         ("created", timestamp(fax.created_at)),
         ("modified", timestamp(fax.modified_at)),
     ]
@@ -110,6 +111,14 @@ def describe_fax(fax: Fax, config: Config) -> str:
         rows.append(("media", fax.media_url))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def status_text(status: str, outcome: Outcome) -> str:
+    """The carrier's word, and what the gateway makes of it when that is not the same word:
+    "delivered (succeeded)", "queued (pending)", but "failed", not "failed (failed)"."""
+    if status.strip().lower() == outcome.value:
+        return status
+    return f"{status} ({outcome})"
 
 
 def timestamp(moment: datetime | None) -> str:
