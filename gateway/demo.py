@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import email.utils
 import json
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -35,6 +37,7 @@ from gateway.numbers import pretty
 from gateway.sandbox.app import SandboxServer
 from gateway.sandbox.settings import CONTROL_PREFIX, DEFAULT_OUTCOMES, SandboxSettings
 
+DEMO_DOMAIN = "fax.local"
 SAMPLE_SENDER = "you@example.com"
 SAMPLE_FAX_TO = "+12015550123"
 INBOUND_NUMBER = "+12015550101"  # routed to the demo's "sales" mailbox
@@ -66,7 +69,7 @@ def demo_config_text(base: Path, ports: DemoPorts, sandbox_url: str, api_key: st
     return f"""# Written by `fax-gateway demo`; rewritten on every start.
 [smtp]
 listen = {q(f"127.0.0.1:{ports.smtp}")}
-domain = "fax.local"
+domain = {q(DEMO_DOMAIN)}
 hostname = "fax-gateway.demo"
 
 [http]
@@ -85,7 +88,8 @@ backend = "local"
 [relay]
 backend = "maildir"
 maildir = {q(str(base / "maildir"))}
-from_address = "fax-gateway@fax.local"
+# Outside the fax domain, so that a reply to a report does not come back to the gateway.
+from_address = "fax-gateway@example.com"
 
 [inbound]
 default_recipients = ["office@example.com"]
@@ -132,8 +136,10 @@ def sample_document(title: str, lines: list[str]) -> bytes:
 def sample_message(document: bytes) -> EmailMessage:
     message = EmailMessage()
     message["From"] = SAMPLE_SENDER
-    message["To"] = f"{SAMPLE_FAX_TO.lstrip('+')}@fax.local"
+    message["To"] = fax_address(SAMPLE_FAX_TO)
     message["Subject"] = "Sample fax from the fax-gateway demo"
+    # A mail client gives every message an id; the delivery report is threaded under it.
+    message["Message-ID"] = email.utils.make_msgid(domain="example.com")
     message.set_content("The attached PDF is faxed; a delivery report comes back by email.\n")
     message.add_attachment(document, "application", "pdf", filename="sample.pdf")
     return message
@@ -181,13 +187,20 @@ class Demo:
         try:
             self.say("fax-gateway demo: sandbox carrier and gateway running on 127.0.0.1")
             self.say(f"  logs (JSON): {self.base / 'gateway.log'}")
+            self.say(f"  configuration, for --config: {self.config_path}")
             self.say()
             arrived = await self._sample_round(sandbox)
             if not await self._wait_for_mail(arrived, wait_seconds):
-                self.say("The sample mails did not arrive in time; see the log above.")
+                self.say(
+                    f"The sample mails did not arrive within {wait_seconds:g} s; "
+                    f"see what happened in {self.base / 'gateway.log'}"
+                )
                 return 1
             self._instructions(sandbox)
-            if not once:
+            if once:
+                self.say("(--once: the demo stops now; run it without --once to try these)")
+            else:
+                self.say("Press Ctrl-C to stop.")
                 await stopping.wait()
                 self.say("\nstopping...")
             return 0
@@ -248,44 +261,94 @@ class Demo:
         return sorted(self.maildir_new.iterdir(), key=lambda p: p.stat().st_mtime)
 
     def _instructions(self, sandbox: SandboxServer) -> None:
-        smtp = self.ports.smtp
-        command = _command()
-        sample = self.base / "sample.pdf"
-        self.say(f"Send a fax of your own (SMTP on 127.0.0.1:{smtp}, domain fax.local):")
-        self.say(
-            f"  swaks --server 127.0.0.1:{smtp} --from {SAMPLE_SENDER}"
-            f" --to 12015550123@fax.local --attach @{sample}"
-        )
-        self.say(
-            '  python3 -c "import smtplib; from email.message import EmailMessage as M; m = M();'
-            f" m['From'] = '{SAMPLE_SENDER}'; m['To'] = '12015550123@fax.local';"
-            " m['Subject'] = 'Hello'; m.set_content('See attached.');"
-            f" m.add_attachment(open('{sample}', 'rb').read(), 'application', 'pdf',"
-            f" filename='sample.pdf'); smtplib.SMTP('127.0.0.1', {smtp}).send_message(m)\""
-        )
-        self.say("Numbers that fail in the sandbox:")
-        for number, code in DEFAULT_OUTCOMES.items():
-            self.say(f"  {pretty(number)}  error {code}: {OUTCOME_TEXT.get(code, '')}")
-        self.say("Make a fax arrive:")
-        self.say(
-            f"  {command} sandbox inbound --sandbox-url {sandbox.root_url}"
-            f" --to {INBOUND_NUMBER} --from {INBOUND_CALLER} {sample}"
-        )
-        self.say(f"See the queue: {command} queue list --config {self.config_path}")
-        self.say(f"Reports and inbound faxes land in {self.maildir_new}/")
-        self.say()
-        self.say("Press Ctrl-C to stop.")
+        for line in instructions(
+            command=_command(),
+            smtp_port=self.ports.smtp,
+            sandbox_url=sandbox.root_url,
+            sample=self.base / "sample.pdf",
+            config_path=self.config_path,
+            maildir_new=self.maildir_new,
+        ):
+            self.say(line)
+
+
+def fax_address(number: str) -> str:
+    """The address that faxes `number` through the demo gateway: digits @ the demo's domain."""
+    return f"{number.lstrip('+')}@{DEMO_DOMAIN}"
+
+
+def instructions(
+    *,
+    command: str,
+    smtp_port: int,
+    sandbox_url: str,
+    sample: Path,
+    config_path: Path,
+    maildir_new: Path,
+) -> list[str]:
+    """What the user can try next, as lines ready to paste into a shell."""
+    to = fax_address(SAMPLE_FAX_TO)
+    config = f"--config {shlex.quote(str(config_path))}"
+    document = shlex.quote(str(sample))
+    # Python string literals in double quotes, the whole program in the shell's single quotes:
+    # any path survives the paste.
+    program = "; ".join(
+        [
+            "import smtplib",
+            "from email.message import EmailMessage as M",
+            "m = M()",
+            f'm["From"] = "{SAMPLE_SENDER}"',
+            f'm["To"] = "{to}"',
+            'm["Subject"] = "Hello"',
+            'm.set_content("See attached.")',
+            f'm.add_attachment(open({json.dumps(str(sample))}, "rb").read(), "application", "pdf",'
+            ' filename="sample.pdf")',
+            f'smtplib.SMTP("127.0.0.1", {smtp_port}).send_message(m)',
+            'print("queued")',
+        ]
+    )
+    lines = [
+        f"Send a fax of your own (SMTP on 127.0.0.1:{smtp_port}, domain {DEMO_DOMAIN};"
+        " swaks: apt install swaks):",
+        # --suppress-data: the dialogue stays readable instead of pages of base64.
+        f"  swaks --server 127.0.0.1:{smtp_port} --from {SAMPLE_SENDER} --to {to}"
+        f" --attach {shlex.quote('@' + str(sample))} --suppress-data",
+        f"  python3 -c {shlex.quote(program)}",
+        f"  {command} send {config} --to {SAMPLE_FAX_TO} --sender {SAMPLE_SENDER} {document}",
+        "",
+        "Addresses that fail in the sandbox (every other number is delivered):",
+    ]
+    for number, code in DEFAULT_OUTCOMES.items():
+        reason = OUTCOME_TEXT.get(code, "")
+        lines.append(f"  {fax_address(number)}  error {code}: {reason}".rstrip())
+    lines += [
+        "",
+        "Make a fax arrive:",
+        f"  {command} sandbox inbound --sandbox-url {sandbox_url}"
+        f" --to {INBOUND_NUMBER} --from {INBOUND_CALLER} {document}",
+        "",
+        "Look at the queue (JOB is an id from the list or a 'queued as' reply),"
+        " and at the carrier's faxes:",
+        f"  {command} queue list {config}",
+        f"  {command} queue show {config} JOB",
+        f"  {command} list {config}",
+        f"Reports and inbound faxes land in {maildir_new}/",
+        "",
+    ]
+    return lines
 
 
 def _command() -> str:
-    """How the user runs fax-gateway: by name when it is on PATH, else by its venv path."""
-    if shutil.which("fax-gateway"):
-        return "fax-gateway"
+    """How the user runs this fax-gateway: by name when PATH finds this very one (not another
+    install), else by its venv path, relative to the current directory when inside it."""
     script = Path(sys.executable).parent / "fax-gateway"
+    found = shutil.which("fax-gateway")
+    if found is not None and (not script.exists() or Path(found).samefile(script)):
+        return "fax-gateway"
     try:
-        return str(script.relative_to(Path.cwd()))
+        return shlex.quote(str(script.relative_to(Path.cwd())))
     except ValueError:
-        return str(script)
+        return shlex.quote(str(script))
 
 
 def _summary(path: Path) -> tuple[str, str, list[str]]:

@@ -10,6 +10,7 @@ import smtplib
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -307,7 +308,140 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert any(s.startswith("Fax to +1 201-555-0123 delivered") for s in subjects), subjects
     assert any(s.startswith("Fax from +1 201-555-0142") for s in subjects), subjects
     assert "swaks --server" in result.stdout
+    assert "--once: the demo stops now" in result.stdout
+    assert "Press Ctrl-C" not in result.stdout
     assert (base / "gateway.toml").exists()
+
+
+class DemoProcess:
+    """`fax-gateway demo` in a subprocess, its output lines collected by a thread."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "demo",
+                "--dir",
+                str(base),
+                "--smtp-port",
+                str(free_port()),
+                "--http-port",
+                str(free_port()),
+                "--sandbox-port",
+                str(free_port()),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._cond:
+                self.lines.append(raw.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_line(self, text: str, timeout: float = 90) -> None:
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: any(text in line for line in self.lines) or self.proc.poll() is not None,
+                timeout,
+            ) or not any(text in line for line in self.lines):
+                raise AssertionError(f"{text!r} not printed: {self.lines}")
+
+    def command(self, arguments: str) -> str:
+        """The printed command line (indented by two spaces) whose program is followed by
+        `arguments`: "-c" finds `python3 -c ...`, "list" finds `fax-gateway list ...`."""
+        found = [
+            line.strip()
+            for line in self.lines
+            if line.startswith("  ") and f"{line.strip()} ".split(" ", 1)[1].startswith(arguments)
+        ]
+        assert found, f"no command with {arguments!r} printed: {self.lines}"
+        return found[0]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=30)
+        self._reader.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code
+
+
+def run_shell(command: str) -> subprocess.CompletedProcess[str]:
+    """Run a printed command line as a user pastes it into a shell."""
+    return subprocess.run(
+        command, shell=True, capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=60
+    )
+
+
+def wait_for_mails(maildir_new: Path, count: int, timeout: float = 60) -> list[EmailMessage]:
+    """Poll the demo's Maildir until `count` mails are in it; return them parsed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        paths = sorted(maildir_new.iterdir()) if maildir_new.is_dir() else []
+        if len(paths) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling a directory another process writes into
+    messages = []
+    for path in paths:
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        messages.append(message)
+    assert len(messages) >= count, [str(m["Subject"]) for m in messages]
+    return messages
+
+
+def test_demo_printed_commands_work(tmp_path: Path) -> None:
+    """Every command the running demo prints works when pasted: mail, send, inbound, queue."""
+    demo = DemoProcess(tmp_path / "demo")
+    try:
+        demo.wait_for_line("Press Ctrl-C to stop.")
+        python_line = demo.command("-c ")
+        failing = next(line.split()[0] for line in demo.lines if line.startswith("  12015550166@"))
+        pasted = [
+            python_line,
+            python_line.replace("12015550123@fax.local", failing),
+            demo.command("send "),
+            demo.command("sandbox inbound "),
+            demo.command("queue list "),
+            demo.command("list "),
+        ]
+        results = [run_shell(line) for line in pasted]
+        for line, result in zip(pasted, results, strict=True):
+            assert result.returncode == 0, (line, result.stdout, result.stderr)
+        job = results[2].stdout.split()[2].rstrip(":")  # "queued as J...: sample.pdf to ..."
+        shown = run_shell(demo.command("queue show ").replace(" JOB", f" {job}"))
+        assert shown.returncode == 0, shown.stderr
+        assert f"job          {job}" in shown.stdout
+        # 2 from the demo's own round, 3 reports and 1 inbound fax from the pasted commands.
+        messages = wait_for_mails(tmp_path / "demo" / "maildir" / "new", 6)
+        subjects = Counter(str(m["Subject"]).strip().split(" (Re:")[0] for m in messages)
+        assert subjects["Fax to +1 201-555-0123 delivered, 1 page"] == 3, subjects
+        assert subjects["Fax to +1 201-555-0166 failed: far end is not able to receive"] == 1, (
+            subjects
+        )
+        assert subjects["Fax from +1 201-555-0142, 1 page"] == 2, subjects
+        sample_report = next(m for m in messages if "fax-gateway demo" in str(m["Subject"]))
+        assert sample_report["In-Reply-To"], "the sample report is threaded under the sample"
+    finally:
+        code = demo.stop()
+    assert code == 0, demo.lines
+    assert "stopping..." in demo.lines
 
 
 def test_demo_config_is_valid(tmp_path: Path) -> None:
