@@ -41,6 +41,36 @@ def test_check_config_from_environment(
     assert result.returncode == 0, result.stderr
 
 
+def test_check_config_names_example_values(tmp_path: Path) -> None:
+    """The example file as copied is valid but refused (exit 1): its public secrets, its URL."""
+    example = ROOT / "config" / "gateway.example.toml"
+    result = run_cli("check-config", "--config", str(example))
+    assert result.returncode == 1, result.stderr
+    assert "http.webhook_token: still the example's value" in result.stderr
+    assert "voxtelesys.api_key: still the example's value" in result.stderr
+    assert "http.public_url: fax.example.com is an example name" in result.stderr
+    assert "configuration OK" not in result.stdout
+
+    # As the service sees it: secrets from its environment file, the URL edited.
+    edited = tmp_path / "gateway.toml"
+    edited.write_text(
+        example.read_text().replace("https://fax.example.com", "https://fax.acme-corp.net")
+    )
+    secrets = {"VOXTELESYS_API_KEY": "key-from-portal", "FAXGW_WEBHOOK_TOKEN": "x" * 32}
+    result = run_cli("check-config", "--config", str(edited), env=cli_env(**secrets))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "configuration OK"
+
+
+def test_check_config_knows_the_example_placeholders() -> None:
+    """Every placeholder check-config looks for is the one config/gateway.example.toml has."""
+    from gateway.commands.check_config import EXAMPLE_SECRETS
+
+    example = (ROOT / "config" / "gateway.example.toml").read_text()
+    for (_section, key), (placeholder, _advice) in EXAMPLE_SECRETS.items():
+        assert f'{key} = "{placeholder}"' in example, key
+
+
 def test_check_config_missing_file(tmp_path: Path) -> None:
     """A missing configuration file is a user error with exit 2."""
     result = run_cli("check-config", "--config", str(tmp_path / "none.toml"))

@@ -1,23 +1,80 @@
-"""`fax-gateway check-config`: validate the configuration and say what is wrong."""
+"""`fax-gateway check-config`: validate the configuration and say what is wrong.
+
+Beyond what loading checks (types, keys, numbers), it refuses what an administrator copied
+from config/gateway.example.toml and forgot to change: that file is public, so its webhook
+token protects nothing, and its example.com addresses reach no one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from urllib.parse import urlsplit
 
 from gateway.cli import add_config_argument, config_from_args
+from gateway.config import Config
+
+EXIT_EXAMPLE_VALUES = 1
+
+# The placeholders of config/gateway.example.toml (tests/test_cli.py keeps the two in step),
+# with what to do instead.
+EXAMPLE_SECRETS: dict[tuple[str, str], tuple[str, str]] = {
+    ("http", "webhook_token"): (
+        "change-me-to-a-long-random-string",
+        ", which anyone can read: set FAXGW_WEBHOOK_TOKEN to a long random string",
+    ),
+    ("http", "metrics_token"): (
+        "another-long-random-string",
+        ", which anyone can read: choose a long random string",
+    ),
+    ("voxtelesys", "api_key"): (
+        "your-api-key",
+        ": set VOXTELESYS_API_KEY to the key from the Voxtelesys portal",
+    ),
+    ("relay", "password"): ("secret", ": set FAXGW_RELAY_PASSWORD to the relay's password"),
+}
+# RFC 2606: names reserved for documentation, which no carrier can reach.
+EXAMPLE_DOMAINS = ("example.com", "example.net", "example.org")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check-config",
         help="validate the configuration file",
-        description="Print 'configuration OK' and exit 0, or print every problem and exit 2.",
+        description=(
+            "Print 'configuration OK' and exit 0; print every problem and exit 2; or, when the "
+            "file is valid but still has the example's secrets or example.com as its public "
+            "URL, name them and exit 1. Secrets are read from the environment as the service "
+            "reads them: run it with the service's environment file."
+        ),
     )
     add_config_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config_from_args(args)
+    config = config_from_args(args)
+    leftovers = example_values(config)
+    if leftovers:
+        print("configuration valid, but values from the example are left:", file=sys.stderr)
+        for line in leftovers:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_EXAMPLE_VALUES
     print("configuration OK")
     return 0
+
+
+def example_values(config: Config) -> list[str]:
+    """One line per setting that still has the example file's value, naming the key."""
+    found = []
+    for (section, key), (placeholder, advice) in EXAMPLE_SECRETS.items():
+        secret = getattr(getattr(config, section), key)
+        if secret is not None and secret.get_secret_value() == placeholder:
+            found.append(f"{section}.{key}: still the example's value{advice}")
+    host = (urlsplit(str(config.http.public_url)).hostname or "").lower()
+    if any(host == domain or host.endswith(f".{domain}") for domain in EXAMPLE_DOMAINS):
+        found.append(
+            f"http.public_url: {host} is an example name the carrier cannot reach; "
+            "use the HTTPS address of your proxy"
+        )
+    return found

@@ -61,7 +61,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="email-to-fax jobs, newest first",
         description=(
             "One line per job: id, state, age, sender, numbers, pages, attempts (tries of the "
-            "current stage plus POSTs to the carrier) and the last error."
+            "current stage plus POSTs to the carrier) and the last error. A job is 'done' once "
+            "the carrier has told the outcome of each of its faxes, delivered or failed (the "
+            "last error says why one failed; 'queue show' has each fax); 'failed' means the "
+            "gateway gave up on the job, and its faxes not yet at the carrier failed with it."
         ),
     )
     listing.add_argument("--state", choices=[s.value for s in JobState], help="only this state")
