@@ -41,6 +41,10 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
 }
 
 
+# Keys whose values are secrets (SecretStr): never shown in a problem.
+_SECRET_KEYS = frozenset({"api_key", "webhook_token", "metrics_token", "password"})
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; `problems` holds one line per problem."""
 
@@ -421,7 +425,9 @@ def _describe(error: Any) -> str:
     if message[:1].isupper() and not message[1:2].isupper():
         message = message[0].lower() + message[1:]
     if kind.endswith("_type") or kind.endswith("_parsing"):
-        message = f"wrong type: {message} (got {error.get('input')!r})"
+        # Problems are printed and logged: a secret's value is never repeated, whatever it is.
+        got = "" if loc and loc[-1] in _SECRET_KEYS else f" (got {error.get('input')!r})"
+        message = f"wrong type: {message}{got}"
     return f"{key}: {message}"
 
 

@@ -85,6 +85,23 @@ def test_unusable_mail_addresses_are_refused_at_load(
         assert f"{address!r} is not an email address" in problem
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"relay": {"username": "fax", "password": 87654321}},
+        {"voxtelesys": {"api_key": ["sk-live-87654321"]}},
+        {"http": {"webhook_token": 87654321876543218765}},
+        {"http": {"metrics_token": 87654321}},
+    ],
+)
+def test_a_secret_of_the_wrong_type_is_not_shown(
+    config_data: dict[str, Any], override: dict[str, Any]
+) -> None:
+    """The problem names the key and the type, never the value of a secret."""
+    [problem] = problems_of(merge(config_data, override))
+    assert "wrong type" in problem and "87654321" not in problem
+
+
 def test_public_url_must_be_absolute(config_data: dict[str, Any]) -> None:
     """A relative public_url would give the carrier unusable links."""
     assert problems_of(merge(config_data, {"http": {"public_url": "fax.example.com/x"}})) == [
