@@ -7,6 +7,8 @@ with the client and not recording it, as a killed process would leave things.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -32,8 +34,10 @@ from gateway.store.jobs import (
     get_job,
     new_job_id,
 )
+from gateway.worker import run_until_idle
 from tests import samples
 from tests.servers.sandbox import Sandbox
+from tests.test_email_to_fax import until
 from tests.test_fax_to_email import Clock
 
 FROM_NUMBER = "+12015550100"
@@ -138,10 +142,10 @@ async def test_a_fax_posted_before_a_crash_is_adopted_after_its_link_was_renewed
     # cannot be read this time, so the fax waits.
     stage.clock.advance(TTL - 1800)
     sandbox.fail_next(1, status=503, method="GET", path="/api/v1/faxes")
-    await stage.worker.run_once()
+    await run_until_idle([stage.worker])
     assert (await stage.fax(fax.id)).state is FaxState.PENDING
     stage.clock.advance(10)
-    await stage.worker.run_once()
+    await run_until_idle([stage.worker])
     # Adopted with whatever outcome the carrier has for it (here: it could not fetch the link).
     assert (await stage.fax(fax.id)).carrier_id == carrier_id
     assert len(sandbox.requests("/faxes", method="POST")) == 1
@@ -156,10 +160,29 @@ async def test_a_fax_posted_before_a_crash_is_adopted_after_a_sibling_renewed_th
     stage.clock.advance(TTL - 1800)
     # The first fax's search fails; its sibling is then sent with a renewed link.
     sandbox.fail_next(1, status=503, method="GET", path="/api/v1/faxes")
-    await stage.worker.run_once()
+    await run_until_idle([stage.worker])
     job = await stage.db.run(get_job, first.job_id)
     assert job is not None and (await stage.fax(second.id)).carrier_id is not None
     stage.clock.advance(10)
-    await stage.worker.run_once()
+    await run_until_idle([stage.worker])
     assert (await stage.fax(first.id)).carrier_id == carrier_id
     assert len(sandbox.requests("/faxes", method="POST")) == 2
+
+
+async def test_faxes_waiting_behind_an_interrupted_post_are_not_charged_a_pickup(
+    stage: Stage, sandbox: Sandbox
+) -> None:
+    """A stop or crash during one POST counts a pickup for that fax only, not for the queue."""
+    faxes = [(await stage.uploaded_job(f"+1201555013{n}"))[0] for n in range(3)]
+    sandbox.slow(2, method="POST", path="/api/v1/faxes")
+    running = asyncio.ensure_future(stage.worker.run_once())
+
+    async def posting() -> bool:
+        return any([(await stage.fax(fax.id)).submit_attempts for fax in faxes])
+
+    await until(posting)
+    running.cancel()  # the daemon's stop timeout, or a kill, in the middle of the POST
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    pickups = [(await stage.fax(fax.id)).pickups for fax in faxes]
+    assert sorted(pickups) == [0, 0, 1]

@@ -14,7 +14,7 @@ from gateway.document.kinds import extension
 from gateway.document.mime import DocumentError, extract
 from gateway.fsutil import write_atomic
 from gateway.numbers import pretty
-from gateway.outbound.stage import Schedule
+from gateway.outbound.stage import CLAIM_BATCH, Schedule
 from gateway.store import Database
 from gateway.store import jobs as store
 from gateway.store.jobs import Job, JobState
@@ -39,7 +39,7 @@ class PrepareWorker:
             store.claim_jobs,
             JobState.RECEIVED,
             self.schedule.clock(),
-            10,
+            CLAIM_BATCH,
             self.config.queue.max_pickups,
         )
         for job in claimed:

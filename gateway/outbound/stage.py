@@ -11,6 +11,12 @@ from gateway.retry import backoff_delay
 
 Clock = Callable[[], float]
 
+# Items a stage claims per pickup. Claiming counts a pickup on each item, and a pickup that
+# does not finish (a crash, a kill, a stop past its timeout) counts toward holding the item for
+# an operator: claimed ten at a time, an interruption during the first would charge the nine
+# not even started, and a few restarts during a slow carrier would hold a whole backlog.
+CLAIM_BATCH = 1
+
 
 @dataclass(frozen=True)
 class Schedule:

@@ -17,7 +17,7 @@ from gateway.carrier.models import Fax as CarrierFax
 from gateway.carrier.status import Outcome, classify
 from gateway.config import Config
 from gateway.metrics import Metrics
-from gateway.outbound.stage import Schedule
+from gateway.outbound.stage import CLAIM_BATCH, Schedule
 from gateway.storage.base import DocumentMissing, Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
@@ -50,7 +50,10 @@ class SubmitWorker:
 
     async def run_once(self) -> int:
         claimed = await self.db.run(
-            store.claim_faxes, self.schedule.clock(), 10, self.config.queue.max_pickups
+            store.claim_faxes,
+            self.schedule.clock(),
+            CLAIM_BATCH,
+            self.config.queue.max_pickups,
         )
         for fax, job in claimed:
             with log.bound(job_id=job.id, fax_id=fax.id, to=fax.recipient):

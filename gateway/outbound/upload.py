@@ -6,7 +6,7 @@ import asyncio
 
 from gateway import log
 from gateway.config import Config
-from gateway.outbound.stage import Schedule
+from gateway.outbound.stage import CLAIM_BATCH, Schedule
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
@@ -31,7 +31,7 @@ class UploadWorker:
             store.claim_jobs,
             JobState.PREPARED,
             self.schedule.clock(),
-            10,
+            CLAIM_BATCH,
             self.config.queue.max_pickups,
         )
         for job in claimed:
