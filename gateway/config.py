@@ -159,6 +159,21 @@ class SmtpConfig(Section):
     def _lower_domain(cls, value: str) -> str:
         return value.strip().lower()
 
+    @field_validator("allowed_networks")
+    @classmethod
+    def _not_the_internet(cls, value: tuple[Network, ...]) -> tuple[Network, ...]:
+        # Clients in these networks fax without a login, at the operator's expense. A range
+        # wider than a /8 (IPv6: /16) that is not private spans the public internet: it is a
+        # slip (written to "let everyone in" behind a NAT or proxy), never a real network.
+        for net in value:
+            if net.prefixlen < (8 if net.version == 4 else 16) and not net.is_private:
+                raise ValueError(
+                    f"{net} spans the public internet and would make the gateway an open relay:"
+                    " list the networks of your mail servers, and use AUTH (users_file) for"
+                    " clients elsewhere"
+                )
+        return value
+
     @field_validator("default_country")
     @classmethod
     def _region(cls, value: str) -> str:

@@ -102,6 +102,22 @@ def test_a_secret_of_the_wrong_type_is_not_shown(
     assert "wrong type" in problem and "87654321" not in problem
 
 
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "0.0.0.0/1", "::/0", "2000::/3"])
+def test_allowed_networks_cannot_open_the_gateway_to_the_internet(
+    config_data: dict[str, Any], network: str
+) -> None:
+    """A network spanning the public internet is refused: it would make an open fax relay."""
+    [problem] = problems_of(merge(config_data, {"smtp": {"allowed_networks": [network]}}))
+    assert problem.startswith("smtp.allowed_networks: ") and "open relay" in problem
+
+
+def test_private_and_narrow_networks_are_allowed(config_data: dict[str, Any]) -> None:
+    """Private ranges of any size and narrow public ones stay possible."""
+    networks = ["10.0.0.0/8", "172.16.0.0/12", "fc00::/7", "198.51.100.0/24", "2001:db8::/32"]
+    data = merge(config_data, {"smtp": {"allowed_networks": networks}})
+    assert len(config_from_dict(data, env={}).smtp.allowed_networks) == 5
+
+
 def test_public_url_must_be_absolute(config_data: dict[str, Any]) -> None:
     """A relative public_url would give the carrier unusable links."""
     assert problems_of(merge(config_data, {"http": {"public_url": "fax.example.com/x"}})) == [
