@@ -211,6 +211,21 @@ class InboundWorker:
                 " the fax is kept",
             )
             return 0
+        if fax.attempts >= self.config.inbound.max_attempts:
+            # Every attempt so far was cut short (counted below, never finished): the
+            # document likely kills the process (a decoder crash, memory). Stop trying.
+            await self._dead_letter(fax, fax.error or "mail: every attempt was interrupted")
+            return 1
+        # The attempt is counted, and the next one scheduled, before the document is opened:
+        # converting a caller's file may crash or exhaust the process, and a restart must then
+        # neither try it again at once nor forever (Postfix counts a delivery before making it).
+        await self.db.run(
+            defer_inbound,
+            fax.id,
+            "mail: interrupted while composing (the process stopped or crashed)",
+            now + self._backoff(fax.attempts + 1),
+            now,
+        )
         try:
             path = await self._locate(fax)
             if path is None:
@@ -259,14 +274,14 @@ class InboundWorker:
         )
 
     async def _mail_failed(self, fax: InboundFax, exc: Exception) -> int:
-        attempts = fax.attempts + 1
+        attempts = fax.attempts + 1  # counted by _mail before it began
         error = f"mail: {type(exc).__name__}: {exc}"
         now = self.clock()
         if attempts >= self.config.inbound.max_attempts:
             await self._dead_letter(fax, error)
             return 1
         delay = self._backoff(attempts)
-        await self.db.run(defer_inbound, fax.id, error, now + delay, now)
+        await self.db.run(defer_inbound, fax.id, error, now + delay, now, count=False)
         logger.warning("inbound.mail_failed", attempts=attempts, delay=round(delay, 1), error=error)
         return 1
 

@@ -8,6 +8,7 @@ repository, as the events worker makes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from gateway.store.inbound import InboundFax, InboundState, announce_inbound, ge
 from gateway.worker import run_until_idle
 from tests import samples
 from tests.servers.relay import CapturingRelay
+from tests.test_email_to_fax import until
 from tests.test_fax_to_email import Clock, attachments, subject_of
 
 ROUTED = "+12015550142"
@@ -364,6 +366,43 @@ async def test_an_unusable_media_url_does_not_stop_other_faxes(
     bad = await inbound.row(bad_id)
     assert bad.state is InboundState.DEAD
     assert "not a usable URL" in (bad.error or "")
+    assert len(inbound.relay.messages) == 1
+
+
+async def test_a_fax_that_kills_the_worker_is_dead_lettered_not_retried_forever(
+    start_inbound: Callable[..., Any],
+) -> None:
+    """An attempt cut short while the document is converted counts: after max_attempts such
+    crashes the fax is a dead letter, and the next one is not retried at once meanwhile."""
+    inbound = await start_inbound({"inbound": {"max_attempts": 2}})
+    inbound.media.files["poison"] = samples.tiff(40)
+    poison = await inbound.announce("poison")
+
+    async def crash_while_composing(attempt: int) -> None:
+        running = asyncio.ensure_future(inbound.worker.run_once())
+
+        async def composing() -> bool:
+            row = await inbound.row(poison)
+            return row.attempts == attempt or row.state in (InboundState.MAILED, InboundState.DEAD)
+
+        await until(composing)
+        running.cancel()  # what a decoder crash or an OOM kill does to the process
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+    await crash_while_composing(1)
+    row = await inbound.row(poison)
+    assert (row.state, row.attempts) == (InboundState.STORED, 1)
+    assert row.next_attempt_at > inbound.clock()
+    assert await inbound.worker.run_once() == 0  # not at once after the restart
+    inbound.clock.advance(inbound.config.queue.max_backoff_seconds)
+    await crash_while_composing(2)
+    inbound.clock.advance(inbound.config.queue.max_backoff_seconds)
+    inbound.media.files["fine"] = samples.pdf(1)
+    await inbound.announce("fine")
+    await inbound.settle()
+    row = await inbound.row(poison)
+    assert row.state is InboundState.DEAD and "interrupted" in (row.error or "")
     assert len(inbound.relay.messages) == 1
 
 
