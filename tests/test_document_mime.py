@@ -332,6 +332,18 @@ def test_message_id_and_subject() -> None:
     assert extracted.subject == "Café menu"
 
 
+def test_raw_8bit_header_bytes_become_text_that_can_be_stored() -> None:
+    """Undeclared 8-bit bytes in headers read as text (UTF-8, else U+FFFD), never surrogates."""
+    raw = (
+        b"Message-ID:\x80 <fuzz@example.com>\r\n"
+        b"Subject: Caf\xc3\xa9 \xff =?bogus?q?x?=\r\n\r\nbody\r\n"
+    )
+    extracted = extract(raw)
+    assert extracted.message_id == "\ufffd <fuzz@example.com>"
+    extracted.subject.encode("utf-8")  # a lone surrogate cannot be stored or mailed
+    assert "Caf" in extracted.subject
+
+
 def test_garbage_is_not_an_error_but_has_nothing_to_fax() -> None:
     """Random non-MIME bytes parse as a text message without attachments."""
     extracted = extract(bytes(range(256)) * 4)

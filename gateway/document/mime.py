@@ -327,8 +327,15 @@ def _raw_header(part: Message, name: str) -> str:
     """A header's raw value, unfolded; parsing it (policy.default) can fail on hostile input."""
     for key, value in part.raw_items():
         if key.lower() == name:
-            return " ".join(str(value).split())
+            return " ".join(_without_surrogates(str(value)).split())
     return ""
+
+
+def _without_surrogates(text: str) -> str:
+    """Raw 8-bit header bytes come back from the parser as lone surrogates, which no store or
+    mail can take (a message with them was refused with 451 over and over): read them as the
+    UTF-8 they usually are, anything else as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _header_text(part: Message, name: str) -> str:
@@ -342,7 +349,7 @@ def _header_text(part: Message, name: str) -> str:
             text = str(email.header.make_header(email.header.decode_header(raw)))
         except Exception:
             text = raw
-    return " ".join(text.split())
+    return " ".join(_without_surrogates(text).split())
 
 
 def _filename(part: Message) -> str | None:
