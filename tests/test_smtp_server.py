@@ -473,6 +473,23 @@ async def test_an_abandoned_transaction_stops_counting_toward_the_limit(
 # -- MAIL: who may send --------------------------------------------------------------------------
 
 
+async def test_a_sender_address_that_is_not_utf8_is_refused_for_good(
+    smtp: Callable[..., Any],
+) -> None:
+    """Raw 8-bit bytes in MAIL FROM get a permanent 553, not a 451 the client retries forever."""
+    async with smtp() as gw:
+        raw = await Raw.connect(gw.port)
+        try:
+            await raw.command(f"EHLO {CLIENT_NAME}")
+            raw.writer.write(b"MAIL FROM:<al\xffice@example.com>\r\n")
+            [reply] = await raw.reply()
+            assert reply.startswith("553 5.1.7 "), reply
+            reply.encode("utf-8")
+        finally:
+            await raw.close()
+        assert await gw.jobs() == []
+
+
 async def test_unauthorized_network(smtp: Callable[..., Any]) -> None:
     """A client outside allowed_networks gets 550 5.7.1 naming its address at MAIL."""
     async with smtp({"smtp": {"allowed_networks": ["10.0.0.0/8"]}}) as gw:

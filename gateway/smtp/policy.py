@@ -66,6 +66,12 @@ class RelayPolicy:
             if self.auth_available:
                 return Refusal(Reason.AUTH_REQUIRED, replies.AUTH_REQUIRED)
             return Refusal(Reason.NETWORK_DENIED, replies.network_denied(str(ip or "unknown")))
+        if not _is_text(sender):
+            # Undecodable bytes (kept by aiosmtpd as lone surrogates) could be neither stored
+            # nor mailed a report: the same message would get 451 forever.
+            return Refusal(
+                Reason.SENDER_DENIED, replies.bad_sender_syntax(sender, "is not valid UTF-8")
+            )
         local, at, domain = sender.rpartition("@")
         if not at or not local or not domain:
             # Reports of the outcome go back to this address: it has to be a whole one.
@@ -128,6 +134,14 @@ class RelayPolicy:
                     ),
                 )
         return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _region(e164: str) -> str:

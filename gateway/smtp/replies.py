@@ -79,6 +79,10 @@ def sender_denied(sender: str) -> str:
     return f"550 5.7.1 Sender <{one_line(sender)}> is not allowed to send faxes"
 
 
+def bad_sender_syntax(sender: str, why: str) -> str:
+    return f"553 5.1.7 Sender <{one_line(sender)}> {one_line(why)}"
+
+
 def sender_not_user(user: str, sender: str) -> str:
     return f"550 5.7.1 User {one_line(user)} may not send as <{one_line(sender)}>"
 
