@@ -561,6 +561,31 @@ async def test_auth_plain_over_starttls(
     assert any(entry["event"] == "smtp.auth_ok" for entry in logs)
 
 
+async def test_daily_limit_binds_a_login_whatever_sender_it_names(
+    smtp: Callable[..., Any], certs: Certs, users_file: Path
+) -> None:
+    """A service login sending as ever new senders still stops at the daily limit."""
+    override = tls_override(certs, users_file, allowed_networks=["10.0.0.0/8"])
+    override["limits"] = {"faxes_per_sender_per_day": 2}
+    async with smtp(override) as gw:
+        outcomes = [
+            (
+                await asyncio.to_thread(
+                    _auth_session,
+                    gw.port,
+                    certs,
+                    lambda c: c.login("scanner", PASSWORD),
+                    pdf_mail(),
+                    f"user{n}@example.com",
+                )
+            )[1]
+            for n in range(3)
+        ]
+        assert len(await gw.jobs()) == 2
+    assert [o.rcpt[0][0] for o in outcomes] == [250, 250, 452]
+    assert "scanner" in outcomes[2].rcpt[0][1]
+
+
 async def test_auth_login_over_starttls(
     smtp: Callable[..., Any], certs: Certs, users_file: Path
 ) -> None:

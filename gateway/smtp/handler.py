@@ -28,7 +28,13 @@ from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
 from gateway.spool import Spool
 from gateway.store import Database
-from gateway.store.jobs import NewJob, create_job, faxes_sent_since, new_job_id
+from gateway.store.jobs import (
+    NewJob,
+    create_job,
+    faxes_sent_by_user_since,
+    faxes_sent_since,
+    new_job_id,
+)
 
 logger = log.get_logger(__name__)
 
@@ -188,13 +194,22 @@ class FaxHandler:
             # Faxes of committed jobs, plus those of the sender's open transactions, this one's
             # included: parallel sessions each under the limit must not pass it together.
             since = time.time() - DAY_SECONDS
-            sent = await self.db.run(faxes_sent_since, transaction.sender.lower(), since)
-            sent += self._open_numbers(transaction.sender)
+            sender = transaction.sender.lower()
+            sent = await self.db.run(faxes_sent_since, sender, since)
+            sent += self._open_numbers(lambda other: other.sender.lower() == sender)
+            reply = replies.daily_limit(transaction.sender, limit)
+            user = transaction.auth_user
+            if sent < limit and user is not None and user.lower() != sender:
+                # A login that is not an address may name any allowed sender: its own count
+                # keeps one stolen password from faxing without end under ever new senders.
+                sent = await self.db.run(faxes_sent_by_user_since, user, since)
+                sent += self._open_numbers(lambda other: other.auth_user == user)
+                reply = replies.daily_limit_user(user, limit)
             if sent >= limit:
-                refusal = Refusal(
-                    Reason.DAILY_LIMIT, replies.daily_limit(transaction.sender, limit)
+                refusal = Refusal(Reason.DAILY_LIMIT, reply)
+                return self._refuse(
+                    "rcpt", refusal, server, sender=transaction.sender, user=user, sent=sent
                 )
-                return self._refuse("rcpt", refusal, server, sender=transaction.sender, sent=sent)
             return self._take(transaction, envelope, address, parsed, rcpt_options)
 
     def _take(
@@ -210,13 +225,12 @@ class FaxHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
-    def _open_numbers(self, sender: str) -> int:
-        """Faxes accepted in the open transactions of `sender`, not yet in the store."""
-        sender = sender.lower()
+    def _open_numbers(self, same: Callable[[Transaction], bool]) -> int:
+        """Faxes accepted in the open transactions `same` picks, not yet in the store."""
         return sum(
             len(other.numbers)
             for other in list(self._transactions.values())
-            if other.open and other.sender.lower() == sender
+            if other.open and same(other)
         )
 
     def forget(self, envelope: Envelope | None) -> None:

@@ -107,6 +107,12 @@ def daily_limit(sender: str, limit: int) -> str:
     )
 
 
+def daily_limit_user(user: str, limit: int) -> str:
+    return (
+        f"452 4.7.1 Daily limit of {limit} faxes reached for user {one_line(user)}, try again later"
+    )
+
+
 def too_big(limit: int) -> str:
     return f"552 5.3.4 Message too big: the limit is {limit} bytes"
 

@@ -223,6 +223,17 @@ def faxes_sent_since(conn: sqlite3.Connection, sender: str, since: float) -> int
     return int(row[0])
 
 
+def faxes_sent_by_user_since(conn: sqlite3.Connection, auth_user: str, since: float) -> int:
+    """Faxes of jobs submitted under login `auth_user` at or after `since`, cancelled ones not
+    counted."""
+    row = conn.execute(
+        "SELECT count(*) FROM faxes JOIN jobs ON jobs.id = faxes.job_id"
+        " WHERE jobs.auth_user = ? AND jobs.created_at >= ? AND faxes.state != ?",
+        (auth_user, since, FaxState.CANCELLED),
+    ).fetchone()
+    return int(row[0])
+
+
 # -- reading ---------------------------------------------------------------------------------------
 
 

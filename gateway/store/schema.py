@@ -137,4 +137,8 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE faxes ADD COLUMN submit_url TEXT
     """,
+    # 4: the daily limit counts a login's faxes too, whatever senders it named.
+    """
+    CREATE INDEX jobs_auth_user ON jobs(auth_user, created_at) WHERE auth_user IS NOT NULL
+    """,
 ]
