@@ -131,6 +131,9 @@ class OutboxWorker:
         # A claimed message is left alone this long if we die mid-send: longer than any send
         # can take (every step of the SMTP dialogue is bounded by the relay timeout).
         self.lease = max(store.DEFAULT_LEASE_SECONDS, 20 * config.relay.timeout_seconds)
+        # Passes in a row that found the relay unavailable: the backoff of the messages not
+        # tried meanwhile, which keep their own attempt counts for the tries they really had.
+        self._relay_down_passes = 0
 
     async def run_once(self) -> int:
         """Handle the messages due now; how many were handled (0 when there is nothing to do)."""
@@ -142,6 +145,8 @@ class OutboxWorker:
                     await self._retry_later(message, relay_down, tried=False)
                     continue
                 relay_down = await self._deliver(message)
+                if relay_down is not None:
+                    self._relay_down_passes += 1
         return len(due)
 
     async def _deliver(self, message: OutboxMessage) -> RelayError | None:
@@ -180,6 +185,7 @@ class OutboxWorker:
         return None
 
     async def _sent(self, message: OutboxMessage, note: str | None = None) -> None:
+        self._relay_down_passes = 0
         now = self.clock()
         await self.db.run(store.mark_sent, message.id, now, note)
         logger.info(
@@ -232,14 +238,16 @@ class OutboxWorker:
             await self._give_up(message, f"lifetime over: {reason}")
             return
         delay = backoff_delay(
-            max(message.attempts, 1),
+            max(message.attempts if tried else self._relay_down_passes, 1),
             self.queue.min_backoff_seconds,
             self.queue.max_backoff_seconds,
             self.rng,
         )
         # The last attempt happens when the lifetime ends, not up to max_backoff after it.
         delay = min(delay, expires - now)
-        await self.db.run(store.defer, message.id, reason, delay, now, recipients=recipients)
+        await self.db.run(
+            store.defer, message.id, reason, delay, now, recipients=recipients, tried=tried
+        )
         logger.warning(
             "outbox.deferred",
             key=message.key,

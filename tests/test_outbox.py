@@ -209,6 +209,27 @@ async def test_5xx_fails_the_message_and_requeue_sends_it(
     assert len(relay_server.messages) == 1
 
 
+async def test_mail_not_tried_while_the_relay_is_down_is_not_charged_an_attempt(
+    db: Database,
+    make_config: ConfigFactory,
+    relay_server: CapturingRelay,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    """Only the mail that met the dead relay counts an attempt (inbound.max_attempts reads it)."""
+    outbox_dir = tmp_path / "outbox"
+    for n in range(3):
+        await queue(db, outbox_dir, clock, key=f"inbound:fax-{n}", message=mail(f"n{n}"))
+    worker = worker_for(db, make_config, relay_server, clock)
+    relay_server.go_down()
+    for _ in range(4):
+        await run_until_idle(worker)
+        clock.advance(3600)
+    pending = await db.run(store.list_messages, OutboxState.PENDING)
+    # Each pass tries one message; four passes, four attempts in all, not twelve.
+    assert sum(m.attempts for m in pending) == 4
+
+
 async def test_relay_down_then_back_delivers_exactly_once(
     db: Database,
     make_config: ConfigFactory,

@@ -133,14 +133,21 @@ def defer(
     now: float | None = None,
     *,
     recipients: Sequence[str] | None = None,
+    tried: bool = True,
 ) -> None:
-    """Try again `delay` seconds from now; `recipients` narrows who is still owed the mail."""
+    """Try again `delay` seconds from now; `recipients` narrows who is still owed the mail.
+
+    `tried=False`: the message was claimed but not sent to the relay (the relay was found
+    down on another message), so the attempt its claim counted is taken back.
+    """
     at = _now(now)
+    uncount = 0 if tried else 1
     with transaction(conn):
         if recipients is None:
             conn.execute(
-                "UPDATE outbox SET next_attempt_at = ?, error = ?, updated_at = ? WHERE id = ?",
-                (at + delay, error, at, message_id),
+                "UPDATE outbox SET next_attempt_at = ?, error = ?, updated_at = ?,"
+                " attempts = max(attempts - ?, 0) WHERE id = ?",
+                (at + delay, error, at, uncount, message_id),
             )
         else:
             if not recipients:
