@@ -78,6 +78,13 @@ def test_sender_must_be_a_whole_address(policy: Callable[..., RelayPolicy]) -> N
     assert refusal(policy().check_mail("postmaster", LOCAL, None)).reason is Reason.SENDER_DENIED
 
 
+def test_a_fax_address_cannot_be_a_sender(policy: Callable[..., RelayPolicy]) -> None:
+    """<number>@smtp.domain as sender is refused: its reports would come back to be faxed."""
+    result = refusal(policy().check_mail("12015550123@FAX.local", LOCAL, None))
+    assert result.reason is Reason.SENDER_DENIED
+    assert result.reply.startswith("550 5.7.1 ") and "fax address" in result.reply
+
+
 def test_login_that_is_an_address_sends_only_as_itself(
     policy: Callable[..., RelayPolicy],
 ) -> None:

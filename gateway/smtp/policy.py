@@ -76,6 +76,13 @@ class RelayPolicy:
         if not at or not local or not domain:
             # Reports of the outcome go back to this address: it has to be a whole one.
             return Refusal(Reason.SENDER_DENIED, replies.sender_denied(sender))
+        if domain.lower() == self.config.smtp.domain:
+            # Reports go back to the sender through the relay, which brings mail for this domain
+            # here: the gateway would fax its own report, a loop that costs a call each time.
+            return Refusal(
+                Reason.SENDER_DENIED,
+                replies.sender_denied(sender, "is a fax address: faxes cannot come from one"),
+            )
         lowered = sender.lower()
         if self._senders and not any(fnmatch.fnmatchcase(lowered, p) for p in self._senders):
             return Refusal(Reason.SENDER_DENIED, replies.sender_denied(sender))

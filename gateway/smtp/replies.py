@@ -75,8 +75,8 @@ def network_denied(address: str) -> str:
     return f"550 5.7.1 Not allowed to send from {one_line(address)}"
 
 
-def sender_denied(sender: str) -> str:
-    return f"550 5.7.1 Sender <{one_line(sender)}> is not allowed to send faxes"
+def sender_denied(sender: str, why: str = "is not allowed to send faxes") -> str:
+    return f"550 5.7.1 Sender <{one_line(sender)}> {why}"
 
 
 def bad_sender_syntax(sender: str, why: str) -> str:
