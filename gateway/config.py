@@ -434,7 +434,8 @@ def _describe(error: Any) -> str:
     if kind == "extra_forbidden":
         return f"{key}: unknown key (misspelt, or in the wrong section?)"
     if kind == "missing":
-        return f"{key}: required key is missing"
+        what = "section" if len(loc) == 1 and loc[0] in Config.model_fields else "key"
+        return f"{key}: required {what} is missing"
     message = str(error["msg"])
     message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if message[:1].isupper() and not message[1:2].isupper():

@@ -164,12 +164,18 @@ def test_ipv6_listen_address(config_data: dict[str, Any]) -> None:
     assert (config.smtp.listen.host, config.smtp.listen.port) == ("::1", 2525)
 
 
+def test_missing_required_key_in_a_section(config_data: dict[str, Any]) -> None:
+    """A required key missing inside a present section is named as a key."""
+    del config_data["voxtelesys"]["from_number"]
+    assert problems_of(config_data) == ["voxtelesys.from_number: required key is missing"]
+
+
 def test_missing_required_keys_are_all_listed() -> None:
     """An empty file lists every required key at once."""
     assert problems_of({}) == [
-        "http: required key is missing",
-        "voxtelesys: required key is missing",
-        "relay: required key is missing",
+        "http: required section is missing",
+        "voxtelesys: required section is missing",
+        "relay: required section is missing",
     ]
 
 
