@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
-        default="info",
+        default=None,
         choices=["debug", "info", "warning", "error"],
-        help="least severe log level shown (default: info)",
+        help="least severe log level shown (default: info for serve, warning otherwise)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log.configure(args.log_level, stream=sys.stderr if args.command != "serve" else None)
+    # A tool's own output is its result; its log lines stay quiet unless asked for.
+    level = args.log_level or ("info" if args.command == "serve" else "warning")
+    log.configure(level, stream=sys.stderr if args.command != "serve" else None)
     try:
         return int(args.run(args) or 0)
     except ConfigError as exc:
