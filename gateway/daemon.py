@@ -31,6 +31,7 @@ from gateway.metrics import Metrics
 from gateway.metrics import add_routes as add_metrics_routes
 from gateway.outbound.cleanup import CleanupWorker
 from gateway.outbound.prepare import PrepareWorker
+from gateway.outbound.stage import Schedule
 from gateway.outbound.submit import SubmitWorker
 from gateway.outbound.upload import UploadWorker
 from gateway.outbox import OutboxWorker
@@ -112,6 +113,7 @@ class Gateway:
             metrics=self.metrics,
         )
         self.reconciler = Reconciler(**common, client=self.client, wake=wake)
+        self.outbox = OutboxWorker(db, self.relay, config, metrics=self.metrics)
         return [
             PrepareWorker(config, db),
             UploadWorker(config, db, self.storage),
@@ -119,7 +121,7 @@ class Gateway:
             self.events,
             self.reports,
             self.inbound,
-            OutboxWorker(db, self.relay, config, metrics=self.metrics),
+            self.outbox,
             self.reconciler,
             CleanupWorker(config, db, self.storage),
         ]
@@ -129,7 +131,7 @@ class Gateway:
 
     def _routes(self) -> None:
         config = self.config
-        add_webhook_routes(
+        self.webhooks = add_webhook_routes(
             self.http_app, config=config, db=self.db, wake=self._wake, metrics=self.metrics
         )
         token = config.http.metrics_token
@@ -214,11 +216,21 @@ class Gateway:
             sdnotify.notify("READY=1")
             return
         self.config = new
-        for worker in (self.reports, self.inbound, self.events, self.reporter, self.reconciler):
-            worker.config = new
+        self._reconfigure(new)
         log.register_secrets(new.secrets())
         logger.info("daemon.reloaded", restart_needed=restart_needed)
         sdnotify.notify("READY=1")
+
+    def _reconfigure(self, new: Config) -> None:
+        """Hand a reloaded configuration to every part that reads it while running."""
+        parts: list[object] = [*self.runner.workers, self.reporter, self.webhooks]
+        for part in parts:
+            if hasattr(part, "config"):
+                part.config = new  # type: ignore[attr-defined]
+            schedule = getattr(part, "schedule", None)
+            if isinstance(schedule, Schedule):
+                part.schedule = Schedule(new.queue, schedule.clock)  # type: ignore[attr-defined]
+        self.outbox.queue = new.queue
 
 
 async def serve(config: Config, *, config_path: Path | None = None) -> int:

@@ -66,11 +66,13 @@ def add_routes(
     db: Database,
     wake: Callable[[], None],
     metrics: WebhookMetrics | None = None,
-) -> None:
-    """Add the webhook route (GET and POST) to `app`."""
+) -> WebhookEndpoint:
+    """Add the webhook route (GET and POST) to `app`; the endpoint, whose `config` a reload
+    replaces."""
     endpoint = WebhookEndpoint(config=config, db=db, wake=wake, metrics=metrics)
     app.router.add_route("POST", ROUTE, endpoint.handle)
     app.router.add_route("GET", ROUTE, endpoint.handle)
+    return endpoint
 
 
 class WebhookEndpoint:

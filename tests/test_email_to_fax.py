@@ -293,3 +293,20 @@ async def test_national_number_and_non_ascii_names(
         assert fax["to"] == "12015550123"
         [report] = await relay_server.wait_for(1, timeout=20)
         assert "Rechnung für Müller" in str(report.message["Subject"])
+
+
+async def test_reload_reaches_every_running_part(gateway: GatewayFactory) -> None:
+    """A reloaded configuration reaches every worker, the reporter and the webhook endpoint."""
+    async with gateway() as gw:
+        new = gw.config.model_copy(
+            update={
+                "fax": gw.config.fax.model_copy(update={"max_pages": 7}),
+                "webhooks": gw.config.webhooks.model_copy(update={"verify": False}),
+            }
+        )
+        gw._reconfigure(new)
+        for worker in gw.runner.workers:
+            if hasattr(worker, "config"):
+                assert worker.config.fax.max_pages == 7, worker.name
+        assert gw.webhooks.config.webhooks.verify is False
+        assert gw.reporter.config is new
