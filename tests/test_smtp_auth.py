@@ -201,6 +201,7 @@ def test_user_add_list_remove(user_cli: Callable[..., Any], tmp_path: Path) -> N
     assert "s3cret-pass" not in added.stdout + added.stderr
     path = tmp_path / "users"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f"chgrp fax-gateway {path} && chmod 0640 {path}" in added.stderr
     assert "s3cret-pass" not in path.read_text()
     assert verify_password(b"s3cret-pass", read_users(path)["alice@example.com"])
 

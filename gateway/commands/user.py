@@ -90,8 +90,16 @@ def run_add(args: argparse.Namespace) -> int:
     password = _password(args)
     existed = args.name in users
     users[args.name] = hash_password(password)
+    new_file = not path.exists()
     write_users(path, users)
     print(f"user {args.name}: {'password changed' if existed else 'added'} in {path}")
+    if new_file:
+        # A new file is private to whoever ran this; the service reads it as its own user.
+        print(
+            f"note: {path} was created with mode 0600; let the service read it, e.g.\n"
+            f"  chgrp fax-gateway {path} && chmod 0640 {path}",
+            file=sys.stderr,
+        )
     return 0
 
 
