@@ -310,3 +310,13 @@ async def test_reload_reaches_every_running_part(gateway: GatewayFactory) -> Non
                 assert worker.config.fax.max_pages == 7, worker.name
         assert gw.webhooks.config.webhooks.verify is False
         assert gw.reporter.config is new
+
+
+async def test_library_refusals_are_counted(gateway: GatewayFactory) -> None:
+    """A message refused by aiosmtpd itself (too big for SIZE) is counted by reason too."""
+    async with gateway({"smtp": {"max_message_bytes": 2000}}) as gw:
+        message = fax_mail("12015550123@fax.local", (samples.pdf(3), "application/pdf", "a.pdf"))
+        with pytest.raises(aiosmtplib.SMTPException):
+            await aiosmtplib.send(message, hostname="127.0.0.1", port=gw.smtp.port)
+        _, body, _ = await fetch(f"{gw.config.http.public_url}/metrics")
+        assert 'faxgw_smtp_rejected_total{reason="too_big"} 1.0' in body.decode()

@@ -108,6 +108,8 @@ class GatewaySMTP(SMTP):
                     reply=status,
                     client=str(peer_of(self)),
                 )
+                if self.owner.metrics is not None:
+                    self.owner.metrics.smtp_rejected.labels(reason=str(reason)).inc()
         await super().push(status)
 
     def abort(self) -> None:
