@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +42,7 @@ from gateway.spool import Spool
 from gateway.storage import create_storage
 from gateway.store import Database
 from gateway.store import jobs as job_store
+from gateway.store.inbound import state_counts as inbound_counts
 from gateway.store.outbox import state_counts as outbox_counts
 from gateway.webhooks import add_routes as add_webhook_routes
 from gateway.worker import Runner
@@ -57,11 +57,6 @@ class Component(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-def _inbound_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    rows = conn.execute("SELECT state, count(*) FROM inbound GROUP BY state").fetchall()
-    return {str(state): int(count) for state, count in rows}
 
 
 class Gateway:
@@ -143,7 +138,7 @@ class Gateway:
         self.health.add_check("relay", self.relay.check)
         self.metrics.add_queue("jobs", lambda: self.db.run(job_store.queue_depth))
         self.metrics.add_queue("outbox", lambda: self.db.run(outbox_counts))
-        self.metrics.add_queue("inbound", lambda: self.db.run(_inbound_counts))
+        self.metrics.add_queue("inbound", lambda: self.db.run(inbound_counts))
 
     async def start(self) -> None:
         await self.db.open()

@@ -206,3 +206,9 @@ def set_media_url(conn: sqlite3.Connection, inbound_id: int, media_url: str, now
             "UPDATE inbound SET media_url = ?, updated_at = ? WHERE id = ?",
             (media_url, now, inbound_id),
         )
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Inbound faxes per state, for the queue-depth metric."""
+    rows = conn.execute("SELECT state, count(*) FROM inbound GROUP BY state").fetchall()
+    return {str(state): int(count) for state, count in rows}
