@@ -28,15 +28,14 @@ from tests.servers.sandbox import Sandbox
 pytestmark = pytest.mark.slow
 
 
-class GatewayProcess:
-    """`fax-gateway serve` in a subprocess, its JSON log lines collected by a thread."""
+class Subprocess:
+    """A `fax-gateway` subprocess whose output lines a thread collects as they come."""
 
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
-        self.lines: list[dict[str, Any]] = []
+    def __init__(self, *arguments: str) -> None:
+        self.lines: list[Any] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+            [sys.executable, "-m", "gateway", *arguments],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -46,16 +45,39 @@ class GatewayProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def parse(self, raw: str) -> Any:
+        return raw.rstrip("\n")
+
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = {"event": "raw", "text": raw}
             with self._cond:
-                self.lines.append(line)
+                self.lines.append(self.parse(raw))
                 self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _close(self) -> None:
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class GatewayProcess(Subprocess):
+    """`fax-gateway serve` in a subprocess, its JSON log lines collected by a thread."""
+
+    lines: list[dict[str, Any]]
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        super().__init__("serve", "--config", str(config_path))
+
+    def parse(self, raw: str) -> dict[str, Any]:
+        try:
+            line: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            line = {"event": "raw", "text": raw}
+        return line
 
     def wait_for(self, event: str, timeout: float = 20, **fields: Any) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
@@ -87,11 +109,6 @@ class GatewayProcess:
 
     def close(self) -> None:
         self._close()
-
-    def _close(self) -> None:
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @pytest.fixture
@@ -313,45 +330,24 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert (base / "gateway.toml").exists()
 
 
-class DemoProcess:
+class DemoProcess(Subprocess):
     """`fax-gateway demo` in a subprocess, its output lines collected by a thread."""
+
+    lines: list[str]
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "demo",
-                "--dir",
-                str(base),
-                "--smtp-port",
-                str(free_port()),
-                "--http-port",
-                str(free_port()),
-                "--sandbox-port",
-                str(free_port()),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=cli_env(),
-            cwd=ROOT,
+        super().__init__(
+            "demo",
+            "--dir",
+            str(base),
+            "--smtp-port",
+            str(free_port()),
+            "--http-port",
+            str(free_port()),
+            "--sandbox-port",
+            str(free_port()),
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._cond:
-                self.lines.append(raw.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
 
     def wait_for_line(self, text: str, timeout: float = 90) -> None:
         with self._cond:
@@ -376,9 +372,7 @@ class DemoProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         code = self.proc.wait(timeout=30)
-        self._reader.join(timeout=10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        self._close()
         return code
 
 
