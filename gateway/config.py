@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.mail import clean_address
+from gateway.addresses import clean_address
 from gateway.numbers import NumberError, parse_fax_number
 
 DEFAULT_PATH = Path("/etc/fax-gateway/gateway.toml")

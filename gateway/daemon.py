@@ -18,34 +18,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from gateway import log, sdnotify
+from gateway import log
+from gateway.callbacks.events import EventsWorker
+from gateway.callbacks.reconcile import Reconciler
+from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
-from gateway.events import EventsWorker
-from gateway.health import Health, store_check
-from gateway.httpd import HttpServer, create_app
-from gateway.inbound import InboundWorker
-from gateway.mail import MailRenderer
-from gateway.metrics import Metrics
-from gateway.metrics import add_routes as add_metrics_routes
+from gateway.inbound.worker import InboundWorker
+from gateway.mailout.outbox import OutboxWorker
+from gateway.mailout.relay import create_relay
+from gateway.mailout.templates import MailRenderer
+from gateway.ops import sdnotify
+from gateway.ops.health import Health, store_check
+from gateway.ops.httpd import HttpServer, create_app
+from gateway.ops.metrics import Metrics
+from gateway.ops.metrics import add_routes as add_metrics_routes
 from gateway.outbound.cleanup import CleanupWorker
 from gateway.outbound.prepare import PrepareWorker
-from gateway.outbound.stage import Schedule
+from gateway.outbound.reports import Reporter, ReportsWorker
 from gateway.outbound.submit import SubmitWorker
 from gateway.outbound.upload import UploadWorker
-from gateway.outbox import OutboxWorker
-from gateway.reconcile import Reconciler
-from gateway.relay import create_relay
-from gateway.reports import Reporter, ReportsWorker
+from gateway.queue.runner import Runner
+from gateway.queue.schedule import Schedule
 from gateway.smtp.server import SmtpServer
-from gateway.spool import Spool
 from gateway.storage import create_storage
 from gateway.store import Database
 from gateway.store import jobs as job_store
 from gateway.store.inbound import state_counts as inbound_counts
 from gateway.store.outbox import state_counts as outbox_counts
-from gateway.webhooks import add_routes as add_webhook_routes
-from gateway.worker import Runner
+from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
 

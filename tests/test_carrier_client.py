@@ -29,7 +29,7 @@ from gateway.carrier import (
 )
 from gateway.carrier.models import unflatten_query
 from gateway.config import Config
-from gateway.retry import RetryPolicy
+from gateway.queue.backoff import RetryPolicy
 from tests.conftest import free_port, merge, run_cli
 from tests.servers.sandbox import DocumentServer, Sandbox, make_pdf
 

@@ -441,7 +441,7 @@ def test_demo_printed_commands_work(tmp_path: Path) -> None:
 def test_demo_config_is_valid(tmp_path: Path) -> None:
     """The configuration the demo writes loads (the queue tools read it with --config)."""
     from gateway.config import load_config
-    from gateway.demo import DemoPorts, demo_config_text
+    from gateway.sandbox.demo import DemoPorts, demo_config_text
 
     text = demo_config_text(tmp_path, DemoPorts(), "http://127.0.0.1:8099/api/v1", "key-12345")
     (tmp_path / "gateway.toml").write_text(text)

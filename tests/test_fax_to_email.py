@@ -23,17 +23,19 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from gateway.callbacks.events import EventsWorker
+from gateway.callbacks.reconcile import Reconciler
+from gateway.callbacks.webhook import add_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Address, Config
-from gateway.events import EventsWorker
-from gateway.httpd import HttpServer, create_app
-from gateway.inbound import InboundWorker
-from gateway.mail import MailRenderer
-from gateway.outbox import OutboxWorker
-from gateway.reconcile import Reconciler
-from gateway.relay import create_relay
-from gateway.reports import Reporter, ReportsWorker
-from gateway.retry import RetryPolicy
+from gateway.inbound.worker import InboundWorker
+from gateway.mailout.outbox import OutboxWorker
+from gateway.mailout.relay import create_relay
+from gateway.mailout.templates import MailRenderer
+from gateway.ops.httpd import HttpServer, create_app
+from gateway.outbound.reports import Reporter, ReportsWorker
+from gateway.queue.backoff import RetryPolicy
+from gateway.queue.runner import run_until_idle
 from gateway.store import Database
 from gateway.store.events import events_of
 from gateway.store.inbound import InboundState, inbound_by_carrier_id
@@ -52,8 +54,6 @@ from gateway.store.jobs import (
     mark_submitted,
     new_job_id,
 )
-from gateway.webhooks import add_routes
-from gateway.worker import run_until_idle
 from tests import samples
 from tests.conftest import BASE_CONFIG, merge
 from tests.servers.relay import CapturingRelay

@@ -15,8 +15,8 @@ from structlog.testing import capture_logs
 
 from gateway import log
 from gateway.config import Address
-from gateway.health import HEALTH_PROBE_KEY, Health, store_check
-from gateway.httpd import HttpServer, create_app
+from gateway.ops.health import HEALTH_PROBE_KEY, Health, store_check
+from gateway.ops.httpd import HttpServer, create_app
 from gateway.store import Database
 from gateway.store.meta import get_meta
 

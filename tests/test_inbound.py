@@ -19,18 +19,18 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from gateway.config import Address, Config
-from gateway.deadletter import list_dead_letters, requeue_dead_letter
-from gateway.httpd import HttpServer
-from gateway.inbound import InboundWorker
-from gateway.inbound_mail import shown_number
-from gateway.mail import MailRenderer
-from gateway.media import DownloadError, download
-from gateway.outbox import OutboxWorker
-from gateway.relay import create_relay
+from gateway.inbound.compose import shown_number
+from gateway.inbound.download import DownloadError, download
+from gateway.inbound.files import list_dead_letters, requeue_dead_letter
+from gateway.inbound.worker import InboundWorker
+from gateway.mailout.outbox import OutboxWorker
+from gateway.mailout.relay import create_relay
+from gateway.mailout.templates import MailRenderer
+from gateway.ops.httpd import HttpServer
+from gateway.queue.runner import run_until_idle
 from gateway.store import Database
 from gateway.store import outbox as outbox_store
 from gateway.store.inbound import InboundFax, InboundState, announce_inbound, get_inbound
-from gateway.worker import run_until_idle
 from tests import samples
 from tests.servers.relay import CapturingRelay
 from tests.test_email_to_fax import until

@@ -11,17 +11,15 @@ from typing import Any
 
 import pytest
 
-from gateway.mail import (
-    KINDS,
+from gateway.mailout.message import (
     InlineImage,
     MailAttachment,
-    MailRenderer,
-    MailTemplateError,
     RenderedMail,
     build_message,
     clean_filename,
     clean_subject,
 )
+from gateway.mailout.templates import KINDS, MailRenderer, MailTemplateError
 
 WHEN = datetime(2024, 6, 19, 15, 38, tzinfo=UTC)
 

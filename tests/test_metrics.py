@@ -13,11 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
+from gateway.callbacks.webhook import WebhookMetrics
 from gateway.config import Address
-from gateway.httpd import HttpServer, create_app
-from gateway.metrics import Metrics, add_routes
+from gateway.ops.httpd import HttpServer, create_app
+from gateway.ops.metrics import Metrics, add_routes
 from gateway.store import Database, transaction
-from gateway.webhooks import WebhookMetrics
 
 TOKEN = "metrics-token-7d1f0a9e4b"
 
@@ -138,7 +138,7 @@ async def test_counters_move(serve: Callable[..., Awaitable[str]]) -> None:
 
 
 def test_webhook_endpoint_protocol() -> None:
-    """Metrics is what gateway.webhooks reports to: webhook_event(result) counts by result."""
+    """Metrics is what callbacks.webhook reports to: webhook_event(result) counts by result."""
     metrics = Metrics()
     reporter: WebhookMetrics = metrics
     reporter.webhook_event("stored")

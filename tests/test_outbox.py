@@ -11,9 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import Config
-from gateway.mail import RenderedMail, build_message
-from gateway.outbox import OutboxWorker, message_path_for, queue_mail
-from gateway.relay import create_relay
+from gateway.mailout.message import RenderedMail, build_message
+from gateway.mailout.outbox import OutboxWorker, message_path_for, queue_mail
+from gateway.mailout.relay import create_relay
 from gateway.store import Database
 from gateway.store import outbox as store
 from gateway.store.outbox import OutboxState

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.carrier.status import Outcome
-from gateway.deadletter import dead_letter_dir, inbound_dir, mail_key
+from gateway.inbound.files import dead_letter_dir, inbound_dir, mail_key
 from gateway.store import Database
 from gateway.store import inbound as inbound_store
 from gateway.store import jobs as store

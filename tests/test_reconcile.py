@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.callbacks.reconcile import BOOKMARK, Bookmark
 from gateway.config import Config
-from gateway.reconcile import BOOKMARK, Bookmark
 from gateway.store.events import events_of
 from gateway.store.jobs import FaxState
 from gateway.store.meta import get_meta

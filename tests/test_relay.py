@@ -14,8 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import Config
-from gateway.mail import MailAttachment, RenderedMail, build_message
-from gateway.relay import (
+from gateway.mailout.message import MailAttachment, RenderedMail, build_message
+from gateway.mailout.relay import (
     MaildirRelay,
     RecipientsRefused,
     RelayError,

@@ -17,10 +17,11 @@ import pytest
 from gateway.carrier.faxerrors import FAX_ERRORS, NOT_RETRYABLE
 from gateway.carrier.status import Outcome
 from gateway.config import Config
-from gateway.mail import MailRenderer
-from gateway.outbox import OutboxWorker
-from gateway.relay import create_relay
-from gateway.reports import Reporter, ReportsWorker, failure_details, report_fax
+from gateway.mailout.outbox import OutboxWorker
+from gateway.mailout.relay import create_relay
+from gateway.mailout.templates import MailRenderer
+from gateway.outbound.reports import Reporter, ReportsWorker, failure_details, report_fax
+from gateway.queue.runner import run_until_idle
 from gateway.store import Database
 from gateway.store.jobs import (
     Fax,
@@ -41,7 +42,6 @@ from gateway.store.jobs import (
     record_carrier_status,
 )
 from gateway.store.outbox import list_messages
-from gateway.worker import run_until_idle
 from tests import samples
 from tests.servers.relay import CapturingRelay
 from tests.test_fax_to_email import attachments, subject_of

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.retry import RetryPolicy, backoff_delay, retrying
+from gateway.queue.backoff import RetryPolicy, backoff_delay, retrying
 
 
 class Transient(Exception):

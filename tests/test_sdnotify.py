@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway import sdnotify
+from gateway.ops import sdnotify
 from tests.conftest import ROOT, cli_env, free_port, merge
 
 STARTUP_SECONDS = 30

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from gateway.config import config_from_dict
 from gateway.smtp.server import SmtpServer
-from gateway.spool import Spool
 from gateway.store import Database
+from gateway.store.spool import Spool
 from tests import samples
 from tests.conftest import BASE_CONFIG, merge
 

@@ -23,8 +23,8 @@ import trustme
 from gateway.config import Config, ConfigError
 from gateway.smtp.server import SmtpServer
 from gateway.smtp.users import hash_password
-from gateway.spool import Spool
 from gateway.store import Database
+from gateway.store.spool import Spool
 from tests import samples
 
 CLIENT_NAME = "client.example"

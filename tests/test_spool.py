@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool import Spool, SpoolError
+from gateway.store.spool import Spool, SpoolError
 
 MESSAGE = b"From: alice@example.com\r\nTo: 15551234567@fax.local\r\n\r\nhello\r\n"
 

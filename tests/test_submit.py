@@ -16,9 +16,10 @@ import pytest
 
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config
-from gateway.outbound.stage import Schedule
 from gateway.outbound.submit import SubmitWorker
-from gateway.retry import RetryPolicy
+from gateway.queue.backoff import RetryPolicy
+from gateway.queue.runner import run_until_idle
+from gateway.queue.schedule import Schedule
 from gateway.storage.local import LocalStorage
 from gateway.store import Database
 from gateway.store.jobs import (
@@ -34,7 +35,6 @@ from gateway.store.jobs import (
     get_job,
     new_job_id,
 )
-from gateway.worker import run_until_idle
 from tests import samples
 from tests.servers.sandbox import Sandbox
 from tests.test_email_to_fax import until

@@ -274,7 +274,7 @@ MDWE_PROBE = textwrap.dedent(
     import prometheus_client, pypdf, structlog
     import pypdfium2 as pdfium
     from PIL import Image
-    import gateway.cli, gateway.daemon, gateway.health, gateway.metrics
+    import gateway.cli, gateway.daemon, gateway.ops.health, gateway.ops.metrics
     from gateway.config import config_from_dict
 
     config_from_dict({

@@ -12,11 +12,11 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from gateway.callbacks.webhook import add_routes
 from gateway.config import Address, Config
-from gateway.httpd import HttpServer, create_app
+from gateway.ops.httpd import HttpServer, create_app
 from gateway.store import Database
 from gateway.store.events import Event, events_of, pending_events
-from gateway.webhooks import add_routes
 
 TOKEN = "test-webhook-token-0123456789"
 FAX_ID = "4f778644-6e11-48f2-99eb-a32e4e1a5748"

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.worker import Runner, run_until_idle
+from gateway.queue.runner import Runner, run_until_idle
 
 # Long enough that only wake() can explain a prompt run.
 NEVER = 3600.0

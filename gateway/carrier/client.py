@@ -36,7 +36,7 @@ from gateway.carrier.errors import (
 from gateway.carrier.models import Fax, PayloadError
 from gateway.config import VoxtelesysConfig
 from gateway.log import get_logger
-from gateway.retry import RetryPolicy, retrying
+from gateway.queue.backoff import RetryPolicy, retrying
 
 log = get_logger(__name__)
 

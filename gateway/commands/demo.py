@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: the demo pulls in the whole daemon, which other verbs do not need.
-    from gateway.demo import DemoPorts, run_demo
+    from gateway.sandbox.demo import DemoPorts, run_demo
 
     ports = DemoPorts(args.smtp_port, args.http_port, args.sandbox_port)
     return run_demo(args.dir.resolve(), ports, once=args.once)

@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from gateway import log, queueview
+from gateway import log
 from gateway.cli import UserError, add_config_argument, config_from_args
+from gateway.commands import queueview
 from gateway.config import Config
-from gateway.deadletter import list_dead_letters, requeue_dead_letter
+from gateway.inbound.files import list_dead_letters, requeue_dead_letter
 from gateway.store import Database
 from gateway.store import jobs as jobs_store
 from gateway.store import outbox as outbox_store

@@ -22,7 +22,7 @@ from gateway.carrier.status import Outcome
 from gateway.cli import UserError, add_config_argument, config_from_args
 from gateway.config import Config
 from gateway.numbers import pretty
-from gateway.retry import RetryPolicy
+from gateway.queue.backoff import RetryPolicy
 
 T = TypeVar("T")
 

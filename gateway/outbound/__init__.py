@@ -3,6 +3,6 @@
     received --prepare--> prepared --upload--> uploaded --submit--> submitted (per fax)
 
 Each stage claims due work from the store, does one step, and records the outcome in one
-transaction; the carrier's answer arrives later by webhook (gateway/events.py). `cleanup`
+transaction; the carrier's answer arrives later by webhook (gateway/callbacks/events.py). `cleanup`
 removes documents once every fax of a job is final and told.
 """

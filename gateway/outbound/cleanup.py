@@ -6,7 +6,7 @@ import asyncio
 
 from gateway import log
 from gateway.config import Config
-from gateway.outbound.stage import Schedule
+from gateway.queue.schedule import Schedule
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store

@@ -14,7 +14,7 @@ from gateway.document.kinds import extension
 from gateway.document.mime import DocumentError, extract
 from gateway.fsutil import write_atomic
 from gateway.numbers import pretty
-from gateway.outbound.stage import CLAIM_BATCH, Schedule
+from gateway.queue.schedule import CLAIM_BATCH, Schedule
 from gateway.store import Database
 from gateway.store import jobs as store
 from gateway.store.jobs import Job, JobState

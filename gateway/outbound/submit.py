@@ -16,8 +16,8 @@ from gateway.carrier.errors import AuthError, CarrierError, Rejected
 from gateway.carrier.models import Fax as CarrierFax
 from gateway.carrier.status import Outcome, classify
 from gateway.config import Config
-from gateway.metrics import Metrics
-from gateway.outbound.stage import CLAIM_BATCH, Schedule
+from gateway.ops.metrics import Metrics
+from gateway.queue.schedule import CLAIM_BATCH, Schedule
 from gateway.storage.base import DocumentMissing, Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store

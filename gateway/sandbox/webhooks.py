@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from gateway.log import get_logger
-from gateway.retry import backoff_delay
+from gateway.queue.backoff import backoff_delay
 from gateway.sandbox.state import SandboxFax, SandboxState, iso, now
 
 log = get_logger(__name__)

@@ -21,12 +21,11 @@ from gateway import log
 from gateway.config import Config
 from gateway.document import assemble, mime
 from gateway.document.mime import DocumentError
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 from gateway.smtp import replies
 from gateway.smtp.auth import SmtpAuth, peer_of
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
-from gateway.spool import Spool
 from gateway.store import Database
 from gateway.store.jobs import (
     NewJob,
@@ -35,6 +34,7 @@ from gateway.store.jobs import (
     faxes_sent_since,
     new_job_id,
 )
+from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
 

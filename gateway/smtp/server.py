@@ -22,13 +22,13 @@ from aiosmtpd.smtp import SMTP
 
 from gateway import log
 from gateway.config import Address, Config, ConfigError
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 from gateway.smtp import replies
 from gateway.smtp.auth import AuthThrottle, SmtpAuth, peer_of
 from gateway.smtp.handler import FaxHandler
 from gateway.smtp.users import Users, UsersFileError
-from gateway.spool import Spool
 from gateway.store import Database
+from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
 

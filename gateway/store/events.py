@@ -1,8 +1,9 @@
 """Carrier webhook events, stored before they are answered and applied afterwards.
 
 One row per (carrier fax id, status): the carrier retries a webhook it thinks was not received,
-and the unique key turns every retry into a no-op. The events worker (gateway/events.py) reads
-the unprocessed rows in arrival order and marks each processed once its effect is committed.
+and the unique key turns every retry into a no-op. The events worker
+(gateway/callbacks/events.py) reads the unprocessed rows in arrival order and marks each
+processed once its effect is committed.
 """
 
 from __future__ import annotations

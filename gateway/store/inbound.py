@@ -1,6 +1,6 @@
 """Inbound faxes the carrier announced, from announcement until their mail is out (table `inbound`).
 
-States, each owned by one step of the inbound worker (gateway/inbound.py):
+States, each owned by one step of the inbound worker (gateway/inbound/worker.py):
 - announced: the carrier told us (webhook or reconciler); the document is not here yet.
 - stored: the document is on disk under data.dir/inbound/; the mail is not queued yet.
 - mailed: the mail is queued in the outbox; the file stays until the relay took the mail.

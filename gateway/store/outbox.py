@@ -1,8 +1,9 @@
 """Every mail the gateway sends, from queued to sent (table `outbox`).
 
-A row is written only after its rendered message is on disk (gateway/outbox.py `queue_mail`),
-and carries a unique key chosen by the caller (`report:<fax id>:delivered`), so a notification
-queued twice (a retried webhook, a restart mid-step) is recorded once and goes out once.
+A row is written only after its rendered message is on disk (`queue_mail` in
+gateway/mailout/outbox.py), and carries a unique key chosen by the caller
+(`report:<fax id>:delivered`), so a notification queued twice (a retried webhook, a restart
+mid-step) is recorded once and goes out once.
 
 States:
 - pending: waiting for its next attempt at `next_attempt_at` (new or deferred).

@@ -16,8 +16,8 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.smtp.server import SmtpServer
-from gateway.spool import Spool
 from gateway.store import Database
+from gateway.store.spool import Spool
 from tests import samples
 from tests.bench.common import Result, bench_config
 

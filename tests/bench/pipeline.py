@@ -17,15 +17,15 @@ from pathlib import Path
 
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config
-from gateway.httpd import HttpServer, create_app
+from gateway.ops.httpd import HttpServer, create_app
 from gateway.outbound.prepare import PrepareWorker
 from gateway.outbound.submit import SubmitWorker
 from gateway.outbound.upload import UploadWorker
-from gateway.spool import Spool
+from gateway.queue.runner import run_until_idle
 from gateway.storage import create_storage
 from gateway.store import Database
 from gateway.store.jobs import JobState, NewJob, create_job, new_job_id
-from gateway.worker import run_until_idle
+from gateway.store.spool import Spool
 from tests import samples
 from tests.bench.common import Result, bench_config
 from tests.conftest import free_port

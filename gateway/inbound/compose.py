@@ -13,7 +13,7 @@ from gateway import log
 from gateway.document import kinds
 from gateway.document.convert import tiff_to_pdf
 from gateway.document.preview import first_page_png
-from gateway.mail import InlineImage, MailAttachment
+from gateway.mailout.message import InlineImage, MailAttachment
 from gateway.store.inbound import InboundFax
 
 logger = log.get_logger(__name__)

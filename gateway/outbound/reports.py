@@ -27,14 +27,16 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from gateway import log
+from gateway.addresses import clean_address
 from gateway.carrier.faxerrors import describe
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import tiff_to_pdf
-from gateway.mail import MailAttachment, MailRenderer, build_message, clean_address
-from gateway.metrics import Metrics
-from gateway.outbox import queue_mail
-from gateway.retry import backoff_delay
+from gateway.mailout.message import MailAttachment, build_message
+from gateway.mailout.outbox import queue_mail
+from gateway.mailout.templates import MailRenderer
+from gateway.ops.metrics import Metrics
+from gateway.queue.backoff import backoff_delay
 from gateway.store import Database
 from gateway.store.jobs import Fax, FaxState, Job, faxes_to_report, get_job, mark_reported
 from gateway.store.outbox import get_by_key

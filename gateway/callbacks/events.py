@@ -8,7 +8,7 @@ For each unprocessed row of `events`, oldest first:
   queue.lifetime_seconds after the event arrived (the reconciler still covers the fax).
 - Outbound: the status is classified and recorded on our fax (`record_carrier_status`, which
   never undoes a final state, so an out-of-order `delivering` after `delivered` changes
-  nothing). A fax that became final is reported by the reports worker (gateway/reports.py),
+  nothing). A fax that became final is reported by the reports worker (gateway/outbound/reports.py),
   which is woken; a pending one gets its queued report here when notify.on_queued asks for
   it. Reports are keyed per fax and kind in the outbox, so replaying an event never mails
   twice.
@@ -28,10 +28,10 @@ from gateway.carrier.errors import CarrierError, NotFound
 from gateway.carrier.models import Fax, PayloadError
 from gateway.carrier.status import Outcome
 from gateway.config import Config
-from gateway.inbound_mail import shown_number
-from gateway.metrics import Metrics
-from gateway.reports import Reporter
-from gateway.retry import backoff_delay
+from gateway.inbound.compose import shown_number
+from gateway.ops.metrics import Metrics
+from gateway.outbound.reports import Reporter
+from gateway.queue.backoff import backoff_delay
 from gateway.store import Database
 from gateway.store.events import Event, mark_processed, note_failure, pending_events
 from gateway.store.inbound import announce_inbound

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway import log
-from gateway.retry import backoff_delay
+from gateway.queue.backoff import backoff_delay
 
 logger = log.get_logger(__name__)
 

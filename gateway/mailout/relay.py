@@ -1,7 +1,7 @@
 """Handing one finished mail to the outside world: an SMTP relay, or a Maildir on disk.
 
 A relay either takes a message or raises RelayError saying whether trying again can help. The
-outbox (gateway/outbox.py) owns retries; nothing here retries or sleeps.
+outbox (gateway/mailout/outbox.py) owns retries; nothing here retries or sleeps.
 
 How SMTP answers are read:
 - Before the envelope (connect, greeting, EHLO, STARTTLS, AUTH) a failure says something about
@@ -36,10 +36,10 @@ from typing import Protocol
 
 import aiosmtplib
 
+from gateway.addresses import clean_address
 from gateway.config import Config, RelayConfig
 from gateway.fsutil import fsync_dir
 from gateway.log import get_logger
-from gateway.mail import clean_address
 
 log = get_logger(__name__)
 

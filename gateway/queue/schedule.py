@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import QueueConfig
-from gateway.retry import backoff_delay
+from gateway.queue.backoff import backoff_delay
 
 Clock = Callable[[], float]
 

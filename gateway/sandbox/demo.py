@@ -70,7 +70,7 @@ def demo_config_text(base: Path, ports: DemoPorts, sandbox_url: str, api_key: st
 [smtp]
 listen = {q(f"127.0.0.1:{ports.smtp}")}
 domain = {q(DEMO_DOMAIN)}
-hostname = "fax-gateway.demo"
+hostname = "fax-gateway.sandbox.demo"
 
 [http]
 listen = {q(f"127.0.0.1:{ports.http}")}

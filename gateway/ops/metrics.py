@@ -115,7 +115,7 @@ class Metrics:
             registry=r,
         )
 
-        # Webhooks: what the endpoint answered (gateway.webhooks results), then what the
+        # Webhooks: what the endpoint answered (gateway.callbacks.webhook results), then what the
         # events worker did with each stored event.
         self.webhook_requests = Counter(
             f"{PREFIX}_webhook_requests",
@@ -184,7 +184,7 @@ class Metrics:
             self.submitted_to_final.observe(max(0.0, seconds_since_submitted))
 
     def webhook_event(self, result: str) -> None:
-        """gateway.webhooks.WebhookMetrics: one call per webhook request, with its result."""
+        """callbacks.webhook.WebhookMetrics: one call per webhook request, with its result."""
         self.webhook_requests.labels(result=result).inc()
 
     # Queue depths.

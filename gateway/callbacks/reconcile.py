@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from gateway import log
+from gateway.callbacks.events import fax_payload
 from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError, NotFound
 from gateway.carrier.models import Fax
 from gateway.carrier.status import Outcome
 from gateway.config import Config
-from gateway.events import fax_payload
 from gateway.store import Database
 from gateway.store.events import record_event, record_or_reopen_event
 from gateway.store.jobs import faxes_awaiting_final

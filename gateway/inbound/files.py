@@ -1,7 +1,7 @@
 """Where inbound fax documents live on disk, and the dead letters an operator looks after.
 
 A stored document is in data.dir/inbound/ while its mail is on its way, and moves to
-data.dir/dead-letter/ when the mail could not be delivered (gateway/inbound.py decides when).
+data.dir/dead-letter/ when the mail could not be delivered (gateway/inbound/worker.py decides when).
 `list_dead_letters` and `requeue_dead_letter` are for the queue tools (`fax-gateway queue
 dead-letter`); they are blocking, like every function taking a connection.
 """

@@ -1,47 +1,23 @@
-"""Mail the gateway writes: rendered from Jinja2 templates, built into a safe EmailMessage.
-
-Every mail (delivery reports, inbound faxes) is one of a fixed set of kinds, each with three
-templates: `<kind>.subject.j2`, `<kind>.txt.j2` and `<kind>.html.j2`. The operator may override
-any of them from `templates.dir`; what is not overridden comes from the built-in `templates/`.
+"""Building the mail the gateway sends: a safe EmailMessage from rendered text and files.
 
 Values in a mail come from strangers: the carrier's payload, the sender's subject, a caller's
 name. So nothing rendered can reach a header unfiltered: the subject is collapsed to one line
 without control characters, addresses must each be one plain addr-spec, threading ids must be
-well-formed msg-ids, and attachment names are reduced to a harmless file name. HTML is
-autoescaped; StrictUndefined turns a misspelt variable into an error instead of a blank.
-
-Context the built-in templates expect (a template may test optional keys with `is defined`):
-- delivered, failed, queued: `number` (E.164), `pages`, `duration` (seconds), `attempts`,
-  `fax_id`, `time` (datetime), each possibly None; `subject` (the sender's own subject, may be
-  ""), `sender`, `job_id`, `document_attached` (bool); failed adds `error_code` (int or None),
-  `error_description`, `retry_may_help` (bool).
-- received: `from_number`, `to_number` (E.164), `pages`, `duration`, `time`, `fax_id`,
-  `attachments` (file names), `preview_cid` (cid of the inline page-1 image, or None).
-Filters: `fax_number` ("+1 555-123-4567"), `duration` ("2 min 5 s"), `when` ("2024-06-19 15:38
-UTC").
+well-formed msg-ids, and attachment names are reduced to a harmless file name. Rendering the
+text itself is gateway/mailout/templates.py's job.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.errors import HeaderParseError
-from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, make_msgid
-from pathlib import Path
-from typing import Any
 
-import jinja2
-
-from gateway.numbers import pretty
-from gateway.paths import builtin_templates
-
-KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "received")
-BUILTIN_TEMPLATES = builtin_templates()
+from gateway.addresses import clean_address
 
 # Long enough for "Fax to +44 20 7183 8750 failed: <reason> (Re: <their subject>)", short
 # enough that no client truncates it into nonsense. Headers are folded, so this is about
@@ -61,10 +37,6 @@ _DOMAIN = re.compile(
 )
 # Characters that are unsafe in a file name on some system a recipient may save it to.
 _FILENAME_UNSAFE = re.compile(r'[\\/:*?"<>|;]')
-
-
-class MailTemplateError(Exception):
-    """A template is missing, does not compile, or needs a value the context lacks."""
 
 
 @dataclass(frozen=True)
@@ -94,146 +66,7 @@ class InlineImage:
     data: bytes
 
 
-# -- template rendering ---------------------------------------------------------------------
-
-
-def _format_duration(seconds: object) -> str:
-    if seconds is None or seconds == "":
-        return ""
-    try:
-        total = round(float(seconds))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return str(seconds)
-    minutes, secs = divmod(max(total, 0), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    if minutes:
-        return f"{minutes} min {secs} s"
-    return f"{secs} s"
-
-
-def _format_when(value: object) -> str:
-    if value is None or value == "":
-        return ""
-    if isinstance(value, int | float):
-        value = datetime.fromtimestamp(value, UTC)
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return str(value)
-
-
-_ENV_OPTIONS: dict[str, Any] = {
-    "undefined": jinja2.StrictUndefined,
-    "trim_blocks": True,
-    "lstrip_blocks": True,
-    "keep_trailing_newline": True,
-    # Templates change on reload() (SIGHUP) only, all at once and only if they all compile.
-    "auto_reload": False,
-}
-
-
-def _one_line(value: object) -> object:
-    """Finalizer of the text templates: a printed string value never spans lines."""
-    if isinstance(value, str):
-        return clean_subject(value, limit=10_000)
-    return value
-
-
-def _format_number(value: object) -> str:
-    return "" if value is None else pretty(str(value))
-
-
-class MailRenderer:
-    """Renders the mail kinds from the override directory first, the built-in one second."""
-
-    def __init__(self, templates_dir_override: Path | None = None) -> None:
-        self.override = templates_dir_override
-        # One attribute holding both: a reload in another thread swaps them together.
-        self._envs = self._build()
-
-    def _build(self) -> tuple[jinja2.Environment, jinja2.Environment]:
-        if self.override is not None and not self.override.is_dir():
-            # A mistyped templates.dir would otherwise fall back to the built-in set unnoticed.
-            raise MailTemplateError(f"templates.dir {self.override} is not a directory")
-        loaders: list[jinja2.BaseLoader] = []
-        if self.override is not None:
-            loaders.append(jinja2.FileSystemLoader(self.override))
-        loaders.append(jinja2.FileSystemLoader(BUILTIN_TEMPLATES))
-        loader = jinja2.ChoiceLoader(loaders)
-        # Two environments over the same files: plain text (subject, body) prints every value
-        # on one line, so a newline in a caller's name cannot forge lines such as "Pages: 0" in
-        # a report; HTML escapes values instead, and line breaks in markup are harmless.
-        text_env = jinja2.Environment(
-            loader=loader,
-            autoescape=False,
-            finalize=_one_line,
-            **_ENV_OPTIONS,
-        )
-        html_env = jinja2.Environment(
-            loader=loader,
-            autoescape=jinja2.select_autoescape(
-                enabled_extensions=("html.j2",), default_for_string=False, default=False
-            ),
-            **_ENV_OPTIONS,
-        )
-        for env in (text_env, html_env):
-            env.filters["fax_number"] = _format_number
-            env.filters["duration"] = _format_duration
-            env.filters["when"] = _format_when
-        # Compile every template now: a broken override is reported at start-up or on reload,
-        # not when the first fax report is due.
-        for kind in KINDS:
-            for env, suffix in ((text_env, "subject"), (text_env, "txt"), (html_env, "html")):
-                name = f"{kind}.{suffix}.j2"
-                try:
-                    env.get_template(name)
-                except jinja2.TemplateError as exc:
-                    raise MailTemplateError(f"template {name}: {_describe(exc)}") from exc
-        return text_env, html_env
-
-    def reload(self) -> None:
-        """Read the templates again (SIGHUP). On an error the templates in use are kept.
-
-        Reads files: from async code call it in a thread. `render` itself does no I/O (every
-        template is compiled here and cached).
-        """
-        self._envs = self._build()
-
-    def render(self, kind: str, context: Mapping[str, object]) -> RenderedMail:
-        if kind not in KINDS:
-            raise MailTemplateError(f"unknown mail kind {kind!r}; known: {', '.join(KINDS)}")
-        values = dict(context)
-        text_env, html_env = self._envs
-        subject = clean_subject(self._render(text_env, f"{kind}.subject.j2", values))
-        text = _normalize_newlines(self._render(text_env, f"{kind}.txt.j2", values))
-        html = _normalize_newlines(self._render(html_env, f"{kind}.html.j2", values))
-        if not text.strip():
-            raise MailTemplateError(
-                f"template {kind}.txt.j2 rendered nothing (a text part is required)"
-            )
-        # An operator who wants text-only mail overrides the HTML template with an empty file.
-        return RenderedMail(subject=subject, text=text, html=html if html.strip() else None)
-
-    @staticmethod
-    def _render(env: jinja2.Environment, name: str, context: dict[str, object]) -> str:
-        try:
-            return env.get_template(name).render(context)
-        except jinja2.TemplateError as exc:
-            raise MailTemplateError(f"template {name}: {_describe(exc)}") from exc
-
-
-def _describe(exc: jinja2.TemplateError) -> str:
-    if isinstance(exc, jinja2.TemplateSyntaxError):
-        return f"line {exc.lineno}: {exc.message}"
-    if isinstance(exc, jinja2.TemplateNotFound):
-        return "not found"
-    return str(exc.message or exc)
-
-
-def _normalize_newlines(text: str) -> str:
+def normalize_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -263,23 +96,6 @@ def clean_subject(text: str, limit: int = MAX_SUBJECT_CHARS) -> str:
             cut = cut[:space]
         line = cut.rstrip() + "\u2026"
     return line
-
-
-def clean_address(address: str) -> str:
-    """`address` if it is exactly one plain addr-spec, else ValueError."""
-    if not isinstance(address, str) or any(c in address for c in "\r\n\0"):
-        raise ValueError(f"{address!r} is not an email address: contains a line break")
-    text = address.strip()
-    if not text or any(c.isspace() or unicodedata.category(c) == "Cc" for c in text):
-        raise ValueError(f"{address!r} is not an email address")
-    try:
-        parsed = Address(addr_spec=text)
-    except (ValueError, IndexError, HeaderParseError) as exc:
-        # HeaderParseError is no ValueError: callers catching ValueError must still see it.
-        raise ValueError(f"{address!r} is not an email address: {exc}") from None
-    if not parsed.username or not parsed.domain or parsed.addr_spec != text:
-        raise ValueError(f"{address!r} is not a single plain email address")
-    return text
 
 
 def clean_msg_id(value: str | None) -> str | None:
@@ -399,10 +215,10 @@ def build_message(
         message["References"] = " ".join(refs)
 
     # Quoted-printable keeps every part 7-bit clean, so no relay has to convert 8-bit text.
-    message.set_content(_normalize_newlines(rendered.text), cte="quoted-printable")
+    message.set_content(normalize_newlines(rendered.text), cte="quoted-printable")
     if rendered.html is not None:
         message.add_alternative(
-            _normalize_newlines(rendered.html), subtype="html", cte="quoted-printable"
+            normalize_newlines(rendered.html), subtype="html", cte="quoted-printable"
         )
         html_part = message.get_payload()[1]  # type: ignore[index]
         assert isinstance(html_part, MIMEPart)  # add_alternative made it one

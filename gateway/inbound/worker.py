@@ -16,8 +16,8 @@ The worker owns three transitions of the `inbound` table (see gateway/store/inbo
    dead-lettered: the outbox stops, the file moves to data.dir/dead-letter/, an error is
    logged, and `fax-gateway queue dead-letter` lists it until someone requeues it.
 
-Helpers live next door: gateway/media.py downloads, gateway/inbound_mail.py builds the mail's
-parts, gateway/deadletter.py keeps the files and the dead letters.
+Helpers live next door: download.py fetches, compose.py builds the mail's parts, files.py
+keeps the files and the dead letters.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ from gateway import log
 from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError
 from gateway.config import Config
-from gateway.deadletter import (
+from gateway.document import kinds
+from gateway.fsutil import write_atomic
+from gateway.inbound.compose import attachments_for, fax_moment, preview_of, shown_number
+from gateway.inbound.download import DownloadError, download
+from gateway.inbound.files import (
     dead_letter_dir,
     inbound_dir,
     locate,
@@ -41,14 +45,11 @@ from gateway.deadletter import (
     remove_durably,
     stored_name,
 )
-from gateway.document import kinds
-from gateway.fsutil import write_atomic
-from gateway.inbound_mail import attachments_for, fax_moment, preview_of, shown_number
-from gateway.mail import MailRenderer, build_message
-from gateway.media import DownloadError, download
-from gateway.metrics import Metrics
-from gateway.outbox import queue_mail
-from gateway.retry import backoff_delay
+from gateway.mailout.message import build_message
+from gateway.mailout.outbox import queue_mail
+from gateway.mailout.templates import MailRenderer
+from gateway.ops.metrics import Metrics
+from gateway.queue.backoff import backoff_delay
 from gateway.store import Database
 from gateway.store import outbox as outbox_store
 from gateway.store.inbound import (

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway import log
+from gateway.addresses import clean_address
 from gateway.config import Config
 from gateway.fsutil import write_atomic
-from gateway.mail import clean_address
-from gateway.metrics import Metrics
-from gateway.relay import RecipientsRefused, Relay, RelayError
-from gateway.retry import backoff_delay
+from gateway.mailout.relay import RecipientsRefused, Relay, RelayError
+from gateway.ops.metrics import Metrics
+from gateway.queue.backoff import backoff_delay
 from gateway.store import Database
 from gateway.store import outbox as store
 from gateway.store.outbox import OutboxMessage

@@ -1,6 +1,6 @@
 """Readiness: GET /readyz runs named checks of what the gateway depends on and says what is wrong.
 
-/healthz (gateway/httpd.py) only says the process and its loop are alive; /readyz says whether
+/healthz (gateway/ops/httpd.py) only says the process and its loop are alive; /readyz says whether
 the gateway can do its work right now: the store takes a write, the carrier answers with our
 key, the storage and the relay are reachable. A failing dependency does not stop the gateway
 (mail stays queued and is retried), so this is where an operator or a monitor learns about it.
