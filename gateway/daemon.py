@@ -24,6 +24,7 @@ from gateway.callbacks.reconcile import Reconciler
 from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
+from gateway.datadir import DataDir
 from gateway.inbound.worker import InboundWorker
 from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
@@ -38,8 +39,7 @@ from gateway.outbound.prepare import PrepareWorker
 from gateway.outbound.reports import Reporter, ReportsWorker
 from gateway.outbound.submit import SubmitWorker
 from gateway.outbound.upload import UploadWorker
-from gateway.queue.runner import Runner
-from gateway.queue.schedule import Schedule
+from gateway.queue.runner import QueueWorker, Runner
 from gateway.smtp.server import SmtpServer
 from gateway.storage import create_storage
 from gateway.store import Database
@@ -66,10 +66,11 @@ class Gateway:
     def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        config.data.dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(config.data.dir / "store.db")
-        self.spool = Spool(config.data.dir / "spool")
-        self.outbox_dir = config.data.dir / "outbox"
+        data = DataDir(config.data.dir)
+        data.root.mkdir(parents=True, exist_ok=True)
+        self.db = Database(data.store)
+        self.spool = Spool(data.spool)
+        self.outbox_dir = data.outbox
         self.metrics = Metrics()
         self.health = Health()
         self.http_app = create_app(client_max_size=max(config.http.max_webhook_bytes, 1024**2))
@@ -78,15 +79,16 @@ class Gateway:
         self.storage = create_storage(config, self.http_app)
         self.relay = create_relay(config)
         self.renderer = MailRenderer(config.templates.dir)
+        self.workers = self._workers()
         self.runner = Runner(
-            self._workers(),
+            self.workers,
             scan_interval=config.queue.scan_interval_seconds,
             stop_timeout=0.8 * config.queue.shutdown_timeout_seconds,
         )
         self.smtp = SmtpServer(config, self.db, self.spool, self.runner.wake, metrics=self.metrics)
         self._routes()
 
-    def _workers(self) -> list[object]:
+    def _workers(self) -> list[QueueWorker]:
         config, db, wake = self.config, self.db, self._wake
         common = {"config": config, "db": db}
         self.reports = ReportsWorker(
@@ -109,17 +111,19 @@ class Gateway:
             metrics=self.metrics,
         )
         self.reconciler = Reconciler(**common, client=self.client, wake=wake)
-        self.outbox = OutboxWorker(db, self.relay, config, metrics=self.metrics)
+        self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
         return [
-            PrepareWorker(config, db),
-            UploadWorker(config, db, self.storage),
-            SubmitWorker(config, db, self.client, self.storage, metrics=self.metrics),
+            PrepareWorker(**common, spool=self.spool),
+            UploadWorker(**common, storage=self.storage),
+            SubmitWorker(
+                **common, client=self.client, storage=self.storage, metrics=self.metrics
+            ),
             self.events,
             self.reports,
             self.inbound,
             self.outbox,
             self.reconciler,
-            CleanupWorker(config, db, self.storage),
+            CleanupWorker(**common, storage=self.storage, spool=self.spool),
         ]
 
     def _wake(self) -> None:
@@ -218,15 +222,12 @@ class Gateway:
         sdnotify.notify("READY=1")
 
     def _reconfigure(self, new: Config) -> None:
-        """Hand a reloaded configuration to every part that reads it while running."""
-        parts: list[object] = [*self.runner.workers, self.reporter, self.webhooks]
-        for part in parts:
-            if hasattr(part, "config"):
-                part.config = new  # type: ignore[attr-defined]
-            schedule = getattr(part, "schedule", None)
-            if isinstance(schedule, Schedule):
-                part.schedule = Schedule(new.queue, schedule.clock)  # type: ignore[attr-defined]
-        self.outbox.queue = new.queue
+        """Hand a reloaded configuration to every part that reads it while running: each
+        reads its settings (and its schedule) from `config` when it needs them."""
+        for worker in self.workers:
+            worker.config = new
+        self.reporter.config = new
+        self.webhooks.config = new
 
 
 async def serve(config: Config, *, config_path: Path | None = None) -> int:

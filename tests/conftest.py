@@ -18,6 +18,9 @@ from gateway.config import Config, config_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Helper modules hold asserts moved out of test modules: keep pytest's detailed messages.
+pytest.register_assert_rewrite("tests.harness", "tests.helpers")
+
 # Fixture modules of the real test servers: every tests/servers/*.py is a plugin.
 pytest_plugins = sorted(
     f"tests.servers.{path.stem}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import smtplib
-from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
 
@@ -16,7 +15,9 @@ from pypdf import PdfReader
 
 from gateway.daemon import Gateway
 from gateway.store import jobs
+from gateway.store.records import JobState
 from tests import samples
+from tests.helpers import until
 from tests.servers.gateway import GatewayFactory
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
@@ -55,15 +56,6 @@ async def cleaned(gw: Gateway, job_id: str) -> bool:
     return job is not None and job.stored_deleted_at is not None
 
 
-async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
-    """Poll an async condition (the gateway works on this same loop) until true or timeout."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 async def outbound(sandbox: Sandbox, count: int) -> list[dict[str, Any]]:
     def final() -> list[dict[str, Any]]:
         faxes = [f for f in sandbox.faxes() if f["direction"] == "outbound"]
@@ -96,7 +88,7 @@ async def test_single_pdf_is_faxed_as_is_and_reported(
         attached = [p.get_filename() for p in message.iter_attachments()]
         assert any(name and name.endswith(".pdf") for name in attached)
         job = await gw.db.run(jobs.get_job, job_id)
-        assert job is not None and job.state == jobs.JobState.DONE
+        assert job is not None and job.state == JobState.DONE
         # Once the outcome is told the document is gone from storage: the URL answers 404.
         await until(lambda: cleaned(gw, job_id))
         status, _, _ = await fetch(fax["url"])
@@ -227,7 +219,7 @@ async def test_readyz_reports_a_stopped_s3(
         assert b'"storage"' in body
         assert b'"store": "ok"' in body or b'"store":"ok"' in body
         job = await gw.db.run(jobs.get_job, job_id)
-        assert job is not None and job.state in (jobs.JobState.RECEIVED, jobs.JobState.PREPARED)
+        assert job is not None and job.state in (JobState.RECEIVED, JobState.PREPARED)
 
 
 def test_smtplib_client_gets_queued_reply(

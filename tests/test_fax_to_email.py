@@ -4,232 +4,39 @@ Everything is real: the sandbox carrier in its thread, the webhook endpoint on a
 server on a free port, SQLite, the outbox and an aiosmtpd relay. Workers are run until idle
 instead of waiting; time-based retries move a shared clock forward instead of sleeping.
 
-The `Harness` here is also used by the other fax-to-email test modules.
+The `Harness` (tests/harness.py) is also used by the other fax-to-email test modules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway.callbacks.events import EventsWorker
-from gateway.callbacks.reconcile import Reconciler
-from gateway.callbacks.webhook import add_routes
-from gateway.carrier.client import VoxtelesysClient
-from gateway.config import Address, Config
-from gateway.inbound.worker import InboundWorker
-from gateway.mailout.outbox import OutboxWorker
-from gateway.mailout.relay import create_relay
-from gateway.mailout.templates import MailRenderer
-from gateway.ops.httpd import HttpServer, create_app
-from gateway.outbound.reports import Reporter, ReportsWorker
-from gateway.queue.backoff import RetryPolicy
-from gateway.queue.runner import run_until_idle
-from gateway.store import Database
+from gateway.config import Config
 from gateway.store.events import events_of
 from gateway.store.inbound import InboundState, inbound_by_carrier_id
-from gateway.store.jobs import (
-    Fax,
-    FaxState,
-    Job,
-    JobState,
-    NewJob,
-    advance,
-    begin_submit,
-    create_job,
-    faxes_of,
-    get_fax,
-    get_job,
-    mark_submitted,
-    new_job_id,
-)
+from gateway.store.records import FaxState
 from tests import samples
-from tests.conftest import BASE_CONFIG, merge
+from tests.harness import Harness, harness_config, running
+from tests.helpers import (
+    BUSY,
+    CALLER,
+    DELIVERS,
+    FROM_NUMBER,
+    INCOMPATIBLE,
+    OTHER_FAX_LINE,
+    OUR_FAX_LINE,
+    Clock,
+    attachments,
+    subject_of,
+)
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
-
-TOKEN: str = BASE_CONFIG["http"]["webhook_token"]
-FROM_NUMBER = "+12015550100"
-DELIVERS = "+12015550123"  # any unscripted sandbox number is delivered
-BUSY = "+12015550166"  # 5109 far end is not able to receive
-INCOMPATIBLE = "+12015550188"  # 5108 far end is not compatible
-OUR_FAX_LINE = "+12015550142"
-OTHER_FAX_LINE = "+12015550143"
-CALLER = "+15556668888"
-
-
-class Clock:
-    """Wall-clock time plus an offset tests move forward instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-
-@dataclass
-class Harness:
-    config: Config
-    db: Database
-    client: VoxtelesysClient
-    url: str
-    clock: Clock
-    events: EventsWorker
-    reports: ReportsWorker
-    inbound: InboundWorker
-    outbox: OutboxWorker
-    reconciler: Reconciler
-    documents: dict[str, bytes] = field(default_factory=dict)
-    wakes: list[int] = field(default_factory=list)
-
-    @property
-    def webhook_url(self) -> str:
-        return f"{self.url}/webhooks/fax/{TOKEN}"
-
-    async def settle(self, *, reconcile: bool = False) -> int:
-        """Run the fax-to-email workers (and the reconciler if asked) until none has work."""
-        workers: list[Any] = [self.events, self.reports, self.inbound, self.outbox]
-        if reconcile:
-            workers.insert(0, self.reconciler)
-        return await run_until_idle(workers, timeout=30)
-
-    async def submit(
-        self,
-        to: str,
-        *,
-        subject: str = "Quarterly report",
-        sender: str = "alice@example.com",
-        message_id: str = "<original-1@mail.example.com>",
-        pages: int = 2,
-    ) -> tuple[Job, Fax]:
-        """An outbound fax through the jobs API, POSTed to the sandbox, recorded submitted."""
-        job_id = new_job_id()
-        document = samples.pdf(pages)
-        path = self.config.data.dir / "documents" / f"{job_id}.pdf"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(document)
-        self.documents[job_id] = document
-        new = NewJob(
-            id=job_id,
-            sender=sender,
-            auth_user=None,
-            client_address="127.0.0.1",
-            subject=subject,
-            message_id=message_id,
-            from_number=FROM_NUMBER,
-            spool_path=path,
-            recipients=(to,),
-        )
-        await self.db.run(create_job, new)
-        await self.db.run(
-            advance,
-            job_id,
-            JobState.RECEIVED,
-            JobState.PREPARED,
-            document_path=path,
-            document_type="application/pdf",
-            pages=pages,
-        )
-        url = f"{self.url}/documents/{job_id}"
-        await self.db.run(advance, job_id, JobState.PREPARED, JobState.UPLOADED, document_url=url)
-        [fax] = await self.db.run(faxes_of, job_id)
-        await self.db.run(begin_submit, fax.id)
-        sent = await self.client.send_fax(fax.recipient, FROM_NUMBER, url)
-        assert await self.db.run(mark_submitted, fax.id, sent.id, sent.status)
-        job = await self.db.run(get_job, job_id)
-        stored = await self.db.run(get_fax, fax.id)
-        assert job is not None and stored is not None
-        return job, stored
-
-    async def fax(self, fax_id: int) -> Fax:
-        fax = await self.db.run(get_fax, fax_id)
-        assert fax is not None
-        return fax
-
-
-def harness_config(
-    make_config: Callable[..., Config],
-    sandbox: Sandbox,
-    relay: CapturingRelay,
-    override: dict[str, Any] | None = None,
-) -> Config:
-    base = {
-        "relay": relay.relay_config_overrides(),
-        "inbound": {
-            "routes": {OUR_FAX_LINE: ["fax-desk@example.com", "archive@example.com"]},
-            "default_recipients": ["office@example.com"],
-        },
-    }
-    return make_config(merge(merge(base, sandbox.config_override()), override or {}))
-
-
-@asynccontextmanager
-async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[Harness]:
-    """The fax-to-email half of a gateway on `config`: store, HTTP server, workers."""
-    clock = clock or Clock()
-    db = await Database(config.data.dir / "store.db").open()
-    client = VoxtelesysClient.from_config(config.voxtelesys, retry=RetryPolicy.never())
-    renderer = MailRenderer(config.templates.dir)
-    outbox_dir = config.data.dir / "outbox"
-    documents: dict[str, bytes] = {}
-    wakes: list[int] = []
-
-    async def document(request: web.Request) -> web.Response:
-        data = documents.get(request.match_info["job_id"])
-        if data is None:
-            raise web.HTTPNotFound()
-        return web.Response(body=data, content_type="application/pdf")
-
-    app = create_app()
-    add_routes(app, config=config, db=db, wake=lambda: wakes.append(1))
-    app.router.add_get("/documents/{job_id}", document)
-    server = HttpServer(app, Address("127.0.0.1", 0))
-    await server.start()
-    reporter = Reporter(config=config, db=db, renderer=renderer, outbox_dir=outbox_dir)
-    harness = Harness(
-        config=config,
-        db=db,
-        client=client,
-        url=f"http://127.0.0.1:{server.port}",
-        clock=clock,
-        events=EventsWorker(config=config, db=db, client=client, reporter=reporter, clock=clock),
-        reports=ReportsWorker(
-            config=config, db=db, renderer=renderer, outbox_dir=outbox_dir, clock=clock
-        ),
-        inbound=InboundWorker(
-            config=config,
-            db=db,
-            renderer=renderer,
-            outbox_dir=outbox_dir,
-            client=client,
-            clock=clock,
-        ),
-        outbox=OutboxWorker(db, create_relay(config), config, clock=clock),
-        reconciler=Reconciler(config=config, db=db, client=client, clock=clock),
-        documents=documents,
-        wakes=wakes,
-    )
-    try:
-        yield harness
-    finally:
-        await server.stop()
-        await client.close()
-        db.close()
 
 
 async def webhooks_answered(sandbox: Sandbox, fax_id: str, count: int = 1) -> None:
@@ -240,18 +47,6 @@ async def webhooks_answered(sandbox: Sandbox, fax_id: str, count: int = 1) -> No
         return sum(1 for h in hooks if h["response_status"] == 200) >= count
 
     await sandbox.wait_for_async(answered, what=f"{count} webhook(s) for {fax_id} answered 200")
-
-
-def subject_of(message: EmailMessage) -> str:
-    """The Subject as a reader sees it (a long one is folded onto a continuation line)."""
-    return " ".join(str(message["Subject"]).split())
-
-
-def attachments(message: EmailMessage) -> list[tuple[str, str, bytes]]:
-    return [
-        (part.get_filename() or "", part.get_content_type(), part.get_content())
-        for part in message.iter_attachments()
-    ]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from yarl import URL
 
 from gateway import log
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.storage import (
     DocumentMissing,
     LocalStorage,
@@ -23,7 +24,7 @@ from gateway.storage import (
     create_storage,
     load_or_create_secret,
 )
-from gateway.storage.secret import SECRET_FILE, SecretKeyError
+from gateway.storage.secret import SecretKeyError
 from tests.conftest import free_port
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
@@ -185,15 +186,16 @@ async def test_unknown_and_path_trick_tokens_are_404(served: Served) -> None:
     """Signed tokens for missing files, garbage and '..' paths all answer 404."""
     storage = served.storage
     (served.config.data.dir / "outside.pdf").write_bytes(PDF)
+    secret = DataDir(served.config.data.dir).secret.name
     far = storage.clock() + 600
     missing_name = "J0008-" + "0" * 32 + ".pdf"
     urls = [
         f"{served.base_url}/media/{storage.token_for(missing_name, far)}",
         f"{served.base_url}/media/{storage.token_for('../outside.pdf', far)}",
         f"{served.base_url}/media/{storage.token_for('..%2Foutside.pdf', far)}",
-        f"{served.base_url}/media/../{SECRET_FILE}",
-        f"{served.base_url}/media/..%2F{SECRET_FILE}",
-        f"{served.base_url}/media/%2e%2e%2f{SECRET_FILE}",
+        f"{served.base_url}/media/../{secret}",
+        f"{served.base_url}/media/..%2F{secret}",
+        f"{served.base_url}/media/%2e%2e%2f{secret}",
         f"{served.base_url}/media/..%2Foutside.pdf",
         f"{served.base_url}/media/",
         f"{served.base_url}/media/x/y",
@@ -234,7 +236,7 @@ async def test_keys_that_are_not_document_names_are_refused(served: Served) -> N
 async def test_secret_and_links_survive_a_restart(served: Served) -> None:
     """A new storage over the same data dir reuses the secret: old links and keys stay valid."""
     stored = await served.storage.put("J0010", PDF, "application/pdf")
-    secret_path = served.config.data.dir / SECRET_FILE
+    secret_path = DataDir(served.config.data.dir).secret
     assert stat.S_IMODE(secret_path.stat().st_mode) == 0o600
     assert len(secret_path.read_bytes()) == 32
 
@@ -251,15 +253,16 @@ def test_secret_is_created_once_and_differs_per_data_dir(tmp_path: Path) -> None
     first = load_or_create_secret(tmp_path / "a")
     assert load_or_create_secret(tmp_path / "a") == first
     assert load_or_create_secret(tmp_path / "b") != first
-    assert [p.name for p in (tmp_path / "a").iterdir()] == [SECRET_FILE]
+    assert [p.name for p in (tmp_path / "a").iterdir()] == [DataDir(tmp_path / "a").secret.name]
 
 
 def test_a_damaged_secret_file_is_reported_not_replaced(tmp_path: Path) -> None:
     """A secret file of the wrong size is an error naming the file, and it is left alone."""
-    (tmp_path / SECRET_FILE).write_bytes(b"short")
-    with pytest.raises(SecretKeyError, match=SECRET_FILE):
+    secret = DataDir(tmp_path).secret
+    secret.write_bytes(b"short")
+    with pytest.raises(SecretKeyError, match=secret.name):
         load_or_create_secret(tmp_path)
-    assert (tmp_path / SECRET_FILE).read_bytes() == b"short"
+    assert secret.read_bytes() == b"short"
 
 
 async def test_check_passes_on_a_writable_directory_and_explains_otherwise(
@@ -285,7 +288,7 @@ async def test_check_passes_on_a_writable_directory_and_explains_otherwise(
 
 async def test_no_secret_reaches_the_logs(served: Served) -> None:
     """Neither the HMAC secret nor a link's signature appears in any log event."""
-    secret = (served.config.data.dir / SECRET_FILE).read_bytes()
+    secret = DataDir(served.config.data.dir).secret.read_bytes()
     with capture_logs() as events:
         stored = await served.storage.put("J0012", PDF, "application/pdf")
         await served.get(stored.url)

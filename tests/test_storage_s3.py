@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.storage import (
     DocumentMissing,
     S3Storage,
@@ -22,7 +23,6 @@ from gateway.storage import (
     StoredDocument,
     create_storage,
 )
-from gateway.storage.secret import SECRET_FILE
 from tests.conftest import free_port
 from tests.servers.seaweed import S3Server, _Weed
 
@@ -137,7 +137,7 @@ async def test_put_twice_for_one_job_overwrites_one_key(
 async def test_keys_depend_on_the_gateway_secret(s3_config: Config, storage: S3Storage) -> None:
     """Another gateway secret gives another key for the same job id: keys cannot be guessed."""
     ours = await storage.put("J0005", PDF, "application/pdf")
-    (s3_config.data.dir / SECRET_FILE).unlink()
+    DataDir(s3_config.data.dir).secret.unlink()
     other = await _storage_for(s3_config)
     try:
         theirs = await other.put("J0005", PDF, "application/pdf")
@@ -300,7 +300,7 @@ async def test_no_secret_reaches_the_logs(
     storage: S3Storage, s3_env: S3Server, s3_config: Config
 ) -> None:
     """Neither the AWS secret key, the HMAC secret nor a URL signature appears in log events."""
-    hmac_secret = (s3_config.data.dir / SECRET_FILE).read_bytes()
+    hmac_secret = DataDir(s3_config.data.dir).secret.read_bytes()
     with capture_logs() as events:
         stored = await storage.put("J0012", PDF, "application/pdf")
         renewed = await storage.url_for(stored.key, "application/pdf")

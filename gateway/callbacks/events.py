@@ -31,11 +31,18 @@ from gateway.config import Config
 from gateway.inbound.compose import shown_number
 from gateway.ops.metrics import Metrics
 from gateway.outbound.reports import Reporter
-from gateway.queue.backoff import backoff_delay
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import DEFERRED, EXPIRED, HELD, Clock
 from gateway.store import Database
-from gateway.store.events import Event, mark_processed, note_failure, pending_events
+from gateway.store.events import (
+    Event,
+    claim_events,
+    defer_event,
+    mark_processed,
+    next_event_due,
+)
+from gateway.store.faxes import record_carrier_status
 from gateway.store.inbound import announce_inbound
-from gateway.store.jobs import record_carrier_status
 
 logger = log.get_logger(__name__)
 
@@ -46,7 +53,7 @@ class _NotYet(Exception):
     """The event cannot take effect yet (an inbound fax still being received)."""
 
 
-class EventsWorker:
+class EventsWorker(QueueWorker):
     """Applies stored events; `run_once` returns how many it finished or tried."""
 
     name = "events"
@@ -56,38 +63,60 @@ class EventsWorker:
         *,
         config: Config,
         db: Database,
+        clock: Clock = time.time,
         client: VoxtelesysClient,
         reporter: Reporter,
         wake: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.db = db
+        super().__init__(config=config, db=db, clock=clock)
         self.client = client
         self.reporter = reporter
         self.wake = wake
         self.metrics = metrics
-        self.clock = clock
-        # Backoff lives in memory: after a restart every waiting event is tried once at once,
-        # which is what a restart is usually for. A carrier outage pauses all events together.
-        self._not_before: dict[int, float] = {}
+        # Each event's own retry is in the store. A carrier found unreachable also pauses the
+        # whole queue until that event is due again, so an outage costs one failed request per
+        # backoff, not one per event; the pause alone lives in memory, since after a restart
+        # one request is a fair way to find out whether the carrier is back.
         self._carrier_paused_until = 0.0
 
     async def run_once(self) -> int:
-        now = self.clock()
-        if now < self._carrier_paused_until:
-            return 0
         done = 0
-        for event in await self.db.run(pending_events, _BATCH):
-            if self._not_before.get(event.id, 0.0) > now:
-                continue
-            with log.bound(event_id=event.id, fax_id=event.carrier_id):
+        for _ in range(_BATCH):
+            now = self.clock()
+            if now < self._carrier_paused_until:
+                break
+            # One event per claim: a claim counts a pickup, and an interruption must charge
+            # only the event it interrupted.
+            claimed, held = await self.db.run(claim_events, now, 1, self.schedule.max_pickups)
+            for event in held:
+                logger.error(
+                    "event.held",
+                    event_id=event.id,
+                    carrier_id=event.carrier_id,
+                    pickups=event.pickups,
+                    hint="applying it kept interrupting the gateway; the reconciler still"
+                    " looks at its fax",
+                )
+                self._count(event, HELD)
+            if not claimed:
+                if held:
+                    done += len(held)
+                    continue
+                break
+            event = claimed[0]
+            with log.bound(event_id=event.id, carrier_id=event.carrier_id):
                 carrier_down = await self._process(event)
             done += 1
             if carrier_down:
                 break
         return done
+
+    async def next_due(self) -> float | None:
+        due = await self.db.run(next_event_due)
+        if due is None:
+            return None
+        return max(due, self._carrier_paused_until)
 
     async def _process(self, event: Event) -> bool:
         """Apply one event; True when the carrier is unreachable and the batch should stop."""
@@ -103,7 +132,6 @@ class EventsWorker:
             else:
                 logger.warning("event.unknown_direction", direction=fax.direction)
             await self.db.run(mark_processed, event.id, self.clock(), payload=fax_payload(fax))
-            self._not_before.pop(event.id, None)
             self._count(event, "applied")
             return False
         except _NotYet as exc:
@@ -127,7 +155,7 @@ class EventsWorker:
         if self.metrics is None:
             return
         self.metrics.webhook_events.labels(direction=event.direction, outcome=outcome).inc()
-        if outcome != "deferred":
+        if outcome != DEFERRED:
             self.metrics.webhook_handling.observe(max(0.0, self.clock() - event.received_at))
 
     async def _fax_of(self, event: Event) -> Fax | None:
@@ -240,24 +268,20 @@ class EventsWorker:
             self.wake()
 
     async def _retry_later(self, event: Event, error: str, *, level: str) -> float:
-        attempts = await self.db.run(note_failure, event.id, error)
+        """Defer the event by the schedule (or let it expire); the delay, 0 if it expired."""
         now = self.clock()
-        queue = self.config.queue
-        if now - event.received_at > queue.lifetime_seconds:
-            logger.error("event.given_up", attempts=attempts, error=error)
-            await self.db.run(mark_processed, event.id, now, error=f"gave up: {error}")
-            self._not_before.pop(event.id, None)
-            self._count(event, "given_up")
+        due = self.schedule.retry(event.attempts + 1, event.received_at)
+        if due is None:
+            logger.error("event.expired", attempts=event.attempts + 1, error=error)
+            await self.db.run(mark_processed, event.id, now, error=f"{EXPIRED}: {error}")
+            self._count(event, EXPIRED)
             return 0.0
-        delay = backoff_delay(
-            max(attempts, 1), queue.min_backoff_seconds, queue.max_backoff_seconds
-        )
-        self._not_before[event.id] = now + delay
-        self._count(event, "deferred")
+        attempts = await self.db.run(defer_event, event.id, error, due, now)
+        self._count(event, DEFERRED)
         getattr(logger, level)(
-            "event.deferred", attempts=attempts, delay=round(delay, 1), error=error
+            "event.deferred", attempts=attempts, delay=round(due - now, 1), error=error
         )
-        return delay
+        return due - now
 
 
 def _iso(fax: Fax) -> str | None:

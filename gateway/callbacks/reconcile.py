@@ -30,9 +30,11 @@ from gateway.carrier.errors import CarrierError, NotFound
 from gateway.carrier.models import Fax
 from gateway.carrier.status import Outcome
 from gateway.config import Config
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import Clock
 from gateway.store import Database
 from gateway.store.events import record_event, record_or_reopen_event
-from gateway.store.jobs import faxes_awaiting_final
+from gateway.store.faxes import faxes_awaiting_final
 from gateway.store.meta import get_meta, set_meta
 
 logger = log.get_logger(__name__)
@@ -87,7 +89,7 @@ class Bookmark:
         )
 
 
-class Reconciler:
+class Reconciler(QueueWorker):
     """A worker whose `run_once` does a round at most every reconcile_interval_seconds."""
 
     name = "reconciler"
@@ -97,16 +99,17 @@ class Reconciler:
         *,
         config: Config,
         db: Database,
+        clock: Clock = time.time,
         client: VoxtelesysClient,
         wake: Callable[[], None] | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.db = db
+        super().__init__(config=config, db=db, clock=clock)
         self.client = client
         self.wake = wake
-        self.clock = clock
         self._next_round = 0.0  # the first round runs at start: catch up on a downtime
+
+    async def next_due(self) -> float | None:
+        return self._next_round
 
     async def run_once(self) -> int:
         """One round when it is due; how many events it stored (0 when not due)."""

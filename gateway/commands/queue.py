@@ -27,18 +27,19 @@ from gateway import log
 from gateway.cli import UserError, add_config_argument, config_from_args
 from gateway.commands import queueview
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.inbound.files import list_dead_letters, requeue_dead_letter
 from gateway.store import Database
+from gateway.store import faxes as fax_store
 from gateway.store import jobs as jobs_store
 from gateway.store import outbox as outbox_store
 from gateway.store.db import StoreError
 from gateway.store.inbound import InboundFax, InboundState, get_inbound, inbound_by_carrier_id
-from gateway.store.jobs import FINAL_JOB_STATES, Fax, Job, JobState
 from gateway.store.outbox import OutboxState
+from gateway.store.records import FINAL_JOB_STATES, Fax, FaxState, Job, JobState
 
 logger = log.get_logger(__name__)
 
-STORE_FILE = "store.db"
 DEFAULT_LIMIT = 50
 # Where `queue retry` can send a job, and what a held or failed job is waiting for.
 RETRYABLE = frozenset({JobState.HELD, JobState.FAILED})
@@ -163,7 +164,7 @@ def _whole_number(text: str) -> int:
 def open_store(config: Config) -> Iterator[Database]:
     """The gateway's store, which must exist already: a typo in data.dir must not make a new,
     empty one that then shows an empty queue."""
-    path = config.data.dir / STORE_FILE
+    path = DataDir(config.data.dir).store
     if not path.is_file():
         raise UserError(
             f"no store at {path}: is data.dir right, and has the gateway run with this "
@@ -211,7 +212,7 @@ def _load_job(conn: sqlite3.Connection, job_id: str) -> tuple[Job, list[Fax]] | 
     for candidate in dict.fromkeys((text, text.upper())):
         job = jobs_store.get_job(conn, candidate)
         if job is not None:
-            return job, jobs_store.faxes_of(conn, job.id)
+            return job, fax_store.faxes_of(conn, job.id)
     return None
 
 
@@ -227,7 +228,7 @@ def _jobs_with_faxes(
 ) -> list[tuple[Job, list[Fax]]]:
     # LIMIT -1 is SQLite's "no limit".
     jobs = jobs_store.list_jobs(conn, state, limit if limit > 0 else -1)
-    return [(job, jobs_store.faxes_of(conn, job.id)) for job in jobs]
+    return [(job, fax_store.faxes_of(conn, job.id)) for job in jobs]
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -292,11 +293,11 @@ def run_retry(args: argparse.Namespace) -> int:
         if stage is None:
             changed, _ = _job(db, job.id)
             raise UserError(f"job {job.id} changed meanwhile: {_not_retryable(changed)}")
-        faxes = db.run_sync(jobs_store.faxes_of, job.id)
+        faxes = db.run_sync(fax_store.faxes_of, job.id)
     logger.info(
         "job.retried", job_id=job.id, from_state=job.state.value, state=stage.value, by="operator"
     )
-    pending = sum(1 for fax in faxes if fax.state is jobs_store.FaxState.PENDING)
+    pending = sum(1 for fax in faxes if fax.state is FaxState.PENDING)
     if stage is JobState.DONE:
         _say(f"job {job.id}: every fax is final already; it is done, nothing to send")
         return 0
@@ -324,10 +325,10 @@ def run_cancel(args: argparse.Namespace) -> int:
             raise UserError(f"job {job.id} is already {job.state}; there is nothing to cancel")
         if not db.run_sync(jobs_store.cancel_job, job.id):
             raise UserError(f"job {job.id} finished meanwhile; there is nothing to cancel")
-        faxes = db.run_sync(jobs_store.faxes_of, job.id)
+        faxes = db.run_sync(fax_store.faxes_of, job.id)
     logger.info("job.cancelled", job_id=job.id, from_state=job.state.value, by="operator")
-    cancelled = [fax for fax in faxes if fax.state is jobs_store.FaxState.CANCELLED]
-    at_carrier = [fax for fax in faxes if fax.state is jobs_store.FaxState.SUBMITTED]
+    cancelled = [fax for fax in faxes if fax.state is FaxState.CANCELLED]
+    at_carrier = [fax for fax in faxes if fax.state is FaxState.SUBMITTED]
     lines = [f"job {job.id}: cancelled ({len(cancelled)} fax(es) will not be sent)"]
     if at_carrier:
         lines.append(
@@ -407,7 +408,8 @@ def run_outbox(args: argparse.Namespace) -> int:
             # Sent mail is history, and it grows without bound: left out unless asked for.
             messages = [
                 message
-                for state in (OutboxState.PENDING, OutboxState.FAILED, OutboxState.DEAD)
+                for state in OutboxState
+                if state is not OutboxState.SENT
                 for message in db.run_sync(outbox_store.list_messages, state)
             ]
             messages.sort(key=lambda message: message.id)

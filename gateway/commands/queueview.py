@@ -15,8 +15,8 @@ from typing import Any
 
 from gateway.numbers import pretty
 from gateway.store.inbound import InboundFax
-from gateway.store.jobs import Fax, Job
 from gateway.store.outbox import OutboxMessage, OutboxState
+from gateway.store.records import Fax, Job
 
 ERROR_WIDTH = 60
 # More numbers than this in a list row are summarised ("+3 more"); `show` has them all.

@@ -15,22 +15,11 @@ import time
 from pathlib import Path
 
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.document import kinds
 from gateway.fsutil import fsync_dir
-from gateway.store import outbox as outbox_store
+from gateway.mailout.outbox import requeue_mail
 from gateway.store.inbound import InboundFax, InboundState, get_inbound, inbound_in_state, revive
-from gateway.store.outbox import OutboxState
-
-INBOUND_DIR = "inbound"
-DEAD_LETTER_DIR = "dead-letter"
-
-
-def inbound_dir(config: Config) -> Path:
-    return config.data.dir / INBOUND_DIR
-
-
-def dead_letter_dir(config: Config) -> Path:
-    return config.data.dir / DEAD_LETTER_DIR
 
 
 def mail_key(carrier_id: str) -> str:
@@ -52,7 +41,8 @@ def locate(path: Path, config: Config) -> Path | None:
     """
     if path.exists():
         return path
-    for folder in (inbound_dir(config), dead_letter_dir(config)):
+    data = DataDir(config.data.dir)
+    for folder in (data.inbound, data.dead_letter):
         candidate = folder / path.name
         if candidate.exists():
             return candidate
@@ -106,16 +96,14 @@ def requeue_dead_letter(
         revive(conn, fax.id, InboundState.ANNOUNCED, None, at)
         return InboundState.ANNOUNCED
     recorded = Path(fax.file_path)
-    base = data_dir if data_dir is not None else recorded.parent.parent
-    source = recorded if recorded.exists() else base / DEAD_LETTER_DIR / recorded.name
+    data = DataDir(data_dir if data_dir is not None else recorded.parent.parent)
+    source = recorded if recorded.exists() else data.dead_letter / recorded.name
     if not source.exists():
-        source = base / INBOUND_DIR / recorded.name
+        source = data.inbound / recorded.name
     if not source.exists():
         raise FileNotFoundError(f"the file of inbound fax {inbound_id} ({recorded}) is missing")
-    path = move_durably(source, base / INBOUND_DIR)
-    entry = outbox_store.get_by_key(conn, mail_key(fax.carrier_id))
-    if entry is not None and entry.state is not OutboxState.SENT and entry.message_path.exists():
-        outbox_store.requeue(conn, entry.id, at)
+    path = move_durably(source, data.inbound)
+    if requeue_mail(conn, mail_key(fax.carrier_id), at):
         state = InboundState.MAILED
     else:
         # Sent after all, or its message file is gone: the mail step builds it again (and

@@ -32,13 +32,12 @@ from gateway import log
 from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.document import kinds
 from gateway.fsutil import write_atomic
 from gateway.inbound.compose import attachments_for, fax_moment, preview_of, shown_number
 from gateway.inbound.download import DownloadError, download
 from gateway.inbound.files import (
-    dead_letter_dir,
-    inbound_dir,
     locate,
     mail_key,
     move_durably,
@@ -46,21 +45,22 @@ from gateway.inbound.files import (
     stored_name,
 )
 from gateway.mailout.message import build_message
-from gateway.mailout.outbox import queue_mail
+from gateway.mailout.outbox import give_up_mail, mail_status, queue_mail, requeue_mail_anew
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
-from gateway.queue.backoff import backoff_delay
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import Clock, crash_message
 from gateway.store import Database
-from gateway.store import outbox as outbox_store
 from gateway.store.inbound import (
     InboundFax,
     InboundState,
+    claim_inbound,
     defer_inbound,
-    due_inbound,
     inbound_in_state,
     mark_dead,
     mark_mailed,
     mark_stored,
+    next_inbound_due,
     revive,
     set_file_path,
     set_media_url,
@@ -69,8 +69,11 @@ from gateway.store.outbox import OutboxState
 
 logger = log.get_logger(__name__)
 
+# Steps one round takes at most; the runner calls again at once while a round found work.
+_BATCH = 50
 
-class InboundWorker:
+
+class InboundWorker(QueueWorker):
     """Moves inbound faxes from announced to mailed; `run_once` returns the steps it took."""
 
     name = "inbound"
@@ -80,21 +83,19 @@ class InboundWorker:
         *,
         config: Config,
         db: Database,
+        clock: Clock = time.time,
         renderer: MailRenderer,
         outbox_dir: Path,
         client: VoxtelesysClient | None = None,
         metrics: Metrics | None = None,
         wake: Callable[[], None] | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.db = db
+        super().__init__(config=config, db=db, clock=clock)
         self.renderer = renderer
         self.outbox_dir = outbox_dir
         self.client = client
         self.metrics = metrics
         self.wake = wake
-        self.clock = clock
 
     def recipients_for(self, to_number: str) -> tuple[str, ...]:
         """inbound.routes for the number called, else inbound.default_recipients."""
@@ -104,31 +105,53 @@ class InboundWorker:
 
     async def run_once(self) -> int:
         steps = 0
-        now = self.clock()
-        for fax in await self.db.run(due_inbound, InboundState.ANNOUNCED, now):
-            with log.bound(inbound_id=fax.id, fax_id=fax.carrier_id):
-                steps += await self._fetch(fax)
-        for fax in await self.db.run(due_inbound, InboundState.STORED, now):
-            with log.bound(inbound_id=fax.id, fax_id=fax.carrier_id):
-                steps += await self._mail(fax)
+        for state, step in (
+            (InboundState.ANNOUNCED, self._fetch),
+            (InboundState.STORED, self._mail),
+        ):
+            while steps < _BATCH:
+                claimed, held = await self.db.run(
+                    claim_inbound,
+                    state,
+                    self.clock(),
+                    max_pickups=self.schedule.max_pickups,
+                    lease=self.schedule.delay,
+                )
+                for fax in held:
+                    with log.bound(inbound_id=fax.id, carrier_id=fax.carrier_id):
+                        await self._held(fax)
+                    steps += 1
+                if not claimed:
+                    if held:
+                        continue
+                    break
+                with log.bound(inbound_id=claimed[0].id, carrier_id=claimed[0].carrier_id):
+                    steps += await step(claimed[0])
         for fax in await self.db.run(inbound_in_state, InboundState.MAILED):
             if fax.file_path is None:
                 continue  # delivered: the mailbox has it
-            with log.bound(inbound_id=fax.id, fax_id=fax.carrier_id):
+            with log.bound(inbound_id=fax.id, carrier_id=fax.carrier_id):
                 steps += await self._follow(fax)
-        for fax in await self.db.run(inbound_in_state, InboundState.DEAD):
-            if fax.file_path is None:
-                continue
-            with log.bound(inbound_id=fax.id, fax_id=fax.carrier_id):
-                steps += await self._heal(fax)
         return steps
+
+    async def next_due(self) -> float | None:
+        return await self.db.run(next_inbound_due)
+
+    async def _held(self, fax: InboundFax) -> None:
+        """A step kept being interrupted (a document that kills the process): dead letter."""
+        work = (
+            "fetching the document" if fax.state is InboundState.ANNOUNCED else "composing its mail"
+        )
+        error = f"{fax.state}: every attempt was interrupted ({crash_message(fax.pickups, work)})"
+        await self._dead_letter(fax, error)
 
     # -- announced -> stored ---------------------------------------------------------------
 
     async def _fetch(self, fax: InboundFax) -> int:
         settings = self.config.inbound
         url = fax.media_url
-        if (url is None or fax.attempts > 0) and self.client is not None:
+        # The claim counted this attempt: more than one means an earlier one failed.
+        if (url is None or fax.attempts > 1) and self.client is not None:
             # A media link may be missing or expired (presigned links are): ask again.
             url = await self._fresh_media_url(fax) or url
         if url is None:
@@ -146,7 +169,7 @@ class InboundWorker:
         except DownloadError as exc:
             return await self._download_failed(fax, exc)
         content_type = kinds.sniff(media.data) or _declared(media.content_type)
-        path = inbound_dir(self.config) / stored_name(fax, content_type)
+        path = DataDir(self.config.data.dir).inbound / stored_name(fax, content_type)
         # Durable first: once the row says stored, the file is on disk whatever happens next.
         await asyncio.to_thread(write_atomic, path, media.data)
         await self.db.run(mark_stored, fax.id, str(path), self.clock())
@@ -168,7 +191,7 @@ class InboundWorker:
         return url
 
     async def _download_failed(self, fax: InboundFax, exc: DownloadError) -> int:
-        attempts = fax.attempts + 1
+        attempts = fax.attempts  # counted by the claim
         now = self.clock()
         if exc.permanent or attempts >= self.config.inbound.max_attempts:
             await self.db.run(mark_dead, fax.id, None, f"download: {exc}", now)
@@ -181,7 +204,7 @@ class InboundWorker:
             )
             self._count("dead")
             return 1
-        delay = self._backoff(attempts)
+        delay = self.schedule.delay(attempts)
         await self.db.run(defer_inbound, fax.id, f"download: {exc}", now + delay, now)
         logger.warning(
             "inbound.download_failed", attempts=attempts, delay=round(delay, 1), error=str(exc)
@@ -194,15 +217,15 @@ class InboundWorker:
         now = self.clock()
         recipients = self.recipients_for(fax.to_number)
         if not recipients:
-            # Not counted as an attempt: nothing failed, the gateway lacks a route. The fax
-            # waits (checked again at the longest backoff) until a route is configured.
+            # Not an attempt: nothing failed, the gateway lacks a route. The fax waits (checked
+            # again at the longest backoff) until a route is configured.
             await self.db.run(
                 defer_inbound,
                 fax.id,
                 "no recipients: no route for this number and no default_recipients",
                 now + self.config.queue.max_backoff_seconds,
                 now,
-                count=False,
+                tried=False,
             )
             logger.error(
                 "inbound.unrouted",
@@ -212,37 +235,28 @@ class InboundWorker:
                 " the fax is kept",
             )
             return 0
-        if fax.attempts >= self.config.inbound.max_attempts:
-            # Every attempt so far was cut short (counted below, never finished): the
-            # document likely kills the process (a decoder crash, memory). Stop trying.
-            await self._dead_letter(fax, fax.error or "mail: every attempt was interrupted")
-            return 1
-        # The attempt is counted, and the next one scheduled, before the document is opened:
-        # converting a caller's file may crash or exhaust the process, and a restart must then
-        # neither try it again at once nor forever (Postfix counts a delivery before making it).
-        await self.db.run(
-            defer_inbound,
-            fax.id,
-            "mail: interrupted while composing (the process stopped or crashed)",
-            now + self._backoff(fax.attempts + 1),
-            now,
-        )
+        # The claim counted this attempt and made the fax due again later before the document
+        # is opened: converting a caller's file may crash or exhaust the process, and a restart
+        # must then neither try it again at once nor forever (the crash guard holds it).
         try:
             path = await self._locate(fax)
             if path is None:
                 raise FileNotFoundError(f"stored document {fax.file_path} is missing")
             data = await asyncio.to_thread(path.read_bytes)
             message = await asyncio.to_thread(self._compose, fax, data, recipients)
+            key = mail_key(fax.carrier_id)
             queued = await queue_mail(
                 self.db,
                 self.outbox_dir,
-                key=mail_key(fax.carrier_id),
+                key=key,
                 kind="received",
                 message=message,
                 recipients=list(recipients),
             )
             if not queued:
-                await self._rebuild_given_up(fax, message)
+                # Queued before (a requeue from the dead letters whose mail file was gone, or
+                # a crash after queueing): the outbox sends this rendering if it must.
+                await requeue_mail_anew(self.db, self.outbox_dir, key=key, message=message)
         except Exception as exc:
             return await self._mail_failed(fax, exc)
         await self.db.run(mark_mailed, fax.id, self.clock())
@@ -275,14 +289,14 @@ class InboundWorker:
         )
 
     async def _mail_failed(self, fax: InboundFax, exc: Exception) -> int:
-        attempts = fax.attempts + 1  # counted by _mail before it began
+        attempts = fax.attempts  # counted by the claim
         error = f"mail: {type(exc).__name__}: {exc}"
         now = self.clock()
         if attempts >= self.config.inbound.max_attempts:
             await self._dead_letter(fax, error)
             return 1
-        delay = self._backoff(attempts)
-        await self.db.run(defer_inbound, fax.id, error, now + delay, now, count=False)
+        delay = self.schedule.delay(attempts)
+        await self.db.run(defer_inbound, fax.id, error, now + delay, now)
         logger.warning("inbound.mail_failed", attempts=attempts, delay=round(delay, 1), error=error)
         return 1
 
@@ -291,7 +305,8 @@ class InboundWorker:
     async def _follow(self, fax: InboundFax) -> int:
         """Remove the file once the relay took the mail; dead-letter it when the outbox
         has tried inbound.max_attempts times or gave the mail up."""
-        entry = await self.db.run(outbox_store.get_by_key, mail_key(fax.carrier_id))
+        key = mail_key(fax.carrier_id)
+        entry = await mail_status(self.db, key)
         if entry is None:
             # The outbox lost the mail (its row removed by hand?): queue it again from the file.
             await self.db.run(revive, fax.id, InboundState.STORED, fax.file_path, self.clock())
@@ -300,21 +315,19 @@ class InboundWorker:
         if entry.state is OutboxState.SENT:
             await self._delivered(fax)
             return 1
-        given_up = entry.state in (OutboxState.FAILED, OutboxState.DEAD)
-        if given_up or entry.attempts >= self.config.inbound.max_attempts:
-            if not given_up:
-                # If a send is in flight right now and succeeds, the outbox records it as sent
-                # all the same, and `_heal` takes the fax out of the dead letters again.
-                await self.db.run(
-                    outbox_store.mark_dead,
-                    entry.id,
-                    f"inbound.max_attempts ({self.config.inbound.max_attempts}) reached:"
-                    f" {entry.error or 'not delivered'}",
-                    self.clock(),
-                )
-            await self._dead_letter(fax, f"mail not delivered: {entry.error or entry.state}")
-            return 1
-        return 0
+        if entry.state is OutboxState.PENDING:
+            if entry.attempts < self.config.inbound.max_attempts:
+                return 0
+            # The outbox refuses while a send of it is under way: asked again next round, so
+            # a mail the relay took is never dead-lettered.
+            reason = (
+                f"inbound.max_attempts ({self.config.inbound.max_attempts}) reached:"
+                f" {entry.error or 'not delivered'}"
+            )
+            if not await give_up_mail(self.db, key, reason, self.clock()):
+                return 0
+        await self._dead_letter(fax, f"mail not delivered: {entry.error or entry.state}")
+        return 1
 
     async def _delivered(self, fax: InboundFax) -> None:
         path = await self._locate(fax)
@@ -324,21 +337,12 @@ class InboundWorker:
         logger.info("inbound.delivered")
         self._count("mailed")
 
-    async def _heal(self, fax: InboundFax) -> int:
-        """A dead-lettered fax whose mail went out after all (sent while being given up)."""
-        entry = await self.db.run(outbox_store.get_by_key, mail_key(fax.carrier_id))
-        if entry is None or entry.state is not OutboxState.SENT:
-            return 0
-        await self.db.run(revive, fax.id, InboundState.MAILED, fax.file_path, self.clock())
-        await self._delivered(fax)
-        logger.warning("inbound.delivered_after_all", hint="removed from the dead letters")
-        return 1
-
     async def _dead_letter(self, fax: InboundFax, error: str) -> None:
         path = await self._locate(fax)
         moved: Path | None = None
         if path is not None:
-            moved = await asyncio.to_thread(move_durably, path, dead_letter_dir(self.config))
+            folder = DataDir(self.config.data.dir).dead_letter
+            moved = await asyncio.to_thread(move_durably, path, folder)
         await self.db.run(mark_dead, fax.id, str(moved) if moved else None, error, self.clock())
         logger.error(
             "inbound.dead_letter",
@@ -352,10 +356,6 @@ class InboundWorker:
         if fax.file_path is None:
             return None
         return await asyncio.to_thread(locate, Path(fax.file_path), self.config)
-
-    def _backoff(self, attempts: int) -> float:
-        queue = self.config.queue
-        return backoff_delay(attempts, queue.min_backoff_seconds, queue.max_backoff_seconds)
 
     def _count(self, status: str) -> None:
         if self.metrics is not None:

@@ -1,8 +1,10 @@
 """The outbox: every mail the gateway sends is queued on disk and handed to the relay from here.
 
-`queue_mail` is how other stages send mail: the rendered message is written durably, then a
-row with the caller's idempotency key is committed, so a queued mail survives a crash and a
-notification queued twice goes out once. `OutboxWorker` owns every transition after that:
+The outbox owns its table: other stages queue mail with `queue_mail` (the rendered message is
+written durably, then a row with the caller's idempotency key is committed, so a queued mail
+survives a crash and a notification queued twice goes out once) and ask after it with
+`mail_status`, `give_up_mail` and `requeue_mail`; none of them writes outbox rows itself.
+`OutboxWorker` owns every transition after queueing:
 
 - the relay took it: sent (its message file is then removed: the recipient has it);
 - 4xx, relay down, timeout: deferred with doubling backoff and jitter between
@@ -19,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -33,10 +36,11 @@ from gateway.config import Config
 from gateway.fsutil import write_atomic
 from gateway.mailout.relay import RecipientsRefused, Relay, RelayError
 from gateway.ops.metrics import Metrics
-from gateway.queue.backoff import backoff_delay
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
 from gateway.store import outbox as store
-from gateway.store.outbox import OutboxMessage
+from gateway.store.outbox import OutboxMessage, OutboxState
 
 logger = log.get_logger(__name__)
 
@@ -93,6 +97,41 @@ async def queue_mail(
     )
 
 
+async def mail_status(db: Database, key: str) -> OutboxMessage | None:
+    """The mail queued under `key`, as the outbox knows it (None: never queued)."""
+    return await db.run(store.get_by_key, key)
+
+
+async def give_up_mail(db: Database, key: str, error: str, now: float | None = None) -> bool:
+    """Stop trying the mail queued under `key`; False while a send of it is under way (or it
+    is no longer pending): the caller asks again later."""
+    return await db.run(store.give_up, key, error, now)
+
+
+async def requeue_mail_anew(
+    db: Database, outbox_dir: Path, *, key: str, message: EmailMessage
+) -> bool:
+    """Send `message` under `key` although the key was queued before: for a caller whose
+    earlier mail was given up and whose message file may be gone (a requeued dead letter).
+
+    A mail that was sent, or is pending with its file, is left alone (False): it is on its way
+    and rewriting a file a send may be reading would be wrong.
+    """
+    entry = await db.run(store.get_by_key, key)
+    if entry is None or entry.state is OutboxState.SENT:
+        return False
+    if entry.state is OutboxState.PENDING and entry.message_path.exists():
+        return False
+    await asyncio.to_thread(_write_message, message_path_for(outbox_dir, key), message)
+    return await db.run(store.requeue_key, key)
+
+
+def requeue_mail(conn: sqlite3.Connection, key: str, now: float | None = None) -> bool:
+    """Try the mail queued under `key` again from scratch; False if it was sent or its message
+    file is gone (the caller must queue it anew). Blocking, for the queue tools."""
+    return store.requeue_key(conn, key, now)
+
+
 def _write_message(path: Path, message: EmailMessage) -> None:
     # policy.SMTP: CRLF line endings, the form the message takes on the wire (an .eml file).
     write_atomic(path, message.as_bytes(policy=policy.SMTP))
@@ -105,39 +144,48 @@ def _read_message(path: Path) -> EmailMessage:
     return parsed
 
 
-class OutboxWorker:
+class OutboxWorker(QueueWorker):
     """Sends due outbox messages through the relay; one pass per `run_once`."""
 
     name = "outbox"
 
     def __init__(
         self,
-        db: Database,
-        relay: Relay,
-        config: Config,
         *,
-        clock: Callable[[], float] = time.time,
+        config: Config,
+        db: Database,
+        clock: Clock = time.time,
         rng: _Random = random,
+        relay: Relay,
         metrics: Metrics | None = None,
         batch_size: int = BATCH_SIZE,
     ) -> None:
-        self.db = db
+        super().__init__(config=config, db=db, clock=clock, rng=rng)
         self.relay = relay
-        self.queue = config.queue
-        self.clock = clock
-        self.rng = rng
         self.metrics = metrics
         self.batch_size = batch_size
-        # A claimed message is left alone this long if we die mid-send: longer than any send
-        # can take (every step of the SMTP dialogue is bounded by the relay timeout).
-        self.lease = max(store.DEFAULT_LEASE_SECONDS, 20 * config.relay.timeout_seconds)
         # Passes in a row that found the relay unavailable: the backoff of the messages not
         # tried meanwhile, which keep their own attempt counts for the tries they really had.
         self._relay_down_passes = 0
 
+    @property
+    def lease(self) -> float:
+        """How long a claimed message is left alone if we die mid-send: longer than any send
+        can take (every step of the SMTP dialogue is bounded by the relay timeout)."""
+        return max(store.DEFAULT_LEASE_SECONDS, 20 * self.config.relay.timeout_seconds)
+
+    async def next_due(self) -> float | None:
+        return await self.db.run(store.next_due_at)
+
     async def run_once(self) -> int:
         """Handle the messages due now; how many were handled (0 when there is nothing to do)."""
-        due = await self.db.run(store.claim_due, self.clock(), self.batch_size, self.lease)
+        due = await self.db.run(
+            store.claim_due,
+            self.clock(),
+            self.batch_size,
+            self.lease,
+            self.schedule.max_pickups,
+        )
         relay_down: RelayError | None = None
         for message in due:
             with log.bound(outbox_id=message.id, key=message.key, kind=message.kind):
@@ -232,19 +280,15 @@ class OutboxWorker:
         tried: bool = True,
     ) -> None:
         now = self.clock()
-        expires = message.created_at + self.queue.lifetime_seconds
         reason = str(error) if tried else f"not tried: {error}"
-        if now >= expires:
-            await self._give_up(message, f"lifetime over: {reason}")
+        attempts = message.attempts if tried else self._relay_down_passes
+        due = self.schedule.retry(attempts, message.created_at)
+        if due is None:
+            await self._give_up(
+                message, f"{EXPIRED} (lifetime {self.schedule.lifetime_text()} over): {reason}"
+            )
             return
-        delay = backoff_delay(
-            max(message.attempts if tried else self._relay_down_passes, 1),
-            self.queue.min_backoff_seconds,
-            self.queue.max_backoff_seconds,
-            self.rng,
-        )
-        # The last attempt happens when the lifetime ends, not up to max_backoff after it.
-        delay = min(delay, expires - now)
+        delay = due - now
         await self.db.run(
             store.defer, message.id, reason, delay, now, recipients=recipients, tried=tried
         )

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from gateway import log
 from gateway.config import Config
-from gateway.queue.schedule import Schedule
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import Clock
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
+from gateway.store.spool import Spool, SpoolError
 
 logger = log.get_logger(__name__)
 
 
-class CleanupWorker:
+class CleanupWorker(QueueWorker):
     name = "cleanup"
 
     def __init__(
-        self, config: Config, db: Database, storage: Storage, schedule: Schedule | None = None
+        self,
+        *,
+        config: Config,
+        db: Database,
+        clock: Clock = time.time,
+        storage: Storage,
+        spool: Spool,
     ) -> None:
-        self.config = config
-        self.db = db
+        super().__init__(config=config, db=db, clock=clock)
         self.storage = storage
-        self.schedule = schedule or Schedule(config.queue)
+        self.spool = spool
 
     async def run_once(self) -> int:
         older_than = self.schedule.clock() - self.config.storage.retention_seconds
@@ -38,9 +46,15 @@ class CleanupWorker:
                         # Left for the next scan; nothing depends on it being gone now.
                         logger.warning("job.cleanup_failed", error=str(exc))
                         continue
-                for path in (job.document_path, job.spool_path):
-                    if path is not None:
-                        await asyncio.to_thread(path.unlink, missing_ok=True)
+                if job.document_path is not None:
+                    await asyncio.to_thread(job.document_path.unlink, missing_ok=True)
+                try:
+                    await asyncio.to_thread(self.spool.remove, job.spool_path)
+                except SpoolError as exc:
+                    # A row whose message is not in our spool (a moved data.dir, a tampered
+                    # row): that file is not ours to delete; the job stays for an operator.
+                    logger.warning("job.cleanup_failed", error=str(exc))
+                    continue
                 await self.db.run(store.mark_document_deleted, job.id, self.schedule.clock())
                 logger.info("job.cleaned")
                 cleaned += 1

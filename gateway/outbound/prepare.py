@@ -3,36 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from gateway import log
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.document.assemble import Document, assemble
 from gateway.document.cover import CoverContext
 from gateway.document.kinds import extension
 from gateway.document.mime import DocumentError, extract
 from gateway.fsutil import write_atomic
 from gateway.numbers import pretty
-from gateway.queue.schedule import CLAIM_BATCH, Schedule
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import CLAIM_BATCH, Clock
 from gateway.store import Database
+from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
-from gateway.store.jobs import Job, JobState
+from gateway.store.records import Job, JobState
+from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
 
 
-def documents_dir(config: Config) -> Path:
-    return config.data.dir / "documents"
-
-
-class PrepareWorker:
+class PrepareWorker(QueueWorker):
     name = "prepare"
 
-    def __init__(self, config: Config, db: Database, schedule: Schedule | None = None) -> None:
-        self.config = config
-        self.db = db
-        self.schedule = schedule or Schedule(config.queue)
+    def __init__(
+        self,
+        *,
+        config: Config,
+        db: Database,
+        clock: Clock = time.time,
+        spool: Spool,
+    ) -> None:
+        super().__init__(config=config, db=db, clock=clock)
+        self.spool = spool
+
+    async def next_due(self) -> float | None:
+        return await self.db.run(store.next_job_due, JobState.RECEIVED)
 
     async def run_once(self) -> int:
         claimed = await self.db.run(
@@ -48,7 +57,7 @@ class PrepareWorker:
         return len(claimed)
 
     async def _prepare(self, job: Job) -> None:
-        recipients = [f.recipient for f in await self.db.run(store.faxes_of, job.id)]
+        recipients = [f.recipient for f in await self.db.run(fax_store.faxes_of, job.id)]
         try:
             document = await asyncio.to_thread(self._build, job, recipients)
         except DocumentError as exc:
@@ -57,7 +66,8 @@ class PrepareWorker:
             logger.warning("job.failed", stage="prepare", reason=exc.kind, error=str(exc))
             await self.db.run(store.fail_job, job.id, str(exc), self.schedule.clock())
             return
-        path = documents_dir(self.config) / f"{job.id}{extension(document.content_type)}"
+        name = f"{job.id}{extension(document.content_type)}"
+        path = DataDir(self.config.data.dir).documents / name
         await asyncio.to_thread(write_atomic, path, document.data)
         moved = await self.db.run(
             store.advance,
@@ -73,7 +83,7 @@ class PrepareWorker:
             logger.info("job.prepared", pages=document.pages, content_type=document.content_type)
 
     def _build(self, job: Job, recipients: list[str]) -> Document:
-        raw = job.spool_path.read_bytes()
+        raw = self.spool.read(job.spool_path)
         extracted = extract(raw)
         context = CoverContext(
             sender=job.sender,

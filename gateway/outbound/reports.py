@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -33,13 +32,15 @@ from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import tiff_to_pdf
 from gateway.mailout.message import MailAttachment, build_message
-from gateway.mailout.outbox import queue_mail
+from gateway.mailout.outbox import mail_status, queue_mail
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
-from gateway.queue.backoff import backoff_delay
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
-from gateway.store.jobs import Fax, FaxState, Job, faxes_to_report, get_job, mark_reported
-from gateway.store.outbox import get_by_key
+from gateway.store.faxes import claim_reports, defer_report, mark_reported, next_report_due
+from gateway.store.jobs import get_job
+from gateway.store.records import Fax, FaxState, Job
 
 logger = log.get_logger(__name__)
 
@@ -81,28 +82,24 @@ async def report_fax(
     fax: Fax,
     *,
     kind: str | None = None,
-    retry_may_help: bool | None = None,
 ) -> bool:
     """Queue the report on `fax` (kind from its state unless given); True if queued just now.
 
     False when notify settings do not want it, there is nobody to send it to, or it was queued
-    before. `retry_may_help` overrides the advice derived from the error code, for a caller
-    that knows better (a 422 from the carrier, say, will fail again).
+    before.
     """
     kind = kind or outcome_kind(fax)
     if kind is None or not wanted(config, kind):
         return False
     key = report_key(fax, kind)
     # Cheap check first: no document read, no rendering for a report already queued.
-    if await db.run(get_by_key, key) is not None:
+    if await mail_status(db, key) is not None:
         return False
     to, cc = report_recipients(config, job)
     if not to:
         logger.warning("report.no_recipient", fax_id=fax.id, job_id=job.id, sender=job.sender)
         return False
-    message = await asyncio.to_thread(
-        compose_report, config, renderer, job, fax, kind, to, cc, retry_may_help
-    )
+    message = await asyncio.to_thread(compose_report, config, renderer, job, fax, kind, to, cc)
     queued = await queue_mail(
         db, outbox_dir, key=key, kind=kind, message=message, recipients=[*to, *cc]
     )
@@ -131,7 +128,6 @@ def compose_report(
     kind: str,
     to: list[str],
     cc: list[str],
-    retry_may_help: bool | None = None,
 ) -> EmailMessage:
     """The report mail. Blocking (reads and may convert the document): run in a thread."""
     attachment = _document(config, job, fax) if kind != QUEUED else None
@@ -149,7 +145,7 @@ def compose_report(
         "document_attached": attachment is not None,
     }
     if kind == FAILED:
-        context.update(failure_details(fax, retry_may_help))
+        context.update(failure_details(fax))
     rendered = renderer.render(kind, context)
     return build_message(
         from_address=config.relay.from_address,
@@ -173,7 +169,7 @@ def _pages(job: Job, fax: Fax, kind: str) -> int | None:
     return fax.pages or job.pages
 
 
-def failure_details(fax: Fax, retry_may_help: bool | None = None) -> dict[str, object]:
+def failure_details(fax: Fax) -> dict[str, object]:
     """error_code, error_description and retry_may_help for the failed template.
 
     A known code is described from the carrier's table (with our retry advice); an unknown
@@ -194,7 +190,7 @@ def failure_details(fax: Fax, retry_may_help: bool | None = None) -> dict[str, o
     return {
         "error_code": fax.error_code,
         "error_description": description,
-        "retry_may_help": advice if retry_may_help is None else retry_may_help,
+        "retry_may_help": advice,
     }
 
 
@@ -244,7 +240,7 @@ class Reporter:
         return await self.report(job, fax, kind=QUEUED)
 
 
-class ReportsWorker:
+class ReportsWorker(QueueWorker):
     """Reports every fax that reached a final state, once; `run_once` returns how many."""
 
     name = "reports"
@@ -254,45 +250,58 @@ class ReportsWorker:
         *,
         config: Config,
         db: Database,
+        clock: Clock = time.time,
         renderer: MailRenderer,
         outbox_dir: Path,
         metrics: Metrics | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.db = db
+        super().__init__(config=config, db=db, clock=clock)
         self.renderer = renderer
         self.outbox_dir = outbox_dir
         self.metrics = metrics
-        self.clock = clock
-        # A report that fails (a broken template override, a full disk) is tried again with
-        # backoff; in memory, since a restart is a fair moment to try at once.
-        self._failures: dict[int, tuple[int, float]] = {}
 
     async def run_once(self) -> int:
         done = 0
-        now = self.clock()
-        for fax, job in await self.db.run(faxes_to_report, _BATCH):
-            failures, not_before = self._failures.get(fax.id, (0, 0.0))
-            if not_before > now:
-                continue
-            with log.bound(job_id=job.id, fax_id=fax.id):
-                try:
-                    await report_fax(self.db, self.config, self.renderer, self.outbox_dir, job, fax)
-                except Exception:
-                    failures += 1
-                    queue = self.config.queue
-                    delay = backoff_delay(
-                        failures, queue.min_backoff_seconds, queue.max_backoff_seconds
-                    )
-                    self._failures[fax.id] = (failures, now + delay)
-                    logger.exception("report.failed", failures=failures, delay=round(delay, 1))
+        for _ in range(_BATCH):
+            # One report per claim: an interruption charges only the report it interrupted.
+            claimed, held = await self.db.run(
+                claim_reports, self.clock(), 1, self.schedule.max_pickups
+            )
+            for fax, job in held:
+                logger.error(
+                    "report.held", job_id=job.id, fax_id=fax.id, pickups=fax.report_pickups
+                )
+            done += len(held)
+            if not claimed:
+                if held:
                     continue
-                if await self.db.run(mark_reported, fax.id, self.clock()):
-                    self._count(fax)
-            self._failures.pop(fax.id, None)
+                break
+            fax, job = claimed[0]
+            with log.bound(job_id=job.id, fax_id=fax.id):
+                await self._report(fax, job)
             done += 1
         return done
+
+    async def next_due(self) -> float | None:
+        return await self.db.run(next_report_due)
+
+    async def _report(self, fax: Fax, job: Job) -> None:
+        try:
+            await report_fax(self.db, self.config, self.renderer, self.outbox_dir, job, fax)
+        except Exception as exc:
+            # A broken template override, a full disk: tried again by the schedule.
+            error = f"{type(exc).__name__}: {exc}"
+            now = self.clock()
+            due = self.schedule.retry(fax.report_attempts + 1, fax.finished_at or fax.updated_at)
+            if due is None:
+                logger.exception("report.expired", attempts=fax.report_attempts + 1)
+                await self.db.run(mark_reported, fax.id, now, f"{EXPIRED}: {error}")
+                return
+            attempts = await self.db.run(defer_report, fax.id, error, due, now)
+            logger.exception("report.failed", failures=attempts, delay=round(due - now, 1))
+            return
+        if await self.db.run(mark_reported, fax.id, self.clock()):
+            self._count(fax)
 
     def _count(self, fax: Fax) -> None:
         if self.metrics is None:

@@ -8,6 +8,7 @@ adopted if found. Within one call the client does the same after an ambiguous fa
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from gateway import log
@@ -17,11 +18,13 @@ from gateway.carrier.models import Fax as CarrierFax
 from gateway.carrier.status import Outcome, classify
 from gateway.config import Config
 from gateway.ops.metrics import Metrics
-from gateway.queue.schedule import CLAIM_BATCH, Schedule
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import CLAIM_BATCH, Clock
 from gateway.storage.base import DocumentMissing, Storage, StorageError
 from gateway.store import Database
+from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
-from gateway.store.jobs import Fax, Job, JobState
+from gateway.store.records import Fax, Job, JobState
 
 logger = log.get_logger(__name__)
 
@@ -29,28 +32,30 @@ logger = log.get_logger(__name__)
 _URL_MARGIN_SECONDS = 3600
 
 
-class SubmitWorker:
+class SubmitWorker(QueueWorker):
     name = "submit"
 
     def __init__(
         self,
+        *,
         config: Config,
         db: Database,
+        clock: Clock = time.time,
         client: VoxtelesysClient,
         storage: Storage,
-        schedule: Schedule | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.metrics = metrics
-        self.config = config
-        self.db = db
+        super().__init__(config=config, db=db, clock=clock)
         self.client = client
         self.storage = storage
-        self.schedule = schedule or Schedule(config.queue)
+        self.metrics = metrics
+
+    async def next_due(self) -> float | None:
+        return await self.db.run(fax_store.next_submit_due)
 
     async def run_once(self) -> int:
         claimed = await self.db.run(
-            store.claim_faxes,
+            fax_store.claim_faxes,
             self.schedule.clock(),
             CLAIM_BATCH,
             self.config.queue.max_pickups,
@@ -83,7 +88,7 @@ class SubmitWorker:
                 logger.warning("fax.adopted", carrier_id=found.id, status=found.status)
                 await self._record(fax, job, found)
                 return
-        if await self.db.run(store.begin_submit, fax.id, self.schedule.clock(), url) is None:
+        if await self.db.run(fax_store.begin_submit, fax.id, self.schedule.clock(), url) is None:
             return  # cancelled meanwhile
         try:
             created = await self.client.send_fax(
@@ -121,7 +126,7 @@ class SubmitWorker:
 
     async def _record(self, fax: Fax, job: Job, created: CarrierFax) -> None:
         now = self.schedule.clock()
-        if not await self.db.run(store.mark_submitted, fax.id, created.id, created.status, now):
+        if not await self.db.run(fax_store.mark_submitted, fax.id, created.id, created.status, now):
             return
         logger.info("fax.submitted", carrier_id=created.id, status=created.status)
         if self.metrics is not None:
@@ -133,7 +138,7 @@ class SubmitWorker:
         )
         if outcome is not Outcome.PENDING:
             await self.db.run(
-                store.record_carrier_status,
+                fax_store.record_carrier_status,
                 created.id,
                 created.status,
                 outcome,
@@ -150,7 +155,7 @@ class SubmitWorker:
             # 422: this request will never be accepted; the sender learns the carrier's words.
             message = f"the carrier refused the fax: {exc.message}"
             logger.warning("fax.failed", stage="submit", error=message)
-            await self.db.run(store.fail_fax, fax.id, None, message, self.schedule.clock())
+            await self.db.run(fax_store.fail_fax, fax.id, None, message, self.schedule.clock())
             return
         if isinstance(exc, AuthError):
             # Every fax would fail the same way: keep them queued for the operator to fix the
@@ -159,11 +164,15 @@ class SubmitWorker:
         await self._defer(fax, job, f"carrier: {exc}")
 
     async def _defer(self, fax: Fax, job: Job, error: str) -> None:
-        if self.schedule.expired(job.created_at):
-            message = f"the fax could not be submitted for {self.schedule.lifetime_text()}: {error}"
-            logger.error("fax.failed", stage="submit", error=message)
-            await self.db.run(store.fail_fax, fax.id, None, message, self.schedule.clock())
+        schedule = self.schedule
+        now = schedule.clock()
+        due = schedule.retry(max(fax.submit_attempts, 1), job.created_at)
+        if due is None:
+            # Expired: the fax fails, and the sender is told why.
+            message = f"the fax could not be submitted for {schedule.lifetime_text()}: {error}"
+            logger.error("fax.expired", stage="submit", error=message)
+            await self.db.run(fax_store.fail_fax, fax.id, None, message, now)
             return
-        delay = self.schedule.delay(max(fax.submit_attempts, 1))
-        await self.db.run(store.defer_fax, fax.id, error, delay, self.schedule.clock())
+        delay = due - now
+        await self.db.run(fax_store.defer_fax, fax.id, error, delay, now)
         logger.warning("fax.deferred", stage="submit", error=error, delay=round(delay))

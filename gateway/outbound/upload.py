@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from gateway import log
 from gateway.config import Config
-from gateway.queue.schedule import CLAIM_BATCH, Schedule
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import CLAIM_BATCH, Clock
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
-from gateway.store.jobs import Job, JobState
+from gateway.store.records import Job, JobState
 
 logger = log.get_logger(__name__)
 
 
-class UploadWorker:
+class UploadWorker(QueueWorker):
     name = "upload"
 
     def __init__(
-        self, config: Config, db: Database, storage: Storage, schedule: Schedule | None = None
+        self,
+        *,
+        config: Config,
+        db: Database,
+        clock: Clock = time.time,
+        storage: Storage,
     ) -> None:
-        self.config = config
-        self.db = db
+        super().__init__(config=config, db=db, clock=clock)
         self.storage = storage
-        self.schedule = schedule or Schedule(config.queue)
+
+    async def next_due(self) -> float | None:
+        return await self.db.run(store.next_job_due, JobState.PREPARED)
 
     async def run_once(self) -> int:
         claimed = await self.db.run(
@@ -61,18 +69,18 @@ class UploadWorker:
             logger.info("job.uploaded", key=stored.key, expires_at=stored.expires_at)
 
     async def _defer(self, job: Job, error: str, *, transient: bool) -> None:
-        if self.schedule.expired(job.created_at):
-            message = (
-                f"the document could not be stored for {self.schedule.lifetime_text()}: {error}"
-            )
-            logger.error("job.failed", stage="upload", error=message)
-            await self.db.run(store.fail_job, job.id, message, self.schedule.clock())
+        schedule = self.schedule
+        now = schedule.clock()
+        due = schedule.retry(job.attempts + 1, job.created_at)
+        if due is None:
+            # Expired: the fax fails, and the sender is told why.
+            message = f"the document could not be stored for {schedule.lifetime_text()}: {error}"
+            logger.error("job.expired", stage="upload", error=message)
+            await self.db.run(store.fail_job, job.id, message, now)
             return
         # A permanent storage error (no such bucket, access denied) is the operator's to fix;
         # the mail stays queued meanwhile rather than being refused or lost.
-        delay = self.schedule.delay(job.attempts + 1)
-        attempts = await self.db.run(
-            store.defer_job, job.id, f"storage: {error}", delay, self.schedule.clock()
-        )
+        delay = due - now
+        attempts = await self.db.run(store.defer_job, job.id, f"storage: {error}", delay, now)
         log_at = logger.warning if transient else logger.error
         log_at("job.deferred", stage="upload", error=error, attempts=attempts, delay=round(delay))

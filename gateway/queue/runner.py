@@ -1,10 +1,13 @@
-"""The runner every queue worker shares: one loop per worker, woken by commits, with a scan.
+"""The runner every queue worker shares: one loop per worker, woken by commits or due times.
 
-A worker is any object with a `name` and `async run_once() -> int` that handles the items of
-its queue that are due and returns how many (0 = nothing to do). Its state lives in the store,
+Every worker is a `QueueWorker`: keyword-only `config`, `db` and `clock`, a `schedule` read
+from its configuration (so a reload is one assignment of `config`), `async run_once() -> int`
+that handles the items of its queue that are due and returns how many (0 = nothing to do),
+and `async next_due()`, when its earliest waiting item is due. Its state lives in the store,
 so the runner keeps none: each loop calls `run_once` while it finds work, then sleeps until
 `wake()` (called after a commit that created work: the SMTP handler queuing a job, a webhook
-stored) or the scan interval passes, the fallback that finds deferred items coming due.
+stored), the earliest due time, or the scan interval, whichever comes first. The scan is only
+the fallback; a deferred item is tried when it is due.
 
 A worker that raises is logged with its traceback and called again after a pause that doubles
 with each consecutive failure, within bounds: it never dies and never spins. Stopping lets the
@@ -16,20 +19,66 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from gateway import log
+from gateway.config import Config
 from gateway.queue.backoff import backoff_delay
+from gateway.queue.schedule import Clock, Schedule
+from gateway.store import Database
 
 logger = log.get_logger(__name__)
+
+# Shortest sleep before a due item is looked at again, and the one after a round that found
+# nothing although something was due (a paused carrier, an item another step holds): long
+# enough not to spin, short enough that a due item waits about a second at most.
+_MIN_WAIT = 0.01
+_DUE_BUT_IDLE_WAIT = 1.0
+
+
+class _Random(Protocol):
+    def uniform(self, a: float, b: float) -> float: ...
 
 
 class Worker(Protocol):
     name: str
 
     async def run_once(self) -> int: ...
+
+
+class QueueWorker:
+    """What every queue's worker shares (Mailman's runner base class)."""
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        db: Database,
+        clock: Clock = time.time,
+        rng: _Random = random,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.clock = clock
+        self.rng = rng
+
+    @property
+    def schedule(self) -> Schedule:
+        """The retry rule of the current configuration (a reload replaces `config` only)."""
+        return Schedule(self.config.queue, self.clock, self.rng)
+
+    async def run_once(self) -> int:
+        raise NotImplementedError
+
+    async def next_due(self) -> float | None:
+        """When the earliest waiting item of this queue is due (by `clock`); None: no idea,
+        the scan will look."""
+        return None
 
 
 class Runner:
@@ -138,7 +187,26 @@ class Runner:
                 # More may be due; yield so one busy queue cannot starve the loop.
                 await asyncio.sleep(0)
                 continue
-            await self._wait_any(wakeup, self.scan_interval)
+            await self._wait_any(wakeup, await self._idle_seconds(worker))
+
+    async def _idle_seconds(self, worker: Worker) -> float:
+        """How long `worker` may sleep: until its earliest due item, at most a scan interval."""
+        next_due = getattr(worker, "next_due", None)
+        clock = getattr(worker, "clock", time.time)
+        if next_due is None:
+            return self.scan_interval
+        try:
+            due = await next_due()
+        except Exception:
+            logger.exception("worker.next_due_failed")
+            return self.scan_interval
+        if due is None:
+            return self.scan_interval
+        wait = due - clock()
+        if wait <= 0:
+            # Due already, yet the round just now found nothing to do.
+            return min(_DUE_BUT_IDLE_WAIT, self.scan_interval)
+        return min(max(wait, _MIN_WAIT), self.scan_interval)
 
     async def _wait_any(self, wakeup: asyncio.Event, seconds: float) -> None:
         """Until `wakeup` or stop is set, or `seconds` pass."""

@@ -1,10 +1,34 @@
-"""What the stages share: their clock, their retry schedule and their lifetime rule."""
+"""The one queue discipline: when an item is tried again, when it expires, when it is held.
+
+Every queue (jobs, faxes, events, reports, inbound faxes, outbox mail) keeps three columns
+for it in the store, so a restart resumes each item with its history intact:
+
+- `attempts`: tries that ended in a deferral. `Schedule.retry` turns them into the due time
+  of the next try (Postfix's deferred queue: doubling delay from queue.min_backoff_seconds to
+  queue.max_backoff_seconds, with jitter), or None once queue.lifetime_seconds have passed
+  since the item was created: the item has *expired*, one word for it in every queue.
+- `pickups`: claims that did not finish. Claiming counts one before the work starts and every
+  handled outcome (done, deferred, failed) clears it, so pickups that reach queue.max_pickups
+  mean the work crashed or killed the process that many times: the item is *held* for an
+  operator instead of crash-looping (Mailman's shunt queue). gateway/store/claims.py is the
+  one copy of that rule in SQL.
+- `next_attempt_at`: when the item is due. Workers sleep until the earliest one
+  (gateway/queue/runner.py), so a deferred item is tried when it is due, not at the next scan.
+
+The words, the same in states, log events and metrics:
+    deferred  tried, failed for now, due again later
+    expired   its lifetime ran out while it was being retried
+    held      its work was interrupted max_pickups times: an operator looks
+    failed    refused for good (a 5xx, a 422, a document that can never be faxed)
+"""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.config import QueueConfig
 from gateway.queue.backoff import backoff_delay
@@ -17,23 +41,60 @@ Clock = Callable[[], float]
 # not even started, and a few restarts during a slow carrier would hold a whole backlog.
 CLAIM_BATCH = 1
 
+# The words of the discipline (see the module docstring), for log events and metric labels.
+DEFERRED = "deferred"
+EXPIRED = "expired"
+HELD = "held"
+FAILED = "failed"
+
+
+class _Random(Protocol):
+    def uniform(self, a: float, b: float) -> float: ...
+
 
 @dataclass(frozen=True)
 class Schedule:
-    """Postfix's deferred-queue rule: doubling delay from min to max, until the lifetime ends."""
+    """Postfix's deferred-queue rule, with the clock every queue's worker and store share."""
 
     queue: QueueConfig
     clock: Clock = time.time
+    rng: _Random = field(default=random, compare=False)
+
+    @property
+    def max_pickups(self) -> int:
+        return self.queue.max_pickups
 
     def delay(self, attempts: int) -> float:
         """Seconds before the next try after `attempts` failed ones (at least 1)."""
         return backoff_delay(
-            max(attempts, 1), self.queue.min_backoff_seconds, self.queue.max_backoff_seconds
+            max(attempts, 1),
+            self.queue.min_backoff_seconds,
+            self.queue.max_backoff_seconds,
+            self.rng,
         )
 
+    def expires_at(self, created_at: float) -> float:
+        return created_at + self.queue.lifetime_seconds
+
     def expired(self, created_at: float) -> bool:
-        return self.clock() - created_at > self.queue.lifetime_seconds
+        return self.clock() >= self.expires_at(created_at)
+
+    def retry(self, attempts: int, created_at: float) -> float | None:
+        """When to try again after `attempts` failed tries; None if the item has expired.
+
+        The last try happens when the lifetime ends, not up to max_backoff_seconds after it.
+        """
+        now = self.clock()
+        expires = self.expires_at(created_at)
+        if now >= expires:
+            return None
+        return now + min(self.delay(attempts), expires - now)
 
     def lifetime_text(self) -> str:
         hours = self.queue.lifetime_seconds / 3600
         return f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} hours"
+
+
+def crash_message(pickups: int, work: str) -> str:
+    """The error a held item carries: what it was doing when it kept being interrupted."""
+    return f"crashed {pickups} times while {work}; held for an operator"

@@ -27,13 +27,8 @@ from gateway.smtp.auth import SmtpAuth, peer_of
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
 from gateway.store import Database
-from gateway.store.jobs import (
-    NewJob,
-    create_job,
-    faxes_sent_by_user_since,
-    faxes_sent_since,
-    new_job_id,
-)
+from gateway.store.jobs import create_job, faxes_sent_by_user_since, faxes_sent_since
+from gateway.store.records import NewJob, new_job_id
 from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.storage.base import DocumentMissing, Storage, StorageError, StoredDocument
 from gateway.storage.local import LocalStorage
 from gateway.storage.s3 import S3Storage
@@ -32,11 +33,12 @@ def create_storage(config: Config, app: web.Application | None) -> Storage:
 
     Reads (or creates) the secret file: blocking, once, while the daemon is being built.
     """
-    secret = load_or_create_secret(config.data.dir)
+    data = DataDir(config.data.dir)
+    secret = load_or_create_secret(data.root)
     if config.storage.backend == "s3":
         return S3Storage(config.storage, secret)
     storage = LocalStorage(
-        config.data.dir / "media",
+        data.media,
         config.http.public_url,
         secret,
         config.storage.url_ttl_seconds,

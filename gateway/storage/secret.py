@@ -17,11 +17,11 @@ import stat
 from pathlib import Path
 
 from gateway import log
+from gateway.datadir import DataDir
 from gateway.fsutil import fsync_dir
 
 logger = log.get_logger(__name__)
 
-SECRET_FILE = "secret.key"
 SECRET_BYTES = 32
 
 
@@ -34,13 +34,13 @@ def load_or_create_secret(data_dir: Path) -> bytes:
 
     Blocking: call it in a thread from async code.
     """
-    path = data_dir / SECRET_FILE
+    path = DataDir(data_dir).secret
     try:
         return _read(path)
     except FileNotFoundError:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = data_dir / f".{SECRET_FILE}.{secrets.token_hex(6)}.tmp"
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:

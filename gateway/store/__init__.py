@@ -1,7 +1,7 @@
 """The durable store: SQLite in data.dir, behind small repository modules.
 
 `db.Database` owns the one connection and the one thread it is used on; each repository module
-(jobs, events, inbound, outbox, ...) is a set of plain functions taking a sqlite3.Connection,
+(jobs, faxes, events, inbound, outbox, ...) is a set of plain functions taking a sqlite3.Connection,
 which the event loop calls through `Database.run` so no SQLite call ever blocks the loop.
 """
 

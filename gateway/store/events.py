@@ -13,7 +13,11 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.queue.schedule import crash_message
+from gateway.store.claims import QueueTable, claim
 from gateway.store.db import transaction
+
+EVENTS = QueueTable("events", touched=None)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class Event:
     processed_at: float | None
     attempts: int
     error: str | None
+    pickups: int = 0
+    next_attempt_at: float = 0.0
 
 
 def normalize_status(status: str) -> str:
@@ -76,7 +82,8 @@ def record_or_reopen_event(
         cursor = conn.execute(
             "INSERT INTO events (carrier_id, status, direction, payload, received_at)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (carrier_id, status) DO UPDATE SET"
-            " processed_at = NULL, attempts = 0, error = NULL, payload = excluded.payload"
+            " processed_at = NULL, attempts = 0, pickups = 0, next_attempt_at = 0, error = NULL,"
+            " payload = excluded.payload"
             " WHERE processed_at IS NOT NULL",
             (
                 carrier_id,
@@ -95,11 +102,6 @@ def pending_events(conn: sqlite3.Connection, limit: int = 100) -> list[Event]:
         "SELECT * FROM events WHERE processed_at IS NULL ORDER BY id LIMIT ?", (limit,)
     ).fetchall()
     return [_event(row) for row in rows]
-
-
-def get_event(conn: sqlite3.Connection, event_id: int) -> Event | None:
-    row = conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
-    return None if row is None else _event(row)
 
 
 def events_of(conn: sqlite3.Connection, carrier_id: str) -> list[Event]:
@@ -135,18 +137,51 @@ def mark_processed(
             )
 
 
-def note_failure(conn: sqlite3.Connection, event_id: int, error: str) -> int:
-    """Count a failed attempt at applying the event; returns the attempts so far."""
+def claim_events(
+    conn: sqlite3.Connection, now: float, limit: int, max_pickups: int
+) -> tuple[list[Event], list[Event]]:
+    """(claimed, held): unprocessed events due at `now` in arrival order, each with a pickup
+    counted; those whose applying was interrupted `max_pickups` times are set aside instead
+    (processed, with the reason as their error: the reconciler still covers their fax)."""
+    with transaction(conn):
+        claimed = claim(
+            conn,
+            EVENTS,
+            where="processed_at IS NULL",
+            params=(),
+            now=now,
+            limit=limit,
+            max_pickups=max_pickups,
+            order="id",
+        )
+        for row in claimed.held:
+            conn.execute(
+                "UPDATE events SET processed_at = ?, error = ? WHERE id = ?",
+                (now, crash_message(row["pickups"], "applying the event"), row["id"]),
+            )
+    return [_event(row) for row in claimed.rows], [_event(row) for row in claimed.held]
+
+
+def defer_event(
+    conn: sqlite3.Connection, event_id: int, error: str, due_at: float, now: float
+) -> int:
+    """Count a failed attempt at applying the event and make it due at `due_at`; returns the
+    attempts so far."""
     with transaction(conn):
         row = conn.execute(
-            "UPDATE events SET attempts = attempts + 1, error = ? WHERE id = ? RETURNING attempts",
-            (error, event_id),
+            "UPDATE events SET attempts = attempts + 1, error = ?, next_attempt_at = ?,"
+            " pickups = 0 WHERE id = ? RETURNING attempts",
+            (error, due_at, event_id),
         ).fetchone()
     return int(row["attempts"]) if row is not None else 0
 
 
-def count_pending(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM events WHERE processed_at IS NULL").fetchone()[0])
+def next_event_due(conn: sqlite3.Connection) -> float | None:
+    """When the earliest unprocessed event is due."""
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM events WHERE processed_at IS NULL"
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
 
 
 def _event(row: sqlite3.Row) -> Event:
@@ -164,4 +199,6 @@ def _event(row: sqlite3.Row) -> Event:
         processed_at=row["processed_at"],
         attempts=row["attempts"],
         error=row["error"],
+        pickups=row["pickups"],
+        next_attempt_at=row["next_attempt_at"],
     )

@@ -5,16 +5,25 @@ States, each owned by one step of the inbound worker (gateway/inbound/worker.py)
 - stored: the document is on disk under data.dir/inbound/; the mail is not queued yet.
 - mailed: the mail is queued in the outbox; the file stays until the relay took the mail.
 - dead: the mail could not be delivered after inbound.max_attempts (or the document could not
-  be fetched); the file, if any, is in data.dir/dead-letter/ for an operator.
+  be fetched, or a step was interrupted queue.max_pickups times: the inbound queue's "held");
+  the file, if any, is in data.dir/dead-letter/ for an operator.
+
+Steps claim their work with `claim_inbound` (the crash guard of gateway/store/claims.py), which
+counts the attempt before it starts, as Postfix counts a delivery before making it: a
+document that kills the process is not tried again at once, nor forever.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.store.claims import QueueTable, claim
 from gateway.store.db import transaction
+
+INBOUND = QueueTable("inbound")
 
 
 class InboundState(StrEnum):
@@ -41,6 +50,7 @@ class InboundFax:
     error: str | None
     created_at: float
     updated_at: float
+    pickups: int = 0
 
 
 def announce_inbound(
@@ -87,16 +97,41 @@ def inbound_by_carrier_id(conn: sqlite3.Connection, carrier_id: str) -> InboundF
     return None if row is None else _inbound(row)
 
 
-def due_inbound(
-    conn: sqlite3.Connection, state: InboundState, now: float, limit: int = 50
-) -> list[InboundFax]:
-    """Faxes in `state` whose next attempt is due, oldest first."""
-    rows = conn.execute(
-        "SELECT * FROM inbound WHERE state = ? AND next_attempt_at <= ?"
-        " ORDER BY next_attempt_at, id LIMIT ?",
-        (state, now, limit),
-    ).fetchall()
-    return [_inbound(row) for row in rows]
+def claim_inbound(
+    conn: sqlite3.Connection,
+    state: InboundState,
+    now: float,
+    *,
+    max_pickups: int,
+    lease: Callable[[int], float],
+    limit: int = 1,
+) -> tuple[list[InboundFax], list[InboundFax]]:
+    """(claimed, held) faxes in `state` due at `now`: claimed ones have an attempt and a pickup
+    counted and are due again `lease(pickups)` from now unless their step records an outcome;
+    held ones were interrupted `max_pickups` times, for the worker to dead-letter."""
+    with transaction(conn):
+        claimed = claim(
+            conn,
+            INBOUND,
+            where="state = ?",
+            params=(InboundState(state),),
+            now=now,
+            limit=limit,
+            max_pickups=max_pickups,
+            order="next_attempt_at, id",
+            lease=lease,
+            count_attempt=True,
+        )
+    return [_inbound(row) for row in claimed.rows], [_inbound(row) for row in claimed.held]
+
+
+def next_inbound_due(conn: sqlite3.Connection) -> float | None:
+    """When the earliest announced or stored fax is due."""
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM inbound WHERE state IN (?, ?)",
+        (InboundState.ANNOUNCED, InboundState.STORED),
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
 
 
 def inbound_in_state(conn: sqlite3.Connection, state: InboundState) -> list[InboundFax]:
@@ -108,8 +143,8 @@ def mark_stored(conn: sqlite3.Connection, inbound_id: int, file_path: str, now: 
     """The document is durably on disk; the mail step starts with a fresh attempt count."""
     with transaction(conn):
         conn.execute(
-            "UPDATE inbound SET state = ?, file_path = ?, attempts = 0, next_attempt_at = 0,"
-            " error = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE inbound SET state = ?, file_path = ?, attempts = 0, pickups = 0,"
+            " next_attempt_at = 0, error = NULL, updated_at = ? WHERE id = ?",
             (InboundState.STORED, file_path, now, inbound_id),
         )
 
@@ -117,8 +152,8 @@ def mark_stored(conn: sqlite3.Connection, inbound_id: int, file_path: str, now: 
 def mark_mailed(conn: sqlite3.Connection, inbound_id: int, now: float) -> None:
     with transaction(conn):
         conn.execute(
-            "UPDATE inbound SET state = ?, attempts = 0, next_attempt_at = 0, error = NULL,"
-            " updated_at = ? WHERE id = ?",
+            "UPDATE inbound SET state = ?, attempts = 0, pickups = 0, next_attempt_at = 0,"
+            " error = NULL, updated_at = ? WHERE id = ?",
             (InboundState.MAILED, now, inbound_id),
         )
 
@@ -130,14 +165,18 @@ def defer_inbound(
     next_attempt_at: float,
     now: float,
     *,
-    count: bool = True,
+    tried: bool = True,
 ) -> int:
-    """Try again at `next_attempt_at`; `count` adds one to the attempts. Returns the attempts."""
+    """Try again at `next_attempt_at`; returns the attempts so far.
+
+    `tried=False`: nothing was attempted (no route for the number), so the attempt its claim
+    counted is taken back.
+    """
     with transaction(conn):
         row = conn.execute(
-            "UPDATE inbound SET attempts = attempts + ?, next_attempt_at = ?, error = ?,"
-            " updated_at = ? WHERE id = ? RETURNING attempts",
-            (1 if count else 0, next_attempt_at, error, now, inbound_id),
+            "UPDATE inbound SET attempts = max(attempts - ?, 0), next_attempt_at = ?, error = ?,"
+            " pickups = 0, updated_at = ? WHERE id = ? RETURNING attempts",
+            (0 if tried else 1, next_attempt_at, error, now, inbound_id),
         ).fetchone()
     return int(row["attempts"]) if row is not None else 0
 
@@ -158,7 +197,8 @@ def mark_dead(
 ) -> None:
     with transaction(conn):
         conn.execute(
-            "UPDATE inbound SET state = ?, file_path = ?, error = ?, updated_at = ? WHERE id = ?",
+            "UPDATE inbound SET state = ?, file_path = ?, error = ?, pickups = 0, updated_at = ?"
+            " WHERE id = ?",
             (InboundState.DEAD, file_path, error, now, inbound_id),
         )
 
@@ -173,8 +213,8 @@ def revive(
     """Put a dead fax back in `state` with a fresh attempt count (the queue tools' requeue)."""
     with transaction(conn):
         conn.execute(
-            "UPDATE inbound SET state = ?, file_path = ?, attempts = 0, next_attempt_at = 0,"
-            " error = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE inbound SET state = ?, file_path = ?, attempts = 0, pickups = 0,"
+            " next_attempt_at = 0, error = NULL, updated_at = ? WHERE id = ?",
             (state, file_path, now, inbound_id),
         )
 
@@ -196,6 +236,7 @@ def _inbound(row: sqlite3.Row) -> InboundFax:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        pickups=row["pickups"],
     )
 
 

@@ -1,69 +1,47 @@
-"""Email-to-fax jobs and their faxes (tables `jobs`, `faxes`): the outbound queue's state machine.
+"""Email-to-fax jobs (table `jobs`): the outbound queue's pipeline, one job per message.
 
-A job is one accepted message; each recipient is one fax. Each stage worker owns one job
-transition and every transition is one transaction, guarded by the state it starts from:
-
-    received --prepare--> prepared --upload--> uploaded --submit (per fax)--> submitted --> done
-    (held: quarantined for an operator; failed: cannot go on; cancelled: by an operator)
-
-Fax states: pending -> submitted -> delivered | failed, plus held and cancelled. A job is done
-when all its faxes are final; it is submitted when none is waiting for its POST any more.
+Each stage worker owns one job transition and every transition is one transaction, guarded by
+the state it starts from (states and rows: store/records.py; each fax's own life at the
+carrier: store/faxes.py). The daily-limit counts are here too, and the operators' retry and
+cancel, which take the job's faxes not yet at the carrier with it.
 
 Stage contract: prepare sets `document_path` (with document_type, pages) when it advances to
 prepared; upload sets `document_url` (with storage_key, url_expires_at). `retry_job` reads
 those columns to find the earliest stage a job has not completed.
 
 Crash safety: a claim counts a pickup *before* work starts and finishing the step resets it,
-so pickups that reach the limit mean the step crashed the process that many times; the job
-(or fax) is held for a human instead of crash-looping (Mailman's shunt queue). `begin_submit`
-commits before the POST, so after a crash the submitter knows a fax may exist at the carrier
-and looks it up by its document URL instead of sending it twice.
+so pickups that reach the limit mean the step crashed the process that many times; the job is
+held for a human instead of crash-looping (Mailman's shunt queue).
 
 Functions take an explicit `now` (default: the clock) so tests control time.
 """
 
 from __future__ import annotations
 
-import base64
-import secrets
 import sqlite3
 import time
-from dataclasses import dataclass, fields
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from gateway.carrier.status import Outcome
 from gateway.log import get_logger
+from gateway.queue.schedule import crash_message
+from gateway.store.claims import QueueTable, claim
 from gateway.store.db import transaction
+from gateway.store.records import (
+    FINAL,
+    FINAL_JOB_STATES,
+    PIPELINE,
+    Fax,
+    FaxState,
+    Job,
+    JobState,
+    NewJob,
+)
 
 log = get_logger(__name__)
 
+JOBS = QueueTable("jobs")
 
-class JobState(StrEnum):
-    RECEIVED = "received"
-    PREPARED = "prepared"
-    UPLOADED = "uploaded"
-    SUBMITTED = "submitted"
-    DONE = "done"
-    FAILED = "failed"
-    HELD = "held"
-    CANCELLED = "cancelled"
-
-
-class FaxState(StrEnum):
-    PENDING = "pending"
-    SUBMITTED = "submitted"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    HELD = "held"
-    CANCELLED = "cancelled"
-
-
-FINAL = frozenset({FaxState.DELIVERED, FaxState.FAILED, FaxState.CANCELLED})
-FINAL_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-# The pipeline in order: what `retry_job` may send a job back to, and what is "earlier".
-PIPELINE = (JobState.RECEIVED, JobState.PREPARED, JobState.UPLOADED, JobState.SUBMITTED)
 # What a worker is doing to a job in each state, for the held message.
 _WORK = {
     JobState.RECEIVED: "preparing",
@@ -71,103 +49,6 @@ _WORK = {
     JobState.UPLOADED: "submitting",
     JobState.SUBMITTED: "awaiting the carrier",
 }
-
-# Crockford's base32: ASCII order equals numeric order, so ids sort by time; no I, L, O, U.
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_B32_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
-
-
-def new_job_id(now: float | None = None) -> str:
-    """'J' + 10 characters of milliseconds (sortable) + 10 random ones (50 bits): 21 in all."""
-    ms = int((time.time() if now is None else now) * 1000)
-    stamp = "".join(_CROCKFORD[(ms >> shift) & 31] for shift in range(45, -5, -5))
-    tail = base64.b32encode(secrets.token_bytes(10)).decode()[:10].translate(_B32_TO_CROCKFORD)
-    return f"J{stamp}{tail}"
-
-
-@dataclass(frozen=True)
-class NewJob:
-    """An accepted message, as the SMTP handler hands it to the store."""
-
-    id: str
-    sender: str
-    auth_user: str | None
-    client_address: str | None
-    subject: str
-    message_id: str
-    from_number: str
-    spool_path: Path
-    recipients: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    state: JobState
-    created_at: float
-    updated_at: float
-    sender: str
-    auth_user: str | None
-    client_address: str | None
-    subject: str
-    message_id: str
-    from_number: str
-    spool_path: Path
-    document_path: Path | None
-    document_type: str | None
-    pages: int | None
-    storage_key: str | None
-    document_url: str | None
-    url_expires_at: float | None
-    attempts: int
-    pickups: int
-    next_attempt_at: float
-    error: str | None
-    stored_deleted_at: float | None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["state"] = JobState(values["state"])
-        values["spool_path"] = Path(values["spool_path"])
-        if values["document_path"] is not None:
-            values["document_path"] = Path(values["document_path"])
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class Fax:
-    id: int
-    job_id: str
-    recipient: str
-    state: FaxState
-    carrier_id: str | None
-    carrier_status: str | None
-    error_code: int | None
-    error_description: str | None
-    pages: int | None
-    duration: int | None
-    carrier_attempts: int | None
-    submit_attempts: int
-    pickups: int
-    next_attempt_at: float
-    created_at: float
-    updated_at: float
-    submitted_at: float | None
-    finished_at: float | None
-    reported_at: float | None
-    submit_started_at: float | None
-    submit_url: str | None = None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Fax:
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["state"] = FaxState(values["state"])
-        return cls(**values)
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL
 
 
 def _now(now: float | None) -> float:
@@ -242,21 +123,6 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
     return None if row is None else Job.from_row(row)
 
 
-def get_fax(conn: sqlite3.Connection, fax_id: int) -> Fax | None:
-    row = conn.execute("SELECT * FROM faxes WHERE id = ?", (fax_id,)).fetchone()
-    return None if row is None else Fax.from_row(row)
-
-
-def faxes_of(conn: sqlite3.Connection, job_id: str) -> list[Fax]:
-    rows = conn.execute("SELECT * FROM faxes WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
-    return [Fax.from_row(row) for row in rows]
-
-
-def fax_by_carrier_id(conn: sqlite3.Connection, carrier_id: str) -> Fax | None:
-    row = conn.execute("SELECT * FROM faxes WHERE carrier_id = ?", (carrier_id,)).fetchone()
-    return None if row is None else Fax.from_row(row)
-
-
 def list_jobs(
     conn: sqlite3.Connection, state: JobState | None = None, limit: int = 50
 ) -> list[Job]:
@@ -304,32 +170,36 @@ def claim_jobs(
     if state not in PIPELINE:
         raise ValueError(f"jobs in state {state} are not work for a stage")
     now = _now(now)
-    claimed: list[Job] = []
-    held: list[tuple[str, int]] = []
     with transaction(conn):
-        rows = conn.execute(
-            "SELECT * FROM jobs WHERE state = ? AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, created_at, id LIMIT ?",
-            (state, now, limit),
-        ).fetchall()
-        for row in rows:
-            job = Job.from_row(row)
-            if job.pickups >= max_pickups:
-                conn.execute(
-                    "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-                    (JobState.HELD, _crash_message(job.pickups, _WORK[job.state]), now, job.id),
-                )
-                held.append((job.id, job.pickups))
-                continue
-            row = conn.execute(
-                "UPDATE jobs SET pickups = pickups + 1, updated_at = ? WHERE id = ? RETURNING *",
-                (now, job.id),
-            ).fetchone()
-            claimed.append(Job.from_row(row))
+        claimed = claim(
+            conn,
+            JOBS,
+            where="state = ?",
+            params=(state,),
+            now=now,
+            limit=limit,
+            max_pickups=max_pickups,
+            order="next_attempt_at, created_at, id",
+        )
+        held = [(row["id"], row["pickups"]) for row in claimed.held]
+        for row in claimed.held:
+            conn.execute(
+                "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                (JobState.HELD, crash_message(row["pickups"], _WORK[state]), now, row["id"]),
+            )
     for job_id, pickups in held:
         # Logged here, once: the job left its state, so it is never held a second time.
         log.error("job.held", job_id=job_id, state=str(state), pickups=pickups)
-    return claimed
+    return [Job.from_row(row) for row in claimed.rows]
+
+
+def next_job_due(conn: sqlite3.Connection, state: JobState) -> float | None:
+    """When the earliest job in `state` is due (for its stage's worker deciding how long to
+    sleep)."""
+    row = conn.execute(
+        "SELECT min(next_attempt_at) FROM jobs WHERE state = ?", (JobState(state),)
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
 
 
 # Columns a stage may set when it advances a job (validated: names go into the SQL text).
@@ -423,268 +293,25 @@ def fail_job(
     return sorted((Fax.from_row(row) for row in rows), key=lambda fax: fax.id)
 
 
-# -- the submit stage (per fax) --------------------------------------------------------------------
-
-
-def claim_faxes(
+def set_document_url(
     conn: sqlite3.Connection,
-    now: float | None = None,
-    limit: int = 10,
-    max_pickups: int = 3,
-) -> list[tuple[Fax, Job]]:
-    """Due pending faxes of uploaded (or submitted) jobs, each with one more pickup counted.
-
-    A fax whose pickups reached `max_pickups` is held, and its job with it: the job's other
-    faxes wait too, since whatever crashed the submitter is likely the job's document.
-    """
-    now = _now(now)
-    claimed: list[tuple[Fax, Job]] = []
-    held: list[tuple[int, str, int]] = []
-    with transaction(conn):
-        rows = conn.execute(
-            "SELECT faxes.* FROM faxes JOIN jobs ON jobs.id = faxes.job_id"
-            " WHERE faxes.state = ? AND faxes.next_attempt_at <= ? AND jobs.state IN (?, ?)"
-            " ORDER BY faxes.next_attempt_at, faxes.id LIMIT ?",
-            (FaxState.PENDING, now, JobState.UPLOADED, JobState.SUBMITTED, limit),
-        ).fetchall()
-        jobs: dict[str, Job | None] = {}
-        for row in rows:
-            fax = Fax.from_row(row)
-            if fax.job_id not in jobs:
-                jobs[fax.job_id] = get_job(conn, fax.job_id)
-            job = jobs[fax.job_id]
-            if job is None or job.state not in (JobState.UPLOADED, JobState.SUBMITTED):
-                continue  # held a moment ago because of a sibling
-            if fax.pickups >= max_pickups:
-                message = _crash_message(fax.pickups, f"submitting the fax to {fax.recipient}")
-                conn.execute(
-                    "UPDATE faxes SET state = ?, error_description = ?, updated_at = ?"
-                    " WHERE id = ?",
-                    (FaxState.HELD, message, now, fax.id),
-                )
-                conn.execute(
-                    "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-                    (JobState.HELD, message, now, job.id),
-                )
-                jobs[fax.job_id] = None
-                held.append((fax.id, job.id, fax.pickups))
-                continue
-            row = conn.execute(
-                "UPDATE faxes SET pickups = pickups + 1, updated_at = ? WHERE id = ? RETURNING *",
-                (now, fax.id),
-            ).fetchone()
-            claimed.append((Fax.from_row(row), job))
-    for fax_id, job_id, pickups in held:
-        log.error("fax.held", fax_id=fax_id, job_id=job_id, pickups=pickups)
-    return claimed
-
-
-def begin_submit(
-    conn: sqlite3.Connection, fax_id: int, now: float | None = None, url: str | None = None
-) -> int | None:
-    """Record that a POST of `url` is about to start; the attempts so far, or None if not
-    pending.
-
-    Committed before the request: if the process dies before `mark_submitted`, the next
-    pickup sees submit_attempts > 0 and must first look for the fax at the carrier (by the
-    document URL this POST sent, kept as `submit_url`, and the recipient, created since
-    `submit_started_at`) instead of sending it again.
-    """
-    now = _now(now)
-    with transaction(conn):
-        row = conn.execute(
-            "UPDATE faxes SET submit_attempts = submit_attempts + 1,"
-            " submit_started_at = coalesce(submit_started_at, ?),"
-            " submit_url = coalesce(?, submit_url), updated_at = ?"
-            " WHERE id = ? AND state = ? RETURNING submit_attempts",
-            (now, url, now, fax_id, FaxState.PENDING),
-        ).fetchone()
-    return None if row is None else int(row[0])
-
-
-def mark_submitted(
-    conn: sqlite3.Connection,
-    fax_id: int,
-    carrier_id: str,
-    status: str,
+    job_id: str,
+    url: str,
+    expires_at: float,
     now: float | None = None,
 ) -> bool:
-    """The carrier accepted the fax as `carrier_id`; False if it was already recorded.
-
-    A fax cancelled while its POST was in flight is recorded as submitted all the same: it
-    is on its way, and its outcome must be told truthfully. When none of the job's faxes
-    waits for a POST any more, the job is submitted (or done, if all are final).
-    """
-    now = _now(now)
-    with transaction(conn):
-        row = conn.execute(
-            "UPDATE faxes SET state = ?, carrier_id = ?, carrier_status = ?, submitted_at = ?,"
-            " error_code = NULL, error_description = NULL, pickups = 0, next_attempt_at = 0,"
-            " finished_at = NULL, reported_at = NULL, updated_at = ?"
-            " WHERE id = ? AND state IN (?, ?) RETURNING job_id",
-            (
-                FaxState.SUBMITTED,
-                carrier_id,
-                status,
-                now,
-                now,
-                fax_id,
-                FaxState.PENDING,
-                FaxState.CANCELLED,
-            ),
-        ).fetchone()
-        if row is None:
-            return False
-        _settle_job(conn, row[0], now)
-    return True
-
-
-def defer_fax(
-    conn: sqlite3.Connection,
-    fax_id: int,
-    error: str,
-    delay: float,
-    now: float | None = None,
-) -> bool:
-    """Try the POST again in `delay` seconds (`submit_attempts` counts the tries so far)."""
+    """A freshly signed URL for the job's stored document (the old one was about to expire)."""
     now = _now(now)
     with transaction(conn):
         cursor = conn.execute(
-            "UPDATE faxes SET next_attempt_at = ?, error_description = ?, pickups = 0,"
-            " updated_at = ? WHERE id = ? AND state = ?",
-            (now + max(delay, 0.0), error, now, fax_id, FaxState.PENDING),
+            "UPDATE jobs SET document_url = ?, url_expires_at = ?, updated_at = ?"
+            " WHERE id = ? AND state IN (?, ?)",
+            (url, expires_at, now, job_id, JobState.UPLOADED, JobState.SUBMITTED),
         )
     return cursor.rowcount == 1
 
 
-def fail_fax(
-    conn: sqlite3.Connection,
-    fax_id: int,
-    error_code: int | None,
-    error_description: str,
-    now: float | None = None,
-) -> bool:
-    """The fax failed for good (the carrier refused it, its lifetime ran out); False if it
-    was already final. The job is done once all its faxes are final."""
-    now = _now(now)
-    with transaction(conn):
-        row = conn.execute(
-            "UPDATE faxes SET state = ?, error_code = ?, error_description = ?, pickups = 0,"
-            " finished_at = ?, updated_at = ? WHERE id = ? AND state NOT IN (?, ?, ?)"
-            " RETURNING job_id",
-            (FaxState.FAILED, error_code, error_description, now, now, fax_id, *FINAL),
-        ).fetchone()
-        if row is None:
-            return False
-        _settle_job(conn, row[0], now)
-    return True
-
-
-# -- the carrier's side (webhooks, reconciler) -----------------------------------------------------
-
-
-def record_carrier_status(
-    conn: sqlite3.Connection,
-    carrier_id: str,
-    status: str,
-    outcome: Outcome,
-    pages: int | None = None,
-    duration: int | None = None,
-    attempts: int | None = None,
-    error_code: int | None = None,
-    error_description: str | None = None,
-    now: float | None = None,
-) -> tuple[Fax, bool] | None:
-    """Apply what the carrier says about one of our faxes; None if the id is not ours.
-
-    The bool is True only for the call that made the fax final, so its report is made once.
-    A final fax is never changed again: a late or out-of-order `delivering` after
-    `delivered`, or a repeated webhook, leaves it as it is.
-    """
-    now = _now(now)
-    outcome = Outcome(outcome)
-    with transaction(conn):
-        row = conn.execute("SELECT * FROM faxes WHERE carrier_id = ?", (carrier_id,)).fetchone()
-        if row is None:
-            return None
-        fax = Fax.from_row(row)
-        if fax.final:
-            return fax, False
-        if outcome is Outcome.PENDING:
-            row = conn.execute(
-                "UPDATE faxes SET carrier_status = ?, pages = coalesce(?, pages),"
-                " duration = coalesce(?, duration), carrier_attempts = coalesce(?,"
-                " carrier_attempts), error_code = coalesce(?, error_code),"
-                " error_description = coalesce(?, error_description), updated_at = ?"
-                " WHERE id = ? RETURNING *",
-                (status, pages, duration, attempts, error_code, error_description, now, fax.id),
-            ).fetchone()
-            return Fax.from_row(row), False
-        state = FaxState.DELIVERED if outcome is Outcome.SUCCEEDED else FaxState.FAILED
-        row = conn.execute(
-            "UPDATE faxes SET state = ?, carrier_status = ?, pages = coalesce(?, pages),"
-            " duration = coalesce(?, duration), carrier_attempts = coalesce(?, carrier_attempts),"
-            " error_code = ?, error_description = ?, pickups = 0, finished_at = ?,"
-            " updated_at = ? WHERE id = ? RETURNING *",
-            (
-                state,
-                status,
-                pages,
-                duration,
-                attempts,
-                error_code,
-                error_description,
-                now,
-                now,
-                fax.id,
-            ),
-        ).fetchone()
-        _settle_job(conn, fax.job_id, now)
-        return Fax.from_row(row), True
-
-
-def faxes_awaiting_final(conn: sqlite3.Connection, submitted_before: float) -> list[Fax]:
-    """Submitted faxes with no final status since before `submitted_before` (to reconcile)."""
-    rows = conn.execute(
-        "SELECT * FROM faxes WHERE state = ? AND submitted_at < ? ORDER BY submitted_at, id",
-        (FaxState.SUBMITTED, submitted_before),
-    ).fetchall()
-    return [Fax.from_row(row) for row in rows]
-
-
-# -- reports and cleanup ---------------------------------------------------------------------------
-
-
-def faxes_to_report(conn: sqlite3.Connection, limit: int = 100) -> list[tuple[Fax, Job]]:
-    """Final faxes whose outcome has not been handed to the reporter yet, oldest first.
-
-    Catches every path to a final state (webhook, reconciler, a refused POST, a failed or
-    cancelled job), including one a crash interrupted before its report was queued.
-    """
-    rows = conn.execute(
-        "SELECT * FROM faxes WHERE reported_at IS NULL AND state IN (?, ?, ?)"
-        " ORDER BY finished_at, id LIMIT ?",
-        (*FINAL, limit),
-    ).fetchall()
-    result: list[tuple[Fax, Job]] = []
-    for row in rows:
-        fax = Fax.from_row(row)
-        job = get_job(conn, fax.job_id)
-        if job is not None:
-            result.append((fax, job))
-    return result
-
-
-def mark_reported(conn: sqlite3.Connection, fax_id: int, now: float | None = None) -> bool:
-    """The fax's outcome report is queued (or deliberately not sent); False if already so."""
-    now = _now(now)
-    with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE faxes SET reported_at = ?, updated_at = ?"
-            " WHERE id = ? AND reported_at IS NULL AND state IN (?, ?, ?)",
-            (now, now, fax_id, *FINAL),
-        )
-    return cursor.rowcount == 1
+# -- cleanup ---------------------------------------------------------------------------------------
 
 
 def jobs_to_clean(conn: sqlite3.Connection, older_than: float, limit: int = 100) -> list[Job]:
@@ -749,7 +376,8 @@ def retry_job(
         conn.execute(
             "UPDATE faxes SET state = ?, error_code = NULL, error_description = NULL,"
             " pickups = 0, next_attempt_at = 0, submitted_at = NULL, finished_at = NULL,"
-            " reported_at = NULL, updated_at = ? WHERE job_id = ? AND state IN (?, ?)",
+            " reported_at = NULL, report_attempts = 0, report_pickups = 0, report_due_at = 0,"
+            " report_error = NULL, updated_at = ? WHERE job_id = ? AND state IN (?, ?)",
             (FaxState.PENDING, now, job_id, FaxState.FAILED, FaxState.HELD),
         )
         stage = _stage_to_resume(conn, job, now)
@@ -791,26 +419,27 @@ def cancel_job(conn: sqlite3.Connection, job_id: str, now: float | None = None) 
     return True
 
 
-# -- internals -------------------------------------------------------------------------------------
+# -- a job's faxes (also read by faxes.py) ---------------------------------------------------------
 
 
-def _crash_message(pickups: int, work: str) -> str:
-    return f"crashed {pickups} times while {work}; held for an operator"
-
-
-def _order(state: JobState) -> int:
-    return PIPELINE.index(state) if state in PIPELINE else len(PIPELINE)
-
-
-def _fax_counts(conn: sqlite3.Connection, job_id: str) -> dict[FaxState, int]:
+def fax_counts(conn: sqlite3.Connection, job_id: str) -> dict[FaxState, int]:
+    """How many of the job's faxes are in each state (a state none is in is left out)."""
     rows = conn.execute(
         "SELECT state, count(*) FROM faxes WHERE job_id = ? GROUP BY state", (job_id,)
     ).fetchall()
     return {FaxState(state): int(count) for state, count in rows}
 
 
-def _all_final(counts: dict[FaxState, int]) -> bool:
+def all_final(counts: dict[FaxState, int]) -> bool:
+    """Every fax counted in `counts` is final."""
     return all(state in FINAL for state in counts)
+
+
+# -- internals -------------------------------------------------------------------------------------
+
+
+def _order(state: JobState) -> int:
+    return PIPELINE.index(state) if state in PIPELINE else len(PIPELINE)
 
 
 def _stage_to_resume(conn: sqlite3.Connection, job: Job, now: float) -> JobState:
@@ -823,47 +452,9 @@ def _stage_to_resume(conn: sqlite3.Connection, job: Job, now: float) -> JobState
     )
     if not url_usable:
         return JobState.PREPARED
-    counts = _fax_counts(conn, job.id)
+    counts = fax_counts(conn, job.id)
     if counts.get(FaxState.PENDING):
         return JobState.UPLOADED
-    if not _all_final(counts):
+    if not all_final(counts):
         return JobState.SUBMITTED
     return JobState.DONE
-
-
-def _settle_job(conn: sqlite3.Connection, job_id: str, now: float) -> None:
-    """Derive the job's state from its faxes' after one of them changed (inside a transaction).
-
-    All final: done. None waiting for a POST: submitted. A failed, cancelled or earlier-stage
-    job keeps its state: the faxes' outcomes are told on their own.
-    """
-    counts = _fax_counts(conn, job_id)
-    if _all_final(counts):
-        conn.execute(
-            "UPDATE jobs SET state = ?, pickups = 0, updated_at = ? WHERE id = ? AND state IN"
-            " (?, ?, ?)",
-            (JobState.DONE, now, job_id, JobState.UPLOADED, JobState.SUBMITTED, JobState.HELD),
-        )
-    elif not counts.get(FaxState.PENDING) and not counts.get(FaxState.HELD):
-        conn.execute(
-            "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
-            (JobState.SUBMITTED, now, job_id, JobState.UPLOADED),
-        )
-
-
-def set_document_url(
-    conn: sqlite3.Connection,
-    job_id: str,
-    url: str,
-    expires_at: float,
-    now: float | None = None,
-) -> bool:
-    """A freshly signed URL for the job's stored document (the old one was about to expire)."""
-    now = _now(now)
-    with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE jobs SET document_url = ?, url_expires_at = ?, updated_at = ?"
-            " WHERE id = ? AND state IN (?, ?)",
-            (url, expires_at, now, job_id, JobState.UPLOADED, JobState.SUBMITTED),
-        )
-    return cursor.rowcount == 1

@@ -9,10 +9,13 @@ States:
 - pending: waiting for its next attempt at `next_attempt_at` (new or deferred).
 - sent: the relay took it (for all recipients, or for some while the rest were refused 5xx).
 - failed: the relay refused it for good (5xx); kept for the operator, who may requeue it.
-- dead: still undelivered when its lifetime ran out, or its message file is gone.
+- dead: still undelivered when its lifetime ran out (expired), or its message file is gone.
+- held: sending it was interrupted queue.max_pickups times (gateway/queue/schedule.py).
 
-`attempts` counts pickups: `claim_due` adds one and pushes `next_attempt_at` a lease ahead, so
-a worker that dies mid-send leaves the message due again after the lease, not at once.
+`attempts` counts tries: `claim_due` adds one when a send starts (a crash mid-send may have
+reached the relay), counts the pickup of the crash guard (gateway/store/claims.py) and pushes
+`next_attempt_at` a lease ahead, so a worker that dies mid-send leaves the message due again
+after the lease, not at once.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from gateway.log import get_logger
+from gateway.queue.schedule import crash_message
+from gateway.store.claims import QueueTable, claim
 from gateway.store.db import transaction
+
+log = get_logger(__name__)
+
+OUTBOX = QueueTable("outbox")
 
 # How long a claimed message is left alone before it counts as abandoned (worker crashed).
 DEFAULT_LEASE_SECONDS = 600.0
@@ -36,6 +46,7 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     DEAD = "dead"
+    HELD = "held"
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class OutboxMessage:
     created_at: float
     updated_at: float
     sent_at: float | None
+    pickups: int = 0
 
 
 def _now(now: float | None) -> float:
@@ -95,23 +107,37 @@ def claim_due(
     now: float,
     limit: int,
     lease: float = DEFAULT_LEASE_SECONDS,
+    max_pickups: int = 3,
 ) -> list[OutboxMessage]:
-    """Pending messages due at `now`, oldest due first, each counted as one more attempt."""
+    """Pending messages due at `now`, oldest due first, each counted as one more attempt.
+
+    A message whose sends were interrupted `max_pickups` times is held instead (logged).
+    """
     with transaction(conn):
-        rows = conn.execute(
-            "SELECT id FROM outbox WHERE state = ? AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT ?",
-            (OutboxState.PENDING, now, limit),
-        ).fetchall()
-        claimed = []
-        for row in rows:
-            updated = conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ?"
-                " WHERE id = ? RETURNING *",
-                (now + lease, now, row["id"]),
-            ).fetchone()
-            claimed.append(_message(updated))
-    return claimed
+        claimed = claim(
+            conn,
+            OUTBOX,
+            where="state = ?",
+            params=(OutboxState.PENDING,),
+            now=now,
+            limit=limit,
+            max_pickups=max_pickups,
+            lease=lambda _pickups: lease,
+            count_attempt=True,
+        )
+        for row in claimed.held:
+            conn.execute(
+                "UPDATE outbox SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                (
+                    OutboxState.HELD,
+                    crash_message(row["pickups"], "handing it to the relay"),
+                    now,
+                    row["id"],
+                ),
+            )
+    for row in claimed.held:
+        log.error("outbox.held", outbox_id=row["id"], key=row["key"], pickups=row["pickups"])
+    return [_message(row) for row in claimed.rows]
 
 
 def mark_sent(
@@ -121,7 +147,8 @@ def mark_sent(
     at = _now(now)
     with transaction(conn):
         conn.execute(
-            "UPDATE outbox SET state = ?, sent_at = ?, updated_at = ?, error = ? WHERE id = ?",
+            "UPDATE outbox SET state = ?, sent_at = ?, updated_at = ?, error = ?, pickups = 0"
+            " WHERE id = ?",
             (OutboxState.SENT, at, at, error, message_id),
         )
 
@@ -146,7 +173,7 @@ def defer(
     with transaction(conn):
         if recipients is None:
             conn.execute(
-                "UPDATE outbox SET next_attempt_at = ?, error = ?, updated_at = ?,"
+                "UPDATE outbox SET next_attempt_at = ?, error = ?, updated_at = ?, pickups = 0,"
                 " attempts = max(attempts - ?, 0) WHERE id = ?",
                 (at + delay, error, at, uncount, message_id),
             )
@@ -154,7 +181,7 @@ def defer(
             if not recipients:
                 raise ValueError("deferring to nobody: mark the message sent instead")
             conn.execute(
-                "UPDATE outbox SET next_attempt_at = ?, error = ?, updated_at = ?,"
+                "UPDATE outbox SET next_attempt_at = ?, error = ?, updated_at = ?, pickups = 0,"
                 " recipients = ? WHERE id = ?",
                 (at + delay, error, at, json.dumps(list(recipients)), message_id),
             )
@@ -179,7 +206,7 @@ def _finish(
 ) -> None:
     with transaction(conn):
         conn.execute(
-            "UPDATE outbox SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+            "UPDATE outbox SET state = ?, error = ?, updated_at = ?, pickups = 0 WHERE id = ?",
             (state, error, now, message_id),
         )
 
@@ -193,11 +220,35 @@ def requeue(conn: sqlite3.Connection, message_id: int, now: float | None = None)
     at = _now(now)
     with transaction(conn):
         cursor = conn.execute(
-            "UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?, created_at = ?,"
-            " updated_at = ? WHERE id = ? AND state != ?",
+            "UPDATE outbox SET state = ?, attempts = 0, pickups = 0, next_attempt_at = ?,"
+            " created_at = ?, updated_at = ? WHERE id = ? AND state != ?",
             (OutboxState.PENDING, at, at, at, message_id, OutboxState.SENT),
         )
         return cursor.rowcount == 1
+
+
+def give_up(conn: sqlite3.Connection, key: str, error: str, now: float | None = None) -> bool:
+    """Stop trying the pending mail queued under `key` (dead); False if it is not pending or
+    a send of it is under way (claimed and not finished): ask again later, so a mail is never
+    given up while the relay may be taking it."""
+    at = _now(now)
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE outbox SET state = ?, error = ?, updated_at = ?"
+            " WHERE key = ? AND state = ? AND pickups = 0",
+            (OutboxState.DEAD, error, at, key, OutboxState.PENDING),
+        )
+    return cursor.rowcount == 1
+
+
+def requeue_key(conn: sqlite3.Connection, key: str, now: float | None = None) -> bool:
+    """`requeue` for the mail queued under `key`, if its message file is still there."""
+    message = get_by_key(conn, key)
+    if message is None or message.state is OutboxState.SENT:
+        return False
+    if not message.message_path.exists():
+        return False
+    return requeue(conn, message.id, now)
 
 
 def get_message(conn: sqlite3.Connection, message_id: int) -> OutboxMessage | None:
@@ -257,6 +308,7 @@ def _message(row: sqlite3.Row) -> OutboxMessage:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         sent_at=row["sent_at"],
+        pickups=row["pickups"],
     )
 
 

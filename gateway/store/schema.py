@@ -3,7 +3,8 @@
 Never edit a migration that has shipped; append a new one.
 
 Tables and who owns them:
-- jobs, faxes: email to fax (store/jobs.py). One job per accepted message, one fax per recipient.
+- jobs, faxes: email to fax (store/jobs.py, store/faxes.py; their rows in store/records.py).
+  One job per accepted message, one fax per recipient.
 - events: carrier webhooks, deduplicated on (carrier_id, status) (store/events.py).
 - inbound: faxes the carrier announced to us, until mailed (store/inbound.py).
 - outbox: every mail the gateway sends, keyed so each goes out once (store/outbox.py).
@@ -140,5 +141,19 @@ MIGRATIONS: list[str] = [
     # 4: the daily limit counts a login's faxes too, whatever senders it named.
     """
     CREATE INDEX jobs_auth_user ON jobs(auth_user, created_at) WHERE auth_user IS NOT NULL
+    """,
+    # 5: one queue discipline (gateway/queue/schedule.py) for every queue: a persisted due time
+    # and crash guard for events, inbound faxes and outbox mail, and for each fax's report (the
+    # report step's own attempts, pickups and due time beside the submit step's).
+    """
+    ALTER TABLE events ADD COLUMN pickups INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX events_due ON events(next_attempt_at) WHERE processed_at IS NULL;
+    ALTER TABLE inbound ADD COLUMN pickups INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN pickups INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE faxes ADD COLUMN report_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE faxes ADD COLUMN report_pickups INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE faxes ADD COLUMN report_due_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE faxes ADD COLUMN report_error TEXT
     """,
 ]

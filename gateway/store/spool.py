@@ -30,7 +30,7 @@ class SpoolError(Exception):
 
 
 class Spool:
-    """Raw messages of jobs under `root` (config.data.dir / "spool")."""
+    """Raw messages of jobs under `root` (`DataDir.spool`: data.dir/spool)."""
 
     def __init__(self, root: Path, mode: int = 0o640) -> None:
         self.root = root

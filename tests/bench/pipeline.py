@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.ops.httpd import HttpServer, create_app
 from gateway.outbound.prepare import PrepareWorker
 from gateway.outbound.submit import SubmitWorker
@@ -24,7 +25,8 @@ from gateway.outbound.upload import UploadWorker
 from gateway.queue.runner import run_until_idle
 from gateway.storage import create_storage
 from gateway.store import Database
-from gateway.store.jobs import JobState, NewJob, create_job, new_job_id
+from gateway.store.jobs import create_job
+from gateway.store.records import JobState, NewJob, new_job_id
 from gateway.store.spool import Spool
 from tests import samples
 from tests.bench.common import Result, bench_config
@@ -51,16 +53,19 @@ class Pipeline:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.db = Database(config.data.dir / "store.db")
-        self.spool = Spool(config.data.dir / "spool")
+        data = DataDir(config.data.dir)
+        self.db = Database(data.store)
+        self.spool = Spool(data.spool)
         self.app = create_app()
         self.storage = create_storage(config, self.app)
         self.http = HttpServer(self.app, config.http.listen)
         self.client = VoxtelesysClient.from_config(config.voxtelesys)
         self.workers = [
-            PrepareWorker(config, self.db),
-            UploadWorker(config, self.db, self.storage),
-            SubmitWorker(config, self.db, self.client, self.storage),
+            PrepareWorker(config=config, db=self.db, spool=self.spool),
+            UploadWorker(config=config, db=self.db, storage=self.storage),
+            SubmitWorker(
+                config=config, db=self.db, client=self.client, storage=self.storage
+            ),
         ]
 
     async def start(self) -> None:

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from gateway.store.db import connect
-from gateway.store.jobs import JobState, NewJob, advance, claim_jobs, create_job, new_job_id
+from gateway.store.jobs import advance, claim_jobs, create_job
+from gateway.store.records import JobState, NewJob, new_job_id
 from tests.bench.common import Result
 
 CLAIM_BATCH = 10  # as the stage workers claim

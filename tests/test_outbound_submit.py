@@ -22,23 +22,12 @@ from gateway.queue.runner import run_until_idle
 from gateway.queue.schedule import Schedule
 from gateway.storage.local import LocalStorage
 from gateway.store import Database
-from gateway.store.jobs import (
-    Fax,
-    FaxState,
-    JobState,
-    NewJob,
-    advance,
-    begin_submit,
-    create_job,
-    faxes_of,
-    get_fax,
-    get_job,
-    new_job_id,
-)
+from gateway.store.faxes import begin_submit, faxes_of, get_fax
+from gateway.store.jobs import advance, create_job, get_job
+from gateway.store.records import Fax, FaxState, JobState, NewJob, new_job_id
 from tests import samples
+from tests.helpers import Clock, until
 from tests.servers.sandbox import Sandbox
-from tests.test_email_to_fax import until
-from tests.test_fax_to_email import Clock
 
 FROM_NUMBER = "+12015550100"
 TTL = 7200
@@ -124,7 +113,7 @@ async def stage(make_config: Callable[..., Config], sandbox: Sandbox) -> AsyncIt
     storage = LocalStorage(
         config.data.dir / "media", config.http.public_url, b"k" * 32, TTL, clock=clock
     )
-    worker = SubmitWorker(config, db, client, storage, schedule=Schedule(config.queue, clock))
+    worker = SubmitWorker(config=config, db=db, clock=clock, client=client, storage=storage)
     try:
         yield Stage(config, db, client, storage, clock, worker)
     finally:

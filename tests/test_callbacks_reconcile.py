@@ -11,22 +11,13 @@ from structlog.testing import capture_logs
 from gateway.callbacks.reconcile import BOOKMARK, Bookmark
 from gateway.config import Config
 from gateway.store.events import events_of
-from gateway.store.jobs import FaxState
 from gateway.store.meta import get_meta
+from gateway.store.records import FaxState
 from tests import samples
+from tests.harness import Harness, harness_config, running
+from tests.helpers import CALLER, DELIVERS, OTHER_FAX_LINE, OUR_FAX_LINE, Clock, subject_of
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
-from tests.test_fax_to_email import (
-    CALLER,
-    DELIVERS,
-    OTHER_FAX_LINE,
-    OUR_FAX_LINE,
-    Clock,
-    Harness,
-    harness_config,
-    running,
-    subject_of,
-)
 
 
 @pytest.fixture

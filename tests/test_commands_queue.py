@@ -19,14 +19,17 @@ from typing import Any
 import pytest
 
 from gateway.carrier.status import Outcome
-from gateway.inbound.files import dead_letter_dir, inbound_dir, mail_key
+from gateway.datadir import DataDir
+from gateway.inbound.files import mail_key
 from gateway.store import Database
+from gateway.store import faxes as fax_store
 from gateway.store import inbound as inbound_store
 from gateway.store import jobs as store
 from gateway.store import outbox as outbox_store
 from gateway.store.inbound import InboundState
-from gateway.store.jobs import FaxState, JobState, NewJob
 from gateway.store.outbox import OutboxState
+from gateway.store.records import Fax, FaxState, JobState, NewJob, new_job_id
+from gateway.store.spool import Spool
 from tests.conftest import merge, run_cli
 
 LONG_ERROR = "the carrier answered 503 Service Unavailable " + "and then nothing useful " * 5
@@ -40,6 +43,10 @@ class Gateway:
     data_dir: Path
     db: Database
 
+    @property
+    def spool(self) -> Spool:
+        return Spool(DataDir(self.data_dir).spool)
+
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run_cli("queue", *args, "--config", str(self.config_path))
 
@@ -49,10 +56,8 @@ class Gateway:
         sender: str = "alice@example.com",
         age: float = 120.0,
     ) -> str:
-        job_id = store.new_job_id()
-        spool = self.data_dir / "spool" / f"{job_id}.eml"
-        spool.parent.mkdir(parents=True, exist_ok=True)
-        spool.write_bytes(b"Subject: test\r\n\r\nhello\r\n")
+        job_id = new_job_id()
+        spool = self.spool.write(job_id, b"Subject: test\r\n\r\nhello\r\n")
         new = NewJob(
             id=job_id,
             sender=sender,
@@ -102,11 +107,11 @@ class Gateway:
         assert moved
 
     def submit(self, fax_id: int, carrier_id: str) -> None:
-        assert self.db.run_sync(store.begin_submit, fax_id) == 1
-        assert self.db.run_sync(store.mark_submitted, fax_id, carrier_id, "queued")
+        assert self.db.run_sync(fax_store.begin_submit, fax_id) == 1
+        assert self.db.run_sync(fax_store.mark_submitted, fax_id, carrier_id, "queued")
 
-    def faxes(self, job_id: str) -> list[store.Fax]:
-        return self.db.run_sync(store.faxes_of, job_id)
+    def faxes(self, job_id: str) -> list[Fax]:
+        return self.db.run_sync(fax_store.faxes_of, job_id)
 
     def state(self, job_id: str) -> JobState:
         job = self.db.run_sync(store.get_job, job_id)
@@ -218,7 +223,7 @@ def test_show_prints_the_job_and_its_faxes(gateway: Gateway) -> None:
     gateway.upload(job_id)
     first, second = gateway.faxes(job_id)
     gateway.submit(first.id, "fx-111")
-    gateway.db.run_sync(store.fail_fax, second.id, 5148, "busy line")
+    gateway.db.run_sync(fax_store.fail_fax, second.id, 5148, "busy line")
 
     out = ok(gateway.run("show", job_id.lower()))
     assert f"job          {job_id}" in out
@@ -309,7 +314,7 @@ def test_retry_refuses_a_job_whose_files_are_all_gone(gateway: Gateway) -> None:
     gateway.hold(job_id, JobState.PREPARED)
     job = gateway.db.run_sync(store.get_job, job_id)
     assert job is not None
-    job.spool_path.unlink()
+    gateway.spool.remove(job.spool_path)
 
     err = user_error(gateway.run("retry", job_id))
     assert f"job {job_id} cannot be retried" in err
@@ -325,7 +330,7 @@ def test_retry_of_a_job_held_before_its_document_needs_its_message(gateway: Gate
     gateway.hold(lost, JobState.RECEIVED)
     lost_job = gateway.db.run_sync(store.get_job, lost)
     assert lost_job is not None
-    lost_job.spool_path.unlink()
+    gateway.spool.remove(lost_job.spool_path)
 
     out = ok(gateway.run("retry", kept))
     assert out.startswith(f"job {kept}: held -> received; 1 fax(es) to send")
@@ -341,7 +346,7 @@ def test_retry_of_a_failed_job_resends_only_its_failed_faxes(gateway: Gateway) -
     gateway.upload(job_id)
     first, _ = gateway.faxes(job_id)
     gateway.submit(first.id, "fx-1")
-    gateway.db.run_sync(store.record_carrier_status, "fx-1", "delivered", Outcome.SUCCEEDED)
+    gateway.db.run_sync(fax_store.record_carrier_status, "fx-1", "delivered", Outcome.SUCCEEDED)
     # The second fax never reached the carrier: its job failed (a refused upload, say).
     assert gateway.db.run_sync(store.fail_job, job_id, "storage refused the document")
     assert gateway.state(job_id) is JobState.FAILED
@@ -434,7 +439,7 @@ def test_dead_letters_listed_and_requeued(
     """The list shows both kinds of dead letter; requeue by id mails again, by carrier id fetches
     again, and both leave the list."""
     config = make_config()
-    assert dead_letter_dir(config) == dead_letter_dir_of(gateway)
+    assert DataDir(config.data.dir).dead_letter == dead_letter_dir_of(gateway)
     with_file = _inbound(gateway, "in-aaa", with_file=True)
     without = _inbound(gateway, "in-bbb", with_file=False)
 
@@ -456,7 +461,7 @@ def test_dead_letters_listed_and_requeued(
     )
     fax = gateway.db.run_sync(inbound_store.get_inbound, with_file)
     assert fax is not None and fax.state is InboundState.MAILED
-    assert fax.file_path == str(inbound_dir(config) / f"{with_file:06d}-in-aaa.pdf")
+    assert fax.file_path == str(DataDir(config.data.dir).inbound / f"{with_file:06d}-in-aaa.pdf")
     assert Path(fax.file_path).is_file()
     mail = gateway.db.run_sync(outbox_store.get_by_key, mail_key("in-aaa"))
     assert mail is not None and mail.state is OutboxState.PENDING

@@ -72,7 +72,7 @@ def worker_for(
     **relay: Any,
 ) -> OutboxWorker:
     config = make_config({"relay": {**server.relay_config_overrides(), **relay}, "queue": QUEUE})
-    return OutboxWorker(db, create_relay(config), config, clock=clock, rng=Lowest())
+    return OutboxWorker(config=config, db=db, relay=create_relay(config), clock=clock, rng=Lowest())
 
 
 async def queue(
@@ -326,12 +326,12 @@ async def test_wrong_relay_password_keeps_mail_waiting(
     )
     relay = create_relay(config, tls_context=server.client_tls_context())
     await queue(db, tmp_path / "outbox", clock)
-    await run_until_idle(OutboxWorker(db, relay, config, clock=clock, rng=Lowest()))
+    await run_until_idle(OutboxWorker(config=config, db=db, relay=relay, clock=clock, rng=Lowest()))
     assert (await only(db)).state == OutboxState.PENDING
     fixed = make_config({"relay": server.relay_config_overrides(), "queue": QUEUE})
     relay = create_relay(fixed, tls_context=server.client_tls_context())
     clock.advance(30)
-    await run_until_idle(OutboxWorker(db, relay, fixed, clock=clock, rng=Lowest()))
+    await run_until_idle(OutboxWorker(config=fixed, db=db, relay=relay, clock=clock, rng=Lowest()))
     assert (await only(db)).state == OutboxState.SENT
     assert server.messages[0].auth_user == "gateway"
 
@@ -405,7 +405,7 @@ async def test_outbox_through_maildir(
     """With relay.backend = "maildir" the worker delivers a complete file per recipient."""
     maildir = tmp_path / "Maildir"
     config = make_config({"relay": {"backend": "maildir", "maildir": str(maildir)}})
-    worker = OutboxWorker(db, create_relay(config), config, clock=clock)
+    worker = OutboxWorker(config=config, db=db, relay=create_relay(config), clock=clock)
     await queue(db, tmp_path / "outbox", clock, recipients=["a@example.com", "b@example.com"])
     assert await run_until_idle(worker) == 1
     files = sorted((maildir / "new").iterdir())
@@ -439,4 +439,10 @@ async def test_claimed_message_of_a_crashed_worker_is_due_again_after_the_lease(
     [again] = await db.run(store.claim_due, clock() + 600, 10, 600.0)
     assert again.id == claimed.id and again.attempts == 2
     assert await db.run(store.pending_count) == 1
-    assert await db.run(store.state_counts) == {"pending": 1, "sent": 0, "failed": 0, "dead": 0}
+    assert await db.run(store.state_counts) == {
+        "pending": 1,
+        "sent": 0,
+        "failed": 0,
+        "dead": 0,
+        "held": 0,
+    }

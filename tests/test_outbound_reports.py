@@ -23,28 +23,20 @@ from gateway.mailout.templates import MailRenderer
 from gateway.outbound.reports import Reporter, ReportsWorker, failure_details, report_fax
 from gateway.queue.runner import run_until_idle
 from gateway.store import Database
-from gateway.store.jobs import (
-    Fax,
-    FaxState,
-    Job,
-    JobState,
-    NewJob,
-    advance,
+from gateway.store.faxes import (
     begin_submit,
-    cancel_job,
-    create_job,
     fail_fax,
     faxes_of,
     get_fax,
-    get_job,
     mark_submitted,
-    new_job_id,
     record_carrier_status,
 )
+from gateway.store.jobs import advance, cancel_job, create_job, get_job
 from gateway.store.outbox import list_messages
+from gateway.store.records import Fax, FaxState, Job, JobState, NewJob, new_job_id
 from tests import samples
+from tests.helpers import attachments, subject_of
 from tests.servers.relay import CapturingRelay
-from tests.test_fax_to_email import attachments, subject_of
 
 NUMBER = "+12015550123"
 
@@ -146,7 +138,7 @@ def start_reports(
             renderer=renderer,
             relay=relay_server,
             worker=ReportsWorker(config=config, db=db, renderer=renderer, outbox_dir=outbox_dir),
-            outbox=OutboxWorker(db, create_relay(config), config),
+            outbox=OutboxWorker(config=config, db=db, relay=create_relay(config)),
         )
 
     yield start
@@ -181,9 +173,6 @@ def test_unknown_codes_and_failures_without_a_code_keep_the_carriers_words() -> 
     )
     assert refused["error_description"] == "the carrier refused the fax: invalid number"
     assert refused["retry_may_help"] is False
-    assert failure_details(_fax_with(None, "x", carrier_id=None), retry_may_help=True)[
-        "retry_may_help"
-    ]
 
 
 async def test_the_failure_report_renders_each_scripted_code(reports: Reports) -> None:

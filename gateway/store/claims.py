@@ -1,0 +1,100 @@
+"""Claiming due work: the persisted crash guard of gateway/queue/schedule.py, one copy in SQL.
+
+Every queue table has a due column (`next_attempt_at`) and a pickups column. `claim` runs in
+the caller's transaction: it selects the rows due now, counts a pickup on each before any work
+starts, and hands back separately the rows whose unfinished pickups already reached the limit,
+for the caller to hold in the same transaction. Each queue's own outcomes (advance, defer,
+fail, sent...) set pickups back to 0: a handled outcome is not a crash.
+
+A claim may also push the row's due time `lease(pickups)` seconds ahead, for queues where an
+interrupted item must not be tried again at once after a restart (an inbound document that
+killed the process, a mail that may be in the relay's hands).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.store.db import transaction
+
+
+@dataclass(frozen=True)
+class QueueTable:
+    """Where one queue keeps its discipline: table, due column and pickups column."""
+
+    table: str
+    due: str = "next_attempt_at"
+    pickups: str = "pickups"
+    touched: str | None = "updated_at"  # set to the claim's time, where the table has one
+
+
+@dataclass(frozen=True)
+class Claimed:
+    rows: list[sqlite3.Row]  # claimed now, one more pickup counted
+    held: list[sqlite3.Row]  # pickups at the limit: for the caller to hold
+
+
+def no_lease(_pickups: int) -> float:
+    return 0.0
+
+
+def claim(
+    conn: sqlite3.Connection,
+    queue: QueueTable,
+    *,
+    where: str,
+    params: Sequence[Any],
+    now: float,
+    limit: int,
+    max_pickups: int,
+    order: str | None = None,
+    source: str | None = None,
+    lease: Callable[[int], float] = no_lease,
+    count_attempt: bool = False,
+) -> Claimed:
+    """Due rows of `queue` matching `where` (inside the caller's transaction).
+
+    `source` is the FROM clause when it is more than the table (a join); `where` and `order`
+    may then name columns by table. `count_attempt` also adds one to `attempts` (queues that
+    count a try when it starts, as Postfix counts a delivery before making it).
+    """
+    table, due, pickups = queue.table, queue.due, queue.pickups
+    rows = conn.execute(
+        f"SELECT {table}.* FROM {source or table} WHERE ({where}) AND {table}.{due} <= ?"
+        f" ORDER BY {order or f'{table}.{due}, {table}.id'} LIMIT ?",
+        (*params, now, limit),
+    ).fetchall()
+    claimed: list[sqlite3.Row] = []
+    held: list[sqlite3.Row] = []
+    for row in rows:
+        if row[pickups] >= max_pickups:
+            held.append(row)
+            continue
+        count = row[pickups] + 1
+        assignments = [f"{pickups} = ?"]
+        values: list[Any] = [count]
+        if queue.touched:
+            assignments.append(f"{queue.touched} = ?")
+            values.append(now)
+        if count_attempt:
+            assignments.append("attempts = attempts + 1")
+        pushed = lease(count)
+        if pushed > 0:
+            assignments.append(f"{due} = ?")
+            values.append(now + pushed)
+        claimed.append(
+            conn.execute(
+                f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ? RETURNING *",
+                (*values, row["id"]),
+            ).fetchone()
+        )
+    return Claimed(claimed, held)
+
+
+def claim_one_transaction(conn: sqlite3.Connection, queue: QueueTable, **kwargs: Any) -> Claimed:
+    """`claim` in a transaction of its own, for queues that hold nothing else at claim time."""
+    with transaction(conn):
+        return claim(conn, queue, **kwargs)

@@ -1,0 +1,119 @@
+"""Plain helpers shared by test modules: polling, a movable clock, mail readers, numbers.
+
+Test modules import from here (and from tests/harness.py), never from one another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+from gateway.mailout.message import RenderedMail, build_message
+
+# -- sandbox carrier numbers -------------------------------------------------------------------
+
+FROM_NUMBER = "+12015550100"
+DELIVERS = "+12015550123"  # any unscripted sandbox number is delivered
+BUSY = "+12015550166"  # 5109 far end is not able to receive
+INCOMPATIBLE = "+12015550188"  # 5108 far end is not compatible
+OUR_FAX_LINE = "+12015550142"
+OTHER_FAX_LINE = "+12015550143"
+CALLER = "+15556668888"
+
+
+# -- waiting and time --------------------------------------------------------------------------
+
+
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
+    """Poll an async condition (the gateway works on this same loop) until true or timeout."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+class Clock:
+    """Wall-clock time plus an offset tests move forward instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+# -- reading mail ------------------------------------------------------------------------------
+
+
+def subject_of(message: EmailMessage) -> str:
+    """The Subject as a reader sees it (a long one is folded onto a continuation line)."""
+    return " ".join(str(message["Subject"]).split())
+
+
+def attachments(message: EmailMessage) -> list[tuple[str, str, bytes]]:
+    return [
+        (part.get_filename() or "", part.get_content_type(), part.get_content())
+        for part in message.iter_attachments()
+    ]
+
+
+# -- mail rendering and building: contexts for every kind --------------------------------------
+
+WHEN = datetime(2024, 6, 19, 15, 38, tzinfo=UTC)
+
+OUTBOUND: dict[str, Any] = {
+    "number": "+15551234567",
+    "pages": 3,
+    "duration": 125,
+    "attempts": 2,
+    "fax_id": "a1b2c3d4-0000-4000-8000-1234567890ab",
+    "time": WHEN,
+    "subject": "Signed contract",
+    "sender": "alice@example.com",
+    "job_id": "20240619-153800-abcdef",
+    "document_attached": True,
+}
+FAILED: dict[str, Any] = {
+    **OUTBOUND,
+    "error_code": 5109,
+    "error_description": "far end is not able to receive",
+    "retry_may_help": True,
+}
+RECEIVED: dict[str, Any] = {
+    "from_number": "+15556668888",
+    "to_number": "+12015550100",
+    "pages": 2,
+    "duration": 61,
+    "time": WHEN,
+    "fax_id": "in-42",
+    "attachments": ["fax-2024-06-19-1538-from-15556668888.pdf"],
+    "preview_cid": "page1.in-42@fax.local",
+}
+
+
+def parse(message: EmailMessage) -> EmailMessage:
+    """The message as a recipient sees it: serialised with CRLF and parsed back."""
+    parsed = BytesParser(policy=policy.default).parsebytes(message.as_bytes(policy=policy.SMTP))
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def build(rendered: RenderedMail, **options: Any) -> EmailMessage:
+    values: dict[str, Any] = {
+        "from_address": "fax-gateway@example.com",
+        "to": ["alice@example.com"],
+        "rendered": rendered,
+        "message_id_domain": "fax.example.com",
+    }
+    values.update(options)
+    return parse(build_message(**values))
