@@ -19,7 +19,6 @@ from gateway.config import Config
 from gateway.outbound.submit import SubmitWorker
 from gateway.queue.backoff import RetryPolicy
 from gateway.queue.runner import run_until_idle
-from gateway.queue.schedule import Schedule
 from gateway.storage.local import LocalStorage
 from gateway.store import Database
 from gateway.store.faxes import begin_submit, faxes_of, get_fax

@@ -63,9 +63,7 @@ class Pipeline:
         self.workers = [
             PrepareWorker(config=config, db=self.db, spool=self.spool),
             UploadWorker(config=config, db=self.db, storage=self.storage),
-            SubmitWorker(
-                config=config, db=self.db, client=self.client, storage=self.storage
-            ),
+            SubmitWorker(config=config, db=self.db, client=self.client, storage=self.storage),
         ]
 
     async def start(self) -> None:
