@@ -115,9 +115,7 @@ class Gateway:
         return [
             PrepareWorker(**common, spool=self.spool),
             UploadWorker(**common, storage=self.storage),
-            SubmitWorker(
-                **common, client=self.client, storage=self.storage, metrics=self.metrics
-            ),
+            SubmitWorker(**common, client=self.client, storage=self.storage, metrics=self.metrics),
             self.events,
             self.reports,
             self.inbound,

@@ -76,7 +76,7 @@ OUTBOUND: dict[str, Any] = {
     "pages": 3,
     "duration": 125,
     "attempts": 2,
-    "fax_id": "a1b2c3d4-0000-4000-8000-1234567890ab",
+    "carrier_id": "a1b2c3d4-0000-4000-8000-1234567890ab",
     "time": WHEN,
     "subject": "Signed contract",
     "sender": "alice@example.com",
@@ -95,7 +95,7 @@ RECEIVED: dict[str, Any] = {
     "pages": 2,
     "duration": 61,
     "time": WHEN,
-    "fax_id": "in-42",
+    "carrier_id": "in-42",
     "attachments": ["fax-2024-06-19-1538-from-15556668888.pdf"],
     "preview_cid": "page1.in-42@fax.local",
 }

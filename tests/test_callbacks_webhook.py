@@ -239,5 +239,5 @@ async def test_webhook_id_is_bound_in_the_log_context(endpoint: Endpoint) -> Non
     with capture_logs(processors=[merge_contextvars]) as logs:
         await endpoint.post(PAYLOAD)
     [line] = [e for e in logs if e["event"] == "webhook.received"]
-    assert line["fax_id"] == FAX_ID
+    assert line["carrier_id"] == FAX_ID
     assert len(line["webhook_id"]) == 12

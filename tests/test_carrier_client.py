@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 from gateway.carrier import (
     AuthError,
     BadResponse,
+    CarrierFax,
     CarrierUnavailable,
-    Fax,
     NotFound,
     Outcome,
     PayloadError,
@@ -327,7 +327,7 @@ DOC_FAILED = {
 
 def test_documented_response_reads() -> None:
     """The documentation's example fax reads into every field."""
-    fax = Fax.from_api(DOC_FAILED)
+    fax = CarrierFax.from_api(DOC_FAILED)
     assert fax.created_at == datetime(2024, 1, 1, 16, 51, 16, 979000, tzinfo=UTC)
     assert (fax.pages, fax.duration, fax.attempts) == (0, 0, 1)
     assert (fax.error_code, fax.error_description) == (5312, "internal error")
@@ -351,9 +351,9 @@ def test_webhook_payload_variants() -> None:
     }
     media = "https://media.example/f1.pdf"
     for links in ([{"media": media}], {"media": media}, json.dumps([{"media": media}]), media):
-        fax = Fax.from_api({**base, "links": links})
+        fax = CarrierFax.from_api({**base, "links": links})
         assert fax.media_url == media
-    fax = Fax.from_api({**base, "error": {"code": "5109", "description": "busy"}})
+    fax = CarrierFax.from_api({**base, "error": {"code": "5109", "description": "busy"}})
     assert (fax.direction, fax.pages, fax.duration, fax.time) == (
         "inbound",
         3,
@@ -381,7 +381,7 @@ def test_query_parameters_read_as_payload() -> None:
         "code": "5121",
         "description": "no response after sending a page",
     }
-    fax = Fax.from_api(dict(query))
+    fax = CarrierFax.from_api(dict(query))
     assert (fax.error_code, fax.media_url) == (5121, "https://m/x")
 
 
@@ -397,23 +397,23 @@ def test_query_parameters_read_as_payload() -> None:
 def test_payload_errors(change: dict[str, Any], reason: str) -> None:
     """A missing or unusable required field raises PayloadError with the reason."""
     with pytest.raises(PayloadError, match=reason):
-        Fax.from_api({**DOC_FAILED, **change})
+        CarrierFax.from_api({**DOC_FAILED, **change})
     with pytest.raises(PayloadError):
-        Fax.from_api(["not", "an", "object"])  # type: ignore[arg-type]
+        CarrierFax.from_api(["not", "an", "object"])  # type: ignore[arg-type]
 
 
 def test_lenient_optional_fields() -> None:
     """Unusable optional values become None instead of failing the payload; a withheld
     caller number is kept as given."""
-    fax = Fax.from_api(
+    fax = CarrierFax.from_api(
         {**DOC_FAILED, "pages": "many", "duration": -1, "created_at": "yesterday", "error": None}
     )
     assert (fax.pages, fax.duration, fax.created_at, fax.has_error) == (None, None, None, False)
-    assert Fax.from_api({**DOC_FAILED, "pages": "inf", "duration": 1e400}).pages is None
-    anonymous = Fax.from_api({**DOC_FAILED, "direction": "inbound", "from": "anonymous"})
+    assert CarrierFax.from_api({**DOC_FAILED, "pages": "inf", "duration": 1e400}).pages is None
+    anonymous = CarrierFax.from_api({**DOC_FAILED, "direction": "inbound", "from": "anonymous"})
     assert (anonymous.from_, anonymous.from_e164) == ("anonymous", "anonymous")
-    assert Fax.from_api({k: v for k, v in DOC_FAILED.items() if k != "from"}).from_ == ""
-    assert Fax.from_api({**DOC_FAILED, "created_at": 1704127876}).created_at == datetime(
+    assert CarrierFax.from_api({k: v for k, v in DOC_FAILED.items() if k != "from"}).from_ == ""
+    assert CarrierFax.from_api({**DOC_FAILED, "created_at": 1704127876}).created_at == datetime(
         2024, 1, 1, 16, 51, 16, tzinfo=UTC
     )
 
@@ -438,7 +438,7 @@ _OPTIONAL = ["created_at", "modified_at", "pages", "duration", "attempts", "erro
 def test_odd_optional_values_never_break_a_payload(key: str, value: Any) -> None:
     """Any JSON in an optional field reads as a Fax (or PayloadError), with storable counts."""
     try:
-        fax = Fax.from_api({**DOC_FAILED, key: value})
+        fax = CarrierFax.from_api({**DOC_FAILED, key: value})
     except PayloadError:
         return
     for number in (fax.pages, fax.duration, fax.attempts, fax.error_code):
@@ -448,7 +448,7 @@ def test_odd_optional_values_never_break_a_payload(key: str, value: Any) -> None
 def test_an_error_code_out_of_range_is_no_code() -> None:
     """An error code too large to be one keeps the fax failed, without a code to store."""
     for error in (10**30, {"code": 10**30}, {"code": "-5"}):
-        fax = Fax.from_api({**DOC_FAILED, "error": error})
+        fax = CarrierFax.from_api({**DOC_FAILED, "error": error})
         assert fax.error_code is None and fax.has_error
 
 

@@ -239,7 +239,7 @@ async def test_download_limits(
             api_key=API_KEY,
         )
     assert reason in str(caught.value)
-    assert caught.value.permanent is permanent
+    assert caught.value.transient is not permanent
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def test_threading_headers_and_automatic_mail_markers(renderer: MailRenderer) ->
 
 @pytest.mark.parametrize(
     "field",
-    ["subject", "number", "fax_id", "error_description"],
+    ["subject", "number", "carrier_id", "error_description"],
 )
 def test_header_injection_through_rendered_values_is_impossible(
     renderer: MailRenderer, field: str

@@ -93,7 +93,7 @@ async def test_wrong_password_is_temporary_and_logged_loudly(
     relay = smtp_relay(make_config, server, password="wrong-password")
     with capture_logs() as logs, pytest.raises(RelayError) as info:
         await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
-    assert not info.value.permanent and info.value.relay_unavailable
+    assert info.value.transient and info.value.relay_unavailable
     assert info.value.code == 535
     # aiosmtplib tries each mechanism the server offers before giving up.
     assert server.auth_failures >= 1 and server.messages == []
@@ -112,7 +112,7 @@ async def test_missing_login_is_temporary(
     relay = smtp_relay(make_config, server, username=None, password=None)
     with pytest.raises(RelayError) as info:
         await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
-    assert info.value.code == 530 and not info.value.permanent
+    assert info.value.code == 530 and info.value.transient
 
 
 async def test_untrusted_certificate_is_temporary(
@@ -124,7 +124,7 @@ async def test_untrusted_certificate_is_temporary(
     relay = create_relay(config)  # system trust store: does not know the test CA
     with capture_logs() as logs, pytest.raises(RelayError) as info:
         await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
-    assert not info.value.permanent and info.value.relay_unavailable
+    assert info.value.transient and info.value.relay_unavailable
     assert any(e["event"] == "relay.tls_failed" for e in logs)
     assert server.messages == []
 
@@ -137,7 +137,7 @@ async def test_4xx_at_data_is_temporary(
     relay_server.fail_next(1, code=451, message="4.3.0 Queue full")
     with pytest.raises(RelayError) as info:
         await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
-    assert not info.value.permanent and not info.value.relay_unavailable
+    assert info.value.transient and not info.value.relay_unavailable
     assert info.value.code == 451 and "Queue full" in info.value.reply
     await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
     assert len(relay_server.messages) == 1
@@ -151,7 +151,7 @@ async def test_5xx_at_data_is_permanent(
     relay_server.reject_next(1, code=554, message="5.6.0 Content rejected", at="DATA")
     with pytest.raises(RelayError) as info:
         await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
-    assert info.value.permanent and info.value.code == 554
+    assert not info.value.transient and info.value.code == 554
     assert relay_server.messages == []
 
 
@@ -163,7 +163,7 @@ async def test_5xx_at_mail_from_is_permanent(
     relay_server.reject_next(1, code=550, message="5.7.1 Sender denied", at="MAIL")
     with pytest.raises(RelayError) as info:
         await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
-    assert info.value.permanent and info.value.code == 550
+    assert not info.value.transient and info.value.code == 550
 
 
 async def test_some_recipients_refused(
@@ -179,7 +179,7 @@ async def test_some_recipients_refused(
     assert info.value.accepted == ("alice@example.com",)
     assert info.value.permanently_refused == ("gone@example.com",)
     assert info.value.temporary == ("full@example.com",)
-    assert not info.value.permanent
+    assert info.value.transient
     [captured] = relay_server.messages
     assert captured.rcpt_tos == ("alice@example.com",)
 
@@ -193,7 +193,7 @@ async def test_all_recipients_refused_permanently(
     recipients = ["a@example.com", "b@example.com"]
     with pytest.raises(RecipientsRefused) as info:
         await relay.send(make_message(recipients), recipients)
-    assert info.value.permanent and info.value.accepted == ()
+    assert not info.value.transient and info.value.accepted == ()
     assert relay_server.messages == []
 
 
@@ -205,7 +205,7 @@ async def test_relay_down_is_temporary_and_unavailable(
     relay_server.go_down()
     with pytest.raises(RelayError) as info:
         await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
-    assert not info.value.permanent and info.value.relay_unavailable
+    assert info.value.transient and info.value.relay_unavailable
     with pytest.raises(RelayError, match="unreachable"):
         await relay.check()
     relay_server.come_up()
@@ -221,7 +221,7 @@ async def test_malformed_recipient_is_permanent(
     relay = smtp_relay(make_config, relay_server)
     with pytest.raises(RelayError) as info:
         await relay.send(make_message(["a@example.com"]), ["a@example.com\r\nRCPT TO:<x@y>"])
-    assert info.value.permanent
+    assert not info.value.transient
     assert relay_server.sessions == 0
 
 
@@ -267,7 +267,7 @@ async def test_maildir_not_writable_is_temporary(tmp_path: Path) -> None:
     relay = MaildirRelay(maildir, envelope_sender="fax-gateway@example.com")
     with pytest.raises(RelayError) as info:
         await relay.send(make_message(["a@example.com"]), ["a@example.com"])
-    assert not info.value.permanent
+    assert info.value.transient
     with pytest.raises(RelayError, match="not writable"):
         await relay.check()
     (maildir / "tmp").unlink()

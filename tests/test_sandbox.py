@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.carrier import Fax
+from gateway.carrier import CarrierFax
 from gateway.sandbox.webhooks import query_items
 from tests.conftest import ROOT, cli_env, free_port, run_cli
 from tests.servers.sandbox import DocumentServer, Sandbox, make_image, make_pdf
@@ -306,7 +306,7 @@ async def test_walk_with_delay_and_post_webhook(
     assert payload["type"] == "fax" and payload["status"] == "delivered"
     assert (payload["pages"], payload["duration"], payload["url"]) == ("2", "60", url)
     assert set(payload) >= {"id", "direction", "to", "from", "status", "time"}
-    assert Fax.from_api(payload).pages == 2
+    assert CarrierFax.from_api(payload).pages == 2
     [hook] = sandbox.webhooks()
     assert hook["response_status"] == 200 and hook["attempt"] == 1
 
@@ -326,7 +326,7 @@ async def test_get_webhook(
     assert call["method"] == "GET" and call["json"] is None
     query = dict(call["query"])
     assert query["id"] == fax["id"] and query["error[code]"] == "5121"
-    parsed = Fax.from_api(query)
+    parsed = CarrierFax.from_api(query)
     assert (parsed.status, parsed.error_code) == ("failed", 5121)
 
 
@@ -417,7 +417,7 @@ async def test_inbound_fax(
     assert created["direction"] == "inbound" and created["status"] == "receiving"
     await sandbox.wait_for_async(lambda: receiver.calls)
     payload = receiver.calls[0]["json"]
-    fax = Fax.from_api(payload)
+    fax = CarrierFax.from_api(payload)
     assert (fax.direction, fax.status, fax.pages) == ("inbound", "received", 2)
     assert (fax.to_e164, fax.from_e164) == (FROM, "+14155550100")
     assert fax.media_url and fax.media_url.startswith(sandbox.root_url)

@@ -25,7 +25,7 @@ from typing import Any
 from gateway import log
 from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError, NotFound
-from gateway.carrier.models import Fax, PayloadError
+from gateway.carrier.models import CarrierFax, PayloadError
 from gateway.carrier.status import Outcome
 from gateway.config import Config
 from gateway.inbound.compose import shown_number
@@ -158,7 +158,7 @@ class EventsWorker(QueueWorker):
         if outcome != DEFERRED:
             self.metrics.webhook_handling.observe(max(0.0, self.clock() - event.received_at))
 
-    async def _fax_of(self, event: Event) -> Fax | None:
+    async def _fax_of(self, event: Event) -> CarrierFax | None:
         """The record to act upon, or None when the event was dropped (and marked so)."""
         if self.config.webhooks.verify:
             try:
@@ -178,7 +178,7 @@ class EventsWorker(QueueWorker):
                 raise CarrierError(f"asked for fax {event.carrier_id}, got {fax.id}")
             return fax
         try:
-            return Fax.from_api(event.payload)
+            return CarrierFax.from_api(event.payload)
         except PayloadError as exc:
             logger.warning("event.unusable", reason=str(exc))
             await self.db.run(
@@ -186,7 +186,7 @@ class EventsWorker(QueueWorker):
             )
             return None
 
-    async def _outbound(self, event: Event, fax: Fax) -> None:
+    async def _outbound(self, event: Event, fax: CarrierFax) -> None:
         outcome = fax.outcome(self.config.voxtelesys.success_statuses)
         result = await self.db.run(
             record_carrier_status,
@@ -223,7 +223,7 @@ class EventsWorker(QueueWorker):
         elif outcome is Outcome.PENDING and not ours.final:
             await self.reporter.queued(ours)
 
-    async def _inbound(self, event: Event, fax: Fax) -> None:
+    async def _inbound(self, event: Event, fax: CarrierFax) -> None:
         outcome = fax.outcome(self.config.voxtelesys.success_statuses)
         if outcome is Outcome.PENDING:
             raise _NotYet(f"inbound fax is still {fax.status!r}")
@@ -284,12 +284,12 @@ class EventsWorker(QueueWorker):
         return due - now
 
 
-def _iso(fax: Fax) -> str | None:
+def _iso(fax: CarrierFax) -> str | None:
     moment = fax.modified_at or fax.created_at
     return moment.isoformat() if moment is not None else None
 
 
-def fax_payload(fax: Fax) -> dict[str, Any]:
+def fax_payload(fax: CarrierFax) -> dict[str, Any]:
     """A webhook-shaped payload of a carrier record (synthetic events of the reconciler)."""
     data: dict[str, Any] = {
         "type": "fax",

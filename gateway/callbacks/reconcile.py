@@ -27,7 +27,7 @@ from gateway import log
 from gateway.callbacks.events import fax_payload
 from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError, NotFound
-from gateway.carrier.models import Fax
+from gateway.carrier.models import CarrierFax
 from gateway.carrier.status import Outcome
 from gateway.config import Config
 from gateway.queue.runner import QueueWorker
@@ -75,10 +75,10 @@ class Bookmark:
             return None
 
     @classmethod
-    def of(cls, fax: Fax) -> Bookmark:
+    def of(cls, fax: CarrierFax) -> Bookmark:
         return cls(fax.id, fax.created_at)
 
-    def reached_by(self, fax: Fax) -> bool:
+    def reached_by(self, fax: CarrierFax) -> bool:
         """Whether the walk (going back in time) has reached what the last walk covered."""
         if self.fax_id is not None and fax.id == self.fax_id:
             return True

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from gateway import log
-from gateway.carrier.models import Fax, PayloadError, unflatten_query
+from gateway.carrier.models import CarrierFax, PayloadError, unflatten_query
 from gateway.config import Config
 from gateway.store import Database
 from gateway.store.events import normalize_status, record_event
@@ -123,7 +123,7 @@ class WebhookEndpoint:
             self._count(MALFORMED)
             return web.json_response({"error": str(exc)}, status=400)
 
-        with log.bound(fax_id=carrier_id):
+        with log.bound(carrier_id=carrier_id):
             try:
                 event_id = await self.db.run(
                     record_event, carrier_id, status, direction, payload, time.time()
@@ -181,7 +181,7 @@ class WebhookEndpoint:
             # Without verification the payload is what the events worker acts upon, so it must
             # be a complete fax now; later it could only be dropped.
             try:
-                Fax.from_api(payload)
+                CarrierFax.from_api(payload)
             except PayloadError as exc:
                 raise MalformedWebhook(str(exc)) from None
         return carrier_id, status, direction or "unknown"

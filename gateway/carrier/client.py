@@ -1,7 +1,7 @@
 """The Voxtelesys Fax API client: send a fax, read one, list them all, check the key.
 
 One aiohttp ClientSession serves every request (connection reuse, one place for timeouts).
-Every answer becomes either a typed `Fax` or a typed `CarrierError`; transient errors (5xx,
+Every answer becomes either a typed `CarrierFax` or a typed `CarrierError`; transient errors (5xx,
 timeouts, network) are retried here with jittered backoff within `retry`, everything else is
 raised at once. Longer outages are the durable queue's business: its stages retry on their own
 schedule, so the in-call policy is deliberately short.
@@ -33,7 +33,7 @@ from gateway.carrier.errors import (
     error_for_status,
     is_transient,
 )
-from gateway.carrier.models import Fax, PayloadError
+from gateway.carrier.models import CarrierFax, PayloadError
 from gateway.config import VoxtelesysConfig
 from gateway.log import get_logger
 from gateway.queue.backoff import RetryPolicy, retrying
@@ -116,7 +116,9 @@ class VoxtelesysClient:
 
     # -- the API -------------------------------------------------------------------------
 
-    async def send_fax(self, to: str, from_: str, url: str, attempts: int | None = None) -> Fax:
+    async def send_fax(
+        self, to: str, from_: str, url: str, attempts: int | None = None
+    ) -> CarrierFax:
         """Create an outbound fax of the document at `url`; returns it, usually `queued`.
 
         Numbers go to the API as E.164 with '+', as the field table of the documentation
@@ -135,12 +137,14 @@ class VoxtelesysClient:
         since = datetime.now(UTC) - _DEDUPE_WINDOW
         uncertain = False
 
-        async def attempt() -> Fax:
+        async def attempt() -> CarrierFax:
             nonlocal uncertain
             if uncertain:
                 existing = await self._find(url, body["to"], since=since, retry=False)
                 if existing is not None:
-                    log.info("carrier.send_recovered", fax_id=existing.id, status=existing.status)
+                    log.info(
+                        "carrier.send_recovered", carrier_id=existing.id, status=existing.status
+                    )
                     return existing
             try:
                 data = await self._call("POST", "/faxes", body=body)
@@ -149,21 +153,21 @@ class VoxtelesysClient:
                     uncertain = True
                 raise
             fax = _fax(data)
-            log.info("carrier.fax_created", fax_id=fax.id, status=fax.status)
+            log.info("carrier.fax_created", carrier_id=fax.id, status=fax.status)
             return fax
 
         return await retrying(
             attempt, policy=self.retry, is_transient=is_transient, operation="carrier.send_fax"
         )
 
-    async def get_fax(self, fax_id: str) -> Fax:
+    async def get_fax(self, fax_id: str) -> CarrierFax:
         """The fax with this id, inbound or outbound; NotFound if the carrier has none."""
         if not fax_id or not fax_id.strip():
             raise ValueError("fax id is empty")
         path = "/faxes/" + quote(fax_id.strip(), safe="")
         return _fax(await self._request("GET", path, operation="carrier.get_fax"))
 
-    async def list_faxes(self, page: int | None = None) -> AsyncGenerator[Fax, None]:
+    async def list_faxes(self, page: int | None = None) -> AsyncGenerator[CarrierFax, None]:
         """Every fax, inbound and outbound, page after page until the last `next_page`.
 
         `page` starts at that page number (the documented `page` parameter); later pages are
@@ -174,7 +178,7 @@ class VoxtelesysClient:
 
     async def find_fax_by_url(
         self, url: str, to: str, *, since: datetime, max_pages: int = _DEDUPE_MAX_PAGES
-    ) -> Fax | None:
+    ) -> CarrierFax | None:
         """An outbound fax to `to` of the document at `url`, created at or after `since`.
 
         For callers that must not send twice (after a crash between POST and recording its
@@ -201,7 +205,7 @@ class VoxtelesysClient:
         since: datetime,
         retry: bool,
         max_pages: int = _DEDUPE_MAX_PAGES,
-    ) -> Fax | None:
+    ) -> CarrierFax | None:
         pages = 0
         page_all_old = True
         async with aclosing(self._pages_marked(None, retry=retry)) as faxes:
@@ -225,14 +229,14 @@ class VoxtelesysClient:
                     return fax
         return None
 
-    async def _pages(self, page: int | None, *, retry: bool) -> AsyncGenerator[Fax, None]:
+    async def _pages(self, page: int | None, *, retry: bool) -> AsyncGenerator[CarrierFax, None]:
         async with aclosing(self._pages_marked(page, retry=retry)) as faxes:
             async for fax, _first in faxes:
                 yield fax
 
     async def _pages_marked(
         self, page: int | None, *, retry: bool
-    ) -> AsyncGenerator[tuple[Fax, bool], None]:
+    ) -> AsyncGenerator[tuple[CarrierFax, bool], None]:
         """(fax, is-first-on-its-page) over all pages from `page` on."""
         params: dict[str, str] = {} if page is None else {"page": str(page)}
         seen: set[str] = set()
@@ -247,7 +251,7 @@ class VoxtelesysClient:
             first = True
             for item in results:
                 try:
-                    fax = Fax.from_api(item)
+                    fax = CarrierFax.from_api(item)
                 except PayloadError as exc:
                     # One unreadable entry must not hide the others from the reconciler.
                     log.warning("carrier.list_entry_skipped", reason=str(exc))
@@ -359,9 +363,9 @@ class VoxtelesysClient:
         raise error
 
 
-def _fax(data: Any) -> Fax:
+def _fax(data: Any) -> CarrierFax:
     try:
-        return Fax.from_api(data)
+        return CarrierFax.from_api(data)
     except PayloadError as exc:
         raise BadResponse(f"the carrier's fax object is unusable: {exc}") from None
 

@@ -3,7 +3,7 @@
 The documentation is loose about types: REST responses give `pages` and `duration` as numbers,
 the webhook table calls them strings; `links` is "an object" whose field is written
 `links[].media`; `error.code` is a number in responses and "string" in the webhook table.
-`Fax.from_api` accepts every one of those readings, ignores keys it does not know, and raises
+`CarrierFax.from_api` accepts every one of those readings, ignores keys it does not know, and raises
 PayloadError only when a field we cannot work without is missing or unusable.
 
 GET-style webhooks carry the same fields as query parameters. The documentation does not say
@@ -31,7 +31,7 @@ class PayloadError(ValueError):
 
 
 @dataclass(frozen=True)
-class Fax:
+class CarrierFax:
     """One fax as the carrier describes it. Numbers are as the carrier wrote them."""
 
     id: str
@@ -51,7 +51,7 @@ class Fax:
     time: str | None = None
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> Fax:
+    def from_api(cls, data: Mapping[str, Any]) -> CarrierFax:
         """Read a fax from a REST response, a webhook body, or webhook query parameters."""
         if not isinstance(data, Mapping):
             raise PayloadError(f"expected a JSON object, got {type(data).__name__}")

@@ -8,7 +8,7 @@ import sys
 from contextlib import aclosing
 from datetime import UTC
 
-from gateway.carrier import Fax, VoxtelesysClient
+from gateway.carrier import CarrierFax, VoxtelesysClient
 from gateway.cli import add_config_argument, config_from_args
 from gateway.commands.status import CarrierUnreachable, run_with_client
 from gateway.numbers import pretty
@@ -46,8 +46,8 @@ def _limit(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
 
-    async def collect(client: VoxtelesysClient) -> list[Fax]:
-        found: list[Fax] = []
+    async def collect(client: VoxtelesysClient) -> list[CarrierFax]:
+        found: list[CarrierFax] = []
         # The API has no direction filter, so pages are read until enough match.
         async with aclosing(client.list_faxes()) as faxes:
             async for fax in faxes:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 COLUMNS = ("CREATED (UTC)", "DIRECTION", "FROM", "TO", "STATUS", "PAGES", "ERROR", "ID")
 
 
-def table(faxes: list[Fax]) -> str:
+def table(faxes: list[CarrierFax]) -> str:
     rows = [COLUMNS, *(_row(fax) for fax in faxes)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     return "\n".join(
@@ -84,7 +84,7 @@ def table(faxes: list[Fax]) -> str:
     )
 
 
-def _row(fax: Fax) -> tuple[str, ...]:
+def _row(fax: CarrierFax) -> tuple[str, ...]:
     created = "-"
     if fax.created_at is not None:
         created = fax.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -25,7 +25,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.carrier import Fax, Outcome, VoxtelesysClient
+from gateway.carrier import CarrierFax, Outcome, VoxtelesysClient
 from gateway.cli import UserError, add_config_argument, config_from_args
 from gateway.commands.status import CarrierUnreachable, describe_fax, run_with_client
 from gateway.config import Config
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--url: {url!r} is not an http(s) URL the carrier can download")
     attempts = args.attempts or config.voxtelesys.attempts
 
-    async def action(client: VoxtelesysClient) -> Fax:
+    async def action(client: VoxtelesysClient) -> CarrierFax:
         return await direct_send(
             client,
             config,
@@ -195,7 +195,7 @@ async def direct_send(
     url: str,
     attempts: int,
     wait_seconds: float | None = None,
-) -> Fax:
+) -> CarrierFax:
     """POST the fax; with `wait_seconds`, ask again until it is final or the time is up."""
     fax = await client.send_fax(to, from_, url, attempts)
     if wait_seconds is None:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
-from gateway.carrier import CarrierError, Fax, VoxtelesysClient
+from gateway.carrier import CarrierError, CarrierFax, VoxtelesysClient
 from gateway.carrier.errors import AuthError, NotFound, Rejected, user_message
 from gateway.carrier.status import Outcome
 from gateway.cli import UserError, add_config_argument, config_from_args
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
 
-    async def action(client: VoxtelesysClient) -> Fax:
+    async def action(client: VoxtelesysClient) -> CarrierFax:
         try:
             return await client.get_fax(args.fax_id)
         except NotFound:
@@ -83,7 +83,7 @@ def run_with_client(config: Config, action: Callable[[VoxtelesysClient], Awaitab
         raise CarrierUnreachable(user_message(exc)) from None
 
 
-def describe_fax(fax: Fax, config: Config) -> str:
+def describe_fax(fax: CarrierFax, config: Config) -> str:
     outcome = fax.outcome(config.voxtelesys.success_statuses)
     rows: list[tuple[str, str]] = [
         ("fax", fax.id),

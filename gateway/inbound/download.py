@@ -20,11 +20,11 @@ _CHUNK = 64 * 1024
 
 
 class DownloadError(Exception):
-    """The media could not be fetched; `permanent` when trying again cannot help."""
+    """The media could not be fetched; `transient` unless trying again cannot help."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = True) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ async def download(
                         except ValueError as exc:
                             raise DownloadError(
                                 f"the redirect's Location is not a usable URL: {exc}",
-                                permanent=True,
+                                transient=False,
                             ) from None
                         continue
                     if response.status != 200:
@@ -85,7 +85,7 @@ async def download(
                         raise DownloadError(
                             f"media is {response.content_length} bytes, more than"
                             f" inbound.max_download_bytes ({max_bytes})",
-                            permanent=True,
+                            transient=False,
                         )
                     data = await _read_limited(response, max_bytes)
                     content_type = response.headers.get("Content-Type")
@@ -106,7 +106,7 @@ async def _read_limited(response: aiohttp.ClientResponse, max_bytes: int) -> byt
         size += len(chunk)
         if size > max_bytes:
             raise DownloadError(
-                f"media is larger than inbound.max_download_bytes ({max_bytes})", permanent=True
+                f"media is larger than inbound.max_download_bytes ({max_bytes})", transient=False
             )
         chunks.append(chunk)
     return b"".join(chunks)
@@ -123,11 +123,11 @@ def _checked_origin(url: str) -> tuple[str, str]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise DownloadError(
-                f"refusing to fetch a non-http(s) URL ({parts.scheme}:)", permanent=True
+                f"refusing to fetch a non-http(s) URL ({parts.scheme}:)", transient=False
             )
         return _origin(url)
     except ValueError as exc:
-        raise DownloadError(f"the media link is not a usable URL: {exc}", permanent=True) from None
+        raise DownloadError(f"the media link is not a usable URL: {exc}", transient=False) from None
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -193,7 +193,7 @@ class InboundWorker(QueueWorker):
     async def _download_failed(self, fax: InboundFax, exc: DownloadError) -> int:
         attempts = fax.attempts  # counted by the claim
         now = self.clock()
-        if exc.permanent or attempts >= self.config.inbound.max_attempts:
+        if not exc.transient or attempts >= self.config.inbound.max_attempts:
             await self.db.run(mark_dead, fax.id, None, f"download: {exc}", now)
             logger.error(
                 "inbound.download_gave_up",
@@ -274,7 +274,7 @@ class InboundWorker(QueueWorker):
                 "pages": fax.pages,
                 "duration": fax.duration,
                 "time": fax_moment(fax),
-                "fax_id": fax.carrier_id,
+                "carrier_id": fax.carrier_id,
                 "attachments": [a.filename for a in attachments],
                 "preview_cid": preview.cid if preview else None,
             },

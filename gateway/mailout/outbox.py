@@ -207,7 +207,7 @@ class OutboxWorker(QueueWorker):
         except Exception as exc:  # an unreadable file (I/O error): may be transient
             logger.exception("outbox.unreadable", path=str(message.message_path))
             await self._retry_later(
-                message, RelayError(f"cannot read message: {exc}", permanent=False)
+                message, RelayError(f"cannot read message: {exc}", transient=True)
             )
             return None
         try:
@@ -216,17 +216,17 @@ class OutboxWorker(QueueWorker):
             await self._partly_refused(message, exc)
             return None
         except RelayError as exc:
-            if exc.permanent:
-                await self._failed(message, str(exc))
-            else:
+            if exc.transient:
                 await self._retry_later(message, exc)
+            else:
+                await self._failed(message, str(exc))
             return exc if exc.relay_unavailable else None
         except Exception as exc:
             # A bug or a library surprise, not a verdict on the message: keep it and retry;
             # the lifetime bounds how long a message that always trips it is retried.
             logger.exception("outbox.send_crashed")
             await self._retry_later(
-                message, RelayError(f"{type(exc).__name__}: {exc}", permanent=False)
+                message, RelayError(f"{type(exc).__name__}: {exc}", transient=True)
             )
             return None
         await self._sent(message)

@@ -50,7 +50,9 @@ _AUTH_CODES = frozenset({530, 534, 535, 538})
 class RelayError(Exception):
     """The relay did not take the message.
 
-    `permanent`: sending the same message again will fail the same way (a 5xx answer).
+    `transient`: sending the same message again may work (a 4xx, a timeout, a relay that is
+    down); False when it will fail the same way (a 5xx answer). The same direction as
+    CarrierError.transient and StorageError.transient.
     `relay_unavailable`: no message can go out right now (down, refused login, TLS failure).
     `code` and `reply` are the server's answer when there was one.
     """
@@ -59,14 +61,14 @@ class RelayError(Exception):
         self,
         reason: str,
         *,
-        permanent: bool,
+        transient: bool,
         code: int | None = None,
         reply: str = "",
         relay_unavailable: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.permanent = permanent
+        self.transient = transient
         self.code = code
         self.reply = reply
         self.relay_unavailable = relay_unavailable
@@ -80,7 +82,7 @@ class RelayError(Exception):
 class RecipientsRefused(RelayError):
     """Some or all recipients were refused; the message went to `accepted` (maybe none).
 
-    `refused` maps each refused recipient to the (code, reply) it got. `permanent` is true when
+    `refused` maps each refused recipient to the (code, reply) it got. `transient` is false when
     every refusal was a 5xx: nothing is left to retry.
     """
 
@@ -90,7 +92,7 @@ class RecipientsRefused(RelayError):
         details = "; ".join(f"{rcpt}: {code} {reply}" for rcpt, (code, reply) in refused.items())
         super().__init__(
             f"{len(self.refused)} recipient(s) refused ({details})",
-            permanent=all(code >= 500 for code, _ in self.refused.values()),
+            transient=any(code < 500 for code, _ in self.refused.values()),
         )
 
     @property
@@ -119,14 +121,14 @@ class Relay(Protocol):
 def _recipients(recipients: Sequence[str]) -> list[str]:
     """Validated, de-duplicated recipients; a malformed one is a permanent error."""
     if not recipients:
-        raise RelayError("message has no recipients", permanent=True)
+        raise RelayError("message has no recipients", transient=False)
     seen: set[str] = set()
     result: list[str] = []
     for recipient in recipients:
         try:
             address = clean_address(recipient)
         except ValueError as exc:
-            raise RelayError(str(exc), permanent=True) from None
+            raise RelayError(str(exc), transient=False) from None
         if address.lower() not in seen:
             seen.add(address.lower())
             result.append(address)
@@ -183,7 +185,7 @@ class SmtpRelay:
             log.error("relay.auth_failed", relay=self._where, code=exc.code, reply=exc.message)
             raise RelayError(
                 f"relay {self._where} refused the login (check relay.username/password)",
-                permanent=False,
+                transient=True,
                 code=exc.code,
                 reply=exc.message,
                 relay_unavailable=True,
@@ -197,7 +199,7 @@ class SmtpRelay:
                 )
             raise RelayError(
                 f"relay {self._where} refused the session",
-                permanent=False,
+                transient=True,
                 code=exc.code,
                 reply=exc.message,
                 relay_unavailable=True,
@@ -210,7 +212,7 @@ class SmtpRelay:
                 log.error("relay.tls_failed", relay=self._where, error=_text(exc))
             raise RelayError(
                 f"relay {self._where} unreachable: {_text(exc)}",
-                permanent=False,
+                transient=True,
                 relay_unavailable=True,
             ) from None
         return client
@@ -231,26 +233,26 @@ class SmtpRelay:
                 log.error("relay.auth_failed", relay=self._where, code=exc.code, reply=exc.message)
                 raise RelayError(
                     f"relay {self._where} wants a login it did not get",
-                    permanent=False,
+                    transient=True,
                     code=exc.code,
                     reply=exc.message,
                     relay_unavailable=True,
                 ) from None
             raise RelayError(
                 f"relay {self._where} refused the message",
-                permanent=exc.code >= 500,
+                transient=exc.code < 500,
                 code=exc.code,
                 reply=exc.message,
             ) from None
         except aiosmtplib.SMTPNotSupported as exc:
             # An internationalised address and a relay without SMTPUTF8: this message can never
             # go through this relay.
-            raise RelayError(f"relay {self._where}: {exc.message}", permanent=True) from None
+            raise RelayError(f"relay {self._where}: {exc.message}", transient=False) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             # No final answer to DATA: the relay may or may not have the message. Sending again
             # risks a duplicate, not sending risks a loss; a duplicate report is the lesser evil.
             raise RelayError(
-                f"relay {self._where} lost during delivery: {_text(exc)}", permanent=False
+                f"relay {self._where} lost during delivery: {_text(exc)}", transient=True
             ) from None
         finally:
             await _quit(client)
@@ -317,7 +319,7 @@ class MaildirRelay:
                 if not delivered:
                     raise RelayError(
                         f"cannot write to maildir {self.path}: {exc}",
-                        permanent=False,
+                        transient=True,
                         relay_unavailable=exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES),
                     ) from None
                 # Those already written must not be written twice: retry only the rest.
@@ -373,7 +375,7 @@ class MaildirRelay:
         except OSError as exc:
             raise RelayError(
                 f"maildir {self.path} is not writable: {exc}",
-                permanent=False,
+                transient=True,
                 relay_unavailable=True,
             ) from None
 

@@ -137,7 +137,7 @@ def compose_report(
         "pages": _pages(job, fax, kind),
         "duration": fax.duration,
         "attempts": fax.carrier_attempts,
-        "fax_id": fax.carrier_id,
+        "carrier_id": fax.carrier_id,
         "time": datetime.fromtimestamp(moment, UTC) if moment else None,
         "subject": job.subject,
         "sender": job.sender,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from gateway import log
 from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import AuthError, CarrierError, Rejected
-from gateway.carrier.models import Fax as CarrierFax
+from gateway.carrier.models import CarrierFax
 from gateway.carrier.status import Outcome, classify
 from gateway.config import Config
 from gateway.ops.metrics import Metrics

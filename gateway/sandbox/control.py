@@ -213,7 +213,7 @@ async def create_inbound(request: web.Request) -> web.Response:
     data = await request.read()
     try:
         document = await asyncio.to_thread(documents.inspect, data)
-    except documents.DocumentError as exc:
+    except documents.DocumentRefused as exc:
         raise _bad(f"the body is not a fax document: {exc.reason}") from None
     token = state.media_token()
     fax = state.new_fax(

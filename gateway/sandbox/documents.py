@@ -30,7 +30,7 @@ FILE_DOWNLOAD_FAILED = 4203
 _CHUNK = 64 * 1024
 
 
-class DocumentError(Exception):
+class DocumentRefused(Exception):
     """The document cannot be faxed; `code` is the carrier's fax error code."""
 
     def __init__(self, code: int, reason: str, record: dict[str, object] | None = None) -> None:
@@ -58,21 +58,21 @@ def sniff(data: bytes) -> str | None:
 
 
 def inspect(data: bytes) -> Document:
-    """Type and page count of a document; raises DocumentError(4201) when it is not one.
+    """Type and page count of a document; raises DocumentRefused(4201) when it is not one.
 
     Blocking (parses the file): run it in a thread.
     """
     content_type = sniff(data)
     if content_type is None:
-        raise DocumentError(FILE_FORMAT_INVALID, "not a PDF, PNG, JPEG or TIFF file")
+        raise DocumentRefused(FILE_FORMAT_INVALID, "not a PDF, PNG, JPEG or TIFF file")
     try:
         pages = _count_pages(data, content_type)
     except Exception as exc:
-        raise DocumentError(
+        raise DocumentRefused(
             FILE_FORMAT_INVALID, f"unreadable {content_type}: {type(exc).__name__}: {exc}"
         ) from None
     if pages < 1:
-        raise DocumentError(FILE_FORMAT_INVALID, f"{content_type} without pages")
+        raise DocumentRefused(FILE_FORMAT_INVALID, f"{content_type} without pages")
     return Document(content_type=content_type, pages=pages, data=data)
 
 
@@ -92,7 +92,7 @@ async def fetch(
 ) -> tuple[bytes, dict[str, object]]:
     """Download `url`; returns the bytes and a record of the download for the control API.
 
-    Raises DocumentError with 4203 (unreachable) or 4202 (too large).
+    Raises DocumentRefused with 4203 (unreachable) or 4202 (too large).
     """
     record: dict[str, object] = {"url": url, "status": None, "bytes": 0}
     try:
@@ -101,23 +101,23 @@ async def fetch(
         ) as response:
             record["status"] = response.status
             if response.status != 200:
-                raise DocumentError(
+                raise DocumentRefused(
                     FILE_DOWNLOAD_FAILED,
                     f"the document URL answered HTTP {response.status}",
                     record,
                 )
             declared = response.content_length
             if declared is not None and declared > max_bytes:
-                raise DocumentError(
+                raise DocumentRefused(
                     FILE_TOO_LARGE, f"{declared} bytes declared, limit {max_bytes}", record
                 )
             buffer = bytearray()
             async for chunk in response.content.iter_chunked(_CHUNK):
                 buffer += chunk
                 if len(buffer) > max_bytes:
-                    raise DocumentError(FILE_TOO_LARGE, f"more than {max_bytes} bytes", record)
+                    raise DocumentRefused(FILE_TOO_LARGE, f"more than {max_bytes} bytes", record)
             record["bytes"] = len(buffer)
             return bytes(buffer), record
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        raise DocumentError(FILE_DOWNLOAD_FAILED, reason, record) from None
+        raise DocumentRefused(FILE_DOWNLOAD_FAILED, reason, record) from None

@@ -82,10 +82,12 @@ class Lifecycle:
                 seconds=settings.download_timeout,
             )
             fax.document = await asyncio.to_thread(documents.inspect, data)
-        except documents.DocumentError as exc:
+        except documents.DocumentRefused as exc:
             if exc.record is not None:
                 fax.download = exc.record
-            log.info("sandbox.document_refused", fax_id=fax.id, code=exc.code, reason=exc.reason)
+            log.info(
+                "sandbox.document_refused", carrier_id=fax.id, code=exc.code, reason=exc.reason
+            )
             self._fail(fax, exc.code)
             self.webhooks.send(fax)
             return
@@ -116,11 +118,11 @@ class Lifecycle:
         fax.error_code = None
         fax.set_status(RECEIVED if fax.direction == "inbound" else DELIVERED)
         self.state.touch()
-        log.info("sandbox.fax_done", fax_id=fax.id, status=fax.status, pages=pages)
+        log.info("sandbox.fax_done", carrier_id=fax.id, status=fax.status, pages=pages)
 
     def _fail(self, fax: SandboxFax, code: int) -> None:
         fax.pages, fax.duration = 0, 0
         fax.error_code = code
         fax.set_status(FAILED)
         self.state.touch()
-        log.info("sandbox.fax_done", fax_id=fax.id, status=fax.status, error_code=code)
+        log.info("sandbox.fax_done", carrier_id=fax.id, status=fax.status, error_code=code)

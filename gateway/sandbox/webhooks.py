@@ -50,7 +50,7 @@ class WebhookSender:
         """Send the fax's webhook in the background; False when no webhook URL is set."""
         settings = self.state.settings
         if not settings.webhook_url:
-            log.info("sandbox.webhook_skipped", fax_id=fax.id, reason="no webhook URL set")
+            log.info("sandbox.webhook_skipped", carrier_id=fax.id, reason="no webhook URL set")
             return False
         payload = fax.webhook_json()  # the state now, not when a retry happens to run
         self.state.spawn(
@@ -80,7 +80,7 @@ class WebhookSender:
                 # A lost webhook: the gateway must notice through reconciliation.
                 entry["dropped"] = True
                 self.state.record_webhook(entry)
-                log.info("sandbox.webhook_dropped", fax_id=payload["id"])
+                log.info("sandbox.webhook_dropped", carrier_id=payload["id"])
                 return
             try:
                 async with self.session.request(
@@ -98,7 +98,7 @@ class WebhookSender:
             status = entry["response_status"]
             log.info(
                 "sandbox.webhook_sent",
-                fax_id=payload["id"],
+                carrier_id=payload["id"],
                 status=payload["status"],
                 attempt=attempt,
                 response_status=status,
@@ -115,4 +115,4 @@ class WebhookSender:
                     return  # the sandbox is stopping
                 except TimeoutError:
                     pass
-        log.warning("sandbox.webhook_gave_up", fax_id=payload["id"], attempts=attempt)
+        log.warning("sandbox.webhook_gave_up", carrier_id=payload["id"], attempts=attempt)
