@@ -415,7 +415,7 @@ def _inbound(gateway: Gateway, carrier_id: str, *, with_file: bool) -> int:
     gateway.db.run_sync(
         outbox_store.enqueue,
         key=mail_key(carrier_id),
-        kind="received",
+        kind="inbound",
         recipients=["office@example.com"],
         message_path=message,
         now=now,

@@ -39,7 +39,7 @@ def test_message_structure_text_html_related_mixed(renderer: MailRenderer) -> No
     pdf = b"%PDF-1.7\n" + bytes(range(256)) * 40
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
     message = build(
-        renderer.render("received", RECEIVED),
+        renderer.render("inbound", RECEIVED),
         attachments=[MailAttachment("fax.pdf", "application/pdf", pdf)],
         inline_images=[InlineImage("page1.in-42@fax.local", "image/png", png)],
     )

@@ -14,7 +14,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "delivered": OUTBOUND,
     "queued": OUTBOUND,
     "failed": FAILED,
-    "received": RECEIVED,
+    "inbound": RECEIVED,
 }
 
 
@@ -29,7 +29,7 @@ def test_every_kind_renders_subject_text_and_html(renderer: MailRenderer, kind: 
     mail = renderer.render(kind, CONTEXTS[kind])
     assert "\n" not in mail.subject and mail.subject
     assert mail.text.strip() and mail.html is not None and "<html" in mail.html
-    if kind == "received":
+    if kind == "inbound":
         assert mail.subject == "Fax from +1 555-666-8888, 2 pages"
         assert "+1 201-555-0100" in mail.text and "1 min 1 s" in mail.text
         assert 'src="cid:page1.in-42@fax.local"' in mail.html

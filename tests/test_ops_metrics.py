@@ -115,8 +115,8 @@ async def test_counters_move(serve: Callable[..., Awaitable[str]]) -> None:
     metrics.webhook_events.labels(direction="outbound", outcome="applied").inc()
     metrics.webhook_handling.observe(0.03)
     metrics.mail_sent.labels(kind="delivered").inc()
-    metrics.mail_failed.labels(kind="received").inc()
-    metrics.mail_dead.labels(kind="received").inc()
+    metrics.mail_failed.labels(kind="inbound").inc()
+    metrics.mail_dead.labels(kind="inbound").inc()
 
     _, _, text = await scrape(url)
     assert sample(text, "faxgw_smtp_messages_accepted_total") == 1
@@ -133,8 +133,8 @@ async def test_counters_move(serve: Callable[..., Awaitable[str]]) -> None:
     assert sample(text, "faxgw_webhook_events_total", labels) == 1
     assert sample(text, "faxgw_webhook_handling_seconds_count") == 1
     assert sample(text, "faxgw_mail_sent_total", {"kind": "delivered"}) == 1
-    assert sample(text, "faxgw_mail_failed_total", {"kind": "received"}) == 1
-    assert sample(text, "faxgw_mail_dead_total", {"kind": "received"}) == 1
+    assert sample(text, "faxgw_mail_failed_total", {"kind": "inbound"}) == 1
+    assert sample(text, "faxgw_mail_dead_total", {"kind": "inbound"}) == 1
 
 
 def test_webhook_endpoint_protocol() -> None:

@@ -7,7 +7,7 @@ The worker owns three transitions of the `inbound` table (see gateway/store/inbo
    under data.dir/inbound/ before anything else happens to it. Failures are retried with
    backoff; after inbound.max_attempts the fax is dead (the carrier still holds it).
 2. stored -> mailed: route by the number called (inbound.routes, else default_recipients),
-   convert TIFF to PDF as inbound.attach_format asks, render the "received" mail with a PNG
+   convert TIFF to PDF as inbound.attach_format asks, render the "inbound" mail with a PNG
    preview of page 1 and queue it in the outbox under `inbound:<carrier id>` (once per fax).
    An unroutable fax stays stored, logged at error level, until an operator adds a route.
 3. mailed -> done or dead: the outbox worker delivers to the relay with its own retries. Once
@@ -249,7 +249,7 @@ class InboundWorker(QueueWorker):
                 self.db,
                 self.outbox_dir,
                 key=key,
-                kind="received",
+                kind="inbound",
                 message=message,
                 recipients=list(recipients),
             )
@@ -267,7 +267,7 @@ class InboundWorker(QueueWorker):
         attachments = attachments_for(fax, data, self.config.inbound.attach_format)
         preview = preview_of(fax, data)
         rendered = self.renderer.render(
-            "received",
+            "inbound",
             {
                 "from_number": shown_number(fax.from_number),
                 "to_number": shown_number(fax.to_number),

@@ -15,7 +15,7 @@ Context the built-in templates expect (a template may test optional keys with `i
   `carrier_id` (the carrier's fax id), `time` (datetime), each possibly None; `subject` (the
   sender's own subject, may be ""), `sender`, `job_id`, `document_attached` (bool); failed adds
   `error_code` (int or None), `error_description`, `retry_may_help` (bool).
-- received: `from_number`, `to_number` (E.164), `pages`, `duration`, `time`, `carrier_id`,
+- inbound: `from_number`, `to_number` (E.164), `pages`, `duration`, `time`, `carrier_id`,
   `attachments` (file names), `preview_cid` (cid of the inline page-1 image, or None).
 Filters: `fax_number` ("+1 555-123-4567"), `duration` ("2 min 5 s"), `when` ("2024-06-19 15:38
 UTC").
@@ -34,7 +34,7 @@ from gateway.mailout.message import RenderedMail, clean_subject, normalize_newli
 from gateway.numbers import pretty
 from gateway.paths import builtin_templates
 
-KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "received")
+KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "inbound")
 BUILTIN_TEMPLATES = builtin_templates()
 
 

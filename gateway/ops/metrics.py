@@ -136,7 +136,7 @@ class Metrics:
             registry=r,
         )
 
-        # Mail out, by kind (delivered, failed, queued, received: the outbox kinds).
+        # Mail out, by kind (delivered, failed, queued, inbound: the outbox kinds).
         self.mail_sent = Counter(
             f"{PREFIX}_mail_sent", "Mails the relay accepted, by kind.", ["kind"], registry=r
         )

@@ -19,10 +19,11 @@ import time
 
 from gateway.carrier.status import Outcome
 from gateway.log import get_logger
+from gateway.queue.schedule import crash_message
 from gateway.store.claims import QueueTable, claim
 from gateway.store.db import transaction
 from gateway.store.jobs import all_final, fax_counts, get_job
-from gateway.store.records import FINAL, Fax, FaxState, Job, JobState, crash_message
+from gateway.store.records import FINAL, Fax, FaxState, Job, JobState
 
 log = get_logger(__name__)
 

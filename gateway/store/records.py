@@ -8,9 +8,9 @@ states, in the order of the pipeline:
 
 Fax states: pending -> submitted -> delivered | failed, plus held and cancelled.
 
-The states, the row types, job ids and the reason a crash-looping claim records live here so
-that the job pipeline (jobs.py) and each fax's carrier life (faxes.py) share them without a
-cycle: faxes.py imports jobs.py, never the other way round.
+The states, the row types and job ids live here so that the job pipeline (jobs.py) and each
+fax's carrier life (faxes.py) share them without a cycle: faxes.py imports jobs.py, never the
+other way round.
 """
 
 from __future__ import annotations
@@ -150,8 +150,3 @@ class Fax:
     @property
     def final(self) -> bool:
         return self.state in FINAL
-
-
-def crash_message(pickups: int, work: str) -> str:
-    """Why a job or fax is held: its claims crashed `pickups` times while doing `work`."""
-    return f"crashed {pickups} times while {work}; held for an operator"
