@@ -28,7 +28,6 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from typing import Protocol
 
 from gateway import log
 from gateway.addresses import clean_address
@@ -36,6 +35,7 @@ from gateway.config import Config
 from gateway.fsutil import write_atomic
 from gateway.mailout.relay import RecipientsRefused, Relay, RelayError
 from gateway.ops.metrics import Metrics
+from gateway.queue.backoff import Random
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
@@ -46,10 +46,6 @@ logger = log.get_logger(__name__)
 
 # Messages picked up per pass; the runner calls again at once while a pass found work.
 BATCH_SIZE = 20
-
-
-class _Random(Protocol):
-    def uniform(self, a: float, b: float) -> float: ...
 
 
 def message_path_for(outbox_dir: Path, key: str) -> Path:
@@ -155,7 +151,7 @@ class OutboxWorker(QueueWorker):
         config: Config,
         db: Database,
         clock: Clock = time.time,
-        rng: _Random = random,
+        rng: Random = random,
         relay: Relay,
         metrics: Metrics | None = None,
         batch_size: int = BATCH_SIZE,

@@ -32,11 +32,13 @@ _JITTER = 0.5
 _CAP_SPREAD = 0.25
 
 
-class _Random(Protocol):
+class Random(Protocol):
+    """What the jitter needs of a random source (the `random` module; tests pass their own)."""
+
     def uniform(self, a: float, b: float) -> float: ...
 
 
-def backoff_delay(attempt: int, minimum: float, maximum: float, rng: _Random = random) -> float:
+def backoff_delay(attempt: int, minimum: float, maximum: float, rng: Random = random) -> float:
     """Seconds to wait after failed attempt number `attempt` (counting from 1).
 
     The base doubles from `minimum` (attempt 1 waits about `minimum`); a random share of up to
@@ -88,7 +90,7 @@ async def retrying(
     policy: RetryPolicy,
     is_transient: Callable[[BaseException], bool],
     operation: str = "operation",
-    rng: _Random = random,
+    rng: Random = random,
 ) -> T:
     """Await `fn()`; on a transient error wait and call it again, within `policy`.
 

@@ -26,7 +26,7 @@ from typing import ClassVar, Protocol
 
 from gateway import log
 from gateway.config import Config
-from gateway.queue.backoff import backoff_delay
+from gateway.queue.backoff import Random, backoff_delay
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
 
@@ -37,10 +37,6 @@ logger = log.get_logger(__name__)
 # enough not to spin, short enough that a due item waits about a second at most.
 _MIN_WAIT = 0.01
 _DUE_BUT_IDLE_WAIT = 1.0
-
-
-class _Random(Protocol):
-    def uniform(self, a: float, b: float) -> float: ...
 
 
 class Worker(Protocol):
@@ -60,7 +56,7 @@ class QueueWorker:
         config: Config,
         db: Database,
         clock: Clock = time.time,
-        rng: _Random = random,
+        rng: Random = random,
     ) -> None:
         self.config = config
         self.db = db

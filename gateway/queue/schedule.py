@@ -28,10 +28,9 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from gateway.config import QueueConfig
-from gateway.queue.backoff import backoff_delay
+from gateway.queue.backoff import Random, backoff_delay
 
 Clock = Callable[[], float]
 
@@ -48,17 +47,13 @@ HELD = "held"
 FAILED = "failed"
 
 
-class _Random(Protocol):
-    def uniform(self, a: float, b: float) -> float: ...
-
-
 @dataclass(frozen=True)
 class Schedule:
     """Postfix's deferred-queue rule, with the clock every queue's worker and store share."""
 
     queue: QueueConfig
     clock: Clock = time.time
-    rng: _Random = field(default=random, compare=False)
+    rng: Random = field(default=random, compare=False)
 
     @property
     def max_pickups(self) -> int:

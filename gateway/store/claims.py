@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.store.db import transaction
-
 
 @dataclass(frozen=True)
 class QueueTable:
@@ -94,7 +92,18 @@ def claim(
     return Claimed(claimed, held)
 
 
-def claim_one_transaction(conn: sqlite3.Connection, queue: QueueTable, **kwargs: Any) -> Claimed:
-    """`claim` in a transaction of its own, for queues that hold nothing else at claim time."""
-    with transaction(conn):
-        return claim(conn, queue, **kwargs)
+def next_due(
+    conn: sqlite3.Connection,
+    queue: QueueTable,
+    *,
+    where: str,
+    params: Sequence[Any],
+    source: str | None = None,
+) -> float | None:
+    """When the earliest row of `queue` matching `where` is due (None: no such row), for its
+    worker deciding how long to sleep."""
+    table = queue.table
+    row = conn.execute(
+        f"SELECT min({table}.{queue.due}) FROM {source or table} WHERE {where}", tuple(params)
+    ).fetchone()
+    return None if row[0] is None else float(row[0])

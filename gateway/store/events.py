@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.queue.schedule import crash_message
-from gateway.store.claims import QueueTable, claim
+from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
 
 EVENTS = QueueTable("events", touched=None)
@@ -178,10 +178,7 @@ def defer_event(
 
 def next_event_due(conn: sqlite3.Connection) -> float | None:
     """When the earliest unprocessed event is due."""
-    row = conn.execute(
-        "SELECT min(next_attempt_at) FROM events WHERE processed_at IS NULL"
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
+    return next_due(conn, EVENTS, where="processed_at IS NULL", params=())
 
 
 def _event(row: sqlite3.Row) -> Event:

@@ -20,12 +20,18 @@ import time
 from gateway.carrier.status import Outcome
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
-from gateway.store.claims import QueueTable, claim
+from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
 from gateway.store.jobs import all_final, fax_counts, get_job
 from gateway.store.records import FINAL, Fax, FaxState, Job, JobState
 
 log = get_logger(__name__)
+
+# The submit step's queue: pending faxes of jobs whose document is uploaded.
+SUBMITS = QueueTable("faxes")
+_WITH_JOBS = "faxes JOIN jobs ON jobs.id = faxes.job_id"
+_SUBMITTABLE = "faxes.state = ? AND jobs.state IN (?, ?)"
+_UNREPORTED = "reported_at IS NULL AND state IN (?, ?, ?)"
 
 
 def _now(now: float | None) -> float:
@@ -70,8 +76,8 @@ def claim_faxes(
         found = claim(
             conn,
             SUBMITS,
-            source="faxes JOIN jobs ON jobs.id = faxes.job_id",
-            where="faxes.state = ? AND jobs.state IN (?, ?)",
+            source=_WITH_JOBS,
+            where=_SUBMITTABLE,
             params=(FaxState.PENDING, JobState.UPLOADED, JobState.SUBMITTED),
             now=now,
             limit=limit,
@@ -109,12 +115,13 @@ def claim_faxes(
 
 def next_submit_due(conn: sqlite3.Connection) -> float | None:
     """When the earliest pending fax of an uploaded or submitted job is due."""
-    row = conn.execute(
-        "SELECT min(faxes.next_attempt_at) FROM faxes JOIN jobs ON jobs.id = faxes.job_id"
-        " WHERE faxes.state = ? AND jobs.state IN (?, ?)",
-        (FaxState.PENDING, JobState.UPLOADED, JobState.SUBMITTED),
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
+    return next_due(
+        conn,
+        SUBMITS,
+        source=_WITH_JOBS,
+        where=_SUBMITTABLE,
+        params=(FaxState.PENDING, JobState.UPLOADED, JobState.SUBMITTED),
+    )
 
 
 def begin_submit(
@@ -295,7 +302,6 @@ def faxes_awaiting_final(conn: sqlite3.Connection, submitted_before: float) -> l
 
 
 # The report step's queue discipline lives on the fax row, beside the submit step's.
-SUBMITS = QueueTable("faxes")
 REPORTS = QueueTable("faxes", due="report_due_at", pickups="report_pickups", touched=None)
 
 
@@ -323,7 +329,7 @@ def claim_reports(
         claimed = claim(
             conn,
             REPORTS,
-            where="reported_at IS NULL AND state IN (?, ?, ?)",
+            where=_UNREPORTED,
             params=tuple(FINAL),
             now=now,
             limit=limit,
@@ -354,11 +360,7 @@ def defer_report(
 
 def next_report_due(conn: sqlite3.Connection) -> float | None:
     """When the earliest report not yet queued is due."""
-    row = conn.execute(
-        "SELECT min(report_due_at) FROM faxes WHERE reported_at IS NULL AND state IN (?, ?, ?)",
-        tuple(FINAL),
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
+    return next_due(conn, REPORTS, where=_UNREPORTED, params=tuple(FINAL))
 
 
 def mark_reported(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.store.claims import QueueTable, claim
+from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
 
 INBOUND = QueueTable("inbound")
@@ -127,11 +127,9 @@ def claim_inbound(
 
 def next_inbound_due(conn: sqlite3.Connection) -> float | None:
     """When the earliest announced or stored fax is due."""
-    row = conn.execute(
-        "SELECT min(next_attempt_at) FROM inbound WHERE state IN (?, ?)",
-        (InboundState.ANNOUNCED, InboundState.STORED),
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
+    return next_due(
+        conn, INBOUND, where="state IN (?, ?)", params=(InboundState.ANNOUNCED, InboundState.STORED)
+    )
 
 
 def inbound_in_state(conn: sqlite3.Connection, state: InboundState) -> list[InboundFax]:

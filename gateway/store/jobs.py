@@ -25,7 +25,7 @@ from typing import Any
 
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
-from gateway.store.claims import QueueTable, claim
+from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
 from gateway.store.records import (
     FINAL,
@@ -194,12 +194,8 @@ def claim_jobs(
 
 
 def next_job_due(conn: sqlite3.Connection, state: JobState) -> float | None:
-    """When the earliest job in `state` is due (for its stage's worker deciding how long to
-    sleep)."""
-    row = conn.execute(
-        "SELECT min(next_attempt_at) FROM jobs WHERE state = ?", (JobState(state),)
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
+    """When the earliest job in `state` is due (for its stage's worker)."""
+    return next_due(conn, JOBS, where="state = ?", params=(JobState(state),))
 
 
 # Columns a stage may set when it advances a job (validated: names go into the SQL text).

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
-from gateway.store.claims import QueueTable, claim
+from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
 
 log = get_logger(__name__)
@@ -284,10 +284,7 @@ def pending_count(conn: sqlite3.Connection) -> int:
 
 def next_due_at(conn: sqlite3.Connection) -> float | None:
     """When the earliest pending message is due (for a worker deciding how long to sleep)."""
-    row = conn.execute(
-        "SELECT min(next_attempt_at) FROM outbox WHERE state = ?", (OutboxState.PENDING,)
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
+    return next_due(conn, OUTBOX, where="state = ?", params=(OutboxState.PENDING,))
 
 
 def _message(row: sqlite3.Row) -> OutboxMessage:
