@@ -9,7 +9,6 @@ anything unexpected is `451 4.3.0` so the client keeps the message and tries aga
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,16 +23,16 @@ from gateway.document.mime import DocumentError
 from gateway.ops.metrics import Metrics
 from gateway.smtp import replies
 from gateway.smtp.auth import SmtpAuth, peer_of
+from gateway.smtp.limits import DailyLimit
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
 from gateway.store import Database
-from gateway.store.jobs import create_job, faxes_sent_by_user_since, faxes_sent_since
+from gateway.store.jobs import create_job
 from gateway.store.records import NewJob, new_job_id
 from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
 
-DAY_SECONDS = 86400
 
 # What each kind of document problem answers. All are permanent: the same message would fail
 # the same way tomorrow.
@@ -89,7 +88,7 @@ class FaxHandler:
         # Held while the daily limit is checked and a recipient taken, and while a job row is
         # committed: a check then sees each accepted fax exactly once, in the store or in an
         # open transaction, however many sessions of one sender run side by side.
-        self._limit_lock = asyncio.Lock()
+        self.daily_limit = DailyLimit(db)
 
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded configuration from the next SMTP command on (SIGHUP)."""
@@ -185,25 +184,26 @@ class FaxHandler:
         limit = self.config.limits.faxes_per_sender_per_day
         if limit <= 0:
             return self._take(transaction, envelope, address, parsed, rcpt_options)
-        async with self._limit_lock:
-            # Faxes of committed jobs, plus those of the sender's open transactions, this one's
-            # included: parallel sessions each under the limit must not pass it together.
-            since = time.time() - DAY_SECONDS
-            sender = transaction.sender.lower()
-            sent = await self.db.run(faxes_sent_since, sender, since)
-            sent += self._open_numbers(lambda other: other.sender.lower() == sender)
-            reply = replies.daily_limit(transaction.sender, limit)
-            user = transaction.auth_user
-            if sent < limit and user is not None and user.lower() != sender:
-                # A login that is not an address may name any allowed sender: its own count
-                # keeps one stolen password from faxing without end under ever new senders.
-                sent = await self.db.run(faxes_sent_by_user_since, user, since)
-                sent += self._open_numbers(lambda other: other.auth_user == user)
-                reply = replies.daily_limit_user(user, limit)
-            if sent >= limit:
-                refusal = Refusal(Reason.DAILY_LIMIT, reply)
+        async with self.daily_limit.lock:
+            over = await self.daily_limit.check(
+                sender=transaction.sender,
+                user=transaction.auth_user,
+                limit=limit,
+                open_for_sender=lambda sender: self._open_numbers(
+                    lambda other: other.sender.lower() == sender
+                ),
+                open_for_user=lambda user: self._open_numbers(
+                    lambda other: other.auth_user == user
+                ),
+            )
+            if over is not None:
                 return self._refuse(
-                    "rcpt", refusal, server, sender=transaction.sender, user=user, sent=sent
+                    "rcpt",
+                    over.refusal,
+                    server,
+                    sender=transaction.sender,
+                    user=transaction.auth_user,
+                    sent=over.sent,
                 )
             return self._take(transaction, envelope, address, parsed, rcpt_options)
 
@@ -313,7 +313,7 @@ class FaxHandler:
                     spool_path=spool_path,
                     recipients=tuple(transaction.numbers),
                 )
-                async with self._limit_lock:
+                async with self.daily_limit.lock:
                     await self.db.run(create_job, job)
                     transaction.open = False
                 logger.info(
