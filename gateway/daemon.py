@@ -44,11 +44,20 @@ from gateway.smtp.server import SmtpServer
 from gateway.storage import create_storage
 from gateway.store import Database
 from gateway.store import jobs as job_store
+from gateway.store.claims import release_claims
+from gateway.store.events import EVENTS
+from gateway.store.faxes import REPORTS, SUBMITS
+from gateway.store.inbound import INBOUND
 from gateway.store.inbound import state_counts as inbound_counts
+from gateway.store.jobs import JOBS
+from gateway.store.outbox import OUTBOX
 from gateway.store.outbox import state_counts as outbox_counts
 from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
+
+# Every queue's table, for taking back a dead predecessor's claims at start-up.
+QUEUES = (JOBS, SUBMITS, REPORTS, EVENTS, INBOUND, OUTBOX)
 
 # Spool temp files older than this at start-up are leftovers of a crash mid-write.
 _STALE_TEMP_SECONDS = 3600
@@ -148,6 +157,10 @@ class Gateway:
         removed = await asyncio.to_thread(self.spool.remove_stale_temp_files, _STALE_TEMP_SECONDS)
         if removed:
             logger.warning("spool.stale_temp_removed", count=removed)
+        # Claims a dead predecessor left (kill -9 mid-send, a crash mid-step) are due now.
+        released = await self.db.run(release_claims, QUEUES, time.time())
+        if released:
+            logger.warning("claims.released", count=released)
         await self.http.start()
         await self.runner.start()
         await self.smtp.start()

@@ -44,8 +44,10 @@ from gateway.store.outbox import OutboxMessage, OutboxState
 
 logger = log.get_logger(__name__)
 
-# Messages picked up per pass; the runner calls again at once while a pass found work.
+# Messages sent per pass; the runner calls again at once while a pass found work.
 BATCH_SIZE = 20
+# Relay timeouts one send may take at most (see OutboxWorker.lease).
+_LEASE_STEPS = 15
 
 
 def message_path_for(outbox_dir: Path, key: str) -> Path:
@@ -166,24 +168,30 @@ class OutboxWorker(QueueWorker):
 
     @property
     def lease(self) -> float:
-        """How long a claimed message is left alone if we die mid-send: longer than any send
-        can take (every step of the SMTP dialogue is bounded by the relay timeout)."""
-        return max(store.DEFAULT_LEASE_SECONDS, 20 * self.config.relay.timeout_seconds)
+        """How long a claimed message is left alone while it is being sent: longer than one send
+        can take. Each step of the SMTP dialogue (connect, EHLO, STARTTLS, EHLO, AUTH, MAIL,
+        RCPT per recipient, DATA, the message, QUIT) is bounded by the relay timeout; twelve
+        of them with a margin. A crashed process's claims do not wait this out: the next boot
+        takes them back at start-up (store/claims.release_claims)."""
+        return _LEASE_STEPS * self.config.relay.timeout_seconds
 
     async def next_due(self) -> float | None:
         return await self.db.run(store.next_due_at)
 
     async def run_once(self) -> int:
         """Handle the messages due now; how many were handled (0 when there is nothing to do)."""
-        due = await self.db.run(
-            store.claim_due,
-            self.clock(),
-            self.batch_size,
-            self.lease,
-            self.schedule.max_pickups,
-        )
         relay_down: RelayError | None = None
-        for message in due:
+        handled = 0
+        while handled < self.batch_size:
+            # One message per claim: the claim counts a pickup, and a crash mid-send must
+            # charge only the message that was being sent.
+            due = await self.db.run(
+                store.claim_due, self.clock(), 1, self.lease, self.schedule.max_pickups
+            )
+            if not due:
+                break
+            message = due[0]
+            handled += 1
             with log.bound(outbox_id=message.id, key=message.key, kind=message.kind):
                 if relay_down is not None:
                     await self._retry_later(message, relay_down, tried=False)
@@ -191,7 +199,7 @@ class OutboxWorker(QueueWorker):
                 relay_down = await self._deliver(message)
                 if relay_down is not None:
                     self._relay_down_passes += 1
-        return len(due)
+        return handled
 
     async def _deliver(self, message: OutboxMessage) -> RelayError | None:
         """Try one message; the error if the relay as a whole is unavailable, else None."""

@@ -6,17 +6,23 @@ starts, and hands back separately the rows whose unfinished pickups already reac
 for the caller to hold in the same transaction. Each queue's own outcomes (advance, defer,
 fail, sent...) set pickups back to 0: a handled outcome is not a crash.
 
-A claim may also push the row's due time `lease(pickups)` seconds ahead, for queues where an
-interrupted item must not be tried again at once after a restart (an inbound document that
-killed the process, a mail that may be in the relay's hands).
+A claim may also push the row's due time `lease(pickups)` seconds ahead, so that while the
+work is under way nothing else takes the item (a mail in the relay's hands, an inbound document
+being converted). A claim names its owner, `BOOT_ID`, the id of the process that made it: when
+a process dies mid-step, the next one takes back its predecessor's claims at start-up
+(`release_claims`) instead of waiting out their leases; the pickups they counted stay, so a step
+that kills the process still ends held after queue.max_pickups restarts.
 """
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from gateway.store.db import transaction
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,11 @@ class QueueTable:
     due: str = "next_attempt_at"
     pickups: str = "pickups"
     touched: str | None = "updated_at"  # set to the claim's time, where the table has one
+    owner: str = "claimed_by"  # the boot id of the process that claimed the row
+
+
+# This process's id in the claims it makes: one per start of the gateway.
+BOOT_ID = secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ def claim(
     source: str | None = None,
     lease: Callable[[int], float] = no_lease,
     count_attempt: bool = False,
+    owner: str = BOOT_ID,
 ) -> Claimed:
     """Due rows of `queue` matching `where` (inside the caller's transaction).
 
@@ -72,8 +84,8 @@ def claim(
             held.append(row)
             continue
         count = row[pickups] + 1
-        assignments = [f"{pickups} = ?"]
-        values: list[Any] = [count]
+        assignments = [f"{pickups} = ?", f"{queue.owner} = ?"]
+        values: list[Any] = [count, owner]
         if queue.touched:
             assignments.append(f"{queue.touched} = ?")
             values.append(now)
@@ -107,3 +119,20 @@ def next_due(
         f"SELECT min({table}.{queue.due}) FROM {source or table} WHERE {where}", tuple(params)
     ).fetchone()
     return None if row[0] is None else float(row[0])
+
+
+def release_claims(
+    conn: sqlite3.Connection, queues: Sequence[QueueTable], now: float, owner: str = BOOT_ID
+) -> int:
+    """Make every unfinished claim of another process due now (at start-up: that process is
+    gone); how many were released. Their pickups stay counted."""
+    released = 0
+    with transaction(conn):
+        for queue in queues:
+            cursor = conn.execute(
+                f"UPDATE {queue.table} SET {queue.due} = ? WHERE {queue.pickups} > 0"
+                f" AND {queue.due} > ? AND ({queue.owner} IS NULL OR {queue.owner} != ?)",
+                (now, now, owner),
+            )
+            released += cursor.rowcount
+    return released

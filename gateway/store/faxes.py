@@ -302,7 +302,13 @@ def faxes_awaiting_final(conn: sqlite3.Connection, submitted_before: float) -> l
 
 
 # The report step's queue discipline lives on the fax row, beside the submit step's.
-REPORTS = QueueTable("faxes", due="report_due_at", pickups="report_pickups", touched=None)
+REPORTS = QueueTable(
+    "faxes",
+    due="report_due_at",
+    pickups="report_pickups",
+    touched=None,
+    owner="report_claimed_by",
+)
 
 
 def faxes_to_report(conn: sqlite3.Connection, limit: int = 100) -> list[tuple[Fax, Job]]:

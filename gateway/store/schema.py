@@ -156,4 +156,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE faxes ADD COLUMN report_due_at REAL NOT NULL DEFAULT 0;
     ALTER TABLE faxes ADD COLUMN report_error TEXT
     """,
+    # 6: a claim names its owner (the boot id of the process that made it), so a new boot takes
+    # back its predecessor's claims at once instead of waiting out their leases.
+    """
+    ALTER TABLE jobs ADD COLUMN claimed_by TEXT;
+    ALTER TABLE faxes ADD COLUMN claimed_by TEXT;
+    ALTER TABLE faxes ADD COLUMN report_claimed_by TEXT;
+    ALTER TABLE events ADD COLUMN claimed_by TEXT;
+    ALTER TABLE inbound ADD COLUMN claimed_by TEXT;
+    ALTER TABLE outbox ADD COLUMN claimed_by TEXT
+    """,
 ]
