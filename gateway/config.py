@@ -271,6 +271,9 @@ class InboundConfig(Section):
 
 class DataConfig(Section):
     dir: Path = Path("/var/lib/fax-gateway")
+    # Below this much free space in data.dir, SMTP answers 452 4.3.1 (Postfix's queue_minfree):
+    # a message accepted must still have room for its document, its mails and the store.
+    min_free_bytes: int = Field(default=64 * 1024**2, ge=0)
 
 
 # Ranges a misconfigured sender list must not be able to dial: NANP premium-rate 900 and 976,

@@ -14,6 +14,7 @@ These names are part of an installed gateway's state: renaming one strands what 
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,13 @@ class DataDir:
     """The paths under one data.dir (`config.data.dir`); nothing is created by naming it."""
 
     root: Path
+
+    def free_bytes(self) -> int:
+        """Space left for the gateway on data.dir's file system (0 if it cannot be read)."""
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return 0
 
     @property
     def store(self) -> Path:

@@ -6,13 +6,19 @@ Test modules import from here (and from tests/harness.py), never from one anothe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.mailout.message import RenderedMail, build_message
 
@@ -117,3 +123,40 @@ def build(rendered: RenderedMail, **options: Any) -> EmailMessage:
     }
     values.update(options)
     return parse(build_message(**values))
+
+
+# -- a disk that really fills up -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tiny_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` for the test: a disk that really fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("SKIPPED LOUDLY: a real full disk needs a tmpfs mount, which needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Fill the file system of `path` up: the next write there fails with ENOSPC."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler

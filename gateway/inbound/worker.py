@@ -49,7 +49,7 @@ from gateway.mailout.outbox import give_up_mail, mail_status, queue_mail, requeu
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.queue.runner import QueueWorker
-from gateway.queue.schedule import Clock, crash_message
+from gateway.queue.schedule import Clock, crash_message, resource_error
 from gateway.store import Database
 from gateway.store.inbound import (
     InboundFax,
@@ -171,7 +171,12 @@ class InboundWorker(QueueWorker):
         content_type = kinds.sniff(media.data) or _declared(media.content_type)
         path = DataDir(self.config.data.dir).inbound / stored_name(fax, content_type)
         # Durable first: once the row says stored, the file is on disk whatever happens next.
-        await asyncio.to_thread(write_atomic, path, media.data)
+        try:
+            await asyncio.to_thread(write_atomic, path, media.data)
+        except (OSError, MemoryError) as exc:
+            if not resource_error(exc):
+                raise
+            return await self._short_of_resources(fax, f"storing the document: {exc}")
         await self.db.run(mark_stored, fax.id, str(path), self.clock())
         logger.info(
             "inbound.stored", bytes=len(media.data), content_type=content_type, path=str(path)
@@ -288,7 +293,18 @@ class InboundWorker(QueueWorker):
             message_id_domain=self.config.smtp.domain,
         )
 
+    async def _short_of_resources(self, fax: InboundFax, error: str) -> int:
+        """A full disk, no memory or file descriptors: the fax waits, and the attempt its claim
+        counted is taken back (the machine failed, not the fax)."""
+        now = self.clock()
+        delay = self.schedule.delay(max(fax.attempts, 1))
+        await self.db.run(defer_inbound, fax.id, error, now + delay, now, tried=False)
+        logger.error("inbound.deferred", error=error, delay=round(delay, 1))
+        return 1
+
     async def _mail_failed(self, fax: InboundFax, exc: Exception) -> int:
+        if resource_error(exc):
+            return await self._short_of_resources(fax, f"mail: {type(exc).__name__}: {exc}")
         attempts = fax.attempts  # counted by the claim
         error = f"mail: {type(exc).__name__}: {exc}"
         now = self.clock()

@@ -12,6 +12,7 @@ from gateway.queue.schedule import Clock
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
+from gateway.store.records import Job
 from gateway.store.spool import Spool, SpoolError
 
 logger = log.get_logger(__name__)
@@ -35,7 +36,7 @@ class CleanupWorker(QueueWorker):
 
     async def run_once(self) -> int:
         older_than = self.schedule.clock() - self.config.storage.retention_seconds
-        done = await self.db.run(store.jobs_to_clean, older_than, 50)
+        done = await self.db.run(store.jobs_to_clean, older_than, 50, due_by=self.schedule.clock())
         cleaned = 0
         for job in done:
             with log.bound(job_id=job.id):
@@ -43,8 +44,9 @@ class CleanupWorker(QueueWorker):
                     try:
                         await self.storage.delete(job.storage_key)
                     except StorageError as exc:
-                        # Left for the next scan; nothing depends on it being gone now.
-                        logger.warning("job.cleanup_failed", error=str(exc))
+                        # Tried again by the schedule, as every queue is: nothing depends on
+                        # it being gone now, and an outage must not be hammered.
+                        await self._defer(job, f"storage: {exc}")
                         continue
                 if job.document_path is not None:
                     await asyncio.to_thread(job.document_path.unlink, missing_ok=True)
@@ -59,3 +61,12 @@ class CleanupWorker(QueueWorker):
                 logger.info("job.cleaned")
                 cleaned += 1
         return cleaned
+
+    async def _defer(self, job: Job, error: str) -> None:
+        # No expiry: a document still stored is worth deleting however late.
+        now = self.schedule.clock()
+        delay = self.schedule.delay(job.attempts + 1)
+        attempts = await self.db.run(store.defer_cleanup, job.id, error, now + delay, now)
+        logger.warning(
+            "job.cleanup_deferred", error=error, attempts=attempts, delay=round(delay, 1)
+        )

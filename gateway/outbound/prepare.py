@@ -15,8 +15,9 @@ from gateway.document.kinds import extension
 from gateway.document.mime import DocumentError, extract
 from gateway.fsutil import write_atomic
 from gateway.numbers import pretty
+from gateway.outbound.defer import defer_job
 from gateway.queue.runner import QueueWorker
-from gateway.queue.schedule import CLAIM_BATCH, Clock
+from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
 from gateway.store import Database
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
@@ -60,15 +61,29 @@ class PrepareWorker(QueueWorker):
         recipients = [f.recipient for f in await self.db.run(fax_store.faxes_of, job.id)]
         try:
             document = await asyncio.to_thread(self._build, job, recipients)
+            name = f"{job.id}{extension(document.content_type)}"
+            path = DataDir(self.config.data.dir).documents / name
+            await asyncio.to_thread(write_atomic, path, document.data)
         except DocumentError as exc:
             # The SMTP handler validated this message before answering 250, so this is rare
             # (a changed limit or template since); the sender is told through the report.
             logger.warning("job.failed", stage="prepare", reason=exc.kind, error=str(exc))
             await self.db.run(store.fail_job, job.id, str(exc), self.schedule.clock())
             return
-        name = f"{job.id}{extension(document.content_type)}"
-        path = DataDir(self.config.data.dir).documents / name
-        await asyncio.to_thread(write_atomic, path, document.data)
+        except (OSError, MemoryError) as exc:
+            # A full disk, no file descriptors or memory: the machine's trouble, not the job's.
+            # Deferred without charging a pickup; anything else is a crash the guard counts.
+            if not resource_error(exc):
+                raise
+            await defer_job(
+                self.db,
+                self.schedule,
+                job,
+                stage="prepare",
+                error=f"prepare: {type(exc).__name__}: {exc}",
+                expired_text="the document could not be prepared",
+            )
+            return
         moved = await self.db.run(
             store.advance,
             job.id,

@@ -7,8 +7,9 @@ import time
 
 from gateway import log
 from gateway.config import Config
+from gateway.outbound.defer import defer_job
 from gateway.queue.runner import QueueWorker
-from gateway.queue.schedule import CLAIM_BATCH, Clock
+from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
@@ -49,11 +50,19 @@ class UploadWorker(QueueWorker):
 
     async def _upload(self, job: Job) -> None:
         assert job.document_path is not None and job.document_type is not None
-        data = await asyncio.to_thread(job.document_path.read_bytes)
+        try:
+            data = await asyncio.to_thread(job.document_path.read_bytes)
+        except OSError as exc:
+            if not resource_error(exc):
+                raise
+            await self._defer(job, f"reading the document: {exc}")
+            return
         try:
             stored = await self.storage.put(job.id, data, job.document_type)
         except StorageError as exc:
-            await self._defer(job, str(exc), transient=exc.transient)
+            # A permanent storage error (no such bucket, access denied) is the operator's to
+            # fix; the mail stays queued meanwhile rather than being refused or lost.
+            await self._defer(job, f"storage: {exc}", loud=not exc.transient)
             return
         moved = await self.db.run(
             store.advance,
@@ -68,19 +77,13 @@ class UploadWorker(QueueWorker):
         if moved:
             logger.info("job.uploaded", key=stored.key, expires_at=stored.expires_at)
 
-    async def _defer(self, job: Job, error: str, *, transient: bool) -> None:
-        schedule = self.schedule
-        now = schedule.clock()
-        due = schedule.retry(job.attempts + 1, job.created_at)
-        if due is None:
-            # Expired: the fax fails, and the sender is told why.
-            message = f"the document could not be stored for {schedule.lifetime_text()}: {error}"
-            logger.error("job.expired", stage="upload", error=message)
-            await self.db.run(store.fail_job, job.id, message, now)
-            return
-        # A permanent storage error (no such bucket, access denied) is the operator's to fix;
-        # the mail stays queued meanwhile rather than being refused or lost.
-        delay = due - now
-        attempts = await self.db.run(store.defer_job, job.id, f"storage: {error}", delay, now)
-        log_at = logger.warning if transient else logger.error
-        log_at("job.deferred", stage="upload", error=error, attempts=attempts, delay=round(delay))
+    async def _defer(self, job: Job, error: str, *, loud: bool = False) -> None:
+        await defer_job(
+            self.db,
+            self.schedule,
+            job,
+            stage="upload",
+            error=error,
+            expired_text="the document could not be stored",
+            loud=loud,
+        )

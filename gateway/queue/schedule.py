@@ -24,7 +24,9 @@ The words, the same in states, log events and metrics:
 
 from __future__ import annotations
 
+import errno
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +90,26 @@ class Schedule:
     def lifetime_text(self) -> str:
         hours = self.queue.lifetime_seconds / 3600
         return f"{hours / 24:g} days" if hours >= 48 else f"{hours:g} hours"
+
+
+# errno values that say the machine, not the item, is the problem: a full disk or quota, no file
+# descriptors or memory left. Retrying later helps; holding the item for an operator does not.
+_RESOURCE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
+)
+
+
+def resource_error(exc: BaseException) -> bool:
+    """Whether `exc` is a shortage of a resource (disk, file descriptors, memory, a store
+    locked by another process): transient, so the item is deferred and no pickup is charged."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "locked" in text or "full" in text or "busy" in text
+    return False
 
 
 def crash_message(pickups: int, work: str) -> str:

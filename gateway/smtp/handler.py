@@ -18,9 +18,11 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 
 from gateway import log
 from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.document import assemble, mime
 from gateway.document.mime import DocumentError
 from gateway.ops.metrics import Metrics
+from gateway.queue.schedule import resource_error
 from gateway.smtp import replies
 from gateway.smtp.auth import SmtpAuth, peer_of
 from gateway.smtp.limits import DailyLimit
@@ -150,6 +152,9 @@ class FaxHandler:
         refusal = self.policy.check_mail(address, peer_of(server), auth_user)
         if refusal is not None:
             return self._refuse("mail", refusal, server, sender=address, user=auth_user)
+        if self._storage_short():
+            refusal = Refusal(Reason.NO_STORAGE, replies.INSUFFICIENT_STORAGE)
+            return self._refuse("mail", refusal, server, sender=address, user=auth_user)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         self._transactions[envelope] = Transaction(sender=address, auth_user=auth_user)
@@ -251,6 +256,11 @@ class FaxHandler:
                     Reason.TOO_BIG, replies.too_big(self.config.smtp.max_message_bytes)
                 )
                 return self._refuse("data", refusal, server, sender=transaction.sender)
+            # The spool file, its document and its mails need room: twice the message, plus the
+            # floor that keeps the store and the other queues writable.
+            if self._storage_short(2 * len(raw)):
+                refusal = Refusal(Reason.NO_STORAGE, replies.INSUFFICIENT_STORAGE)
+                return self._refuse("data", refusal, server, sender=transaction.sender)
             try:
                 extracted = await asyncio.to_thread(mime.extract, raw)
                 pages = await asyncio.to_thread(
@@ -278,8 +288,7 @@ class FaxHandler:
         # pay (RFC 1047), and the smaller one than losing a message.
         self._commits.add(accept)
         accept.add_done_callback(self._commits.discard)
-        job_id = await asyncio.shield(accept)
-        return replies.queued(job_id) if job_id is not None else replies.TEMPORARY_FAILURE
+        return await asyncio.shield(accept)
 
     async def _accept(
         self,
@@ -288,11 +297,11 @@ class FaxHandler:
         extracted: mime.Extracted,
         pages: int,
         client: str | None,
-    ) -> str | None:
-        """Spool, commit, wake: the job id, or None after logging why it failed.
+    ) -> str:
+        """Spool, commit, wake: the reply, 250 with the job id, or 4xx after logging why not.
 
         Either way the transaction is closed at the end: committed, the store counts its faxes;
-        failed, the client was told 451 and nothing of it will be faxed.
+        failed, the client was told 451 (452 for a full disk) and nothing of it will be faxed.
         """
         try:
             job_id = new_job_id()
@@ -333,12 +342,30 @@ class FaxHandler:
                 except Exception:
                     # The job is committed; the workers' periodic scan will find it.
                     logger.exception("smtp.wake_failed")
-                return job_id
-        except Exception:
+                return replies.queued(job_id)
+        except Exception as exc:
+            if resource_error(exc):
+                logger.error(
+                    "smtp.rejected",
+                    stage="data",
+                    reason=Reason.NO_STORAGE,
+                    reply=replies.INSUFFICIENT_STORAGE,
+                    error=str(exc),
+                )
+                if self.metrics is not None:
+                    self.metrics.smtp_rejected.labels(reason=str(Reason.NO_STORAGE)).inc()
+                return replies.INSUFFICIENT_STORAGE
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
-            return None
+            return replies.TEMPORARY_FAILURE
         finally:
             transaction.open = False
+
+    def _storage_short(self, needed: int = 0) -> bool:
+        """Whether data.dir has less than data.min_free_bytes left (after `needed` more)."""
+        floor = self.config.data.min_free_bytes
+        if floor <= 0:
+            return False
+        return DataDir(self.config.data.dir).free_bytes() - needed < floor
 
     async def handle_exception(self, error: Exception) -> str:
         """Any exception escaping a hook or aiosmtpd itself: 451, never 500, so mail is kept."""

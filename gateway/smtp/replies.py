@@ -37,6 +37,7 @@ class Reason(enum.StrEnum):
     TOO_MANY_PAGES = "too_many_pages"
     MALFORMED = "malformed"
     INTERNAL_ERROR = "internal_error"
+    NO_STORAGE = "no_storage"
     SHUTTING_DOWN = "shutting_down"
     # AUTH
     AUTH_FAILED = "auth_failed"
@@ -57,6 +58,7 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required"
 RELAY_DENIED = "550 5.7.1 Relaying denied"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, try again later"
+INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")

@@ -310,20 +310,46 @@ def set_document_url(
 # -- cleanup ---------------------------------------------------------------------------------------
 
 
-def jobs_to_clean(conn: sqlite3.Connection, older_than: float, limit: int = 100) -> list[Job]:
-    """Finished jobs whose documents may go: every fax final and reported before `older_than`.
+def jobs_to_clean(
+    conn: sqlite3.Connection, older_than: float, limit: int = 100, due_by: float | None = None
+) -> list[Job]:
+    """Finished jobs whose documents may go: every fax final and reported before `older_than`,
+    and (with `due_by`) no deferred delete due later than it.
 
     Nothing is deleted before its outcome is told: a fax not yet reported keeps its job here.
+    A finished job's attempts and next attempt belong to cleanup (`defer_cleanup`): no stage
+    claims a job in a final state.
     """
     rows = conn.execute(
         "SELECT * FROM jobs WHERE stored_deleted_at IS NULL AND state IN (?, ?, ?)"
+        " AND next_attempt_at <= ?"
         " AND NOT EXISTS (SELECT 1 FROM faxes WHERE faxes.job_id = jobs.id"
         "   AND (faxes.state NOT IN (?, ?, ?) OR faxes.reported_at IS NULL"
         "        OR faxes.finished_at IS NULL OR faxes.finished_at > ?))"
         " ORDER BY updated_at, id LIMIT ?",
-        (*FINAL_JOB_STATES, *FINAL, older_than, limit),
+        (
+            *FINAL_JOB_STATES,
+            float("inf") if due_by is None else due_by,
+            *FINAL,
+            older_than,
+            limit,
+        ),
     ).fetchall()
     return [Job.from_row(row) for row in rows]
+
+
+def defer_cleanup(
+    conn: sqlite3.Connection, job_id: str, error: str, due_at: float, now: float
+) -> int:
+    """Deleting a finished job's documents failed (storage down): try again at `due_at`; the
+    attempts so far."""
+    with transaction(conn):
+        row = conn.execute(
+            "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, error = ?,"
+            " updated_at = ? WHERE id = ? AND state IN (?, ?, ?) RETURNING attempts",
+            (due_at, error, now, job_id, *FINAL_JOB_STATES),
+        ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def mark_document_deleted(conn: sqlite3.Connection, job_id: str, now: float | None = None) -> None:

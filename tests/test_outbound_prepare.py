@@ -1,0 +1,64 @@
+"""The prepare stage (gateway/outbound/prepare.py): a full disk defers the job, never holds it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.config import Config
+from gateway.datadir import DataDir
+from gateway.outbound.prepare import PrepareWorker
+from gateway.store import Database
+from gateway.store.jobs import create_job, get_job
+from gateway.store.records import JobState, NewJob, new_job_id
+from gateway.store.spool import Spool
+from tests import samples
+from tests.helpers import Clock, fill, tiny_filesystem
+
+
+async def test_a_full_disk_defers_prepare_and_it_resumes_when_space_returns(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """ENOSPC writing the document defers the job (no pickup charged, never held), however
+    often; once space returns the job is prepared."""
+    config = make_config({"queue": {"max_pickups": 2}})
+    data = DataDir(config.data.dir)
+    db = await Database(data.store).open()
+    clock = Clock()
+    try:
+        spool = Spool(data.spool)
+        job_id = new_job_id()
+        raw = samples.mail(samples.attachment(samples.pdf(6), "scan.pdf"))
+        path = spool.write(job_id, raw)
+        await db.run(
+            create_job,
+            NewJob(
+                id=job_id,
+                sender="alice@example.com",
+                auth_user=None,
+                client_address=None,
+                subject="Fax",
+                message_id="",
+                from_number="+12015550100",
+                spool_path=path,
+                recipients=("+12015550123",),
+            ),
+        )
+        worker = PrepareWorker(config=config, db=db, clock=clock, spool=spool)
+        with tiny_filesystem(data.documents, "1m") as documents:
+            filler = fill(documents)
+            for _ in range(4):  # more often than max_pickups: still not held
+                assert await worker.run_once() == 1
+                job = await db.run(get_job, job_id)
+                assert job is not None
+                assert (job.state, job.pickups) == (JobState.RECEIVED, 0)
+                assert "No space left" in (job.error or "")
+                assert job.next_attempt_at > clock()
+                clock.advance(config.queue.max_backoff_seconds)
+            filler.unlink()
+            assert await worker.run_once() == 1
+            job = await db.run(get_job, job_id)
+            assert job is not None and job.state is JobState.PREPARED
+            assert job.document_path is not None and job.document_path.parent == documents
+    finally:
+        db.close()
