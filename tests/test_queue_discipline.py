@@ -434,7 +434,12 @@ async def test_inbound_retries_a_deferred_download_within_a_second_of_its_due_ti
 ) -> None:
     """inbound: a fax whose media answered 503 is downloaded 0-1 s after its due time."""
     config = make_config(
-        {"queue": QUEUE, "inbound": {"default_recipients": ["office@example.com"]}}
+        {
+            "queue": QUEUE,
+            "inbound": {"default_recipients": ["office@example.com"]},
+            # The media is on the carrier's own origin, the one private address it may use.
+            "voxtelesys": {"base_url": f"{media_server.url}/api/v1"},
+        }
     )
     db = await open_store(config)
     inbound_id = await db.run(
