@@ -267,6 +267,10 @@ class InboundConfig(Section):
     max_attempts: int = Field(default=10, ge=1)
     max_download_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     download_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Fetch media links that point at loopback, private, link-local or reserved addresses
+    # (the carrier's own origin, voxtelesys.base_url, is always allowed): labs only, since a
+    # forged or redirected link would otherwise mail the gateway's neighbours' pages.
+    allow_private_media: bool = False
 
 
 class DataConfig(Section):

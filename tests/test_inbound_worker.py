@@ -199,6 +199,7 @@ async def test_download_sends_the_api_key_only_to_the_carrier(media: Media) -> N
         time_limit=5,
         carrier_base_url=f"{media.carrier_url}/api/v1",
         api_key=API_KEY,
+        allow_private_media=True,  # "storage" is another loopback server
     )
     assert got.data == media.files["stored.tif"]
     [(first, first_auth), (second, second_auth)] = media.seen
@@ -366,6 +367,39 @@ async def test_an_unusable_media_url_does_not_stop_other_faxes(
     assert bad.state is InboundState.DEAD
     assert "not a usable URL" in (bad.error or "")
     assert len(inbound.relay.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("link", "reason"),
+    [
+        (lambda m: f"{m.storage_url}/media/metrics", "loopback"),
+        (lambda m: f"{m.carrier_url}/media/metrics", "not a PDF or TIFF"),
+    ],
+)
+async def test_a_link_to_a_local_service_or_a_page_is_not_mailed(
+    start_inbound: Callable[..., Any], link: Callable[[Media], str], reason: str
+) -> None:
+    """A link inward (not the carrier's origin) or bytes that are no fax: dead at once, named,
+    and nothing reaches the inbox."""
+    inbound = await start_inbound()
+    inbound.media.files["metrics"] = b"# HELP fax_gateway_up\nfax_gateway_up 1\n"
+    inbound_id = await inbound.db.run(
+        announce_inbound,
+        carrier_id="in-inward",
+        from_number=CALLER,
+        to_number=ROUTED,
+        pages=1,
+        duration=10,
+        fax_time=None,
+        media_url=link(inbound.media),
+        now=inbound.clock(),
+    )
+    await inbound.settle()
+    row = await inbound.row(inbound_id)
+    assert (row.state, row.attempts) == (InboundState.DEAD, 1)
+    assert reason in (row.error or "")
+    assert API_KEY not in (row.error or "")
+    assert inbound.relay.messages == []
 
 
 async def test_a_fax_that_kills_the_worker_is_dead_lettered_not_retried_forever(

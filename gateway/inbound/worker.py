@@ -3,9 +3,11 @@
 The worker owns three transitions of the `inbound` table (see gateway/store/inbound.py):
 
 1. announced -> stored: download the carrier's media (links.media, else url) over http(s)
-   only, within inbound.max_download_bytes and download_timeout_seconds, and write it durably
-   under data.dir/inbound/ before anything else happens to it. Failures are retried with
-   backoff; after inbound.max_attempts the fax is dead (the carrier still holds it).
+   only, within inbound.max_download_bytes and download_timeout_seconds, from public
+   addresses or the carrier's own origin (download.py says which, and who gets the API key),
+   and write it durably under data.dir/inbound/ before anything else happens to it. Failures
+   are retried with backoff (a refused link or document is dead at once); after
+   inbound.max_attempts the fax is dead (the carrier still holds it).
 2. stored -> mailed: route by the number called (inbound.routes, else default_recipients),
    convert TIFF to PDF as inbound.attach_format asks, render the "inbound" mail with a PNG
    preview of page 1 and queue it in the outbox under `inbound:<carrier id>` (once per fax).
@@ -33,7 +35,6 @@ from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError
 from gateway.config import Config
 from gateway.datadir import DataDir
-from gateway.document import kinds
 from gateway.fsutil import write_atomic
 from gateway.inbound.compose import attachments_for, fax_moment, preview_of, shown_number
 from gateway.inbound.download import DownloadError, download
@@ -165,10 +166,11 @@ class InboundWorker(QueueWorker):
                 time_limit=settings.download_timeout_seconds,
                 carrier_base_url=self.config.voxtelesys.base_url,
                 api_key=self.config.voxtelesys.api_key.get_secret_value(),
+                allow_private_media=settings.allow_private_media,
             )
         except DownloadError as exc:
             return await self._download_failed(fax, exc)
-        content_type = kinds.sniff(media.data) or _declared(media.content_type)
+        content_type = media.content_type  # PDF or TIFF by its bytes: download refuses the rest
         path = DataDir(self.config.data.dir).inbound / stored_name(fax, content_type)
         # Durable first: once the row says stored, the file is on disk whatever happens next.
         try:
@@ -376,10 +378,3 @@ class InboundWorker(QueueWorker):
     def _count(self, status: str) -> None:
         if self.metrics is not None:
             self.metrics.inbound_faxes.labels(status=status).inc()
-
-
-def _declared(content_type: str | None) -> str | None:
-    if not content_type:
-        return None
-    bare = content_type.split(";", 1)[0].strip().lower()
-    return bare or None
