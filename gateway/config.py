@@ -337,6 +337,10 @@ class WebhooksConfig(Section):
     verify: bool = True
     reconcile_after_seconds: int = Field(default=900, ge=1)
     reconcile_interval_seconds: int = Field(default=300, ge=1)
+    # A submitted fax the carrier answers 404 for this long after its POST is lost: reported
+    # to its sender as failed, once. Shorter waits risk calling a fax lost the carrier merely
+    # has not listed yet.
+    unknown_fax_after_seconds: int = Field(default=86400, ge=1)
 
 
 class TemplatesConfig(Section):

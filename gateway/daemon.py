@@ -119,7 +119,7 @@ class Gateway:
             wake=wake,
             metrics=self.metrics,
         )
-        self.reconciler = Reconciler(**common, client=self.client, wake=wake)
+        self.reconciler = Reconciler(**common, client=self.client, wake=wake, metrics=self.metrics)
         self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
         return [
             PrepareWorker(**common, spool=self.spool),

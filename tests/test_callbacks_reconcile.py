@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from gateway.callbacks.reconcile import BOOKMARK, Bookmark
 from gateway.config import Config
+from gateway.ops.metrics import Metrics
 from gateway.store.events import events_of
 from gateway.store.meta import get_meta
 from gateway.store.records import FaxState
@@ -169,3 +170,36 @@ async def test_an_unreachable_carrier_only_delays_the_round(
     next_round(gateway)
     await gateway.settle(reconcile=True)
     assert len(relay_server.messages) == 1
+
+
+async def test_a_fax_the_carrier_lost_is_reported_failed_once_after_the_bound(
+    gateway: Harness, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """A submitted fax the carrier answers 404 for waits out webhooks.unknown_fax_after_seconds,
+    then is reported failed once ("the carrier has no record"), and counted."""
+    gateway.reconciler.metrics = metrics = Metrics()
+    sandbox.configure(delay=3600)
+    _job, fax = await gateway.submit(DELIVERS)
+    carrier_id = fax.carrier_id or ""
+    sandbox.fail_next(count=1000, status=404, method="GET", path=f"/api/v1/faxes/{carrier_id}")
+    gateway.clock.advance(gateway.config.webhooks.reconcile_after_seconds + 1)
+    with capture_logs() as logs:
+        await gateway.settle(reconcile=True)
+    assert "reconcile.fax_unknown_to_carrier" in [e["event"] for e in logs]
+    assert (await gateway.fax(fax.id)).state is FaxState.SUBMITTED
+    assert relay_server.messages == []
+
+    gateway.clock.advance(gateway.config.webhooks.unknown_fax_after_seconds)
+    await gateway.settle(reconcile=True)
+    lost = await gateway.fax(fax.id)
+    assert lost.state is FaxState.FAILED
+    assert lost.error_description == "the carrier has no record of this fax"
+    [mail] = relay_server.messages
+    assert "failed" in subject_of(mail.message)
+    assert "no record of this fax" in mail.message.get_body(("plain",)).get_content()
+    assert metrics.faxes_lost_by_carrier._value.get() == 1
+
+    next_round(gateway)
+    await gateway.settle(reconcile=True)
+    assert len(relay_server.messages) == 1
+    assert metrics.faxes_lost_by_carrier._value.get() == 1

@@ -30,16 +30,21 @@ from gateway.carrier.errors import CarrierError, NotFound
 from gateway.carrier.models import CarrierFax
 from gateway.carrier.status import Outcome
 from gateway.config import Config
+from gateway.ops.metrics import Metrics
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import Clock
 from gateway.store import Database
 from gateway.store.events import record_event, record_or_reopen_event
-from gateway.store.faxes import faxes_awaiting_final
+from gateway.store.faxes import fail_fax, faxes_awaiting_final
 from gateway.store.meta import get_meta, set_meta
+from gateway.store.records import Fax
 
 logger = log.get_logger(__name__)
 
 BOOKMARK = "reconcile.inbound_bookmark"
+
+# What the sender of a fax the carrier lost is told (its failure report's description).
+LOST_BY_CARRIER = "the carrier has no record of this fax"
 
 # Faxes created this long before the bookmark are still looked at: the list is ordered by
 # creation time, and two faxes created in the same instant may be listed in either order.
@@ -102,10 +107,12 @@ class Reconciler(QueueWorker):
         clock: Clock = time.time,
         client: VoxtelesysClient,
         wake: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.client = client
         self.wake = wake
+        self.metrics = metrics
         self._next_round = 0.0  # the first round runs at start: catch up on a downtime
 
     async def next_due(self) -> float | None:
@@ -140,9 +147,7 @@ class Reconciler(QueueWorker):
                 try:
                     fax = await self.client.get_fax(ours.carrier_id)
                 except NotFound:
-                    # The carrier accepted this fax and now denies it: nothing we can report
-                    # truthfully; an operator must look (queue show / cancel).
-                    logger.error("reconcile.fax_unknown_to_carrier")
+                    found += await self._unknown_to_carrier(ours, now)
                     continue
                 outcome = fax.outcome(self.config.voxtelesys.success_statuses)
                 if outcome is Outcome.PENDING:
@@ -164,6 +169,26 @@ class Reconciler(QueueWorker):
                     logger.info("reconcile.outbound_final", status=fax.status)
                     found += 1
         return found
+
+    async def _unknown_to_carrier(self, ours: Fax, now: float) -> int:
+        """The carrier accepted this fax and now says it has no such fax. For a while that may
+        be its own lag (a fresh fax not yet listed); past webhooks.unknown_fax_after_seconds
+        since the POST the fax is lost, and its sender is told once that it failed."""
+        bound = self.config.webhooks.unknown_fax_after_seconds
+        submitted = ours.submitted_at or ours.created_at
+        if now - submitted < bound:
+            logger.warning("reconcile.fax_unknown_to_carrier", waiting_until=submitted + bound)
+            return 0
+        if not await self.db.run(fail_fax, ours.id, None, LOST_BY_CARRIER, now):
+            return 0  # final meanwhile (a late webhook): nothing to say
+        logger.error(
+            "reconcile.fax_lost_by_carrier",
+            seconds_since_submitted=round(now - submitted),
+            hint="reported to the sender as failed",
+        )
+        if self.metrics is not None:
+            self.metrics.faxes_lost_by_carrier.inc()
+        return 1
 
     async def _inbound(self, now: float) -> int:
         bookmark = Bookmark.load(await self.db.run(get_meta, BOOKMARK))

@@ -94,6 +94,11 @@ class Metrics:
             ["status", "error_code"],
             registry=r,
         )
+        self.faxes_lost_by_carrier = Counter(
+            f"{PREFIX}_faxes_lost_by_carrier",
+            "Submitted faxes the carrier came to deny knowing (reported as failed).",
+            registry=r,
+        )
         self.received_to_submitted = Histogram(
             f"{PREFIX}_fax_received_to_submitted_seconds",
             "Time from accepting a message to the carrier accepting its fax.",
