@@ -217,7 +217,7 @@ class EventsWorker(QueueWorker):
             final_now=final_now,
         )
         if final_now:
-            # The reports worker tells the outcome (faxes_to_report finds every final fax not
+            # The reports worker tells the outcome (claim_reports finds every final fax not
             # yet reported, so a crash right here still gets its report).
             self._wake()
         elif outcome is Outcome.PENDING and not ours.final:

@@ -12,7 +12,7 @@ the faxed document as PDF unless notify.attach_document is off. Each is queued i
 under `report:<fax id>:<kind>`, so however often it is asked for it goes out once.
 
 `ReportsWorker` finds every fax that reached a final state, whichever way (webhook,
-reconciler, submit stage, failed or cancelled job), through `faxes_to_report`, and marks it
+reconciler, submit stage, failed or cancelled job), through `claim_reports`, and marks it
 reported once its mail is queued: a crash in between queues the mail again under the same key,
 which is a no-op, and the stored document is not cleaned before that mark.
 """

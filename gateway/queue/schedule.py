@@ -6,7 +6,10 @@ for it in the store, so a restart resumes each item with its history intact:
 - `attempts`: tries that ended in a deferral. `Schedule.retry` turns them into the due time
   of the next try (Postfix's deferred queue: doubling delay from queue.min_backoff_seconds to
   queue.max_backoff_seconds, with jitter), or None once queue.lifetime_seconds have passed
-  since the item was created: the item has *expired*, one word for it in every queue.
+  since the item was created: the item has *expired*, one word for it in every queue. Inbound
+  faxes are bounded by inbound.max_attempts instead (the carrier keeps the document, and an
+  operator may requeue a dead letter), and cleanup retries a delete without end (nothing is
+  lost by trying again); both still take their delays from `Schedule.delay`.
 - `pickups`: claims that did not finish. Claiming counts one before the work starts and every
   handled outcome (done, deferred, failed) clears it, so pickups that reach queue.max_pickups
   mean the work crashed or killed the process that many times: the item is *held* for an
