@@ -146,6 +146,11 @@ class SmtpConfig(Section):
     allowed_senders: tuple[str, ...] = ()
     default_country: str = "US"
     max_recipients: int = Field(default=20, ge=1, le=1000)
+    # A message with the sender, Message-ID and recipients of one queued this recently is a
+    # client's resend after a 250 it never saw (a crash, a cut connection): answered 250 with the
+    # first job's id and not faxed again. Copiers and MTAs resend with the same Message-ID.
+    # 0 turns it off.
+    dedupe_window_seconds: int = Field(default=86400, ge=0)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_listen: ListenAddress | None = None

@@ -9,6 +9,7 @@ anything unexpected is `451 4.3.0` so the client keeps the message and tries aga
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from gateway.smtp.limits import DailyLimit
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
 from gateway.store import Database
-from gateway.store.jobs import create_job
+from gateway.store.jobs import create_job, find_resent_job
 from gateway.store.records import NewJob, new_job_id
 from gateway.store.spool import Spool
 
@@ -304,6 +305,9 @@ class FaxHandler:
         failed, the client was told 451 (452 for a full disk) and nothing of it will be faxed.
         """
         try:
+            resent = await self._resent_job(transaction, extracted)
+            if resent is not None:
+                return self._resend(transaction, resent)
             job_id = new_job_id()
             with log.bound(job=job_id):
                 spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
@@ -323,8 +327,14 @@ class FaxHandler:
                     recipients=tuple(transaction.numbers),
                 )
                 async with self.daily_limit.lock:
-                    await self.db.run(create_job, job)
+                    # Again under the lock: two copies of one message in parallel sessions.
+                    resent = await self._resent_job(transaction, extracted)
+                    if resent is None:
+                        await self.db.run(create_job, job)
                     transaction.open = False
+                if resent is not None:
+                    await asyncio.to_thread(self.spool.remove, spool_path)
+                    return self._resend(transaction, resent)
                 logger.info(
                     "smtp.accepted",
                     reason=Reason.ACCEPTED,
@@ -359,6 +369,31 @@ class FaxHandler:
             return replies.TEMPORARY_FAILURE
         finally:
             transaction.open = False
+
+    async def _resent_job(self, transaction: Transaction, extracted: mime.Extracted) -> str | None:
+        """The job this message already became, if the client is resending it (same sender,
+        Message-ID and recipients within smtp.dedupe_window_seconds)."""
+        window = self.config.smtp.dedupe_window_seconds
+        if window <= 0 or not extracted.message_id:
+            return None
+        return await self.db.run(
+            find_resent_job,
+            transaction.sender,
+            extracted.message_id,
+            tuple(transaction.numbers),
+            time.time() - window,
+        )
+
+    def _resend(self, transaction: Transaction, job_id: str) -> str:
+        """The answer to a resent message: 250 with the first job's id, and nothing faxed."""
+        logger.info(
+            "smtp.resent",
+            job_id=job_id,
+            sender=transaction.sender.lower(),
+            recipients=list(transaction.numbers),
+            hint="same sender, Message-ID and recipients as a queued job: not faxed again",
+        )
+        return replies.queued(job_id)
 
     def _storage_short(self, needed: int = 0) -> bool:
         """Whether data.dir has less than data.min_free_bytes left (after `needed` more)."""

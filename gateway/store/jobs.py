@@ -115,6 +115,32 @@ def faxes_sent_by_user_since(conn: sqlite3.Connection, auth_user: str, since: fl
     return int(row[0])
 
 
+def find_resent_job(
+    conn: sqlite3.Connection,
+    sender: str,
+    message_id: str,
+    recipients: tuple[str, ...],
+    since: float,
+) -> str | None:
+    """The job of the same message queued since `since`: same envelope sender, Message-ID and
+    set of recipients (a client resending after a 250 it never saw); None when there is none."""
+    if not message_id:
+        return None
+    wanted = sorted(set(recipients))
+    rows = conn.execute(
+        "SELECT id FROM jobs WHERE message_id = ? AND sender = ? AND created_at >= ?"
+        " ORDER BY created_at",
+        (message_id, sender.lower(), since),
+    ).fetchall()
+    for row in rows:
+        numbers = conn.execute(
+            "SELECT recipient FROM faxes WHERE job_id = ? ORDER BY recipient", (row["id"],)
+        ).fetchall()
+        if sorted({number["recipient"] for number in numbers}) == wanted:
+            return str(row["id"])
+    return None
+
+
 # -- reading ---------------------------------------------------------------------------------------
 
 

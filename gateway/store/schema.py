@@ -166,4 +166,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE inbound ADD COLUMN claimed_by TEXT;
     ALTER TABLE outbox ADD COLUMN claimed_by TEXT
     """,
+    # 7: a client's retry of a message already queued (same sender, Message-ID, recipients) is
+    # found by smtp.dedupe_window_seconds without a scan of the jobs.
+    """
+    CREATE INDEX jobs_message_id ON jobs(message_id, created_at) WHERE message_id != ''
+    """,
 ]
