@@ -220,6 +220,9 @@ class VoxtelesysConfig(Section):
     from_number: FaxNumber
     attempts: int = Field(default=3, ge=1, le=10)
     timeout_seconds: float = Field(default=30.0, gt=0)
+    # POST /faxes requests under way at once: one fax slow at the carrier, or retrying its 500s,
+    # must not hold the others. The documentation names no rate limit; 4 is gentle.
+    max_concurrent_posts: int = Field(default=4, ge=1, le=64)
     # The documentation lists `queued`, `delivering` and `failed` but no success word; these are
     # the ones seen across fax APIs. Operators can add what their account reports.
     success_statuses: tuple[str, ...] = ("delivered", "sent", "success", "completed", "received")

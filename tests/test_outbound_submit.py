@@ -160,7 +160,9 @@ async def test_a_fax_posted_before_a_crash_is_adopted_after_a_sibling_renewed_th
 async def test_faxes_waiting_behind_an_interrupted_post_are_not_charged_a_pickup(
     stage: Stage, sandbox: Sandbox
 ) -> None:
-    """A stop or crash during one POST counts a pickup for that fax only, not for the queue."""
+    """A stop or crash during one POST counts a pickup for that fax only, not for the queue
+    (one POST at a time here, so the others are waiting, not under way)."""
+    stage.worker.config = one_post_at_a_time(stage.config)
     faxes = [(await stage.uploaded_job(f"+1201555013{n}"))[0] for n in range(3)]
     sandbox.slow(2, method="POST", path="/api/v1/faxes")
     running = asyncio.ensure_future(stage.worker.run_once())
@@ -174,3 +176,29 @@ async def test_faxes_waiting_behind_an_interrupted_post_are_not_charged_a_pickup
         await running
     pickups = [(await stage.fax(fax.id)).pickups for fax in faxes]
     assert sorted(pickups) == [0, 0, 1]
+
+
+def one_post_at_a_time(config: Config) -> Config:
+    voxtelesys = config.voxtelesys.model_copy(update={"max_concurrent_posts": 1})
+    return config.model_copy(update={"voxtelesys": voxtelesys})
+
+
+async def test_a_slow_post_does_not_hold_the_faxes_behind_it(
+    stage: Stage, sandbox: Sandbox
+) -> None:
+    """With the first POST hanging at the carrier, the next faxes are submitted meanwhile
+    (voxtelesys.max_concurrent_posts), and each fax is POSTed exactly once."""
+    faxes = [(await stage.uploaded_job(f"+1201555014{n}"))[0] for n in range(4)]
+    sandbox.slow(3, method="POST", path="/api/v1/faxes")  # the first POST only
+    running = asyncio.ensure_future(run_until_idle([stage.worker]))
+
+    async def three_submitted() -> bool:
+        states = [(await stage.fax(fax.id)).state for fax in faxes]
+        return states.count(FaxState.SUBMITTED) >= 3
+
+    await until(three_submitted, seconds=2.5)  # well before the slow POST ends
+    await running
+    assert [(await stage.fax(fax.id)).state for fax in faxes] == [FaxState.SUBMITTED] * 4
+    assert len(sandbox.requests("/faxes", method="POST")) == 4
+    carrier_ids = [(await stage.fax(fax.id)).carrier_id for fax in faxes]
+    assert len(set(carrier_ids)) == 4

@@ -8,6 +8,7 @@ adopted if found. Within one call the client does the same after an ambiguous fa
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from gateway.carrier.errors import AuthError, CarrierError, Rejected
 from gateway.carrier.models import CarrierFax
 from gateway.carrier.status import Outcome, classify
 from gateway.config import Config
+from gateway.failpoints import failpoint
 from gateway.ops.metrics import Metrics
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import CLAIM_BATCH, Clock
@@ -27,6 +29,9 @@ from gateway.store import jobs as store
 from gateway.store.records import Fax, Job, JobState
 
 logger = log.get_logger(__name__)
+
+# Carrier timeouts a POST (with the client's retries) may take: the lease of a fax being sent.
+_LEASE_TIMEOUTS = 10
 
 # A URL about to expire is signed afresh first: the carrier may fetch it again on a redial.
 _URL_MARGIN_SECONDS = 3600
@@ -54,16 +59,53 @@ class SubmitWorker(QueueWorker):
         return await self.db.run(fax_store.next_submit_due)
 
     async def run_once(self) -> int:
-        claimed = await self.db.run(
-            fax_store.claim_faxes,
-            self.schedule.clock(),
-            CLAIM_BATCH,
-            self.config.queue.max_pickups,
-        )
-        for fax, job in claimed:
-            with log.bound(job_id=job.id, fax_id=fax.id, to=fax.recipient):
+        """Submit what is due, up to voxtelesys.max_concurrent_posts faxes at once; a fax
+        slow at the carrier (or retrying a 500) holds only its own slot."""
+        slots = self.config.voxtelesys.max_concurrent_posts
+        running: set[asyncio.Task[None]] = set()
+        started = 0
+        try:
+            while True:
+                while len(running) < slots:
+                    claimed = await self.db.run(
+                        fax_store.claim_faxes,
+                        self.schedule.clock(),
+                        CLAIM_BATCH,
+                        self.config.queue.max_pickups,
+                        self.lease,
+                    )
+                    if not claimed:
+                        break
+                    for fax, job in claimed:
+                        running.add(asyncio.create_task(self._one(fax, job)))
+                        started += 1
+                if not running:
+                    return started
+                _done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Stopping (or a store failure): the POSTs under way are cut short; their pickups
+            # stay counted, which is what the crash guard is for.
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+
+    @property
+    def lease(self) -> float:
+        """How long a fax being submitted is not claimed again: longer than a POST with the
+        client's own retries can take. A dead process's claims are released at start-up."""
+        return _LEASE_TIMEOUTS * self.config.voxtelesys.timeout_seconds
+
+    async def _one(self, fax: Fax, job: Job) -> None:
+        with log.bound(job_id=job.id, fax_id=fax.id, to=fax.recipient):
+            try:
                 await self._submit(fax, job)
-        return len(claimed)
+            except Exception:
+                # A bug or a surprise: logged, and the fax's pickup stays counted (the guard
+                # holds it after queue.max_pickups); the other POSTs go on.
+                logger.exception("fax.submit_crashed")
+                return
+            await self.db.run(fax_store.end_pickup, fax.id, self.schedule.clock())
 
     async def _submit(self, fax: Fax, job: Job) -> None:
         # What an earlier, unrecorded POST sent: the job's URL may have been signed afresh since
@@ -97,6 +139,7 @@ class SubmitWorker(QueueWorker):
         except CarrierError as exc:
             await self._carrier_error(fax, job, exc)
             return
+        failpoint("after_post")
         await self._record(fax, job, created)
 
     async def _fresh_url(self, fax: Fax, job: Job) -> str | None:

@@ -64,8 +64,11 @@ def claim_faxes(
     now: float | None = None,
     limit: int = 10,
     max_pickups: int = 3,
+    lease: float = 0.0,
 ) -> list[tuple[Fax, Job]]:
-    """Due pending faxes of uploaded (or submitted) jobs, each with one more pickup counted.
+    """Due pending faxes of uploaded (or submitted) jobs, each with one more pickup counted
+    (and, with `lease`, not due again for that long: several POSTs run at once, and a fax
+    being submitted must not be claimed a second time meanwhile).
 
     A fax whose pickups reached `max_pickups` is held, and its job with it: the job's other
     faxes wait too, since whatever crashed the submitter is likely the job's document.
@@ -82,6 +85,7 @@ def claim_faxes(
             now=now,
             limit=limit,
             max_pickups=max_pickups,
+            lease=lambda _pickups: lease,
         )
         held_jobs: set[str] = set()
         for row in found.held:
@@ -122,6 +126,17 @@ def next_submit_due(conn: sqlite3.Connection) -> float | None:
         where=_SUBMITTABLE,
         params=(FaxState.PENDING, JobState.UPLOADED, JobState.SUBMITTED),
     )
+
+
+def end_pickup(conn: sqlite3.Connection, fax_id: int, now: float) -> None:
+    """The submit step ended without recording an outcome (its job went back to upload, it
+    was cancelled meanwhile): the pickup is finished and the fax is due as it was."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE faxes SET pickups = 0, next_attempt_at = min(next_attempt_at, ?)"
+            " WHERE id = ? AND state = ? AND pickups > 0",
+            (now, fax_id, FaxState.PENDING),
+        )
 
 
 def begin_submit(
