@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 
@@ -381,3 +382,45 @@ def test_one_line_ascii_and_html_to_text_helpers() -> None:
     assert one_line_ascii("a\nb\x00c  é") == "a b c e"
     assert html_to_text("<p>a</p><p>b<br>c</p>") == "a\n\nb\nc"
     assert html_to_text("Hello <b>world</b>") == "Hello world"
+
+
+def _encoded_word_subject(count: int) -> bytes:
+    """A Subject of `count` adjacent RFC 2047 encoded words, folded to 900-character lines."""
+    lines, line = [], ""
+    for _ in range(count):
+        if len(line) > 900:
+            lines.append(line)
+            line = ""
+        line += ("" if not line else " ") + "=?utf-8?q?a?="
+    lines.append(line)
+    return "\r\n ".join(lines).encode()
+
+
+def test_an_encoded_word_bomb_in_the_subject_is_refused_cheaply_and_named() -> None:
+    """10,000 encoded words in the Subject (the probe's 1.4 GB message) are refused as
+    malformed, naming the header, before the modern parser sees them; in well under a second."""
+    raw = samples.mail(samples.attachment(samples.pdf(1), "a.pdf"))
+    raw = raw.replace(b"Subject: Fax", b"Subject: " + _encoded_word_subject(10_000), 1)
+    started = time.monotonic()
+    with pytest.raises(DocumentError) as caught:
+        extract(raw)
+    assert time.monotonic() - started < 1.0
+    assert caught.value.kind == "malformed"
+    assert "Subject header is too long" in str(caught.value)
+
+
+def test_a_long_subject_of_real_mail_still_reads() -> None:
+    """A subject of a few dozen encoded words (a long non-Latin subject) is decoded as before."""
+    words = " ".join(["=?utf-8?b?0J/RgNC40LLQtdGC?="] * 40)
+    raw = samples.mail(samples.attachment(samples.pdf(1), "a.pdf"))
+    raw = raw.replace(b"Subject: Fax", b"Subject: " + words.encode(), 1)
+    assert extract(raw).subject.startswith("ПриветПривет")
+
+
+def test_an_encoded_word_bomb_in_a_nested_part_header_is_refused() -> None:
+    """The bound holds for every part's headers, not only the top-level Subject."""
+    bomb = _encoded_word_subject(500).decode()
+    attachment = samples.attachment(samples.pdf(1), "a.pdf")
+    attachment["Content-Description"] = bomb
+    with pytest.raises(DocumentError, match="Content-Description header is too long"):
+        extract(samples.mail(attachment))

@@ -41,7 +41,8 @@ class ThreadedSmtp:
             BASE_CONFIG,
             {
                 "data": {"dir": str(root)},
-                "smtp": {"max_message_bytes": MAX_BYTES},
+                # Every example is sent with one Message-ID: each 250 must still be its own job.
+                "smtp": {"max_message_bytes": MAX_BYTES, "dedupe_window_seconds": 0},
                 "limits": {"faxes_per_sender_per_day": 0},
                 "fax": {"max_pages": 20},
             },
