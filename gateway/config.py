@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.addresses import clean_address
+from gateway.addresses import clean_address, clean_mailbox, split_mailbox
 from gateway.numbers import NumberError, parse_fax_number
 
 DEFAULT_PATH = Path("/etc/fax-gateway/gateway.toml")
@@ -128,6 +128,23 @@ def _email(value: str) -> str:
 
 
 EmailAddress = Annotated[str, BeforeValidator(lambda v: _email(v) if isinstance(v, str) else v)]
+
+
+def _mailbox(value: str) -> str:
+    # A From may carry a display name ("Fax Gateway <fax@example.com>"): what every operator
+    # writes. Kept normalised (name quoted if it needs it) so build_message reads it back the
+    # same; the bare address inside is held to _email's rule like every other address.
+    try:
+        _name, address = split_mailbox(value)
+        _email(address)
+        return clean_mailbox(value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# Where the configuration takes the From of the gateway's mail: an addr-spec or `Name <addr>`.
+# Envelope addresses stay EmailAddress.
+FromAddress = Annotated[str, BeforeValidator(lambda v: _mailbox(v) if isinstance(v, str) else v)]
 
 
 class Section(BaseModel):
@@ -253,9 +270,14 @@ class RelayConfig(Section):
     tls: bool = False
     username: str | None = None
     password: SecretStr | None = None
-    from_address: EmailAddress
+    from_address: FromAddress
     maildir: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @property
+    def envelope_sender(self) -> str:
+        """The bare address of from_address: MAIL FROM and Return-Path take no display name."""
+        return split_mailbox(self.from_address)[1]
 
     @model_validator(mode="after")
     def _consistent(self) -> RelayConfig:

@@ -25,6 +25,7 @@ from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
 from gateway.datadir import DataDir
+from gateway.fsutil import make_private_dirs
 from gateway.inbound.worker import InboundWorker
 from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
@@ -76,7 +77,7 @@ class Gateway:
         self.config = config
         self.config_path = config_path
         data = DataDir(config.data.dir)
-        data.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(data.root)  # 0700 if it is new: it holds faxes and signed links
         self.db = Database(data.store)
         self.spool = Spool(data.spool)
         self.outbox_dir = data.outbox

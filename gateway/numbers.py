@@ -109,9 +109,63 @@ def region_of(e164: str) -> str | None:
     return phonenumbers.region_code_for_number(number)
 
 
+# Premium-rate (and mass-calling) ranges by country calling code: leading digits of the national
+# significant number, "X" for any digit. These are the numbers where the caller pays a premium
+# and the number's holder gets a share, which is what toll fraud lives on; no fax needs one.
+# libphonenumber's number_type knows a premium number only when it is a valid one: with
+# number_check = "possible" (and for a range its metadata lacks or sizes differently) an
+# unassigned or mis-lengthed number in these ranges was dialled. The list decides in both modes,
+# in addition to number_type. A prefix must not cover anything faxable of its country (Reading's
+# +44 118 and Dublin's +353 1 5... look like premium ranges elsewhere and are left out);
+# tests/test_numbers.py checks each against libphonenumber's example numbers.
+PREMIUM_PREFIXES: dict[int, tuple[str, ...]] = {
+    # NANP (NANPA; FCC 47 CFR 64.1506 puts interstate pay-per-call on 900): area code 900, the
+    # unassigned 976 (also in DEFAULT_BLOCKED_PREFIXES), and the 976 exchange that local
+    # pay-per-call ("976 numbers") was given in many area codes.
+    1: ("900", "976", "XXX976"),
+    # Germany (Bundesnetzagentur, Nummernplan): (0)900 Premium-Dienste, (0)137 Massenverkehrs-
+    # dienste (televoting, charged per call), (0)118 Auskunftsdienste (directory enquiries).
+    49: ("900", "137", "118"),
+    # United Kingdom (Ofcom, National Telephone Numbering Plan): 090 and 091 premium rate, 098
+    # sexual entertainment services, 087 (0870-0873) service numbers with revenue share. Not 118:
+    # the directory enquiries are national short numbers, and +44 118 is Reading.
+    44: ("90", "91", "98", "87"),
+    # Italy (AGCOM, Piano di numerazione, delibera 8/15/CIR): 89x (892-899) servizi a
+    # sovrapprezzo, and the older premium codes 144 and 166.
+    39: ("89", "144", "166"),
+    # France (ARCEP, plan de numérotation): 089x, the highest-rate "numéros à valeur ajoutée".
+    # The cheaper 081x/082x are left to number_type, which knows the valid ones.
+    33: ("89",),
+    # Austria (RTR, KEM-V): 0900/0901 Mehrwertdienste, 0930/0931 erotic services, 0939 dialers.
+    43: ("900", "901", "930", "931", "939"),
+    # Switzerland (BAKOM, numbering plan): 0900 business, 0901 entertainment, 0906 adult.
+    41: ("900", "901", "906"),
+    # Spain (CNMC, Plan nacional de numeración): 803/806/807 tarificación adicional, 905 mass
+    # calling (televoting).
+    34: ("803", "806", "807", "905"),
+    # Netherlands (ACM, Nummerplan): 0900, 0906 and 0909 paid information numbers.
+    31: ("900", "906", "909"),
+    # Belgium (BIPT, numbering plan): 090x premium rate (no subscriber number in Ghent's 09 area
+    # starts with 0, so +32 90 is only ever premium).
+    32: ("90",),
+    # Australia (ACMA, Numbering Plan 2015): 190 premium services.
+    61: ("190",),
+}
+
+_PREMIUM_PATTERNS = {
+    code: re.compile("|".join(p.replace("X", "[0-9]") for p in prefixes))
+    for code, prefixes in PREMIUM_PREFIXES.items()
+}
+
+
 def is_premium_rate(e164: str) -> bool:
+    """Premium rate by libphonenumber's type or by the prefix list, valid number or not."""
     number = phonenumbers.parse(e164, None)
-    return phonenumbers.number_type(number) == PhoneNumberType.PREMIUM_RATE
+    if phonenumbers.number_type(number) == PhoneNumberType.PREMIUM_RATE:
+        return True
+    pattern = _PREMIUM_PATTERNS.get(number.country_code)
+    national = phonenumbers.national_significant_number(number)
+    return pattern is not None and pattern.match(national) is not None
 
 
 def pretty(e164: str) -> str:

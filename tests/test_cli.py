@@ -71,6 +71,25 @@ def test_check_config_knows_the_example_placeholders() -> None:
         assert f'{key} = "{placeholder}"' in example, key
 
 
+def test_check_config_warns_of_possible_numbers_to_every_country(
+    write_config: Callable[..., Path], config_data: dict[str, Any]
+) -> None:
+    """number_check = "possible" with allowed_countries = ["*"] is valid but warned about."""
+    loose = merge(config_data, {"fax": {"number_check": "possible", "allowed_countries": ["*"]}})
+    result = run_cli("check-config", "--config", str(write_config(loose)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "configuration OK"
+    assert 'warning: fax.number_check = "possible" with fax.allowed_countries = ["*"]' in (
+        result.stderr
+    )
+    # Either one alone is no warning.
+    for alone in ({"number_check": "possible"}, {"allowed_countries": ["*"]}):
+        result = run_cli(
+            "check-config", "--config", str(write_config(merge(config_data, {"fax": alone})))
+        )
+        assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
 def test_check_config_missing_file(tmp_path: Path) -> None:
     """A missing configuration file is a user error with exit 2."""
     result = run_cli("check-config", "--config", str(tmp_path / "none.toml"))

@@ -76,13 +76,74 @@ def test_unusable_mail_addresses_are_refused_at_load(
     config_data: dict[str, Any], address: str
 ) -> None:
     """An address no mail could be sent to fails the load, not every report at run time."""
-    for override in (
+    overrides: list[dict[str, Any]] = [
         {"notify": {"cc": [address]}},
-        {"relay": {"from_address": address}},
         {"inbound": {"default_recipients": [address]}},
-    ):
+    ]
+    if address != "<ops@example.com>":  # a From address may be written in angle brackets
+        overrides.append({"relay": {"from_address": address}})
+    for override in overrides:
         [problem] = problems_of(merge(config_data, override))
         assert f"{address!r} is not an email address" in problem
+
+
+@pytest.mark.parametrize(
+    ("written", "header", "envelope"),
+    [
+        ("Fax Gateway <fax@example.com>", "Fax Gateway <fax@example.com>", "fax@example.com"),
+        (
+            "  Fax   Gateway   <fax@example.com> ",
+            "Fax Gateway <fax@example.com>",
+            "fax@example.com",
+        ),
+        (
+            '"Acme, Fax Desk" <fax@example.com>',
+            '"Acme, Fax Desk" <fax@example.com>',
+            "fax@example.com",
+        ),
+        ("J. Smith <fax@example.com>", '"J. Smith" <fax@example.com>', "fax@example.com"),
+        (
+            "Faxdienst Müller <fax@example.com>",
+            "Faxdienst Müller <fax@example.com>",
+            "fax@example.com",
+        ),
+        ("<fax@example.com>", "fax@example.com", "fax@example.com"),
+        ("fax@example.com", "fax@example.com", "fax@example.com"),
+    ],
+)
+def test_from_address_may_carry_a_display_name(
+    config_data: dict[str, Any], written: str, header: str, envelope: str
+) -> None:
+    """relay.from_address takes `Name <addr>`; the envelope sender is the bare address."""
+    config = config_from_dict(merge(config_data, {"relay": {"from_address": written}}), env={})
+    assert config.relay.from_address == header
+    assert config.relay.envelope_sender == envelope
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "Fax\r\nBcc: victim@example.org <fax@example.com>",
+        "Fax <fax@example.com>\r\nBcc: victim@example.org",
+        "Fax <fax@example.com>, <other@example.com>",
+        "Fax <fax@example.com> <other@example.com>",
+        "fax@example.com, other@example.com",
+        "Fax, Desk <fax@example.com>",
+        "Fax <fax@example.com> trailing",
+        '"Fax <fax@example.com>',
+        'Fax "Desk" <fax@example.com>',
+        "Fax <>",
+        "Fax <not an address>",
+        "Fax\u202e <fax@example.com>",
+        "x" * 300 + " <fax@example.com>",
+    ],
+)
+def test_from_address_is_one_mailbox_without_line_breaks(
+    config_data: dict[str, Any], written: str
+) -> None:
+    """A second address, a line break or a stray quote in relay.from_address fails the load."""
+    [problem] = problems_of(merge(config_data, {"relay": {"from_address": written}}))
+    assert problem.startswith("relay.from_address: ")
 
 
 @pytest.mark.parametrize(

@@ -139,14 +139,65 @@ def test_header_injection_through_threading_ids_and_filenames_is_impossible(
     ],
 )
 def test_addresses_must_each_be_one_plain_addr_spec(renderer: MailRenderer, address: str) -> None:
-    """An address with a line break, a list, a display name or no domain is refused."""
+    """A recipient with a line break, a list, a display name or no domain is refused; so is
+    such a From, except that a From may have a display name (or just angle brackets)."""
     mail = renderer.render("delivered", OUTBOUND)
     with pytest.raises(ValueError):
         build(mail, to=[address])
     with pytest.raises(ValueError):
         build(mail, cc=[address])
+    if address in ("Alice <alice@example.org>", "<alice@example.org>"):
+        return
     with pytest.raises(ValueError):
         build(mail, from_address=address)
+
+
+@pytest.mark.parametrize(
+    ("from_address", "name"),
+    [
+        ("Fax Gateway <fax-gateway@example.com>", "Fax Gateway"),
+        ('"Acme, Fax Desk" <fax-gateway@example.com>', "Acme, Fax Desk"),
+        ("Faxdienst M\u00fcller <fax-gateway@example.com>", "Faxdienst M\u00fcller"),
+    ],
+)
+def test_from_header_shows_the_display_name(
+    renderer: MailRenderer, from_address: str, name: str
+) -> None:
+    """The From header carries the configured name (encoded if need be) and one address."""
+    built = build_message(
+        from_address=from_address,
+        to=["alice@example.com"],
+        rendered=renderer.render("delivered", OUTBOUND),
+        message_id_domain="fax.example.com",
+    )
+    wire = built.as_bytes(policy=policy.SMTP)
+    assert all(byte < 128 for byte in wire)  # a non-ASCII name is RFC 2047 encoded
+    [line] = [raw for raw in wire.split(b"\r\n") if raw.startswith(b"From:")]
+    assert line.endswith(b" <fax-gateway@example.com>")
+    message = parse(built)
+    [mailbox] = message["From"].addresses
+    assert mailbox.display_name == name
+    assert mailbox.addr_spec == "fax-gateway@example.com"
+
+
+@pytest.mark.parametrize(
+    "from_address",
+    [
+        "Fax\r\nBcc: victim@example.org <fax-gateway@example.com>",
+        "Fax\n <fax-gateway@example.com>",
+        "Fax <fax-gateway@example.com>, Other <other@example.org>",
+        "Fax <fax-gateway@example.com> <other@example.org>",
+        '"Fax" Bcc: <fax-gateway@example.com>',
+        "Fax: x; <fax-gateway@example.com>",
+        "Fax\u202e <fax-gateway@example.com>",
+    ],
+)
+def test_from_display_name_cannot_inject_headers_or_addresses(
+    renderer: MailRenderer, from_address: str
+) -> None:
+    """A line break, a second address or header syntax in the From's name is refused."""
+    with pytest.raises(ValueError):
+        build(renderer.render("delivered", OUTBOUND), from_address=from_address)
 
 
 def test_filenames_are_sanitised() -> None:

@@ -62,6 +62,35 @@ async def test_plain_smtp_delivers_with_our_envelope_sender(
     assert not captured.tls
 
 
+async def test_display_name_from_keeps_a_bare_envelope_sender(
+    make_config: ConfigFactory, relay_server: CapturingRelay, tmp_path: Path
+) -> None:
+    """With relay.from_address = 'Name <addr>', MAIL FROM is the bare addr, From shows the name."""
+    from_address = "Fax Gateway <fax-gateway@example.com>"
+    config = make_config(
+        {"relay": {**relay_server.relay_config_overrides(), "from_address": from_address}}
+    )
+    message = build_message(
+        from_address=config.relay.from_address,
+        to=["alice@example.com"],
+        rendered=RenderedMail(subject="Fax delivered", text="Delivered.\n", html=None),
+        message_id_domain="fax.example.com",
+    )
+    await create_relay(config).send(message, ["alice@example.com"])
+    [captured] = relay_server.messages
+    assert captured.mail_from == "fax-gateway@example.com"
+    [mailbox] = captured.message["From"].addresses
+    assert (mailbox.display_name, mailbox.addr_spec) == ("Fax Gateway", "fax-gateway@example.com")
+
+    maildir = tmp_path / "Maildir"
+    config = make_config(
+        {"relay": {"backend": "maildir", "maildir": str(maildir), "from_address": from_address}}
+    )
+    await create_relay(config).send(message, ["alice@example.com"])
+    [copy] = read_maildir(maildir)
+    assert copy["Return-Path"] == "<fax-gateway@example.com>"
+
+
 async def test_starttls_and_auth(
     make_config: ConfigFactory, make_relay_server: RelayFactory
 ) -> None:

@@ -92,3 +92,81 @@ def test_helpers() -> None:
     assert pretty("12015550123") == "+1 201-555-0123"
     assert pretty("garbage") == "garbage"
     assert carrier_digits("+12015550123") == "12015550123"
+
+
+# Numbers in premium-rate ranges that libphonenumber does not hold valid (a digit too many or
+# too few for the range), so its number_type cannot say "premium rate"; "possible" mode used
+# to accept them.
+PREMIUM_BY_PREFIX = [
+    "+4990012345670",  # Germany 0900
+    "+4913712345678",  # Germany 0137, mass-calling (televoting)
+    "+4911883",  # Germany 118xy directory enquiries
+    "+44901234567",  # UK 090
+    "+44911234567",  # UK 091
+    "+44981234567",  # UK 098
+    "+44870123456",  # UK 087
+    "+398991234560",  # Italy 899
+    "+3916612345",  # Italy 166
+    "+3389123456",  # France 089x (too short even to be possible)
+    "+19765550100",  # NANP 976
+    "+12129761234",  # NANP: the 976 exchange of an area code
+    "+43900123",  # Austria 0900
+    "+4190112345",  # Switzerland 0901 (too short even to be possible)
+    "+3480612345",  # Spain 806 (too short even to be possible)
+    "+31906123",  # Netherlands 0906
+    "+61190012345",  # Australia 1900
+    "+32901234567",  # Belgium 090x
+]
+
+
+@pytest.mark.parametrize("e164", PREMIUM_BY_PREFIX)
+def test_premium_rate_ranges_known_by_prefix(e164: str) -> None:
+    """A number in a premium-rate range is premium rate whether or not it is a valid one."""
+    import phonenumbers
+    from phonenumbers import PhoneNumberType
+
+    # None of these is typed premium by libphonenumber: the prefix list is what knows them.
+    assert phonenumbers.number_type(phonenumbers.parse(e164)) != PhoneNumberType.PREMIUM_RATE
+    assert is_premium_rate(e164)
+
+
+@pytest.mark.parametrize(
+    "e164",
+    [
+        "+12015550123",
+        "+15551234567",  # fictional, "possible" only
+        "+442071838750",
+        "+441184960000",  # Reading (0118): not the 118 directory range, which is Germany's
+        "+49301234567",
+        "+390612345678",
+        "+33142685300",
+        "+18005550199",
+    ],
+)
+def test_ordinary_numbers_are_not_premium(e164: str) -> None:
+    """Geographic, mobile and toll-free numbers are not caught by the premium prefixes."""
+    assert not is_premium_rate(e164)
+
+
+def test_premium_prefixes_spare_every_faxable_example_number() -> None:
+    """No prefix of the list covers libphonenumber's example of a faxable number type."""
+    import phonenumbers
+    from phonenumbers import PhoneNumberType
+
+    from gateway.numbers import PREMIUM_PREFIXES
+
+    faxable = (
+        PhoneNumberType.FIXED_LINE,
+        PhoneNumberType.MOBILE,
+        PhoneNumberType.TOLL_FREE,
+        PhoneNumberType.VOIP,
+        PhoneNumberType.FIXED_LINE_OR_MOBILE,
+    )
+    for code in PREMIUM_PREFIXES:
+        for region in phonenumbers.region_codes_for_country_code(code):
+            for kind in faxable:
+                example = phonenumbers.example_number_for_type(region, kind)
+                if example is None:
+                    continue
+                e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+                assert not is_premium_rate(e164), (region, kind, e164)

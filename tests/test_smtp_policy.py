@@ -139,6 +139,24 @@ def test_premium_rate_refused_even_without_prefix(policy: Callable[..., RelayPol
     assert rules.parse_recipient("+442071838750@fax.local") == "+442071838750"
 
 
+@pytest.mark.parametrize("number", ["+4990012345670", "+44901234567", "+398991234560"])
+def test_premium_rate_prefix_refused_in_both_modes(
+    policy: Callable[..., RelayPolicy], number: str
+) -> None:
+    """An unassigned number in a premium range gets the same premium-rate 550 in both modes."""
+    answers = []
+    for mode in ("strict", "possible"):
+        rules = policy({"fax": {"number_check": mode, "allowed_countries": ["*"]}})
+        result = refusal(rules.parse_recipient(f"{number}@fax.local"))
+        assert result.reason is Reason.PREMIUM_RATE, (mode, result)
+        answers.append(result.reply)
+    assert answers[0] == answers[1] == f"550 5.7.1 {number} is a premium-rate number"
+    # An ordinary number of the same countries still goes through, in either mode.
+    loose = policy({"fax": {"number_check": "possible", "allowed_countries": ["*"]}})
+    for ordinary in ("+49301234567", "+442071838750", "+390612345678"):
+        assert loose.parse_recipient(f"{ordinary}@fax.local") == ordinary
+
+
 def test_disallowed_country_refused(policy: Callable[..., RelayPolicy]) -> None:
     """By default only the default country is allowed; the reply names the countries."""
     result = refusal(policy().parse_recipient("+442071838750@fax.local"))

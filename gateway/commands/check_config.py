@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Print 'configuration OK' and exit 0; print every problem and exit 2; or, when the "
             "file is valid but still has the example's secrets or example.com as its public "
-            "URL, name them and exit 1. Secrets are read from the environment as the service "
-            "reads them: run it with the service's environment file."
+            "URL, name them and exit 1. Risky but valid combinations are printed as warnings "
+            "and do not change the exit status. Secrets are read from the environment as the "
+            "service reads them: run it with the service's environment file."
         ),
     )
     add_config_argument(parser)
@@ -54,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    # Warnings do not fail the check (a lab may mean it); they are printed whatever the verdict.
+    for line in warnings(config):
+        print(f"warning: {line}", file=sys.stderr)
     leftovers = example_values(config)
     if leftovers:
         print("configuration valid, but values from the example are left:", file=sys.stderr)
@@ -62,6 +66,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_EXAMPLE_VALUES
     print("configuration OK")
     return 0
+
+
+def warnings(config: Config) -> list[str]:
+    """Valid combinations that are risky in production, one line each."""
+    found = []
+    if config.fax.number_check == "possible" and "*" in config.allowed_countries:
+        found.append(
+            'fax.number_check = "possible" with fax.allowed_countries = ["*"]: any number of '
+            "the right length in any country is dialled, assigned or not; only the premium-rate "
+            'prefixes and fax.blocked_prefixes stand between a sender and toll fraud. Use "strict" '
+            "or name the countries"
+        )
+    return found
 
 
 def example_values(config: Config) -> list[str]:

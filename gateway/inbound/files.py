@@ -17,7 +17,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document import kinds
-from gateway.fsutil import fsync_dir
+from gateway.fsutil import fsync_dir, make_private_dirs
 from gateway.mailout.outbox import requeue_mail
 from gateway.store.inbound import InboundFax, InboundState, get_inbound, inbound_in_state, revive
 
@@ -51,7 +51,7 @@ def locate(path: Path, config: Config) -> Path | None:
 
 def move_durably(source: Path, folder: Path) -> Path:
     """Move `source` into `folder` (same file system: both under data.dir). Blocking."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(folder)
     target = folder / source.name
     if source != target:
         os.replace(source, target)

@@ -2,7 +2,8 @@
 
 Values in a mail come from strangers: the carrier's payload, the sender's subject, a caller's
 name. So nothing rendered can reach a header unfiltered: the subject is collapsed to one line
-without control characters, addresses must each be one plain addr-spec, threading ids must be
+without control characters, recipients must each be one plain addr-spec and the From one
+mailbox (a display name allowed, no line break, no second address), threading ids must be
 well-formed msg-ids, and attachment names are reduced to a harmless file name. Rendering the
 text itself is gateway/mailout/templates.py's job.
 """
@@ -14,10 +15,11 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, make_msgid
 
-from gateway.addresses import clean_address
+from gateway.addresses import clean_address, split_mailbox
 
 # Long enough for "Fax to +44 20 7183 8750 failed: <reason> (Re: <their subject>)", short
 # enough that no client truncates it into nonsense. Headers are folded, so this is about
@@ -185,12 +187,15 @@ def build_message(
         raise ValueError("a mail needs at least one recipient")
     if not _DOMAIN.fullmatch(message_id_domain):
         raise ValueError(f"{message_id_domain!r} is not a domain for Message-IDs")
-    sender = clean_address(from_address)
+    # From may carry a display name (relay.from_address = "Fax Gateway <fax@example.com>"); an
+    # Address object, not text, goes into the header, so the email package quotes or encodes
+    # the name itself and the header holds exactly this one mailbox.
+    sender_name, sender_address = split_mailbox(from_address)
     to_list = [clean_address(a) for a in to]
     cc_list = [clean_address(a) for a in cc]
 
     message = EmailMessage()
-    message["From"] = sender
+    message["From"] = Address(display_name=sender_name, addr_spec=sender_address)
     message["To"] = ", ".join(to_list)
     if cc_list:
         message["Cc"] = ", ".join(cc_list)

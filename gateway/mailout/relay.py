@@ -221,8 +221,9 @@ class SmtpRelay:
         rcpts = _recipients(recipients)
         client = await self._connect()
         try:
+            # The envelope takes the bare address; the From header keeps the display name.
             refused, _reply = await client.send_message(
-                message, sender=self.config.from_address, recipients=rcpts
+                message, sender=self.config.envelope_sender, recipients=rcpts
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise RecipientsRefused(
@@ -385,5 +386,5 @@ def create_relay(config: Config, *, tls_context: ssl.SSLContext | None = None) -
     relay = config.relay
     if relay.backend == "maildir":
         assert relay.maildir is not None  # the config validator requires it for this backend
-        return MaildirRelay(relay.maildir, envelope_sender=relay.from_address)
+        return MaildirRelay(relay.maildir, envelope_sender=relay.envelope_sender)
     return SmtpRelay(relay, local_hostname=config.smtp.hostname, tls_context=tls_context)

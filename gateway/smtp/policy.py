@@ -102,14 +102,30 @@ class RelayPolicy:
             return Refusal(Reason.RELAY_DENIED, replies.relay_denied(self.config.smtp.domain))
         if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
             local = local[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        country = self.config.smtp.default_country
         try:
-            e164 = numbers.parse_fax_number(
-                local, self.config.smtp.default_country, strict=self._strict
-            )
+            e164 = numbers.parse_fax_number(local, country, strict=self._strict)
         except numbers.NumberError as exc:
-            return Refusal(Reason.BAD_NUMBER, replies.bad_number(str(exc)))
+            return self._toll_fraud_refusal(local) or Refusal(
+                Reason.BAD_NUMBER, replies.bad_number(str(exc))
+            )
         refusal = self.check_destination(e164)
         return refusal if refusal is not None else e164
+
+    def _toll_fraud_refusal(self, local: str) -> Refusal | None:
+        """For a number strict checking refused: the blocked-prefix or premium-rate refusal its
+        lenient reading gets, so an unassigned premium number is answered the same way in both
+        modes ("is a premium-rate number", not "not assigned" here and the former there)."""
+        if not self._strict:
+            return None
+        try:
+            e164 = numbers.parse_fax_number(local, self.config.smtp.default_country, strict=False)
+        except numbers.NumberError:
+            return None
+        refusal = self.check_destination(e164)
+        if refusal is not None and refusal.reason in (Reason.BLOCKED_PREFIX, Reason.PREMIUM_RATE):
+            return refusal
+        return None
 
     def check_destination(self, e164: str) -> Refusal | None:
         """The toll-fraud guard: blocked prefixes, premium rate, allowed countries."""
@@ -124,6 +140,8 @@ class RelayPolicy:
         # Premium-rate numbers are refused whatever the prefix list says: they are how toll
         # fraud makes money, no fax service needs one, and the configuration has no switch for
         # them on purpose (an operator who must reach one can ask for an explicit setting).
+        # is_premium_rate knows the premium ranges by prefix too (numbers.PREMIUM_PREFIXES), so
+        # this holds with number_check = "possible", where libphonenumber's type says nothing.
         if numbers.is_premium_rate(e164):
             return Refusal(
                 Reason.PREMIUM_RATE,

@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from gateway import log
-from gateway.fsutil import fsync_dir, write_atomic
+from gateway.fsutil import fsync_dir, make_private_dirs, write_atomic
 from gateway.storage.base import (
     NAME_PATTERN,
     DocumentMissing,
@@ -66,7 +66,9 @@ class LocalStorage:
     async def put(self, job_id: str, data: bytes, content_type: str) -> StoredDocument:
         name = document_name(self._name_key, job_id, content_type)
         try:
-            await asyncio.to_thread(write_atomic, self.directory / name, data, 0o640)
+            # 0600 like everything under data.dir: the gateway's HTTP server serves these files
+            # itself, so no other user (a web server reading the folder) needs them.
+            await asyncio.to_thread(write_atomic, self.directory / name, data)
         except OSError as exc:
             raise _error(f"cannot write {self.directory / name}", exc) from None
         logger.info("storage.put", key=name, bytes=len(data))
@@ -165,7 +167,7 @@ def _remove(path: Path) -> None:
 
 
 def _probe_writable(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(directory)
     fd, name = tempfile.mkstemp(prefix=".probe.", dir=directory)
     try:
         os.write(fd, b"probe")

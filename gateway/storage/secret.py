@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gateway import log
 from gateway.datadir import DataDir
-from gateway.fsutil import fsync_dir
+from gateway.fsutil import PRIVATE_FILE, fsync_dir, make_private_dirs
 
 logger = log.get_logger(__name__)
 
@@ -39,11 +39,12 @@ def load_or_create_secret(data_dir: Path) -> bytes:
         return _read(path)
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(data_dir)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), PRIVATE_FILE)  # exactly, not less the umask
             handle.write(secrets.token_bytes(SECRET_BYTES))
             handle.flush()
             os.fsync(handle.fileno())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -11,7 +13,11 @@ from functools import partial
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
+from gateway import log
+from gateway.fsutil import PRIVATE_FILE, fsync_dir, make_private_dirs
 from gateway.store.schema import MIGRATIONS
+
+logger = log.get_logger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -22,7 +28,8 @@ class StoreError(Exception):
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
+    _create_private(path)
     # isolation_level=None: we issue BEGIN IMMEDIATE ourselves (see `transaction`).
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
@@ -34,6 +41,31 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     migrate(conn)
     return conn
+
+
+def _create_private(path: Path) -> None:
+    """Make the store file 0600 before SQLite opens it, whatever the umask.
+
+    The store holds live signed media links. SQLite creates a missing file with 0644 less the
+    umask, and gives its -wal and -shm files the mode of the database file, so making the empty
+    file ourselves (SQLite takes an empty file as a new database) makes all three private. A
+    store that exists keeps its mode; one every local user can read (made by an earlier version
+    started outside systemd) is named in a warning, since changing it may not be ours to do.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & stat.S_IRWXO:
+            logger.warning(
+                "store.permissions", path=str(path), mode=oct(mode), fix=f"chmod 600 {path}*"
+            )
+        return
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -16,7 +16,7 @@ import secrets
 import time
 from pathlib import Path
 
-from gateway.fsutil import fsync_dir
+from gateway.fsutil import PRIVATE_FILE, fsync_dir, make_private_dirs
 
 SUFFIX = ".eml"
 _TEMP_PREFIX = "."
@@ -32,7 +32,14 @@ class SpoolError(Exception):
 class Spool:
     """Raw messages of jobs under `root` (`DataDir.spool`: data.dir/spool)."""
 
-    def __init__(self, root: Path, mode: int = 0o640) -> None:
+    # 0600, no longer 0640. The unit runs the gateway as user and group fax-gateway with
+    # UMask=0027, so 0640 let that group read every message; but the group exists for the
+    # service alone (systemd/fax-gateway.sysusers): nothing documented reads the spool through
+    # it, the operator's tools run as root, and a member of the group can already read the
+    # carrier's key in /etc/fax-gateway. A spool file is a whole message, document and addresses,
+    # the most sensitive thing the gateway keeps, so it goes to no one who does not need it; a
+    # reader that does (a backup agent) runs as root or as the service user.
+    def __init__(self, root: Path, mode: int = PRIVATE_FILE) -> None:
         self.root = root
         self.mode = mode
 
@@ -49,11 +56,12 @@ class Spool:
         name is removed and the directory fsync'd so the new entry itself is durable.
         """
         path = self.path_for(job_id)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root)
         tmp = self.root / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.mode)
         try:
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), self.mode)  # exactly, not less the umask
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
