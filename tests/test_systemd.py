@@ -164,6 +164,18 @@ def test_unit_has_what_the_gateway_needs() -> None:
     assert int(svc["RestartSec"][0]) >= 1
 
 
+def test_unit_sets_a_memory_budget() -> None:
+    """MemoryHigh (throttle) below MemoryMax (kill and restart), both set."""
+    svc = service()
+    sizes = {"K": 1024, "M": 1024**2, "G": 1024**3}
+
+    def size(value: str) -> int:
+        return int(value[:-1]) * sizes[value[-1]] if value[-1] in sizes else int(value)
+
+    high, limit = size(svc["MemoryHigh"][-1]), size(svc["MemoryMax"][-1])
+    assert 256 * 1024**2 <= high < limit
+
+
 def test_stop_timeout_covers_the_shutdown_bound() -> None:
     """systemd waits longer than the gateway's own stop bound before it sends SIGKILL."""
     stop = int(service()["TimeoutStopSec"][0])
