@@ -168,6 +168,9 @@ class SmtpConfig(Section):
     # first job's id and not faxed again. Copiers and MTAs resend with the same Message-ID.
     # 0 turns it off.
     dedupe_window_seconds: int = Field(default=86400, ge=0)
+    # Messages whose documents are read and checked at once (DATA); past it, 451 4.3.2. Each
+    # may briefly cost a few times smtp.max_message_bytes of memory.
+    max_concurrent_data: int = Field(default=4, ge=1, le=256)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_listen: ListenAddress | None = None

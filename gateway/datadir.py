@@ -26,9 +26,15 @@ class DataDir:
     root: Path
 
     def free_bytes(self) -> int:
-        """Space left for the gateway on data.dir's file system (0 if it cannot be read)."""
+        """Space left for the gateway on data.dir's file system (0 if it cannot be read).
+
+        A data.dir not made yet is measured where it will be: its nearest existing parent.
+        """
+        place = self.root
+        while not place.exists() and place.parent != place:
+            place = place.parent
         try:
-            return shutil.disk_usage(self.root).free
+            return shutil.disk_usage(place).free
         except OSError:
             return 0
 

@@ -1,4 +1,5 @@
-"""SMTP and disk space: nothing is accepted that the gateway has no room to process."""
+"""SMTP and the gateway's resources: nothing is accepted it has no room (disk, document
+slots) to process."""
 
 from __future__ import annotations
 
@@ -87,3 +88,19 @@ async def test_a_disk_that_fills_while_spooling_gets_452_not_451(
             )
         assert data is not None and data[0] == 452, data
         assert [p.name for p in (data_dir / "spool").iterdir()] == []
+
+
+async def test_past_max_concurrent_data_a_message_gets_451_and_then_goes_through(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """While smtp.max_concurrent_data messages are being read, another DATA is answered
+    451 4.3.2 (the client retries); once a slot is free it is accepted."""
+    config = make_config({"smtp": {"max_concurrent_data": 1}})
+    message = samples.mail(samples.attachment(samples.pdf(1), "one.pdf"))
+    async with running(config, tmp_path) as server:
+        slots = server.handler.document_slots
+        async with slots:  # the one slot, taken as a message being read would take it
+            _mail, busy = await asyncio.to_thread(send, server.port, message)
+        _mail, accepted = await asyncio.to_thread(send, server.port, message)
+    assert busy is not None and busy[0] == 451 and busy[1].startswith(b"4.3.2 ")
+    assert accepted is not None and accepted[0] == 250

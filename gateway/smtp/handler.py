@@ -92,6 +92,7 @@ class FaxHandler:
         # committed: a check then sees each accepted fax exactly once, in the store or in an
         # open transaction, however many sessions of one sender run side by side.
         self.daily_limit = DailyLimit(db)
+        self.document_slots = asyncio.Semaphore(config.smtp.max_concurrent_data)
 
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded configuration from the next SMTP command on (SIGHUP)."""
@@ -246,6 +247,17 @@ class FaxHandler:
             transaction.open = False
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # Document work costs memory and CPU per message (a 24 MB message, a large image): at
+        # most smtp.max_concurrent_data at once; past that the client tries again later.
+        if self.document_slots.locked():
+            transaction = self._transactions.get(envelope)
+            refusal = Refusal(Reason.BUSY, replies.BUSY)
+            sender = transaction.sender if transaction is not None else None
+            return self._refuse("data", refusal, server, sender=sender)
+        async with self.document_slots:
+            return await self._data(server, envelope)
+
+    async def _data(self, server: SMTP, envelope: Envelope) -> str:
         transaction = self._transactions.get(envelope)
         raw = envelope.original_content or b""
         try:

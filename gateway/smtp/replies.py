@@ -38,6 +38,7 @@ class Reason(enum.StrEnum):
     MALFORMED = "malformed"
     INTERNAL_ERROR = "internal_error"
     NO_STORAGE = "no_storage"
+    BUSY = "busy"
     SHUTTING_DOWN = "shutting_down"
     # AUTH
     AUTH_FAILED = "auth_failed"
@@ -59,6 +60,7 @@ RELAY_DENIED = "550 5.7.1 Relaying denied"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, try again later"
 INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
+BUSY = "451 4.3.2 Too many messages being processed at once, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
