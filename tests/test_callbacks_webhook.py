@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
+from yarl import URL
 
 from gateway.callbacks.webhook import add_routes
 from gateway.config import Address, Config
@@ -180,6 +185,7 @@ async def test_body_over_the_limit_is_413(start_endpoint: StartEndpoint) -> None
         (b"not json", "body is not JSON"),
         (b"", "empty body"),
         (b"[1, 2]", "expected a JSON object, got list"),
+        (b'"' + b'\\"' * 30_000 + b"[" * 40, "body is not JSON"),  # a string never closed
         (b'{"type": "sms", "id": "x", "status": "delivered"}', "type must be 'fax'"),
         (b'{"id": "x", "status": "delivered"}', "type must be 'fax'"),
         (b'{"type": "fax", "status": "delivered"}', "missing id"),
@@ -200,6 +206,99 @@ async def test_malformed_payloads_are_400_with_a_reason(
         assert reason in (await response.json())["error"]
     assert await endpoint.db.run(pending_events) == []
     assert endpoint.counted == ["malformed"]
+
+
+def _deep(levels: int) -> Any:
+    """A JSON value `levels` arrays deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def _refused_once(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture, send: Callable[[], Awaitable[int]]
+) -> str:
+    """Send, expect 400, one `webhook.malformed` line and no traceback anywhere; its reason."""
+    caplog.set_level(logging.DEBUG)
+    with capture_logs() as logs:
+        started = time.perf_counter()
+        status = await send()
+        elapsed = time.perf_counter() - started
+    assert status == 400
+    assert [e["event"] for e in logs] == ["webhook.malformed"]
+    assert "exc_info" not in logs[0]
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+    assert endpoint.counted == ["malformed"]
+    assert await endpoint.db.run(pending_events) == []
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+    return str(logs[0]["reason"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 30_000,
+        json.dumps({**PAYLOAD, "extra": _deep(33)}).encode(),
+        b'{"a": "' + b'\\"' * 20_000 + b'", "b": ' + b"[" * 40,  # escaped quotes, then depth
+    ],
+    ids=["brackets", "deep-field", "after-escaped-quotes"],
+)
+async def test_deep_json_is_400_with_one_log_line(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    """JSON nested deeper than 32 levels is refused before parsing: 400, one line, no traceback."""
+
+    async def send() -> int:
+        async with endpoint.session.post(
+            endpoint.hook(), data=body, headers={"Content-Type": "application/json"}
+        ) as response:
+            assert "deeper than 32" in (await response.json())["error"]
+            return response.status
+
+    reason = await _refused_once(endpoint, caplog, send)
+    assert reason == "JSON nested deeper than 32 levels"
+
+
+async def test_nesting_within_the_bound_and_brackets_in_strings_are_stored(
+    endpoint: Endpoint,
+) -> None:
+    """32 levels are accepted, and brackets inside JSON strings are text, not nesting."""
+    payload = {**PAYLOAD, "extra": _deep(31), "note": "[{" * 100 + '\\"['}
+    status, body = await endpoint.post(payload)
+    assert (status, body) == (200, {"result": "stored"})
+
+
+async def test_deep_query_keys_are_400_with_one_log_line(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A GET whose key is `a[b]` 2,000 levels deep is 400 with one log line, no traceback."""
+    # Brackets sent as they are, and 2,000 levels, keep the request line inside aiohttp's 8,190
+    # bytes (a longer line is refused by aiohttp itself, before the endpoint).
+    query = urlencode(PAYLOAD) + "&a" + "[b]" * 2000 + "=1"
+    url = URL(f"{endpoint.hook()}?{query}", encoded=True)
+
+    async def send() -> int:
+        async with endpoint.session.get(url) as response:
+            return response.status
+
+    reason = await _refused_once(endpoint, caplog, send)
+    assert reason == "a[b][b][b][b][b][b][b][b][b...: key nested deeper than 32 levels"
+
+
+async def test_deep_bracketed_keys_in_a_json_body_are_400_without_verification(
+    start_endpoint: StartEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flat JSON key nested 2,500 levels by brackets is refused when the payload is read."""
+    ep = await start_endpoint({"webhooks": {"verify": False}})
+    payload = {**PAYLOAD, "a" + "[b]" * 2500: "1"}
+
+    async def send() -> int:
+        async with ep.session.post(ep.hook(), json=payload) as response:
+            return response.status
+
+    reason = await _refused_once(ep, caplog, send)
+    assert reason.endswith("key nested deeper than 32 levels")
 
 
 async def test_without_verification_the_payload_must_be_a_whole_fax(

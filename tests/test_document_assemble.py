@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime
 
 import pypdfium2 as pdfium
@@ -187,6 +188,37 @@ def test_validate_too_many_pages_gives_the_numbers() -> None:
     assert caught.value.kind == "too_many_pages"
     assert str(caught.value) == "the fax would have 7 pages; the limit is 5"
     assert validate(mail, max_pages=7, cover=NO_COVER) == 7
+
+
+@pytest.mark.parametrize("build", [validate, assemble])
+def test_tiff_with_many_frames_is_refused_before_any_frame_is_decoded(build) -> None:
+    """A 20,000-frame TIFF is refused from its IFD chain in well under a second, count named."""
+    mail = extracted(
+        Attachment("a.pdf", "application/pdf", samples.pdf(2)),
+        Attachment("many.tif", "image/tiff", samples.tiff_chain(20_000)),
+    )
+    started = time.perf_counter()
+    with pytest.raises(DocumentError) as caught:
+        if build is validate:
+            validate(mail, max_pages=50, cover=NO_COVER)
+        else:
+            assemble(mail, paper="letter", max_pages=50, cover=NO_COVER)
+    elapsed = time.perf_counter() - started
+    assert caught.value.kind == "too_many_pages"
+    assert str(caught.value) == "the fax would have 20002 pages; the limit is 50"
+    assert elapsed < 0.5, f"took {elapsed:.2f} s"
+
+
+def test_tiff_past_the_frame_ceiling_is_refused_without_a_count() -> None:
+    """Past 65,535 frames the walk stops and the error says "more than", still in bounded time."""
+    mail = extracted(Attachment("many.tif", "image/tiff", samples.tiff_chain(70_000)))
+    started = time.perf_counter()
+    with pytest.raises(DocumentError) as caught:
+        validate(mail, max_pages=50, cover=NO_COVER)
+    elapsed = time.perf_counter() - started
+    assert caught.value.kind == "too_many_pages"
+    assert str(caught.value) == "the fax would have more than 65535 pages; the limit is 50"
+    assert elapsed < 0.5, f"took {elapsed:.2f} s"
 
 
 def test_validate_cover_counts_toward_the_limit() -> None:

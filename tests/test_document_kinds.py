@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.document.kinds import FAXABLE_TYPES, claimed_type, extension, sniff
+from gateway.document.kinds import (
+    FAXABLE_TYPES,
+    MAX_TIFF_FRAMES,
+    claimed_type,
+    extension,
+    sniff,
+    tiff_frames,
+)
 from tests import samples
 
 
@@ -69,3 +76,30 @@ def test_claimed_type_uses_declared_type_then_filename() -> None:
     assert claimed_type("application/octet-stream", "photo.jpeg") == "image/jpeg"
     assert claimed_type("application/msword", "letter.doc") is None
     assert claimed_type(None, "noextension") is None
+
+
+@pytest.mark.parametrize(
+    ("data", "frames"),
+    [
+        (samples.tiff(3), 3),
+        (samples.tiff_chain(7), 7),
+        (samples.tiff_chain(7, byte_order=">"), 7),
+        (samples.tiff_chain(7, big=True), 7),
+        (samples.tiff_chain(7, big=True, byte_order=">"), 7),
+        (samples.tiff_chain(7, cycle=True), 7),
+    ],
+)
+def test_tiff_frames_walks_the_ifd_chain(data: bytes, frames: int) -> None:
+    """Frames are counted along the IFD chain in either byte order, BigTIFF too, cycles once."""
+    assert tiff_frames(data) == frames
+
+
+def test_tiff_frames_stops_past_its_limit_and_at_damage() -> None:
+    """The walk ends one frame past `limit`, at a truncated IFD, and on bytes that are no TIFF."""
+    chain = samples.tiff_chain(50)
+    assert tiff_frames(chain, limit=10) == 11
+    assert tiff_frames(chain[: len(chain) // 2]) == 24  # the IFDs before the cut
+    assert tiff_frames(b"II*\x00\xff\xff\xff\xff") == 0  # first IFD outside the file
+    assert tiff_frames(samples.pdf()) is None
+    assert tiff_frames(b"II") is None
+    assert MAX_TIFF_FRAMES == 65_535

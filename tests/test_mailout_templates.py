@@ -118,3 +118,30 @@ def test_empty_html_override_sends_text_only(tmp_path: Path) -> None:
     message = build(mail)
     assert message.get_content_type() == "text/plain"
     assert "was delivered" in message.get_content()
+
+
+# Every Unicode bidi control: embeddings, overrides, isolates and marks (U+061C included).
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bidi_controls_are_stripped_from_subject_text_and_html(
+    renderer: MailRenderer, kind: str
+) -> None:
+    """No bidi control in any value reaches a rendered part; other non-ASCII text is kept."""
+    # Accents, a dash, RTL letters, CJK and an emoji ZWJ sequence: all kept.
+    legit = "Müller \u2013 שלום عربي 中文 👩\u200d💻"
+    spoof = f"invoice{BIDI}fdp.exe {legit}"
+    context = dict(CONTEXTS[kind])
+    for key in ("subject", "error_description", "sender", "carrier_id", "from_number"):
+        if key in context:
+            context[key] = spoof
+    if kind == "inbound":
+        context["attachments"] = [f"fax{BIDI}.pdf"]
+    mail = renderer.render(kind, context)
+    assert mail.html is not None
+    for part in (mail.html, mail.text, mail.subject):
+        assert not set(BIDI) & set(part), [hex(ord(c)) for c in set(BIDI) & set(part)]
+    assert "invoicefdp.exe" in mail.html and "invoicefdp.exe" in mail.text
+    if kind != "inbound":
+        assert legit in mail.html and legit in mail.text and legit in mail.subject

@@ -329,3 +329,39 @@ def _fax_with(code: int | None, description: str | None, carrier_id: str | None 
         reported_at=None,
         submit_started_at=None,
     )
+
+
+def test_carrier_words_are_one_short_clean_line() -> None:
+    """The carrier's text is cut to 120 characters on one line, without control or bidi
+    characters; a known code is described in the gateway's own words whatever the carrier wrote."""
+    hostile = "line noise\r\nBcc: victim@example.com\x00\u202egnp.exe\u200b " + "blah " * 1000
+    for details in (
+        failure_details(_fax_with(5999, hostile)),  # unknown code, the carrier's words
+        failure_details(_fax_with(None, hostile)),  # no code, the carrier's words
+    ):
+        description = str(details["error_description"])
+        assert len(description) <= 120
+        assert description.startswith("line noise Bcc: victim@example.com gnp.exe blah")
+        assert description.isprintable()
+        assert not set("\u202e\u200b\x00\r\n") & set(description)
+    known = failure_details(_fax_with(5109, hostile))
+    assert known["error_description"] == "far end is not able to receive"
+
+
+async def test_a_long_carrier_text_leaves_the_senders_subject_in_the_report(
+    reports: Reports,
+) -> None:
+    """A 5,000-character carrier description does not push "(Re: ...)" out of the subject."""
+    _job, fax = await reports.job(subject="Signed contract")
+    words = "\u202eexe.gnp " + "carrier says no " * 300 + "\r\n"
+    await reports.db.run(
+        record_carrier_status, fax.carrier_id or "", "failed", Outcome.FAILED, 0, 95, 1, None, words
+    )
+    [message] = await reports.settle()
+    subject = subject_of(message)
+    assert subject.endswith("(Re: Signed contract)"), subject
+    assert "\u202e" not in subject
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    assert "\u202e" not in html and "\u202e" not in text
+    assert "carrier says no " * 20 not in html

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from gateway import log
-from gateway.carrier.models import CarrierFax, PayloadError, unflatten_query
+from gateway.carrier.models import MAX_NESTING, CarrierFax, PayloadError, unflatten_query
 from gateway.config import Config
 from gateway.store import Database
 from gateway.store.events import normalize_status, record_event
@@ -154,12 +155,17 @@ class WebhookEndpoint:
             if len(request.query_string) > limit:
                 raise _TooLarge
             # Nested fields arrive flattened (`error[code]`); stored nested, as a POST would be.
-            return unflatten_query(request.query.items())
+            try:
+                return unflatten_query(request.query.items())
+            except PayloadError as exc:
+                raise MalformedWebhook(str(exc)) from None
         if request.content_length is not None and request.content_length > limit:
             raise _TooLarge
         body = await _read_limited(request, limit)
         if not body.strip():
             raise MalformedWebhook("empty body: expected a JSON object")
+        if json_depth(body) > MAX_NESTING:
+            raise MalformedWebhook(f"JSON nested deeper than {MAX_NESTING} levels")
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -203,6 +209,31 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise _TooLarge
         chunks.append(chunk)
+
+
+# A JSON string, or the rest of the body from an opening quote that is never closed. The
+# alternatives cannot overlap and the repetition is possessive, so every byte is read once
+# whatever the body (no backtracking over `\"\"\"...`).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def json_depth(body: bytes, *, stop_past: int = MAX_NESTING) -> int:
+    """How deeply arrays and objects nest in a JSON text, counting no further than `stop_past`
+    + 1 (a bound that json.loads, which recurses per level, does not have). Brackets inside
+    strings are text; on text that is not JSON the answer is merely an upper bound."""
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > stop_past:
+                    break
+        else:
+            depth -= 1
+    return deepest
 
 
 def _text(payload: Mapping[str, Any], key: str, max_length: int) -> str:

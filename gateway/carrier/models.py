@@ -30,6 +30,12 @@ class PayloadError(ValueError):
     """A carrier payload lacks a field we need, or has it in an unusable form."""
 
 
+# No carrier payload nests more than a few levels (`links[0][media]`). Python's parsers, and our
+# own `_lists`, recurse once per level: a hostile `a[b][b]...` 2,500 levels deep (or `[` x 30,000
+# in JSON) raised RecursionError, a 500 and a 3,000-line traceback per request.
+MAX_NESTING = 32
+
+
 @dataclass(frozen=True)
 class CarrierFax:
     """One fax as the carrier describes it. Numbers are as the carrier wrote them."""
@@ -119,12 +125,17 @@ def unflatten_query(items: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
 
     Numeric parts make lists (`links[0][media]`); empty brackets (`links[][media]`) are read
     as the first element, which is all a webhook carries. A repeated key keeps its last value.
+    A key nested deeper than MAX_NESTING is a PayloadError.
     """
     root: dict[str, Any] = {}
     for raw_key, value in items:
-        parts = _key_parts(str(raw_key))
+        key = str(raw_key)
+        parts = _key_parts(key)
         if not parts:
             continue
+        if len(parts) > MAX_NESTING:
+            shown = key if len(key) <= 30 else key[:27] + "..."
+            raise PayloadError(f"{shown}: key nested deeper than {MAX_NESTING} levels")
         node = root
         for part in parts[:-1]:
             child = node.get(part)

@@ -7,6 +7,8 @@ formats the carrier renders are recognised; anything else is "not faxable" (None
 
 from __future__ import annotations
 
+import struct
+
 PDF = "application/pdf"
 TIFF = "image/tiff"
 PNG = "image/png"
@@ -65,6 +67,53 @@ def sniff(data: bytes) -> str | None:
     if b"%PDF-" in head:
         return PDF
     return None
+
+
+# TIFF numbers pages in 16 bits (the PageNumber tag); no fax has more frames. Walking this many
+# IFDs takes a few tens of milliseconds, so it is the walk's bound, whatever the file claims.
+MAX_TIFF_FRAMES = 65_535
+
+# Per TIFF version: byte order-free formats of the IFD entry count, one entry's size, and the
+# next-IFD offset; and where the header keeps the first offset.
+_TIFF_LAYOUTS = {42: ("H", 12, "I", 4, "I"), 43: ("Q", 20, "Q", 8, "Q")}
+
+
+def tiff_frames(data: bytes, *, limit: int = MAX_TIFF_FRAMES) -> int | None:
+    """Frames in a TIFF counted along its IFD chain, decoding nothing; at most `limit` + 1.
+
+    Reads only the header and, per IFD, its entry count and next-IFD offset: the cost is one
+    small read per frame up to `limit`, whatever the file's size. Classic TIFF and BigTIFF, either
+    byte order. The chain ends at offset 0, at an IFD seen before (a cycle: Pillow ends there
+    too), or at an IFD that lies outside the file (the frames before it are counted; the decoder
+    names the damage). None if `data` does not start like a TIFF.
+    """
+    if data[:2] == b"II":
+        order = "<"
+    elif data[:2] == b"MM":
+        order = ">"
+    else:
+        return None
+    try:
+        (version,) = struct.unpack_from(order + "H", data, 2)
+        count_format, entry_size, next_format, first_at, first_format = _TIFF_LAYOUTS[version]
+        (offset,) = struct.unpack_from(order + first_format, data, first_at)
+    except (struct.error, KeyError):
+        return None
+    count_format, next_format = order + count_format, order + next_format
+    count_size, next_size = struct.calcsize(count_format), struct.calcsize(next_format)
+    seen: set[int] = set()
+    frames = 0
+    while offset and offset not in seen and frames <= limit:
+        seen.add(offset)
+        if offset + count_size > len(data):
+            break
+        (entries,) = struct.unpack_from(count_format, data, offset)
+        next_at = offset + count_size + entries * entry_size
+        if next_at + next_size > len(data):
+            break
+        frames += 1
+        (offset,) = struct.unpack_from(next_format, data, next_at)
+    return frames
 
 
 def extension(content_type: str) -> str:

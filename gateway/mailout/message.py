@@ -27,9 +27,11 @@ from gateway.addresses import clean_address, split_mailbox
 MAX_SUBJECT_CHARS = 200
 MAX_FILENAME_CHARS = 100
 
-# Unicode characters that move or hide text (bidi overrides and isolates): a subject
-# containing them can display as something else than it is.
-_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+# Unicode characters that move or hide text (bidi embeddings, overrides, isolates and marks,
+# U+061C the Arabic letter mark among them): a subject or a body containing them can display as
+# something else than it is ("invoice\u202egnp.exe" shows as "invoiceexe.png").
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+_NO_BIDI = dict.fromkeys(map(ord, _BIDI_CONTROLS))
 # A msg-id as RFC 5322 allows it in practice: printable ASCII, no spaces, one "@" inside <>.
 _MSG_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
 _CID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(@[A-Za-z0-9.-]+)?")
@@ -73,6 +75,12 @@ def normalize_newlines(text: str) -> str:
 
 
 # -- header hygiene ---------------------------------------------------------------------------
+
+
+def without_bidi(text: str) -> str:
+    """`text` without bidi controls; every other character (RTL letters too) as it is. A
+    markupsafe Markup stays Markup (its translate keeps the type)."""
+    return text.translate(_NO_BIDI)
 
 
 def clean_subject(text: str, limit: int = MAX_SUBJECT_CHARS) -> str:

@@ -7,8 +7,9 @@ any of them from `templates.dir`; what is not overridden comes from the built-in
 Values in a mail come from strangers: the carrier's payload, the sender's subject, a caller's
 name. So nothing rendered can reach a header unfiltered: the subject is collapsed to one line
 without control characters, addresses must each be one plain addr-spec, threading ids must be
-well-formed msg-ids, and attachment names are reduced to a harmless file name. HTML is
-autoescaped; StrictUndefined turns a misspelt variable into an error instead of a blank.
+well-formed msg-ids, and attachment names are reduced to a harmless file name. No value
+printed in any part keeps a bidi control (U+202E and kin). HTML is autoescaped; StrictUndefined
+turns a misspelt variable into an error instead of a blank.
 
 Context the built-in templates expect (a template may test optional keys with `is defined`):
 - delivered, failed, queued: `number` (E.164), `pages`, `duration` (seconds), `attempts`,
@@ -30,7 +31,12 @@ from typing import Any
 
 import jinja2
 
-from gateway.mailout.message import RenderedMail, clean_subject, normalize_newlines
+from gateway.mailout.message import (
+    RenderedMail,
+    clean_subject,
+    normalize_newlines,
+    without_bidi,
+)
 from gateway.numbers import pretty
 from gateway.paths import builtin_templates
 
@@ -90,6 +96,14 @@ def _one_line(value: object) -> object:
     return value
 
 
+def _no_bidi(value: object) -> object:
+    """Finalizer of the HTML templates: a printed string value carries no bidi control, which
+    would make text display as something else (the text finalizer drops them with the rest)."""
+    # str.translate, which Markup (a str) keeps as Markup: already-safe markup is not escaped
+    # a second time.
+    return without_bidi(value) if isinstance(value, str) else value
+
+
 def _format_number(value: object) -> str:
     return "" if value is None else pretty(str(value))
 
@@ -113,7 +127,8 @@ class MailRenderer:
         loader = jinja2.ChoiceLoader(loaders)
         # Two environments over the same files: plain text (subject, body) prints every value
         # on one line, so a newline in a caller's name cannot forge lines such as "Pages: 0" in
-        # a report; HTML escapes values instead, and line breaks in markup are harmless.
+        # a report; HTML escapes values instead, and line breaks in markup are harmless. Both
+        # drop bidi controls from values.
         text_env = jinja2.Environment(
             loader=loader,
             autoescape=False,
@@ -125,6 +140,7 @@ class MailRenderer:
             autoescape=jinja2.select_autoescape(
                 enabled_extensions=("html.j2",), default_for_string=False, default=False
             ),
+            finalize=_no_bidi,
             **_ENV_OPTIONS,
         )
         for env in (text_env, html_env):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import unicodedata
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -31,7 +32,7 @@ from gateway.carrier.faxerrors import describe
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import tiff_to_pdf
-from gateway.mailout.message import MailAttachment, build_message
+from gateway.mailout.message import MailAttachment, build_message, clean_subject
 from gateway.mailout.outbox import mail_status, queue_mail
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
@@ -172,19 +173,21 @@ def _pages(job: Job, fax: Fax, kind: str) -> int | None:
 def failure_details(fax: Fax) -> dict[str, object]:
     """error_code, error_description and retry_may_help for the failed template.
 
-    A known code is described from the carrier's table (with our retry advice); an unknown
-    code keeps the carrier's own words when it gave some. No code on a fax the carrier never
-    took (no carrier id) means the gateway failed it: the carrier refused the request, the
-    document broke a limit, or the carrier stayed unreachable for the whole queue lifetime.
-    Each has been retried as far as retrying helps, so sending the same again is not advised.
+    A known code is described from the carrier's table (with our retry advice), whatever the
+    carrier wrote beside it; an unknown code keeps the carrier's own words when it gave some,
+    cut to one clean line (`plain_words`). No code on a fax the carrier never took (no carrier
+    id) means the gateway failed it: the carrier refused the request, the document broke a
+    limit, or the carrier stayed unreachable for the whole queue lifetime. Each has been retried
+    as far as retrying helps, so sending the same again is not advised.
     """
     info = describe(fax.error_code)
     advice = info.retryable
+    words = plain_words(fax.error_description)
     if fax.error_code is None:
-        description = fax.error_description or info.description
+        description = words or info.description
         advice = fax.carrier_id is not None
-    elif info.description.startswith("unknown fax error") and fax.error_description:
-        description = fax.error_description
+    elif info.description.startswith("unknown fax error") and words:
+        description = words
     else:
         description = info.description
     return {
@@ -192,6 +195,20 @@ def failure_details(fax: Fax) -> dict[str, object]:
         "error_description": description,
         "retry_may_help": advice,
     }
+
+
+# The carrier's words go into the report's subject before the sender's own subject: short
+# enough to leave that in view (subjects stop at 200 characters).
+MAX_WORDS_CHARS = 120
+
+
+def plain_words(text: str | None) -> str | None:
+    """A stranger's description as one line of at most MAX_WORDS_CHARS characters, without
+    control, format (zero-width) or bidi characters; None if nothing is left."""
+    if not text:
+        return None
+    visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return clean_subject(visible, limit=MAX_WORDS_CHARS) or None
 
 
 def _document(config: Config, job: Job, fax: Fax) -> MailAttachment | None:
