@@ -177,7 +177,22 @@ class SmtpConfig(Section):
     users_file: Path | None = None
     auth_max_failures: int = Field(default=5, ge=1)
     auth_lockout_seconds: int = Field(default=300, ge=1)
+    # Failed logins for one user name from any addresses (a guessing run spread over many
+    # addresses) before that name is locked out for auth_lockout_seconds; addresses the user
+    # logged in from before are spared.
+    auth_account_max_failures: int = Field(default=10, ge=1)
+    # scrypt checks running at once (each takes tens of ms of CPU and 16 MiB); others wait.
+    auth_max_concurrent_checks: int = Field(default=4, ge=1)
     data_timeout_seconds: int = Field(default=300, ge=1)
+    # Sessions open at once, in total and per client address (IPv6: per /64); past either a
+    # connection gets 421 4.7.0. The total is lowered to half of RLIMIT_NOFILE if above it.
+    max_connections: int = Field(default=100, ge=1)
+    max_connections_per_ip: int = Field(default=20, ge=1)
+    # A session is closed (421 4.7.0) this long after its last progress (a message queued, a
+    # login, STARTTLS; the greeting at first), or after more junk commands (NOOP, RSET, HELP,
+    # VRFY, EXPN) than max_junk_commands since then.
+    idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    max_junk_commands: int = Field(default=20, ge=1)
 
     @field_validator("domain")
     @classmethod
@@ -223,6 +238,11 @@ class HttpConfig(Section):
     webhook_token: SecretStr
     metrics_token: SecretStr | None = None
     max_webhook_bytes: int = Field(default=64 * 1024, gt=0)
+    # Connections open at once (past it: 503 and closed); lowered to a quarter of
+    # RLIMIT_NOFILE if above it. A connection that has not sent a whole request head, or sent
+    # nothing since its last answer, for idle_timeout_seconds is closed.
+    max_connections: int = Field(default=256, ge=1)
+    idle_timeout_seconds: float = Field(default=15.0, gt=0)
 
     @field_validator("webhook_token")
     @classmethod

@@ -30,7 +30,8 @@ from gateway.inbound.worker import InboundWorker
 from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
 from gateway.mailout.templates import MailRenderer
-from gateway.ops import sdnotify
+from gateway.ops import fds, sdnotify
+from gateway.ops.flood import LoopErrors
 from gateway.ops.health import Health, store_check
 from gateway.ops.httpd import HttpServer, create_app
 from gateway.ops.metrics import Metrics
@@ -84,7 +85,12 @@ class Gateway:
         self.metrics = Metrics()
         self.health = Health()
         self.http_app = create_app(client_max_size=max(config.http.max_webhook_bytes, 1024**2))
-        self.http = HttpServer(self.http_app, config.http.listen)
+        self.http = HttpServer(
+            self.http_app,
+            config.http.listen,
+            max_connections=config.http.max_connections,
+            idle_timeout=config.http.idle_timeout_seconds,
+        )
         self.client = VoxtelesysClient.from_config(config.voxtelesys)
         self.storage = create_storage(config, self.http_app)
         self.relay = create_relay(config)
@@ -245,6 +251,13 @@ class Gateway:
 async def serve(config: Config, *, config_path: Path | None = None) -> int:
     """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
     loop = asyncio.get_running_loop()
+    # Errors of the loop itself (accept() out of descriptors, a callback failing) become a few
+    # JSON lines with counts instead of a traceback each; and the soft descriptor limit goes up
+    # to the hard one before the servers size their connection caps from it.
+    loop_errors = LoopErrors()
+    loop.set_exception_handler(loop_errors)
+    nofile = fds.raise_limit()
+    logger.info("daemon.descriptors", nofile=nofile)
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
@@ -283,6 +296,7 @@ async def serve(config: Config, *, config_path: Path | None = None) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
     await gateway.stop()
+    loop_errors.flush()
     logger.info("daemon.stopped")
     return 0
 

@@ -1,15 +1,24 @@
 """The gateway's one HTTP server: webhooks, media, health and metrics share it.
 
 Components add their routes to the application before it starts; `HttpServer` runs it on the
-daemon's own loop with AppRunner/TCPSite.
+daemon's own loop with AppRunner and a TCP site. Connections are capped (past the cap: 503 and
+closed, counted in a tally, not a line each) and idle ones closed: aiohttp's keep-alive timer
+runs from the connection's start and from each answer, and closes a connection that has not
+sent a complete request head by then, so one timeout bounds both a slow head and an idle
+keep-alive.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from aiohttp import web
 
 from gateway.config import Address
 from gateway.log import get_logger
+from gateway.ops import fds
+from gateway.ops.flood import Tally
 
 log = get_logger(__name__)
 
@@ -25,24 +34,88 @@ def create_app(client_max_size: int = 1024**2) -> web.Application:
     return app
 
 
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 5\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
+class _Busy(asyncio.Protocol):
+    """A connection past the cap: 503 at once, then closed, whatever the client sends."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        with contextlib.suppress(Exception):
+            transport.write(_BUSY)  # type: ignore[attr-defined]
+        transport.close()
+
+
+class _CappedSite(web.TCPSite):
+    """TCPSite whose protocol factory answers 503 past `max_connections` open connections."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int):
+        super().__init__(runner, host, port, reuse_address=True)
+        self.max_connections = max_connections
+        self.refusals = Tally("http.connection_refused", "http.connections_refused")
+
+    async def start(self) -> None:
+        # TCPSite.start with our factory in place of the runner's server (same attributes).
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+
+        def factory() -> asyncio.Protocol:
+            if len(server.connections) >= self.max_connections:
+                self.refusals.add(open=len(server.connections), limit=self.max_connections)
+                return _Busy()
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            factory,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
 class HttpServer:
-    def __init__(self, app: web.Application, listen: Address) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        listen: Address,
+        *,
+        max_connections: int = 256,
+        idle_timeout: float = 15.0,
+    ) -> None:
         self.app = app
         self.listen = listen
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self._runner: web.AppRunner | None = None
+        self._site: _CappedSite | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.idle_timeout,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.listen.host, self.listen.port, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.listen.port
-        log.info("http.listening", host=self.listen.host, port=self.port)
+        cap = fds.cap(self.max_connections, fds.HTTP_SHARE, "http")
+        self._site = _CappedSite(self._runner, self.listen.host, self.listen.port, cap)
+        await self._site.start()
+        self.port = self._site.port
+        log.info("http.listening", host=self.listen.host, port=self.port, max_connections=cap)
 
     async def stop(self) -> None:
+        if self._site is not None:
+            self._site.refusals.flush()
+            self._site = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -127,10 +127,9 @@ class FaxHandler:
     ) -> Any:
         if self.auth is None:
             return replies.AUTH_UNAVAILABLE
-        if self.auth.locked(server):
-            logger.info("smtp.auth_refused", reason=Reason.AUTH_LOCKED, client=str(peer_of(server)))
-            return replies.AUTH_LOCKED
-        return MISSING  # go on with the mechanism
+        # A locked-out client is refused before it sends a password (tallied, not logged each).
+        refusal = self.auth.refusal(server)
+        return refusal if refusal is not None else MISSING  # MISSING: go on with the mechanism
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
         assert self.auth is not None  # handle_AUTH refuses AUTH without users

@@ -43,6 +43,12 @@ class Reason(enum.StrEnum):
     # AUTH
     AUTH_FAILED = "auth_failed"
     AUTH_LOCKED = "auth_locked"
+    AUTH_ACCOUNT_LOCKED = "auth_account_locked"
+    AUTH_BUSY = "auth_busy"
+    # the connection
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    JUNK_COMMANDS = "junk_commands"
+    IDLE = "idle"
 
 
 SENDER_OK = "250 2.1.0 Sender OK"
@@ -54,6 +60,9 @@ AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 # client that corrected its password learns to retry later instead of giving up. The password is
 # not even checked while locked out, so the reply tells a guesser nothing.
 AUTH_LOCKED = "454 4.7.0 Too many failed logins from your address, try again later"
+AUTH_ACCOUNT_LOCKED = "454 4.7.0 Too many failed logins for this user, try again later"
+# Waited too long for a free slot among the password checks in progress (per address, overall).
+AUTH_BUSY = "454 4.7.0 Too many logins in progress, try again later"
 AUTH_UNAVAILABLE = "502 5.5.1 AUTH not available"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 RELAY_DENIED = "550 5.7.1 Relaying denied"
@@ -62,6 +71,12 @@ TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, try again later"
 INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
 BUSY = "451 4.3.2 Too many messages being processed at once, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down"
+# In place of the greeting when a connection cap is reached; then the connection is closed.
+TOO_MANY_CONNECTIONS_FROM_CLIENT = "421 4.7.0 Too many connections from your address, try later"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Server busy: too many connections, try again later"
+# Postfix's junk commands (NOOP, RSET, HELP, VRFY) past the limit, or no progress for too long.
+TOO_MANY_JUNK_COMMANDS = "421 4.7.0 Too many commands without progress, closing connection"
+IDLE_TOO_LONG = "421 4.7.0 Too long without progress, closing connection"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _MAX_TEXT = 400

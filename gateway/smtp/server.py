@@ -4,6 +4,11 @@ aiosmtpd's threaded Controller would run a second event loop; instead each liste
 `loop.create_server` with a protocol factory, so SMTP sessions, the store and the workers share
 one loop. On stop the listeners close first (new connections are refused), sessions in the
 middle of DATA may finish within a bound, every other session is told `421 4.3.2` and closed.
+
+Each session holds a descriptor, so their number is capped per client and in total (below the
+descriptor limit, see gateway.ops.fds); and a session must make progress: one that sends only
+junk commands (NOOP, RSET, HELP, VRFY, EXPN) past a count, or nothing that moves it on for
+`idle_timeout_seconds`, is told `421 4.7.0` and closed.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from aiosmtpd.smtp import SMTP
 
 from gateway import log
 from gateway.config import Address, Config, ConfigError
+from gateway.ops import fds
+from gateway.ops.flood import Tally
 from gateway.ops.metrics import Metrics
 from gateway.smtp import replies
 from gateway.smtp.auth import AuthThrottle, SmtpAuth, peer_of
+from gateway.smtp.connections import ConnectionLimits, client_key
 from gateway.smtp.handler import FaxHandler
+from gateway.smtp.policy import client_ip
 from gateway.smtp.users import Users, UsersFileError
 from gateway.store import Database
 from gateway.store.spool import Spool
@@ -35,11 +44,27 @@ logger = log.get_logger(__name__)
 GREETING_IDENT = "ESMTP fax-gateway"
 
 
+def _junk(name: str) -> Any:
+    """aiosmtpd's smtp_<name>, counted as a junk command first (keeping its HELP text)."""
+    base = getattr(SMTP, f"smtp_{name}")
+
+    async def command(self: GatewaySMTP, arg: str) -> None:
+        if await self.junk_command():
+            return
+        await base(self, arg)
+
+    for attribute in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+        if hasattr(base, attribute):
+            setattr(command, attribute, getattr(base, attribute))
+    return command
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol plus what the daemon needs around each session.
 
     A session id bound into the log context of the whole session; replies with enhanced status
-    codes; and the bookkeeping `SmtpServer.stop` uses to let DATA finish.
+    codes; the bookkeeping `SmtpServer.stop` uses to let DATA finish; the connection caps, the
+    junk command count and the idle limit.
     """
 
     def __init__(self, handler: FaxHandler, *, owner: SmtpServer, **kwargs: Any) -> None:
@@ -49,6 +74,13 @@ class GatewaySMTP(SMTP):
         self.in_data = False
         self._raw_replies = False
         self._connected = False
+        # Set when refused at a connection cap: aiosmtpd never saw this connection.
+        self._refused = False
+        self.client: str | None = None
+        self._junk = 0
+        self._idle: asyncio.TimerHandle | None = None
+        self._idle_due = False
+        self._queued = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._connected:
@@ -56,7 +88,18 @@ class GatewaySMTP(SMTP):
             super().connection_made(transport)
             return
         self._connected = True
+        key = client_key(client_ip(transport.get_extra_info("peername")))
+        reply = self.owner.admit(key)
+        if reply is not None:
+            # 421 in place of the greeting, and the descriptor is given back at once.
+            self._refused = True
+            with contextlib.suppress(Exception):
+                transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self.client = key
         self.owner.session_opened(self)
+        self.progress()
         # aiosmtpd starts the session's task in here; the task copies this context, so every
         # line logged while serving the session carries its id.
         context = contextvars.copy_context()
@@ -68,11 +111,71 @@ class GatewaySMTP(SMTP):
             self.close_for_shutdown()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
         try:
             super().connection_lost(error)
         finally:
             self.event_handler.forget(self.envelope)
             self.owner.session_closed(self)
+
+    # -- progress, junk and idleness -------------------------------------------------------
+
+    def progress(self) -> None:
+        """The session moved on (greeting, STARTTLS, a login, a message queued): the junk
+        count starts over and the idle limit runs from now."""
+        self._junk = 0
+        self._idle_due = False
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self.loop.call_later(
+            self.owner.config.smtp.idle_timeout_seconds, self._idle_expired
+        )
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if self.in_data:
+            # DATA has its own bound (data_timeout_seconds); decide when it ends.
+            self._idle_due = True
+            return
+        self._close_for(replies.IDLE_TOO_LONG, replies.Reason.IDLE)
+
+    async def junk_command(self) -> bool:
+        """Count a NOOP, RSET, HELP, VRFY or EXPN; past the limit say 421 and close (True)."""
+        self._junk += 1
+        if self._junk <= self.owner.config.smtp.max_junk_commands:
+            return False
+        self._close_for(replies.TOO_MANY_JUNK_COMMANDS, replies.Reason.JUNK_COMMANDS)
+        return True
+
+    def _close_for(self, reply: str, reason: replies.Reason) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.owner.closed_for(self, reason)
+        with contextlib.suppress(Exception):
+            transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
+        transport.close()
+
+    smtp_NOOP = _junk("NOOP")
+    smtp_RSET = _junk("RSET")
+    smtp_HELP = _junk("HELP")
+    smtp_VRFY = _junk("VRFY")
+    smtp_EXPN = _junk("EXPN")
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        before = self.session is not None and self.session.authenticated
+        await super().smtp_AUTH(arg)
+        if not before and self.session is not None and self.session.authenticated:
+            self.progress()
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        before = self._tls_protocol is not None
+        await super().smtp_STARTTLS(arg)
+        if not before and self._tls_protocol is not None and self._tls_handshake_okay:
+            self.progress()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         # RFC 2034: EHLO's own reply lines carry no enhanced status codes.
@@ -84,12 +187,17 @@ class GatewaySMTP(SMTP):
 
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
+        self._queued = False
         try:
             await super().smtp_DATA(arg)
         finally:
             self.in_data = False
             if self.owner.stopping:
                 self.close_for_shutdown()
+            elif self._queued:
+                self.progress()
+            elif self._idle_due:
+                self._close_for(replies.IDLE_TOO_LONG, replies.Reason.IDLE)
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
@@ -97,6 +205,8 @@ class GatewaySMTP(SMTP):
             if reason is replies.Reason.TOO_BIG and self.data_size_limit:
                 better = replies.too_big(self.data_size_limit)
             status = better or status
+            if self.in_data and status.startswith("250"):
+                self._queued = True
             if self.session is not None and self.session.extended_smtp and not self._raw_replies:
                 status = replies.with_enhanced_code(status)
             if reason is not None:
@@ -130,11 +240,44 @@ class GatewaySMTP(SMTP):
         transport.close()
 
 
-class _HideDeprecatedLoginData(logging.Filter):
-    # aiosmtpd itself sets the deprecated Session.login_data after every successful AUTH and
-    # then warns about it on its own logger; the warning tells an operator nothing.
+# aiosmtpd's warnings about one client's commands, by the words that start them.
+_CLIENT_WARNINGS = {
+    "%r unrecognised: %s": "unrecognised_command",
+    "%r too many bogus commands": "too_many_bogus_commands",
+    "%r aborted AUTH with '*'": "aborted_auth",
+}
+
+
+class _QuietLibraryLog(logging.Filter):
+    """aiosmtpd's own log lines that would be noise or a flood.
+
+    It sets the deprecated Session.login_data after every successful AUTH and then warns about
+    it: that tells an operator nothing. It warns about every unknown command and aborted AUTH,
+    one plain-text line each, so a client reconnecting in a loop floods the log: those are
+    tallied (one JSON line, then counts once a minute)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tally = Tally("smtp.client_warning", "smtp.client_warnings", level="info")
+
     def filter(self, record: logging.LogRecord) -> bool:
+        kind = _CLIENT_WARNINGS.get(str(record.msg))
+        if kind is not None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            peer = args[0] if args else None
+            self.tally.add(kind, client=client_key(client_ip(peer)))
+            return False
         return "login_data is deprecated" not in record.getMessage()
+
+
+def _quiet_library_log() -> _QuietLibraryLog:
+    mail_log = logging.getLogger("mail.log")
+    for existing in mail_log.filters:
+        if isinstance(existing, _QuietLibraryLog):
+            return existing
+    quiet = _QuietLibraryLog()
+    mail_log.addFilter(quiet)
+    return quiet
 
 
 class SmtpServer:
@@ -171,6 +314,9 @@ class SmtpServer:
         self._sessions_changed = asyncio.Event()
         self.addresses: list[Address] = []
         self.tls_addresses: list[Address] = []
+        self.connections = self._limits(config)
+        self.closures = Tally("smtp.session_closed", "smtp.sessions_closed", level="info")
+        self._library_log: _QuietLibraryLog | None = None
 
     @property
     def port(self) -> int:
@@ -200,12 +346,14 @@ class SmtpServer:
                     "smtp.auth_disabled", why="users_file is set but TLS is not: AUTH needs TLS"
                 )
             else:
-                throttle = AuthThrottle(smtp.auth_max_failures, smtp.auth_lockout_seconds)
-                auth = SmtpAuth(self.users, throttle)
+                throttle = AuthThrottle(
+                    smtp.auth_max_failures,
+                    smtp.auth_lockout_seconds,
+                    account_max_failures=smtp.auth_account_max_failures,
+                )
+                auth = SmtpAuth(self.users, throttle, max_checks=smtp.auth_max_concurrent_checks)
                 logger.info("smtp.users_loaded", users=count)
-        mail_log = logging.getLogger("mail.log")
-        if not any(isinstance(f, _HideDeprecatedLoginData) for f in mail_log.filters):
-            mail_log.addFilter(_HideDeprecatedLoginData())
+        self._library_log = _quiet_library_log()
         self.handler = FaxHandler(
             self.config, self.db, self.spool, self.wake, auth=auth, metrics=self.metrics
         )
@@ -269,6 +417,9 @@ class SmtpServer:
         the users file's path need a restart.
         """
         self.config = config
+        limits = self._limits(config)
+        self.connections.max_total = limits.max_total
+        self.connections.max_per_client = limits.max_per_client
         if self.handler is not None:
             self.handler.reconfigure(config)
         await self.reload_users()
@@ -310,12 +461,43 @@ class SmtpServer:
                 await asyncio.wait_for(self._sessions_changed.wait(), 5)
             except TimeoutError:
                 break
+        self.connections.refusals.flush()
+        self.closures.flush()
+        if self._library_log is not None:
+            self._library_log.tally.flush()
+        if self.handler is not None and self.handler.auth is not None:
+            self.handler.auth.refusals.flush()
         logger.info("smtp.stopped")
+
+    @staticmethod
+    def _limits(config: Config) -> ConnectionLimits:
+        smtp = config.smtp
+        total = fds.cap(smtp.max_connections, fds.SMTP_SHARE, "smtp")
+        return ConnectionLimits(total, min(smtp.max_connections_per_ip, total))
+
+    def admit(self, client: str) -> str | None:
+        """None if a new connection of `client` may have a session, else the 421 to say."""
+        why = self.connections.admit(client)
+        if why is None:
+            return None
+        if self.metrics is not None:
+            self.metrics.smtp_rejected.labels(reason=str(replies.Reason.TOO_MANY_CONNECTIONS)).inc()
+        if why == "total":
+            return replies.TOO_MANY_CONNECTIONS
+        return replies.TOO_MANY_CONNECTIONS_FROM_CLIENT
+
+    def closed_for(self, session: GatewaySMTP, reason: replies.Reason) -> None:
+        """A session is being closed for junk or idleness: tallied, not a line each."""
+        self.closures.add(str(reason), client=session.client, reason=reason)
+        if self.metrics is not None:
+            self.metrics.smtp_rejected.labels(reason=str(reason)).inc()
 
     def session_opened(self, session: GatewaySMTP) -> None:
         self._sessions.add(session)
 
     def session_closed(self, session: GatewaySMTP) -> None:
+        if session.client is not None and session in self._sessions:
+            self.connections.release(session.client)
         self._sessions.discard(session)
         self._sessions_changed.set()
 
