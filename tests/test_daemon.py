@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 class Subprocess:
     """A `fax-gateway` subprocess whose output lines a thread collects as they come."""
 
-    def __init__(self, *arguments: str) -> None:
+    def __init__(self, *arguments: str, env: dict[str, str] | None = None) -> None:
         self.lines: list[Any] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
@@ -39,7 +39,7 @@ class Subprocess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=cli_env(),
+            env=cli_env() if env is None else env,
             cwd=ROOT,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -68,9 +68,9 @@ class GatewayProcess(Subprocess):
 
     lines: list[dict[str, Any]]
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
-        super().__init__("serve", "--config", str(config_path))
+        super().__init__("serve", "--config", str(config_path), env=env)
 
     def parse(self, raw: str) -> dict[str, Any]:
         try:

@@ -35,6 +35,7 @@ from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError
 from gateway.config import Config
 from gateway.datadir import DataDir
+from gateway.failpoints import failpoint
 from gateway.fsutil import write_atomic
 from gateway.inbound.compose import attachments_for, fax_moment, preview_of, shown_number
 from gateway.inbound.download import DownloadError, download
@@ -179,7 +180,9 @@ class InboundWorker(QueueWorker):
             if not resource_error(exc):
                 raise
             return await self._short_of_resources(fax, f"storing the document: {exc}")
+        failpoint("after_download")
         await self.db.run(mark_stored, fax.id, str(path), self.clock())
+        failpoint("after_inbound_stored")
         logger.info(
             "inbound.stored", bytes=len(media.data), content_type=content_type, path=str(path)
         )

@@ -32,6 +32,7 @@ from pathlib import Path
 from gateway import log
 from gateway.addresses import clean_address
 from gateway.config import Config
+from gateway.failpoints import failpoint
 from gateway.fsutil import write_atomic
 from gateway.mailout.relay import RecipientsRefused, Relay, RelayError
 from gateway.ops.metrics import Metrics
@@ -233,6 +234,7 @@ class OutboxWorker(QueueWorker):
                 message, RelayError(f"{type(exc).__name__}: {exc}", transient=True)
             )
             return None
+        failpoint("after_relay_send")
         await self._sent(message)
         return None
 

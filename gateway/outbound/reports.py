@@ -32,6 +32,7 @@ from gateway.carrier.faxerrors import describe
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import tiff_to_pdf
+from gateway.failpoints import failpoint
 from gateway.mailout.message import MailAttachment, build_message, clean_subject
 from gateway.mailout.outbox import mail_status, queue_mail
 from gateway.mailout.templates import MailRenderer
@@ -317,6 +318,7 @@ class ReportsWorker(QueueWorker):
             attempts = await self.db.run(defer_report, fax.id, error, due, now)
             logger.exception("report.failed", failures=attempts, delay=round(due - now, 1))
             return
+        failpoint("after_report_queued")
         if await self.db.run(mark_reported, fax.id, self.clock()):
             self._count(fax)
 

@@ -7,6 +7,7 @@ import time
 
 from gateway import log
 from gateway.config import Config
+from gateway.failpoints import failpoint
 from gateway.outbound.defer import defer_job
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
@@ -76,6 +77,7 @@ class UploadWorker(QueueWorker):
         )
         if moved:
             logger.info("job.uploaded", key=stored.key, expires_at=stored.expires_at)
+            failpoint("after_upload")
 
     async def _defer(self, job: Job, error: str, *, loud: bool = False) -> None:
         await defer_job(

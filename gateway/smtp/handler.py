@@ -22,6 +22,7 @@ from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document import assemble, mime
 from gateway.document.mime import DocumentError
+from gateway.failpoints import failpoint
 from gateway.ops.metrics import Metrics
 from gateway.queue.schedule import resource_error
 from gateway.smtp import replies
@@ -322,6 +323,7 @@ class FaxHandler:
             job_id = new_job_id()
             with log.bound(job=job_id):
                 spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
+                failpoint("after_spool")
                 sender = transaction.sender.lower()
                 mapped = self.config.senders.get(sender)
                 job = NewJob(
@@ -363,6 +365,10 @@ class FaxHandler:
                 except Exception:
                     # The job is committed; the workers' periodic scan will find it.
                     logger.exception("smtp.wake_failed")
+                # The last moment before the 250: a kill here is the client's "250 lost in a
+                # crash". aiosmtpd sends the reply after we return, so "after the 250" has no
+                # hook; from the store's side it is the same state as here.
+                failpoint("after_commit")
                 return replies.queued(job_id)
         except Exception as exc:
             if resource_error(exc):
