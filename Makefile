@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint format clean bench
+.PHONY: demo test test-all fuzz lint format clean bench
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,6 +21,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-fuzz: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,fuzz]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
 demo: $(VENV)/.installed
 	$(BIN)/fax-gateway demo
 
@@ -36,6 +40,18 @@ test-all: $(VENV)/.installed-test
 	$(BIN)/ruff check gateway tests
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/pytest
+
+# Coverage-guided fuzzing (atheris) of MIME, webhook bodies and queries, and fax numbers, each
+# for FUZZ_SECONDS; a crash or a hang stops it and leaves the input in var/fuzz/<target>/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := mime webhook webhook_query number
+fuzz: $(VENV)/.installed-fuzz
+	@for target in $(FUZZ_TARGETS); do \
+		echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+		$(BIN)/python -m tests.fuzz $$target $(FUZZ_SECONDS) 2> var-fuzz-$$target.log \
+			|| { tail -40 var-fuzz-$$target.log; exit 1; }; \
+		rm -f var-fuzz-$$target.log; \
+	done
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gateway tests

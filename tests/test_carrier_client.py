@@ -583,3 +583,12 @@ def test_cli_list(sandbox: Sandbox, sandbox_config: str, pdf_url: str) -> None:
     assert len(json.loads(limited.stdout)) == 1
     # The limit stops paging: one page was enough.
     assert len(sandbox.requests("/faxes", "GET")) == 2 + 2 + 1
+
+
+@pytest.mark.parametrize("key", ["0", ".1", "[0][a]"])
+def test_numeric_top_level_keys_never_turn_a_payload_into_a_list(key: str) -> None:
+    """`?0=a` or `{".1": ...}` stays an object, so it reads as an incomplete fax (found by
+    the webhook fuzz target: it raised AttributeError, a 500 at the endpoint)."""
+    assert isinstance(unflatten_query([(key, "a")]), dict)
+    with pytest.raises(PayloadError):
+        CarrierFax.from_api({key: {"a": ""}})
