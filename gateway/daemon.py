@@ -164,6 +164,13 @@ class Gateway:
         removed = await asyncio.to_thread(self.spool.remove_stale_temp_files, _STALE_TEMP_SECONDS)
         if removed:
             logger.warning("spool.stale_temp_removed", count=removed)
+        # A process killed between spooling a message and committing its job leaves the file
+        # alone: its client never got a 250 and sends it again, so the file is nobody's.
+        orphans = await self._orphaned_spool_files()
+        for path in orphans:
+            await asyncio.to_thread(self.spool.remove, path)
+        if orphans:
+            logger.warning("spool.orphans_removed", count=len(orphans))
         # Claims a dead predecessor left (kill -9 mid-send, a crash mid-step) are due now.
         released = await self.db.run(release_claims, QUEUES, time.time())
         if released:
@@ -172,6 +179,15 @@ class Gateway:
         await self.runner.start()
         await self.smtp.start()
         await self._report_dependencies()
+
+    async def _orphaned_spool_files(self) -> list[Path]:
+        """Spooled messages with no job row (before the SMTP server starts: none is being
+        written now)."""
+        paths = await asyncio.to_thread(self.spool.messages)
+        if not paths:
+            return []
+        known = await self.db.run(job_store.existing_job_ids, [p.stem for p in paths])
+        return [path for path in paths if path.stem not in known]
 
     async def _report_dependencies(self) -> None:
         """Say at start-up what is not working yet; the gateway runs and queues regardless."""

@@ -149,6 +149,17 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
     return None if row is None else Job.from_row(row)
 
 
+def existing_job_ids(conn: sqlite3.Connection, job_ids: list[str]) -> set[str]:
+    """Those of `job_ids` that have a row (to find spool files a crash orphaned)."""
+    found: set[str] = set()
+    for start in range(0, len(job_ids), 500):  # SQLite's bound on parameters
+        chunk = job_ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = conn.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk).fetchall()
+        found.update(str(row["id"]) for row in rows)
+    return found
+
+
 def list_jobs(
     conn: sqlite3.Connection, state: JobState | None = None, limit: int = 50
 ) -> list[Job]:
