@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, Protocol
 
@@ -45,7 +46,7 @@ class Worker(Protocol):
     async def run_once(self) -> int: ...
 
 
-class QueueWorker:
+class QueueWorker(ABC):
     """What every queue's worker shares (Mailman's runner base class)."""
 
     name: ClassVar[str]
@@ -68,8 +69,9 @@ class QueueWorker:
         """The retry rule of the current configuration (a reload replaces `config` only)."""
         return Schedule(self.config.queue, self.clock, self.rng)
 
+    @abstractmethod
     async def run_once(self) -> int:
-        raise NotImplementedError
+        """Handle the items of this queue that are due; how many (0: nothing to do)."""
 
     async def next_due(self) -> float | None:
         """When the earliest waiting item of this queue is due (by `clock`); None: no idea,
