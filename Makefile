@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all fuzz lint format clean bench
+.PHONY: demo test test-all fuzz lint format clean bench system-packages
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,18 +25,22 @@ $(VENV)/.installed-fuzz: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,fuzz]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
+# Debian packages only some tests need (debian-packages.txt); tests skip loudly without them.
+system-packages:
+	@.ci/system-packages
+
 demo: $(VENV)/.installed
 	$(BIN)/fax-gateway demo
 
 # pytest exits 5 when it collected no test, so an empty run fails here.
 # `make test` leaves out the tests marked slow (the daemon as a subprocess, killed at each
 # failpoint, the demo); `make test-all` runs them too (docs/RELIABILITY.md's figures).
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test system-packages
 	$(BIN)/ruff check gateway tests
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/pytest -m "not slow"
 
-test-all: $(VENV)/.installed-test
+test-all: $(VENV)/.installed-test system-packages
 	$(BIN)/ruff check gateway tests
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/pytest
