@@ -324,6 +324,21 @@ class InboundConfig(Section):
     # (the carrier's own origin, voxtelesys.base_url, is always allowed): labs only, since a
     # forged or redirected link would otherwise mail the gateway's neighbours' pages.
     allow_private_media: bool = False
+    # A copy of every received fax (PDF) with a JSON sidecar, written before its mail is queued:
+    # in a folder, and/or under a prefix of storage.bucket (storage.backend "s3").
+    archive_dir: Path | None = None
+    archive_s3_prefix: str | None = None
+    # Days an archived fax is kept (by the daily purge); None: forever.
+    archive_retention_days: int | None = Field(default=None, ge=1)
+
+    @field_validator("archive_s3_prefix")
+    @classmethod
+    def _archive_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value or value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"{value!r} is not an object key prefix such as 'archive/'")
+        return value
 
 
 class DataConfig(Section):
@@ -331,6 +346,9 @@ class DataConfig(Section):
     # Below this much free space in data.dir, SMTP answers 452 4.3.1 (Postfix's queue_minfree):
     # a message accepted must still have room for its document, its mails and the store.
     min_free_bytes: int = Field(default=64 * 1024**2, ge=0)
+    # Finished jobs, faxes, events, mails, inbound faxes and dead letters older than this are
+    # purged once a day (gateway/ops/retention.py); 0 keeps them forever.
+    retention_days: int = Field(default=30, ge=0)
 
 
 # Ranges a misconfigured sender list must not be able to dial: NANP premium-rate 900 and 976,
@@ -384,6 +402,26 @@ class NotifyConfig(Section):
     on_queued: bool = False
     attach_document: bool = True
     cc: tuple[EmailAddress, ...] = ()
+    # The administrator's copy (gateway/admin/): a blind copy of every failure report, a mail
+    # for every dead letter and held job, and a daily summary at summary_time (HH:MM, UTC).
+    admin: tuple[EmailAddress, ...] = ()
+    summary_time: str = "07:00"
+
+    @field_validator("summary_time")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        hours, sep, minutes = value.partition(":")
+        if not (sep and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+            raise ValueError(f"{value!r} is not a time of day such as '07:00'")
+        if not (0 <= int(hours) <= 23 and 0 <= int(minutes) <= 59):
+            raise ValueError(f"{value!r} is not a time of day such as '07:00'")
+        return f"{int(hours):02d}:{minutes}"
+
+    @property
+    def summary_minutes(self) -> int:
+        """summary_time as minutes after midnight (UTC)."""
+        hours, _, minutes = self.summary_time.partition(":")
+        return int(hours) * 60 + int(minutes)
 
 
 class WebhooksConfig(Section):
@@ -439,6 +477,15 @@ class Config(Section):
         for address in value:
             _email(address)
         return {address.lower(): sender for address, sender in value.items()}
+
+    @model_validator(mode="after")
+    def _archive_bucket(self) -> Config:
+        if self.inbound.archive_s3_prefix is not None and self.storage.backend != "s3":
+            raise ValueError(
+                "inbound.archive_s3_prefix needs storage.backend = 's3' (the archive is kept in"
+                " storage.bucket)"
+            )
+        return self
 
     @property
     def allowed_countries(self) -> tuple[str, ...]:

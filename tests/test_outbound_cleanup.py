@@ -61,7 +61,7 @@ async def test_a_delete_the_storage_refuses_is_retried_with_backoff_not_every_ro
         (data.media / job.storage_key / "in-the-way").unlink()
         (data.media / job.storage_key).rmdir()
         clock.advance(config.queue.max_backoff_seconds)
-        assert await worker.run_once() == 1
+        assert await worker.run_once() == 2  # two steps: the stored copy, then the files
         cleaned = await db.run(get_job, job_id)
         assert cleaned is not None and cleaned.stored_deleted_at is not None
     finally:

@@ -1,4 +1,13 @@
-"""Documents go once every fax of their job is final and its outcome told (plus retention)."""
+"""A job's documents go as soon as nobody needs them, in two steps of one worker.
+
+1. The stored copy (the S3 object or local storage file the carrier fetches) goes as soon as
+   the carrier needs it no more: every fax of the job is final (`document_released` in
+   gateway/store/jobs.py, the one rule every deletion obeys), plus storage.retention_seconds.
+2. The local files (the spooled message, the assembled document a report attaches) go once
+   every outcome is reported too: nothing is deleted before its outcome is told.
+
+Rows and everything else old are the daily purge's (gateway/ops/retention.py).
+"""
 
 from __future__ import annotations
 
@@ -35,12 +44,33 @@ class CleanupWorker(QueueWorker):
         self.spool = spool
 
     async def run_once(self) -> int:
+        return await self._delete_stored_copies() + await self._remove_files()
+
+    async def _delete_stored_copies(self) -> int:
+        now = self.schedule.clock()
+        older_than = now - self.config.storage.retention_seconds
+        released = await self.db.run(store.stored_copies_to_delete, older_than, 50, due_by=now)
+        deleted = 0
+        for job in released:
+            assert job.storage_key is not None  # selected for it
+            with log.bound(job_id=job.id):
+                try:
+                    await self.storage.delete(job.storage_key)
+                except StorageError as exc:
+                    await self._defer(job, f"storage: {exc}")
+                    continue
+                await self.db.run(store.mark_stored_copy_deleted, job.id, self.schedule.clock())
+                logger.info("job.stored_copy_deleted")
+                deleted += 1
+        return deleted
+
+    async def _remove_files(self) -> int:
         older_than = self.schedule.clock() - self.config.storage.retention_seconds
         done = await self.db.run(store.jobs_to_clean, older_than, 50, due_by=self.schedule.clock())
         cleaned = 0
         for job in done:
             with log.bound(job_id=job.id):
-                if job.storage_key:
+                if job.storage_key and job.stored_deleted_at is None:
                     try:
                         await self.storage.delete(job.storage_key)
                     except StorageError as exc:

@@ -347,30 +347,55 @@ def set_document_url(
 # -- cleanup ---------------------------------------------------------------------------------------
 
 
+def document_released(older_than: float) -> tuple[str, tuple[Any, ...]]:
+    """The one rule for "the carrier needs this job's document no more", as an SQL condition
+    on `jobs` with its parameters: the job is finished and every fax of it final since before
+    `older_than` (storage.retention_seconds ago). A final fax was fetched by the carrier or
+    never will be. Whatever else must keep a document (a resubmission still to come) belongs
+    here, so every deletion obeys it.
+    """
+    return (
+        "jobs.state IN (?, ?, ?) AND NOT EXISTS (SELECT 1 FROM faxes WHERE faxes.job_id = jobs.id"
+        " AND (faxes.state NOT IN (?, ?, ?) OR faxes.finished_at IS NULL"
+        " OR faxes.finished_at > ?))",
+        (*FINAL_JOB_STATES, *FINAL, older_than),
+    )
+
+
+def stored_copies_to_delete(
+    conn: sqlite3.Connection, older_than: float, limit: int = 100, due_by: float | None = None
+) -> list[Job]:
+    """Jobs whose stored copy (S3 object, local storage file) may go now: released
+    (`document_released`), whether or not the outcomes are reported yet (a report attaches
+    the local document, never the stored copy)."""
+    released, params = document_released(older_than)
+    rows = conn.execute(
+        "SELECT * FROM jobs WHERE storage_key IS NOT NULL AND stored_deleted_at IS NULL"
+        f" AND next_attempt_at <= ? AND {released} ORDER BY updated_at, id LIMIT ?",
+        (float("inf") if due_by is None else due_by, *params, limit),
+    ).fetchall()
+    return [Job.from_row(row) for row in rows]
+
+
 def jobs_to_clean(
     conn: sqlite3.Connection, older_than: float, limit: int = 100, due_by: float | None = None
 ) -> list[Job]:
-    """Finished jobs whose documents may go: every fax final and reported before `older_than`,
-    and (with `due_by`) no deferred delete due later than it.
+    """Finished jobs whose local files (and stored copy, if still there) may go: released
+    (`document_released`), every fax reported, and (with `due_by`) no deferred delete due
+    later than it.
 
     Nothing is deleted before its outcome is told: a fax not yet reported keeps its job here.
     A finished job's attempts and next attempt belong to cleanup (`defer_cleanup`): no stage
     claims a job in a final state.
     """
+    released, params = document_released(older_than)
     rows = conn.execute(
-        "SELECT * FROM jobs WHERE stored_deleted_at IS NULL AND state IN (?, ?, ?)"
+        f"SELECT * FROM jobs WHERE files_removed_at IS NULL AND {released}"
         " AND next_attempt_at <= ?"
         " AND NOT EXISTS (SELECT 1 FROM faxes WHERE faxes.job_id = jobs.id"
-        "   AND (faxes.state NOT IN (?, ?, ?) OR faxes.reported_at IS NULL"
-        "        OR faxes.finished_at IS NULL OR faxes.finished_at > ?))"
+        "   AND faxes.reported_at IS NULL)"
         " ORDER BY updated_at, id LIMIT ?",
-        (
-            *FINAL_JOB_STATES,
-            float("inf") if due_by is None else due_by,
-            *FINAL,
-            older_than,
-            limit,
-        ),
+        (*params, float("inf") if due_by is None else due_by, limit),
     ).fetchall()
     return [Job.from_row(row) for row in rows]
 
@@ -389,13 +414,24 @@ def defer_cleanup(
     return 0 if row is None else int(row[0])
 
 
+def mark_stored_copy_deleted(conn: sqlite3.Connection, job_id: str, now: float) -> None:
+    """The job's stored copy is gone; its local files stay until its outcomes are told."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE jobs SET stored_deleted_at = ?, attempts = 0, error = NULL, updated_at = ?"
+            " WHERE id = ?",
+            (now, now, job_id),
+        )
+
+
 def mark_document_deleted(conn: sqlite3.Connection, job_id: str, now: float | None = None) -> None:
-    """The job's stored document (and its local files) are gone."""
+    """The job's stored document and its local files are gone."""
     now = _now(now)
     with transaction(conn):
         conn.execute(
-            "UPDATE jobs SET stored_deleted_at = ?, updated_at = ? WHERE id = ?",
-            (now, now, job_id),
+            "UPDATE jobs SET stored_deleted_at = coalesce(stored_deleted_at, ?),"
+            " files_removed_at = ?, updated_at = ? WHERE id = ?",
+            (now, now, now, job_id),
         )
 
 
@@ -449,7 +485,7 @@ def retry_job(
             document += ", document_url = NULL, url_expires_at = NULL, stored_deleted_at = NULL"
         conn.execute(
             "UPDATE jobs SET state = ?, attempts = 0, pickups = 0, next_attempt_at = 0,"
-            f" error = NULL, updated_at = ?{document} WHERE id = ?",
+            f" error = NULL, files_removed_at = NULL, updated_at = ?{document} WHERE id = ?",
             (stage, now, job_id),
         )
     return stage

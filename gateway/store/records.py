@@ -100,7 +100,8 @@ class Job:
     pickups: int
     next_attempt_at: float
     error: str | None
-    stored_deleted_at: float | None
+    stored_deleted_at: float | None  # the stored copy (storage, for the carrier) is gone
+    files_removed_at: float | None = None  # the spool file and the assembled document are gone
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:

@@ -171,4 +171,17 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX jobs_message_id ON jobs(message_id, created_at) WHERE message_id != ''
     """,
+    # 8: a job's stored copy (S3 or local storage, for the carrier) goes as soon as every fax
+    # is final (stored_deleted_at), its local files (spool, assembled document) once the
+    # outcomes are reported too (files_removed_at); until now one mark meant both. Rows cleaned
+    # before keep meaning both. The daily purge finds old rows by their last change.
+    """
+    ALTER TABLE jobs ADD COLUMN files_removed_at REAL;
+    UPDATE jobs SET files_removed_at = stored_deleted_at WHERE stored_deleted_at IS NOT NULL;
+    CREATE INDEX jobs_files_kept ON jobs(state) WHERE files_removed_at IS NULL;
+    CREATE INDEX jobs_updated ON jobs(updated_at);
+    CREATE INDEX events_processed ON events(processed_at) WHERE processed_at IS NOT NULL;
+    CREATE INDEX outbox_updated ON outbox(updated_at);
+    CREATE INDEX inbound_updated ON inbound(updated_at)
+    """,
 ]
