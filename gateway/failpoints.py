@@ -37,6 +37,7 @@ POINTS: dict[str, str] = {
     "after_report_queued": "outbound/reports.py: the report is in the outbox, fax not marked",
     "after_download": "inbound/worker.py: the document is downloaded and on disk, row announced",
     "after_inbound_stored": "inbound/worker.py: the row says stored, its mail not yet queued",
+    "after_inbound_archived": "inbound/worker.py: the archive has the copy, the row says stored",
     "after_relay_send": "mailout/outbox.py: the relay took the mail, the row not yet sent",
 }
 

@@ -12,6 +12,10 @@ The worker owns three transitions of the `inbound` table (see gateway/store/inbo
    convert TIFF to PDF as inbound.attach_format asks, render the "inbound" mail with a PNG
    preview of page 1 and queue it in the outbox under `inbound:<carrier id>` (once per fax).
    An unroutable fax stays stored, logged at error level, until an operator adds a route.
+   With an archive configured (inbound.archive_dir, archive_s3_prefix) a step comes between:
+   stored -> archived writes the fax's copy and JSON sidecar (archive.py) before any mail is
+   queued, and the mail step takes archived faxes. The step has the queue's claims and
+   schedule like the others; a copy written again after a crash overwrites itself.
 3. mailed -> done or dead: the outbox worker delivers to the relay with its own retries. Once
    the relay took the mail the stored file is removed (the mailbox is the archive from then
    on). If the outbox has tried inbound.max_attempts times, or gave the mail up, the mail is
@@ -29,6 +33,7 @@ import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from gateway import log
 from gateway.carrier.client import VoxtelesysClient
@@ -37,6 +42,7 @@ from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.failpoints import failpoint
 from gateway.fsutil import write_atomic
+from gateway.inbound.archive import Archive
 from gateway.inbound.compose import attachments_for, fax_moment, preview_of, shown_number
 from gateway.inbound.download import DownloadError, download
 from gateway.inbound.files import (
@@ -59,6 +65,7 @@ from gateway.store.inbound import (
     claim_inbound,
     defer_inbound,
     inbound_in_state,
+    mark_archived,
     mark_dead,
     mark_mailed,
     mark_stored,
@@ -91,6 +98,7 @@ class InboundWorker(QueueWorker):
         client: VoxtelesysClient | None = None,
         metrics: Metrics | None = None,
         wake: Callable[[], None] | None = None,
+        archive: Archive | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.renderer = renderer
@@ -98,6 +106,7 @@ class InboundWorker(QueueWorker):
         self.client = client
         self.metrics = metrics
         self.wake = wake
+        self.archive = archive or Archive()
 
     def recipients_for(self, to_number: str) -> tuple[str, ...]:
         """inbound.routes for the number called, else inbound.default_recipients."""
@@ -107,10 +116,17 @@ class InboundWorker(QueueWorker):
 
     async def run_once(self) -> int:
         steps = 0
-        for state, step in (
-            (InboundState.ANNOUNCED, self._fetch),
-            (InboundState.STORED, self._mail),
-        ):
+        # Read each round: a reload may turn the archive on (stored faxes are archived first)
+        # or off (archived ones are mailed all the same).
+        archiving = Archive.wanted(self.config.inbound)
+        stages: list[tuple[InboundState | tuple[InboundState, ...], Any]] = [
+            (InboundState.ANNOUNCED, self._fetch)
+        ]
+        if archiving:
+            stages += [(InboundState.STORED, self._archive), (InboundState.ARCHIVED, self._mail)]
+        else:
+            stages.append(((InboundState.STORED, InboundState.ARCHIVED), self._mail))
+        for state, step in stages:
             while steps < _BATCH:
                 claimed, held = await self.db.run(
                     claim_inbound,
@@ -141,9 +157,12 @@ class InboundWorker(QueueWorker):
 
     async def _held(self, fax: InboundFax) -> None:
         """A step kept being interrupted (a document that kills the process): dead letter."""
-        work = (
-            "fetching the document" if fax.state is InboundState.ANNOUNCED else "composing its mail"
-        )
+        work = {
+            InboundState.ANNOUNCED: "fetching the document",
+            InboundState.STORED: "composing its mail",
+        }.get(fax.state, "composing its mail")
+        if fax.state is InboundState.STORED and Archive.wanted(self.config.inbound):
+            work = "archiving it"
         error = f"{fax.state}: every attempt was interrupted ({crash_message(fax.pickups, work)})"
         await self._dead_letter(fax, error)
 
@@ -221,30 +240,54 @@ class InboundWorker(QueueWorker):
         )
         return 1
 
-    # -- stored -> mailed ------------------------------------------------------------------
+    # -- stored -> archived (with an archive configured) -------------------------------------
 
-    async def _mail(self, fax: InboundFax) -> int:
-        now = self.clock()
+    async def _archive(self, fax: InboundFax) -> int:
         recipients = self.recipients_for(fax.to_number)
         if not recipients:
-            # Not an attempt: nothing failed, the gateway lacks a route. The fax waits (checked
-            # again at the longest backoff) until a route is configured.
-            await self.db.run(
-                defer_inbound,
-                fax.id,
-                "no recipients: no route for this number and no default_recipients",
-                now + self.config.queue.max_backoff_seconds,
-                now,
-                tried=False,
-            )
-            logger.error(
-                "inbound.unrouted",
-                to_number=fax.to_number,
-                path=fax.file_path,
-                hint="add the number to [inbound.routes] or set inbound.default_recipients;"
-                " the fax is kept",
-            )
-            return 0
+            # Archived once it is known whom it goes to: the sidecar names them.
+            return await self._unrouted(fax)
+        try:
+            path = await self._locate(fax)
+            if path is None:
+                raise FileNotFoundError(f"stored document {fax.file_path} is missing")
+            data = await asyncio.to_thread(path.read_bytes)
+            places = await self.archive.keep(self.config.inbound, fax, data, recipients)
+        except Exception as exc:
+            # Retried like a mail that could not be built (same attempts, same dead letter).
+            return await self._mail_failed(fax, exc, step="archive")
+        failpoint("after_inbound_archived")
+        await self.db.run(mark_archived, fax.id, self.clock())
+        logger.info("inbound.archived", places=places)
+        return 1
+
+    # -- stored (or archived) -> mailed ------------------------------------------------------
+
+    async def _unrouted(self, fax: InboundFax) -> int:
+        # Not an attempt: nothing failed, the gateway lacks a route. The fax waits (checked
+        # again at the longest backoff) until a route is configured.
+        now = self.clock()
+        await self.db.run(
+            defer_inbound,
+            fax.id,
+            "no recipients: no route for this number and no default_recipients",
+            now + self.config.queue.max_backoff_seconds,
+            now,
+            tried=False,
+        )
+        logger.error(
+            "inbound.unrouted",
+            to_number=fax.to_number,
+            path=fax.file_path,
+            hint="add the number to [inbound.routes] or set inbound.default_recipients;"
+            " the fax is kept",
+        )
+        return 0
+
+    async def _mail(self, fax: InboundFax) -> int:
+        recipients = self.recipients_for(fax.to_number)
+        if not recipients:
+            return await self._unrouted(fax)
         # The claim counted this attempt and made the fax due again later before the document
         # is opened: converting a caller's file may crash or exhaust the process, and a restart
         # must then neither try it again at once nor forever (the crash guard holds it).
@@ -307,18 +350,20 @@ class InboundWorker(QueueWorker):
         logger.error("inbound.deferred", error=error, delay=round(delay, 1))
         return 1
 
-    async def _mail_failed(self, fax: InboundFax, exc: Exception) -> int:
+    async def _mail_failed(self, fax: InboundFax, exc: Exception, step: str = "mail") -> int:
         if resource_error(exc):
-            return await self._short_of_resources(fax, f"mail: {type(exc).__name__}: {exc}")
+            return await self._short_of_resources(fax, f"{step}: {type(exc).__name__}: {exc}")
         attempts = fax.attempts  # counted by the claim
-        error = f"mail: {type(exc).__name__}: {exc}"
+        error = f"{step}: {type(exc).__name__}: {exc}"
         now = self.clock()
         if attempts >= self.config.inbound.max_attempts:
             await self._dead_letter(fax, error)
             return 1
         delay = self.schedule.delay(attempts)
         await self.db.run(defer_inbound, fax.id, error, now + delay, now)
-        logger.warning("inbound.mail_failed", attempts=attempts, delay=round(delay, 1), error=error)
+        logger.warning(
+            f"inbound.{step}_failed", attempts=attempts, delay=round(delay, 1), error=error
+        )
         return 1
 
     # -- mailed -> done or dead --------------------------------------------------------------

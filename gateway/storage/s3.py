@@ -149,6 +149,44 @@ class S3Storage:
     async def check(self) -> None:
         await self._call("check", lambda client: client.head_bucket(Bucket=self.bucket))
 
+    # -- other objects of the gateway in the same bucket (the inbound archive) ---------------
+
+    async def put_object(self, key: str, data: bytes, content_type: str) -> None:
+        """Store `data` as `key` (overwriting: the same key written again is one object)."""
+        self._check_other_key(key)
+        await self._call(
+            "put",
+            lambda client: client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                CacheControl="private, no-store",
+            ),
+        )
+
+    async def objects_under(self, prefix: str) -> list[tuple[str, float]]:
+        """(key, last modified as a Unix time) of every object under `prefix`."""
+
+        def listing(client: Any) -> list[tuple[str, float]]:
+            found: list[tuple[str, float]] = []
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                found += [(o["Key"], o["LastModified"].timestamp()) for o in page.get("Contents", [])]
+            return found
+
+        return await self._call("list", listing)
+
+    async def delete_object(self, key: str) -> None:
+        self._check_other_key(key)
+        await self._call("delete", lambda client: client.delete_object(Bucket=self.bucket, Key=key))
+
+    def _check_other_key(self, key: str) -> None:
+        # The documents under storage.prefix are the cleanup's alone.
+        if not key or key.startswith(self.prefix) and NAME_PATTERN.fullmatch(key[len(self.prefix) :]):
+            raise StorageError(f"{key!r} is not a key for other objects", transient=False)
+
     async def close(self) -> None:
         """Close the client's connection pool (the daemon's stop; tests)."""
         with self._client_lock:

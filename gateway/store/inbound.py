@@ -3,6 +3,8 @@
 States, each owned by one step of the inbound worker (gateway/inbound/worker.py):
 - announced: the carrier told us (webhook or reconciler); the document is not here yet.
 - stored: the document is on disk under data.dir/inbound/; the mail is not queued yet.
+- archived: its copy is in the inbound archive (inbound.archive_dir / archive_s3_prefix); the
+  mail is not queued yet. Without an archive configured, a fax goes from stored to mailed.
 - mailed: the mail is queued in the outbox; the file stays until the relay took the mail.
 - dead: the mail could not be delivered after inbound.max_attempts (or the document could not
   be fetched, or a step was interrupted queue.max_pickups times: the inbound queue's "held");
@@ -29,6 +31,7 @@ INBOUND = QueueTable("inbound")
 class InboundState(StrEnum):
     ANNOUNCED = "announced"
     STORED = "stored"
+    ARCHIVED = "archived"
     MAILED = "mailed"
     DEAD = "dead"
 
@@ -99,22 +102,23 @@ def inbound_by_carrier_id(conn: sqlite3.Connection, carrier_id: str) -> InboundF
 
 def claim_inbound(
     conn: sqlite3.Connection,
-    state: InboundState,
+    state: InboundState | tuple[InboundState, ...],
     now: float,
     *,
     max_pickups: int,
     lease: Callable[[int], float],
     limit: int = 1,
 ) -> tuple[list[InboundFax], list[InboundFax]]:
-    """(claimed, held) faxes in `state` due at `now`: claimed ones have an attempt and a pickup
+    """(claimed, held) faxes in `state` (or any of several) due at `now`: claimed ones have an attempt and a pickup
     counted and are due again `lease(pickups)` from now unless their step records an outcome;
     held ones were interrupted `max_pickups` times, for the worker to dead-letter."""
+    states = tuple(InboundState(s) for s in (state if isinstance(state, tuple) else (state,)))
     with transaction(conn):
         claimed = claim(
             conn,
             INBOUND,
-            where="state = ?",
-            params=(InboundState(state),),
+            where=f"state IN ({', '.join('?' * len(states))})",
+            params=states,
             now=now,
             limit=limit,
             max_pickups=max_pickups,
@@ -126,9 +130,12 @@ def claim_inbound(
 
 
 def next_inbound_due(conn: sqlite3.Connection) -> float | None:
-    """When the earliest announced or stored fax is due."""
+    """When the earliest announced, stored or archived fax is due."""
     return next_due(
-        conn, INBOUND, where="state IN (?, ?)", params=(InboundState.ANNOUNCED, InboundState.STORED)
+        conn,
+        INBOUND,
+        where="state IN (?, ?, ?)",
+        params=(InboundState.ANNOUNCED, InboundState.STORED, InboundState.ARCHIVED),
     )
 
 
@@ -144,6 +151,16 @@ def mark_stored(conn: sqlite3.Connection, inbound_id: int, file_path: str, now: 
             "UPDATE inbound SET state = ?, file_path = ?, attempts = 0, pickups = 0,"
             " next_attempt_at = 0, error = NULL, updated_at = ? WHERE id = ?",
             (InboundState.STORED, file_path, now, inbound_id),
+        )
+
+
+def mark_archived(conn: sqlite3.Connection, inbound_id: int, now: float) -> None:
+    """The archive has its copy; the mail step starts with a fresh attempt count."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE inbound SET state = ?, attempts = 0, pickups = 0, next_attempt_at = 0,"
+            " error = NULL, updated_at = ? WHERE id = ? AND state = ?",
+            (InboundState.ARCHIVED, now, inbound_id, InboundState.STORED),
         )
 
 
