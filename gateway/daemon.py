@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway import log
+from gateway.admin.copies import AdminCopiesWorker
+from gateway.admin.summary import SummaryWorker
 from gateway.callbacks.events import EventsWorker
 from gateway.callbacks.reconcile import Reconciler
 from gateway.callbacks.webhook import add_routes as add_webhook_routes
@@ -26,6 +28,7 @@ from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
 from gateway.datadir import DataDir
 from gateway.fsutil import make_private_dirs
+from gateway.inbound.archive import Archive
 from gateway.inbound.worker import InboundWorker
 from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
@@ -36,6 +39,7 @@ from gateway.ops.health import Health, store_check
 from gateway.ops.httpd import HttpServer, create_app
 from gateway.ops.metrics import Metrics
 from gateway.ops.metrics import add_routes as add_metrics_routes
+from gateway.ops.retention import RetentionWorker
 from gateway.outbound.cleanup import CleanupWorker
 from gateway.outbound.prepare import PrepareWorker
 from gateway.outbound.reports import Reporter, ReportsWorker
@@ -43,7 +47,7 @@ from gateway.outbound.submit import SubmitWorker
 from gateway.outbound.upload import UploadWorker
 from gateway.queue.runner import QueueWorker, Runner
 from gateway.smtp.server import SmtpServer
-from gateway.storage import create_storage
+from gateway.storage import S3Storage, create_storage
 from gateway.store import Database
 from gateway.store import jobs as job_store
 from gateway.store.claims import release_claims
@@ -95,6 +99,7 @@ class Gateway:
         self.storage = create_storage(config, self.http_app)
         self.relay = create_relay(config)
         self.renderer = MailRenderer(config.templates.dir)
+        self.archive = Archive(self.storage if isinstance(self.storage, S3Storage) else None)
         self.workers = self._workers()
         self.runner = Runner(
             self.workers,
@@ -117,6 +122,7 @@ class Gateway:
             client=self.client,
             metrics=self.metrics,
             wake=wake,
+            archive=self.archive,
         )
         self.reporter = Reporter(**common, renderer=self.renderer, outbox_dir=self.outbox_dir)
         self.events = EventsWorker(
@@ -138,6 +144,10 @@ class Gateway:
             self.outbox,
             self.reconciler,
             CleanupWorker(**common, storage=self.storage, spool=self.spool),
+            # notify.admin's mails, and the once-a-day tasks (each its own worker).
+            AdminCopiesWorker(**common, renderer=self.renderer, outbox_dir=self.outbox_dir),
+            SummaryWorker(**common, renderer=self.renderer, outbox_dir=self.outbox_dir),
+            RetentionWorker(**common, archive=self.archive, metrics=self.metrics),
         ]
 
     def _wake(self) -> None:

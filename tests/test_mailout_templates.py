@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,49 @@ import pytest
 from gateway.mailout.templates import KINDS, MailRenderer, MailTemplateError
 from tests.helpers import FAILED, OUTBOUND, RECEIVED, build
 
+WHEN = datetime(2024, 6, 19, 15, 38, tzinfo=UTC)
 CONTEXTS: dict[str, dict[str, Any]] = {
     "delivered": OUTBOUND,
     "queued": OUTBOUND,
     "failed": FAILED,
     "inbound": RECEIVED,
+    "held": {
+        "job_id": "J01HELD",
+        "sender": "alice@example.com",
+        "subject": "Signed contract",
+        "numbers": ["+15551234567"],
+        "error": "held: every attempt was interrupted",
+        "time": WHEN,
+    },
+    "dead_letter": {
+        "inbound_id": 7,
+        "carrier_id": "in-42",
+        "from_number": "+15556668888",
+        "to_number": "+12015550100",
+        "pages": 2,
+        "received": WHEN,
+        "error": "mail not delivered: 550 no such user",
+        "kept": True,
+        "time": WHEN,
+    },
+    "summary": {
+        "day": "2024-06-18",
+        "start": WHEN,
+        "end": WHEN,
+        "delivered": 12,
+        "failed": 3,
+        "pages_out": 40,
+        "received": 5,
+        "pages_in": 9,
+        "failures": [{"code": 5109, "description": "line busy", "faxes": 3}],
+        "top_senders": [{"sender": "alice@example.com", "faxes": 7}],
+        "queues": [{"queue": "jobs", "state": "held", "items": 1}],
+        "dead_letters": 1,
+        "new_dead_letters": 1,
+    },
 }
+# The kinds that report on a sender's fax (the others go to notify.admin).
+REPORT_KINDS = ("delivered", "queued", "failed")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +71,16 @@ def test_every_kind_renders_subject_text_and_html(renderer: MailRenderer, kind: 
         assert mail.subject == "Fax from +1 555-666-8888, 2 pages"
         assert "+1 201-555-0100" in mail.text and "1 min 1 s" in mail.text
         assert 'src="cid:page1.in-42@fax.local"' in mail.html
+    elif kind == "held":
+        assert mail.subject == "Fax job J01HELD held: held: every attempt was interrupted"
+        assert "+1 555-123-4567" in mail.text and "queue retry J01HELD" in mail.text
+    elif kind == "dead_letter":
+        assert "550 no such user" in mail.subject and "+1 555-666-8888" in mail.subject
+        assert "dead-letter requeue 7" in mail.text and "2024-06-19 15:38 UTC" in mail.html
+    elif kind == "summary":
+        assert mail.subject.startswith("Fax gateway summary for 2024-06-18: 12 delivered")
+        assert "5109: line busy" in mail.text and "7 x alice@example.com" in mail.text
+        assert "<td style=\"padding:3px 16px 3px 0;\">line busy</td>" in mail.html
     else:
         assert "+1 555-123-4567" in mail.subject and "Signed contract" in mail.subject
         assert "a1b2c3d4-0000-4000-8000-1234567890ab" in mail.text
@@ -138,10 +186,12 @@ def test_bidi_controls_are_stripped_from_subject_text_and_html(
             context[key] = spoof
     if kind == "inbound":
         context["attachments"] = [f"fax{BIDI}.pdf"]
+    if kind == "summary":
+        context["top_senders"] = [{"sender": spoof, "faxes": 1}]
     mail = renderer.render(kind, context)
     assert mail.html is not None
     for part in (mail.html, mail.text, mail.subject):
         assert not set(BIDI) & set(part), [hex(ord(c)) for c in set(BIDI) & set(part)]
     assert "invoicefdp.exe" in mail.html and "invoicefdp.exe" in mail.text
-    if kind != "inbound":
+    if kind in REPORT_KINDS:
         assert legit in mail.html and legit in mail.text and legit in mail.subject

@@ -4,6 +4,7 @@ list / show       the email-to-fax jobs and their faxes
 retry / cancel    a held or failed job goes back to work; an unfinished job stops
 dead-letter       inbound faxes that could not be mailed, and `requeue` to try again
 outbox            the mails waiting to go out or given up on
+purge             what is finished and old goes now, as the daily retention purge does it
 
 They open the store file (data.dir/store.db) beside a running daemon: WAL lets both read, and
 each change is one of the store's own guarded transactions, so a worker holding the job at
@@ -14,6 +15,7 @@ wake-up channel from outside; its periodic scan (queue.scan_interval_seconds) fi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sqlite3
@@ -28,7 +30,10 @@ from gateway.cli import UserError, add_config_argument, config_from_args
 from gateway.commands import queueview
 from gateway.config import Config
 from gateway.datadir import DataDir
+from gateway.inbound.archive import Archive
 from gateway.inbound.files import list_dead_letters, requeue_dead_letter
+from gateway.ops import retention
+from gateway.storage import S3Storage, create_storage
 from gateway.store import Database
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as jobs_store
@@ -143,6 +148,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only this state (default: all but sent)",
     )
     _json_and_config(outbox, run_outbox)
+
+    purge = actions.add_parser(
+        "purge",
+        help="remove finished jobs, faxes, events, mails and inbound faxes older than a time",
+        description=(
+            "What the daily retention purge does (data.retention_days), by hand: finished "
+            "rows last changed before the cutoff and their files, files no row names, and "
+            "archived faxes past inbound.archive_retention_days. Nothing unfinished is touched."
+        ),
+    )
+    purge.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="AGE",
+        help="cutoff age such as 7d, 12h, 30m or 90s (default: data.retention_days)",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="count what would go; remove nothing"
+    )
+    _json_and_config(purge, run_purge)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in _UNITS or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age such as 7d, 12h, 30m or 90s")
+    return float(int(number) * _UNITS[unit])
 
 
 def _json_and_config(parser: argparse.ArgumentParser, run: Action) -> None:
@@ -420,4 +455,40 @@ def run_outbox(args: argparse.Namespace) -> int:
         _say(queueview.outbox_table(messages, now))
     else:
         _say(f"no {args.state} mail" if args.state else "no mail waiting or given up on")
+    return 0
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    older_than = args.older_than
+    if older_than is None:
+        days = config.data.retention_days
+        if days == 0:
+            raise UserError("data.retention_days is 0 (keep forever): give --older-than AGE")
+        older_than = days * retention.DAY
+    archive = None
+    if config.inbound.archive_s3_prefix is not None:
+        storage = create_storage(config, None)
+        archive = Archive(storage if isinstance(storage, S3Storage) else None)
+    with open_store(config) as db:
+        counts = asyncio.run(
+            retention.purge(
+                db,
+                config,
+                older_than=older_than,
+                now=time.time(),
+                dry_run=args.dry_run,
+                archive=archive,
+            )
+        )
+    if not args.dry_run:
+        logger.info("retention.purged", by_hand=True, older_than=older_than, **counts)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "older_than_seconds": older_than, **counts})
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    _say("\n".join(f"{verb} {count} {kind.replace('_', ' ')}" for kind, count in counts.items()))
     return 0

@@ -18,6 +18,12 @@ Context the built-in templates expect (a template may test optional keys with `i
   `error_code` (int or None), `error_description`, `retry_may_help` (bool).
 - inbound: `from_number`, `to_number` (E.164), `pages`, `duration`, `time`, `carrier_id`,
   `attachments` (file names), `preview_cid` (cid of the inline page-1 image, or None).
+- held (to notify.admin): `job_id`, `sender`, `subject`, `numbers` (E.164 list), `error`, `time`.
+- dead_letter (to notify.admin): `inbound_id`, `carrier_id`, `from_number`, `to_number`,
+  `pages`, `received`, `error` (why), `kept` (the file is in dead-letter/), `time`.
+- summary (to notify.admin): `day`, `start`, `end`, `delivered`, `failed`, `pages_out`,
+  `received`, `pages_in`, `failures` ({code, description, faxes}), `top_senders` ({sender,
+  faxes}), `queues` ({queue, state, items}), `dead_letters`, `new_dead_letters`.
 Filters: `fax_number` ("+1 555-123-4567"), `duration` ("2 min 5 s"), `when` ("2024-06-19 15:38
 UTC").
 """
@@ -40,7 +46,16 @@ from gateway.mailout.message import (
 from gateway.numbers import pretty
 from gateway.paths import builtin_templates
 
-KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "inbound")
+KINDS: tuple[str, ...] = (
+    "delivered",
+    "failed",
+    "queued",
+    "inbound",
+    # The administrator's mails (gateway/admin/).
+    "held",
+    "dead_letter",
+    "summary",
+)
 BUILTIN_TEMPLATES = builtin_templates()
 
 

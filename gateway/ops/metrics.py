@@ -158,6 +158,15 @@ class Metrics:
             registry=r,
         )
 
+        # The daily purge (gateway/ops/retention.py), by kind of thing removed (store/retention
+        # KINDS: jobs, faxes, events, outbox, inbound, dead_letters, files, archived).
+        self.retention_purged = Counter(
+            f"{PREFIX}_retention_purged",
+            "Rows and files removed by the retention purge, by kind.",
+            ["kind"],
+            registry=r,
+        )
+
         self.collection_errors = Counter(
             f"{PREFIX}_metrics_collection_errors",
             "Scrapes at which a queue's depth could not be read, by queue.",

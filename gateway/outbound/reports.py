@@ -6,7 +6,8 @@ Kinds, after HylaFAX's fixed vocabulary of outcomes, one template set each:
   too many pages, a carrier unreachable past the queue lifetime) (notify.on_failure);
 - queued: the fax is at the carrier and not finished yet (notify.on_queued, off by default).
 
-A report goes to the envelope sender of the original message (notify.cc in copy), threads under
+A report goes to the envelope sender of the original message (notify.cc in copy, and for a
+failure notify.admin in blind copy: on the envelope only), threads under
 it (In-Reply-To/References = its Message-ID), keeps the user's subject in its own, and attaches
 the faxed document as PDF unless notify.attach_document is off. Each is queued in the outbox
 under `report:<fax id>:<kind>`, so however often it is asked for it goes out once.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from gateway import log
 from gateway.addresses import clean_address
+from gateway.admin.copies import blind_copies
 from gateway.carrier.faxerrors import describe
 from gateway.config import Config
 from gateway.document import kinds
@@ -102,8 +104,14 @@ async def report_fax(
         logger.warning("report.no_recipient", fax_id=fax.id, job_id=job.id, sender=job.sender)
         return False
     message = await asyncio.to_thread(compose_report, config, renderer, job, fax, kind, to, cc)
+    recipients = [*to, *cc]
     queued = await queue_mail(
-        db, outbox_dir, key=key, kind=kind, message=message, recipients=[*to, *cc]
+        db,
+        outbox_dir,
+        key=key,
+        kind=kind,
+        message=message,
+        recipients=[*recipients, *blind_copies(config, kind, recipients)],
     )
     if queued:
         logger.info("report.queued", kind=kind, fax_id=fax.id, job_id=job.id)

@@ -1,0 +1,123 @@
+"""The daily summary to notify.admin at notify.summary_time (UTC): one short mail a day.
+
+It covers the day before the summary moment: faxes out (delivered, failed, pages) and in,
+failures by code with their descriptions, the senders with the most faxes, the queues as they
+are, and the dead letters. The day it was last sent is kept in the store's meta table
+(`summary.last_day`) and the mail is queued under `summary:<day>`, so it goes out once a day
+across restarts; a gateway that was down at the moment sends the latest day's summary when it
+comes back, never a backlog.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from gateway import log
+from gateway.admin.copies import queue_admin_mail
+from gateway.carrier.faxerrors import describe
+from gateway.config import Config
+from gateway.mailout.templates import MailRenderer
+from gateway.queue.runner import QueueWorker
+from gateway.queue.schedule import Clock
+from gateway.store import Database
+from gateway.store.meta import get_meta, set_meta
+from gateway.store.stats import DayNumbers, day_numbers
+
+logger = log.get_logger(__name__)
+
+LAST_DAY = "summary.last_day"
+KIND = "summary"
+DAY = timedelta(days=1)
+
+
+def latest_moment(config: Config, now: float) -> datetime:
+    """The most recent summary moment at or before `now`."""
+    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    moment = today + timedelta(minutes=config.notify.summary_minutes)
+    return moment if moment.timestamp() <= now else moment - DAY
+
+
+def summary_context(numbers: DayNumbers, moment: datetime) -> dict[str, object]:
+    return {
+        "day": (moment - DAY).date().isoformat(),
+        "start": datetime.fromtimestamp(numbers.start, UTC),
+        "end": datetime.fromtimestamp(numbers.end, UTC),
+        "delivered": numbers.delivered,
+        "failed": numbers.failed,
+        "pages_out": numbers.pages_out,
+        "received": numbers.received,
+        "pages_in": numbers.pages_in,
+        "failures": [
+            {"code": code, "description": describe(code).description, "faxes": count}
+            for code, count in numbers.failures
+        ],
+        "top_senders": [{"sender": s, "faxes": count} for s, count in numbers.top_senders],
+        "queues": [
+            {"queue": queue, "state": state, "items": count}
+            for queue, states in numbers.queues.items()
+            for state, count in states.items()
+            if count
+        ],
+        "dead_letters": numbers.dead_letters,
+        "new_dead_letters": numbers.new_dead_letters,
+    }
+
+
+class SummaryWorker(QueueWorker):
+    """Sends the daily summary once its moment has come (a once-only task)."""
+
+    name = "summary"
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        db: Database,
+        clock: Clock = time.time,
+        renderer: MailRenderer,
+        outbox_dir: Path,
+    ) -> None:
+        super().__init__(config=config, db=db, clock=clock)
+        self.renderer = renderer
+        self.outbox_dir = outbox_dir
+
+    async def next_due(self) -> float | None:
+        if not self.config.notify.admin:
+            return None
+        moment = latest_moment(self.config, self.clock())
+        last = await self.db.run(get_meta, LAST_DAY)
+        if last == moment.date().isoformat():
+            return (moment + DAY).timestamp()
+        return moment.timestamp()
+
+    async def run_once(self) -> int:
+        if not self.config.notify.admin:
+            return 0
+        moment = latest_moment(self.config, self.clock())
+        day = moment.date().isoformat()
+        if await self.db.run(get_meta, LAST_DAY) == day:
+            return 0
+        end = moment.timestamp()
+        numbers = await self.db.run(day_numbers, end - DAY.total_seconds(), end)
+        context = summary_context(numbers, moment)
+        queued = await queue_admin_mail(
+            self.db,
+            self.config,
+            self.renderer,
+            self.outbox_dir,
+            key=f"{KIND}:{day}",
+            kind=KIND,
+            context=context,
+        )
+        await self.db.run(set_meta, LAST_DAY, day)
+        logger.info(
+            "summary.queued",
+            day=context["day"],
+            already_queued=not queued,
+            delivered=numbers.delivered,
+            failed=numbers.failed,
+            received=numbers.received,
+        )
+        return 1
