@@ -38,7 +38,7 @@ SIDECAR = ".json"
 def archive_name(fax: InboundFax) -> str:
     """`2024/06/19/000042-<carrier id>`: by the day we heard of the fax, unique by row."""
     day = datetime.fromtimestamp(fax.created_at, UTC)
-    return f"{day:%Y/%m/%d}/{stored_name(fax, None)}"
+    return f"{day:%Y/%m/%d}/{stored_name(fax, None).removesuffix(kinds.extension(''))}"
 
 
 def sidecar(fax: InboundFax, recipients: Sequence[str], document: str) -> dict[str, Any]:
