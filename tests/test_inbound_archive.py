@@ -19,15 +19,13 @@ from gateway.mailout.templates import MailRenderer
 from gateway.ops.retention import DAY, purge
 from gateway.storage import S3Storage, create_storage
 from gateway.store.inbound import InboundState, revive
-from tests import samples
+from tests import samples, test_inbound_worker
 from tests.servers.seaweed import S3Server
-from tests.test_inbound_worker import (  # noqa: F401 (fixtures)
-    CALLER,
-    ROUTED,
-    Inbound,
-    media,
-    start_inbound,
-)
+from tests.test_inbound_worker import CALLER, ROUTED, Inbound
+
+# The media server and the inbound worker's set-up, shared with the worker's own tests.
+media = test_inbound_worker.media
+start_inbound = test_inbound_worker.start_inbound
 
 
 def archived(folder: Path) -> list[Path]:
@@ -143,7 +141,9 @@ async def test_the_s3_archive_keeps_copies_under_its_prefix_and_purges_them_by_a
         config = inbound.config
         now = inbound.clock()
         # Younger than 10 days: kept. Dry run past it: counted, kept.
-        counts = await purge(inbound.db, config, older_than=None, now=now + 9 * DAY, archive=archive)
+        counts = await purge(
+            inbound.db, config, older_than=None, now=now + 9 * DAY, archive=archive
+        )
         assert counts["archived"] == 0
         dry = await purge(
             inbound.db, config, older_than=None, now=now + 11 * DAY, dry_run=True, archive=archive
@@ -179,9 +179,7 @@ async def test_the_archive_folder_is_purged_by_archive_retention_days_only(
             "inbound": inbound.config.inbound.model_copy(update={"archive_retention_days": None})
         }
     )
-    assert (await purge(inbound.db, forever, older_than=None, now=now + 400 * DAY))[
-        "archived"
-    ] == 0
+    assert (await purge(inbound.db, forever, older_than=None, now=now + 400 * DAY))["archived"] == 0
     assert (await purge(inbound.db, inbound.config, older_than=None, now=now + 2 * DAY))[
         "archived"
     ] == 0

@@ -80,7 +80,7 @@ def test_every_kind_renders_subject_text_and_html(renderer: MailRenderer, kind: 
     elif kind == "summary":
         assert mail.subject.startswith("Fax gateway summary for 2024-06-18: 12 delivered")
         assert "5109: line busy" in mail.text and "7 x alice@example.com" in mail.text
-        assert "<td style=\"padding:3px 16px 3px 0;\">line busy</td>" in mail.html
+        assert '<td style="padding:3px 16px 3px 0;">line busy</td>' in mail.html
     else:
         assert "+1 555-123-4567" in mail.subject and "Signed contract" in mail.subject
         assert "a1b2c3d4-0000-4000-8000-1234567890ab" in mail.text

@@ -151,5 +151,11 @@ class AdminCopiesWorker(QueueWorker):
 
     async def _queue(self, key: str, kind: str, context: Mapping[str, object]) -> bool:
         return await queue_admin_mail(
-            self.db, self.config, self.renderer, self.outbox_dir, key=key, kind=kind, context=context
+            self.db,
+            self.config,
+            self.renderer,
+            self.outbox_dir,
+            key=key,
+            kind=kind,
+            context=context,
         )

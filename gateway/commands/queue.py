@@ -164,9 +164,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="AGE",
         help="cutoff age such as 7d, 12h, 30m or 90s (default: data.retention_days)",
     )
-    purge.add_argument(
-        "--dry-run", action="store_true", help="count what would go; remove nothing"
-    )
+    purge.add_argument("--dry-run", action="store_true", help="count what would go; remove nothing")
     _json_and_config(purge, run_purge)
 
 

@@ -173,7 +173,9 @@ class S3Storage:
             for page in client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix
             ):
-                found += [(o["Key"], o["LastModified"].timestamp()) for o in page.get("Contents", [])]
+                found += [
+                    (o["Key"], o["LastModified"].timestamp()) for o in page.get("Contents", [])
+                ]
             return found
 
         return await self._call("list", listing)
@@ -184,7 +186,9 @@ class S3Storage:
 
     def _check_other_key(self, key: str) -> None:
         # The documents under storage.prefix are the cleanup's alone.
-        if not key or key.startswith(self.prefix) and NAME_PATTERN.fullmatch(key[len(self.prefix) :]):
+        if not key or (
+            key.startswith(self.prefix) and NAME_PATTERN.fullmatch(key[len(self.prefix) :])
+        ):
             raise StorageError(f"{key!r} is not a key for other objects", transient=False)
 
     async def close(self) -> None:

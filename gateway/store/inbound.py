@@ -109,9 +109,10 @@ def claim_inbound(
     lease: Callable[[int], float],
     limit: int = 1,
 ) -> tuple[list[InboundFax], list[InboundFax]]:
-    """(claimed, held) faxes in `state` (or any of several) due at `now`: claimed ones have an attempt and a pickup
-    counted and are due again `lease(pickups)` from now unless their step records an outcome;
-    held ones were interrupted `max_pickups` times, for the worker to dead-letter."""
+    """(claimed, held) faxes in `state` (or any of several) due at `now`: claimed ones have
+    an attempt and a pickup counted and are due again `lease(pickups)` from now unless their
+    step records an outcome; held ones were interrupted `max_pickups` times, for the worker to
+    dead-letter."""
     states = tuple(InboundState(s) for s in (state if isinstance(state, tuple) else (state,)))
     with transaction(conn):
         claimed = claim(
