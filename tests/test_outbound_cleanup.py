@@ -66,3 +66,55 @@ async def test_a_delete_the_storage_refuses_is_retried_with_backoff_not_every_ro
         assert cleaned is not None and cleaned.stored_deleted_at is not None
     finally:
         db.close()
+
+
+async def test_the_stored_copy_goes_when_the_fax_is_final_the_local_files_once_reported(
+    make_config: Callable[..., Config],
+) -> None:
+    """The carrier's copy (local storage's media file) is deleted as soon as every fax of the
+    job is final, before its report; the spool file and the document the report attaches stay
+    until the outcome is reported, then go too."""
+    config = make_config({"storage": {"backend": "local"}})
+    data = DataDir(config.data.dir)
+    db = await Database(data.store).open()
+    storage = create_storage(config, None)
+    clock = Clock()
+    try:
+        spool = Spool(data.spool)
+        job_id = await db.run(make_job, recipients=("+12015550123", "+12015550124"), now=clock())
+        spooled = spool.write(job_id, b"Subject: x\r\n\r\nbody\r\n")
+        document = data.documents / f"{job_id}.pdf"
+        document.parent.mkdir(parents=True)
+        document.write_bytes(b"%PDF-1.4\n")
+        stored = await storage.put(job_id, b"%PDF-1.4\n", "application/pdf")
+        await db.run(to_uploaded, job_id)
+        await db.run(
+            lambda conn: conn.execute(
+                "UPDATE jobs SET storage_key = ?, spool_path = ?, document_path = ? WHERE id = ?",
+                (stored.key, str(spooled), str(document), job_id),
+            )
+        )
+        media_file = data.media / stored.key
+        assert media_file.exists()
+        worker = CleanupWorker(
+            config=config, db=db, clock=clock, storage=storage, spool=Spool(data.spool)
+        )
+        first, second = await db.run(faxes_of, job_id)
+        await db.run(fail_fax, first.id, 5109, "busy", clock())
+        assert await worker.run_once() == 0  # one fax still under way: the carrier may fetch
+        assert media_file.exists()
+        await db.run(fail_fax, second.id, 5109, "busy", clock())
+        assert await worker.run_once() == 1
+        job = await db.run(get_job, job_id)
+        assert job is not None and job.stored_deleted_at is not None
+        assert job.files_removed_at is None
+        assert not media_file.exists() and spooled.exists() and document.exists()
+        assert await worker.run_once() == 0  # reports not queued yet: the files stay
+        await db.run(mark_reported, first.id, clock())
+        await db.run(mark_reported, second.id, clock())
+        assert await worker.run_once() == 1
+        job = await db.run(get_job, job_id)
+        assert job is not None and job.files_removed_at is not None
+        assert not spooled.exists() and not document.exists()
+    finally:
+        db.close()
