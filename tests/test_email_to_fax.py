@@ -89,7 +89,7 @@ async def test_single_pdf_is_faxed_as_is_and_reported(
         assert any(name and name.endswith(".pdf") for name in attached)
         job = await gw.db.run(jobs.get_job, job_id)
         assert job is not None and job.state == JobState.DONE
-        # Once the outcome is told the document is gone from storage: the URL answers 404.
+        # Once the fax is final the document is gone from storage: the URL answers 404.
         await until(lambda: cleaned(gw, job_id))
         status, _, _ = await fetch(fax["url"])
         assert status == 404
