@@ -144,6 +144,8 @@ class Case:
     storage: str = "s3"
     # The log event that shows the restart's remedy at work, if it has one to show.
     remedy: str | None = None
+    # With the inbound archive (inbound.archive_dir): one copy and sidecar per fax at the end.
+    archive: bool = False
 
 
 CASES = [
@@ -156,12 +158,18 @@ CASES = [
     Case("after_report_queued@2"),
     Case("after_download"),
     Case("after_inbound_stored@2"),
+    Case("after_inbound_archived", archive=True),
     Case("after_relay_send@2", relay_copies=1),
 ]
 
 
 def _case_id(case: Case) -> str:
-    return case.spec + ("-no-dedupe" if case.overrides else "") + f"-{case.storage}"
+    return (
+        case.spec
+        + ("-no-dedupe" if case.overrides else "")
+        + ("-archive" if case.archive else "")
+        + f"-{case.storage}"
+    )
 
 
 @pytest.fixture
@@ -199,6 +207,8 @@ def failpoint_config(
         if case.storage == "s3":
             data = merge(data, s3_env.config_overrides())
         data = merge(data, case.overrides)
+        if case.archive:
+            data["inbound"]["archive_dir"] = str(Path(data["data"]["dir"]).parent / "archive")
         token = data["http"]["webhook_token"]
         sandbox.set_webhook(f"http://127.0.0.1:{http_port}/webhooks/fax/{token}")
         return write_config(data), data
@@ -384,6 +394,12 @@ def test_a_kill_at_the_failpoint_loses_nothing_and_duplicates_only_what_smtp_can
     final = Counter(r["state"] for r in store_rows(data_dir, "SELECT state FROM faxes"))
     assert final == Counter({s: n for (s, _), n in outcomes.items()})
     assert len(store_rows(data_dir, "SELECT id FROM jobs")) == jobs
+
+    if case.archive:
+        # Killed after the copy, before its row said so: written again under the same name.
+        archive = Path(data["inbound"]["archive_dir"])
+        kept = Counter(p.suffix for p in archive.rglob("*") if p.is_file())
+        assert kept == Counter({".pdf": len(INBOUND), ".json": len(INBOUND)}), kept
 
     # XXX a kill after_spool leaves that message's spool file with no job: nothing removes it.
     referenced = {Path(r["spool_path"]).name for r in store_rows(data_dir, "SELECT * FROM jobs")}
