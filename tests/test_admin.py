@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from gateway.store.records import JobState, NewJob, new_job_id
 from gateway.store.spool import Spool
 from tests import samples, test_inbound_worker
 from tests.harness import Harness, harness_config, running
-from tests.helpers import BUSY, DELIVERS, Clock, subject_of
+from tests.helpers import BUSY, DELIVERS, Clock, subject_of, until
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
 from tests.test_fax_to_email import webhooks_answered
@@ -245,3 +246,25 @@ async def test_the_daily_summary_goes_once_a_day_at_summary_time_across_restarts
     assert await restarted.run_once() == 1
     await run_until_idle([inbound.outbox])
     assert len(to_admin(inbound.relay)) == 3
+
+
+async def test_the_daemon_archives_inbound_faxes_and_tells_the_admin(
+    gateway: Any, sandbox: Sandbox, relay_server: CapturingRelay, tmp_path: Path
+) -> None:
+    """A whole gateway with notify.admin and an archive: an inbound fax is archived and then
+    mailed, and the admin gets the summary it catches up on at its first start."""
+    archive = tmp_path / "archive"
+    overrides = {"notify": {"admin": [ADMIN]}, "inbound": {"archive_dir": str(archive)}}
+    async with gateway(overrides) as gw:
+        sandbox.inbound("12015550101", "12015550142", samples.pdf(1))
+
+        async def delivered() -> bool:
+            return len(relay_server.messages) >= 2
+
+        await until(delivered, seconds=30)
+        by_rcpt = {m.rcpt_tos: subject_of(m.message) for m in relay_server.messages}
+        assert by_rcpt[("office@example.com",)].startswith("Fax from +1 201-555-0142")
+        assert by_rcpt[(ADMIN,)].startswith("Fax gateway summary for ")
+        assert len(relay_server.messages) == 2
+        assert sorted(p.suffix for p in archive.rglob("*") if p.is_file()) == [".json", ".pdf"]
+        assert await gw.db.run(get_meta, LAST_DAY) is not None
