@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pypdf import PdfReader
+from structlog.testing import capture_logs
 
 from gateway.inbound.archive import Archive, archive_name
 from gateway.inbound.worker import InboundWorker
@@ -42,7 +43,11 @@ async def test_every_received_fax_is_archived_as_pdf_with_its_sidecar_before_it_
     inbound.media.files["scan"] = samples.tiff(2)
     fax_id = await inbound.announce("scan")
     # Download, then archive: one step each, and no mail before the copy is there.
-    await inbound.worker.run_once()
+    with capture_logs() as logs:
+        await inbound.worker.run_once()
+    archived_lines = [line for line in logs if line["event"] == "inbound.archived"]
+    assert len(archived_lines) == 1
+    assert not any("%PDF" in str(value) for line in logs for value in line.values())
     row = await inbound.row(fax_id)
     assert row.state in (InboundState.ARCHIVED, InboundState.MAILED)
     name = archive_name(row)
