@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway.config import Address, Config
+from gateway.config import Address, Config, RouteConfig
 from gateway.inbound.compose import shown_number
 from gateway.inbound.download import DownloadError, download
 from gateway.inbound.files import list_dead_letters, requeue_dead_letter
@@ -316,7 +316,8 @@ async def test_unrouted_fax_is_kept_until_a_route_exists(start_inbound: Callable
     assert await asyncio.to_thread(Path(row.file_path).exists)
     assert inbound.relay.messages == []
 
-    routes = {**inbound.config.inbound.routes, "+12015550199": ("night-desk@example.com",)}
+    night = RouteConfig(recipients=("night-desk@example.com",))
+    routes = {**inbound.config.inbound.routes, "+12015550199": night}
     inbound.reconfigure({"inbound": inbound.config.inbound.model_copy(update={"routes": routes})})
     inbound.clock.advance(inbound.config.queue.max_backoff_seconds)
     await inbound.settle()

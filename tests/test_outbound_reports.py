@@ -220,7 +220,8 @@ async def test_delivered_report_goes_once_however_often_it_is_asked_for(
 async def test_copies_and_no_document_when_the_settings_say_so(
     start_reports: Callable[..., Any],
 ) -> None:
-    """notify.cc receives a copy; with attach_document off the document stays home."""
+    """notify.cc receives a copy; with attach_document off the document stays home (the
+    transmission report still goes)."""
     reports = await start_reports(
         {"notify": {"cc": ["records@example.com"], "attach_document": False}}
     )
@@ -231,8 +232,10 @@ async def test_copies_and_no_document_when_the_settings_say_so(
     assert mail.rcpt_tos == ("alice@example.com", "records@example.com")
     assert message["To"] == "alice@example.com"
     assert message["Cc"] == "records@example.com"
-    assert attachments(message) == []
-    assert "is attached" not in message.get_body(("plain",)).get_content()
+    assert [name for name, _t, _d in attachments(message)] == [
+        "transmission-report-12015550123.pdf"
+    ]
+    assert "document that was faxed is attached" not in message.get_body(("plain",)).get_content()
 
 
 async def test_which_reports_go_out_follows_notify(start_reports: Callable[..., Any]) -> None:
@@ -284,7 +287,10 @@ async def test_a_fax_failed_before_submission_gets_the_same_failure_report(
     text = message.get_body(("plain",)).get_content()
     assert "Fax id" not in text
     assert "will most likely fail the same way" in text
-    assert [name for name, _t, _d in attachments(message)] == ["fax-to-12015550123.pdf"]
+    assert [name for name, _t, _d in attachments(message)] == [
+        "fax-to-12015550123.pdf",
+        "transmission-report-12015550123.pdf",
+    ]
 
 
 async def test_a_cancelled_fax_is_not_reported(reports: Reports) -> None:

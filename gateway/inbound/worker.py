@@ -11,6 +11,8 @@ The worker owns three transitions of the `inbound` table (see gateway/store/inbo
 2. stored -> mailed: route by the number called (inbound.routes, else default_recipients),
    convert TIFF to PDF as inbound.attach_format asks, render the "inbound" mail with a PNG
    preview of page 1 and queue it in the outbox under `inbound:<carrier id>` (once per fax).
+   The route's privacy mode (else inbound.attach, gateway/mailout/privacy.py) may encrypt the
+   PDF or leave the document out; the preview goes only with attach = "pdf".
    An unroutable fax stays stored, logged at error level, until an operator adds a route.
 3. mailed -> done or dead: the outbox worker delivers to the relay with its own retries. Once
    the relay took the mail the stored file is removed (the mailbox is the archive from then
@@ -48,6 +50,7 @@ from gateway.inbound.files import (
 )
 from gateway.mailout.message import build_message
 from gateway.mailout.outbox import give_up_mail, mail_status, queue_mail, requeue_mail_anew
+from gateway.mailout.privacy import inbound_privacy, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.queue.runner import QueueWorker
@@ -101,9 +104,12 @@ class InboundWorker(QueueWorker):
 
     def recipients_for(self, to_number: str) -> tuple[str, ...]:
         """inbound.routes for the number called, else inbound.default_recipients."""
-        e164 = to_number if to_number.startswith("+") else "+" + to_number
-        routed = self.config.inbound.routes.get(e164)
-        return routed if routed else self.config.inbound.default_recipients
+        route = self.config.inbound.route(to_number)
+        return (
+            route.recipients
+            if route and route.recipients
+            else self.config.inbound.default_recipients
+        )
 
     async def run_once(self) -> int:
         steps = 0
@@ -274,8 +280,9 @@ class InboundWorker(QueueWorker):
         return 1
 
     def _compose(self, fax: InboundFax, data: bytes, recipients: tuple[str, ...]) -> EmailMessage:
-        attachments = attachments_for(fax, data, self.config.inbound.attach_format)
-        preview = preview_of(fax, data)
+        privacy = inbound_privacy(self.config, fax.to_number)
+        attachments = attachments_for(fax, data, self.config.inbound.attach_format, privacy)
+        preview = preview_of(fax, data, privacy)
         rendered = self.renderer.render(
             "inbound",
             {
@@ -287,6 +294,8 @@ class InboundWorker(QueueWorker):
                 "carrier_id": fax.carrier_id,
                 "attachments": [a.filename for a in attachments],
                 "preview_cid": preview.cid if preview else None,
+                "attach": privacy.attach,
+                "status_url": status_page_url(self.config),
             },
         )
         return build_message(

@@ -8,7 +8,10 @@ Kinds, after HylaFAX's fixed vocabulary of outcomes, one template set each:
 
 A report goes to the envelope sender of the original message (notify.cc in copy), threads under
 it (In-Reply-To/References = its Message-ID), keeps the user's subject in its own, and attaches
-the faxed document as PDF unless notify.attach_document is off. Each is queued in the outbox
+the faxed document as PDF unless notify.attach_document is off, and (delivered and failed) the
+transmission report of gateway/outbound/transmission.py unless notify.transmission_report is
+off. The sender's privacy mode (notify.attach, or theirs in [senders]) says whether those go
+in clear, encrypted or not at all (gateway/mailout/privacy.py). Each is queued in the outbox
 under `report:<fax id>:<kind>`, so however often it is asked for it goes out once.
 
 `ReportsWorker` finds every fax that reached a final state, whichever way (webhook,
@@ -20,11 +23,14 @@ which is a no-op, and the stored document is not cleaned before that mark.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import unicodedata
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+
+from PIL import Image
 
 from gateway import log
 from gateway.addresses import clean_address
@@ -32,11 +38,14 @@ from gateway.carrier.faxerrors import describe
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import tiff_to_pdf
+from gateway.document.preview import first_page_png
 from gateway.failpoints import failpoint
 from gateway.mailout.message import MailAttachment, build_message, clean_subject
 from gateway.mailout.outbox import mail_status, queue_mail
+from gateway.mailout.privacy import Privacy, protect, report_privacy, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
+from gateway.outbound.transmission import PAGE1_WIDTH, Transmission, render_transmission_report
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
@@ -131,8 +140,14 @@ def compose_report(
     to: list[str],
     cc: list[str],
 ) -> EmailMessage:
-    """The report mail. Blocking (reads and may convert the document): run in a thread."""
-    attachment = _document(config, job, fax) if kind != QUEUED else None
+    """The report mail. Blocking (reads and may convert the document): run in a thread.
+
+    What it carries follows the sender's privacy mode (gateway/mailout/privacy.py): the
+    document (notify.attach_document) and the transmission report (notify.transmission_report,
+    delivered and failed reports), both encrypted under "encrypted-pdf"; under "none" neither
+    the document nor a picture of it (the transmission report goes without page 1).
+    """
+    privacy = report_privacy(config, job.sender)
     moment = fax.submitted_at if kind == QUEUED else (fax.finished_at or fax.updated_at)
     context: dict[str, object] = {
         "number": fax.recipient,
@@ -144,17 +159,28 @@ def compose_report(
         "subject": job.subject,
         "sender": job.sender,
         "job_id": job.id,
-        "document_attached": attachment is not None,
+        "attach": privacy.attach,
+        "status_url": status_page_url(config),
     }
     if kind == FAILED:
         context.update(failure_details(fax))
+    document: MailAttachment | None = None
+    report: MailAttachment | None = None
+    if kind != QUEUED:
+        read = _read_document(job) if privacy.carries_document else None
+        document = _document(config, job, fax, privacy, read)
+        if config.notify.transmission_report:
+            report = _transmission_report(config, job, fax, kind, context, privacy, read)
+    attachments = [a for a in (document, report) if a is not None]
+    context["document_attached"] = document is not None
+    context["transmission_report_attached"] = report is not None
     rendered = renderer.render(kind, context)
     return build_message(
         from_address=config.relay.from_address,
         to=to,
         cc=cc,
         rendered=rendered,
-        attachments=[attachment] if attachment else [],
+        attachments=attachments,
         in_reply_to=job.message_id or None,
         message_id_domain=config.smtp.domain,
     )
@@ -212,24 +238,102 @@ def plain_words(text: str | None) -> str | None:
     return clean_subject(visible, limit=MAX_WORDS_CHARS) or None
 
 
-def _document(config: Config, job: Job, fax: Fax) -> MailAttachment | None:
-    """The faxed document as a PDF attachment, or None (not wanted, or no longer there)."""
-    if not config.notify.attach_document or job.document_path is None:
+def _document(
+    config: Config, job: Job, fax: Fax, privacy: Privacy, read: tuple[bytes, str] | None
+) -> MailAttachment | None:
+    """The faxed document (`read`) as a PDF attachment, encrypted if the mode says so; None
+    when not wanted, not allowed, no longer there, or not a PDF where only an encrypted PDF
+    may go."""
+    if not config.notify.attach_document or not privacy.carries_document or read is None:
         return None
-    try:
-        data = Path(job.document_path).read_bytes()
-    except OSError as exc:
-        # The report matters more than its attachment: it goes without.
-        logger.warning("report.document_unreadable", job_id=job.id, error=str(exc))
-        return None
-    kind = kinds.sniff(data) or job.document_type or "application/octet-stream"
+    data, kind = read
     if kind == kinds.TIFF:
         try:
             data, kind = tiff_to_pdf(data), kinds.PDF
         except Exception as exc:
             logger.warning("report.convert_failed", job_id=job.id, error=str(exc))
     digits = "".join(c for c in fax.recipient if c.isdigit())
-    return MailAttachment(f"fax-to-{digits}{kinds.extension(kind)}", kind, data)
+    attachment = MailAttachment(f"fax-to-{digits}{kinds.extension(kind)}", kind, data)
+    try:
+        return protect(attachment, privacy)
+    except Exception as exc:
+        # The report matters more than its attachment: it goes without, never in clear.
+        logger.warning("report.document_left_out", job_id=job.id, error=_reason(exc))
+        return None
+
+
+def _read_document(job: Job) -> tuple[bytes, str] | None:
+    """The document's bytes and type, or None (logged) when it is no longer readable."""
+    if job.document_path is None:
+        return None
+    try:
+        data = Path(job.document_path).read_bytes()
+    except OSError as exc:
+        logger.warning("report.document_unreadable", job_id=job.id, error=str(exc))
+        return None
+    return data, kinds.sniff(data) or job.document_type or "application/octet-stream"
+
+
+def _transmission_report(
+    config: Config,
+    job: Job,
+    fax: Fax,
+    kind: str,
+    context: dict[str, object],
+    privacy: Privacy,
+    read: tuple[bytes, str] | None,
+) -> MailAttachment | None:
+    """The fax machine's confirmation page as an attachment, locked like the document."""
+    moment = context["time"]
+    details = context if kind == FAILED else {}
+    transmission = Transmission(
+        delivered=kind == DELIVERED,
+        moment=moment.astimezone(config.notify.zone) if isinstance(moment, datetime) else None,
+        sender=job.sender,
+        from_number=job.from_number,
+        destination=fax.recipient,
+        pages=fax.pages,
+        document_pages=job.pages,
+        duration=fax.duration,
+        code=fax.error_code,
+        description=str(details.get("error_description") or "delivered"),
+        carrier_id=fax.carrier_id,
+        job_id=job.id,
+        attempts=fax.carrier_attempts,
+    )
+    page1, note = None, "Page 1 is not shown: this report goes without the document's content."
+    if privacy.carries_document:
+        page1, note = _page1(job, read)
+    try:
+        data = render_transmission_report(
+            transmission, page1, paper=config.fax.paper, without_page1=note
+        )
+        digits = "".join(c for c in fax.recipient if c.isdigit())
+        return protect(
+            MailAttachment(f"transmission-report-{digits}.pdf", kinds.PDF, data), privacy
+        )
+    except Exception as exc:
+        logger.warning("report.transmission_report_failed", job_id=job.id, error=_reason(exc))
+        return None
+
+
+def _page1(job: Job, read: tuple[bytes, str] | None) -> tuple[Image.Image | None, str]:
+    """The reduced picture of page 1 of the document sent, or None and why not."""
+    if read is None:
+        return None, "Page 1 is not shown: the document is no longer kept."
+    data, kind = read
+    try:
+        png = first_page_png(data, kind, width=PAGE1_WIDTH)
+        with Image.open(io.BytesIO(png)) as image:
+            return image.convert("L"), ""
+    except Exception as exc:
+        logger.warning("report.page1_failed", job_id=job.id, error=_reason(exc))
+        return None, "Page 1 is not shown: the document could not be rendered."
+
+
+def _reason(exc: Exception) -> str:
+    # The exception's type and message only: never the data it was given.
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class Reporter:
