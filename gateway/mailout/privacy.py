@@ -72,11 +72,10 @@ def inbound_privacy(config: Config, to_number: str) -> Privacy:
 def protect(attachment: MailAttachment, privacy: Privacy) -> MailAttachment:
     """`attachment` as the mode lets it go: as it is, or as an encrypted PDF.
 
-    Raises PrivacyError for a file that is not a PDF under "encrypted-pdf", or for any file
-    under "none" (callers leave documents out before they get here).
+    Callers leave the document (and pictures of it) out under "none" before they get here:
+    `carries_document` says so. Raises PrivacyError for a file that is not a PDF under
+    "encrypted-pdf": it is left out, never sent in clear.
     """
-    if not privacy.carries_document:
-        raise PrivacyError("attach = 'none': no file goes with this mail")
     if not privacy.encrypted:
         return attachment
     if attachment.content_type != kinds.PDF or privacy.password is None:
