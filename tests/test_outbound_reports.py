@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -477,3 +478,32 @@ async def test_no_transmission_report_when_switched_off(start_reports: Callable[
     [message] = await reports.settle()
     assert [name for name, _t, _d in attachments(message)] == ["fax-to-12015550123.pdf"]
     assert "transmission report" not in message.get_body(("plain",)).get_content()
+
+
+async def test_a_picture_to_be_encrypted_goes_as_an_encrypted_pdf(
+    start_reports: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Under "encrypted-pdf" a PNG document becomes a PDF and is locked, never sent in clear;
+    the transmission report shows its page 1 all the same."""
+    password = tmp_path / "reports.pw"
+    password.write_text("picture-password-1\n")
+    reports = await start_reports(
+        {"notify": {"attach": "encrypted-pdf", "password_file": str(password)}}
+    )
+    job, fax = await reports.job()
+    assert job.document_path is not None
+    job.document_path.write_bytes(samples.png())
+    await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
+    [message] = await reports.settle()
+    found = attachments(message)
+    assert [(name, kind) for name, kind, _d in found] == [
+        ("fax-to-12015550123.pdf", "application/pdf"),
+        ("transmission-report-12015550123.pdf", "application/pdf"),
+    ]
+    for _name, _kind, data in found:
+        reader = PdfReader(io.BytesIO(data))
+        assert reader.is_encrypted
+        assert reader.decrypt("picture-password-1") != PasswordType.NOT_DECRYPTED
+    report = PdfReader(io.BytesIO(found[1][2]))
+    report.decrypt("picture-password-1")
+    assert len(report.pages[0].images) == 1

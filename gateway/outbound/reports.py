@@ -37,7 +37,7 @@ from gateway.addresses import clean_address
 from gateway.carrier.faxerrors import describe
 from gateway.config import Config
 from gateway.document import kinds
-from gateway.document.convert import tiff_to_pdf
+from gateway.document.convert import images_to_pdf, natural_layout, tiff_to_pdf
 from gateway.document.preview import first_page_png
 from gateway.failpoints import failpoint
 from gateway.mailout.message import MailAttachment, build_message, clean_subject
@@ -247,9 +247,14 @@ def _document(
     if not config.notify.attach_document or not privacy.carries_document or read is None:
         return None
     data, kind = read
-    if kind == kinds.TIFF:
+    # A TIFF always goes as a PDF; a picture too when it is to be encrypted (only a PDF can).
+    if kind == kinds.TIFF or (privacy.encrypted and kind in (kinds.PNG, kinds.JPEG)):
         try:
-            data, kind = tiff_to_pdf(data), kinds.PDF
+            if kind == kinds.TIFF:
+                data = tiff_to_pdf(data)
+            else:
+                data = images_to_pdf(data, layout=natural_layout(), first_frame_only=True)
+            kind = kinds.PDF
         except Exception as exc:
             logger.warning("report.convert_failed", job_id=job.id, error=str(exc))
     digits = "".join(c for c in fax.recipient if c.isdigit())
