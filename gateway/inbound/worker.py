@@ -276,7 +276,12 @@ class InboundWorker(QueueWorker):
         except Exception as exc:
             return await self._mail_failed(fax, exc)
         await self.db.run(mark_mailed, fax.id, self.clock())
-        logger.info("inbound.mailed", recipients=len(recipients), already_queued=not queued)
+        logger.info(
+            "inbound.mailed",
+            recipients=len(recipients),
+            already_queued=not queued,
+            attach=inbound_privacy(self.config, fax.to_number).attach,
+        )
         return 1
 
     def _compose(self, fax: InboundFax, data: bytes, recipients: tuple[str, ...]) -> EmailMessage:

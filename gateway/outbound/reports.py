@@ -115,7 +115,8 @@ async def report_fax(
         db, outbox_dir, key=key, kind=kind, message=message, recipients=[*to, *cc]
     )
     if queued:
-        logger.info("report.queued", kind=kind, fax_id=fax.id, job_id=job.id)
+        attach = report_privacy(config, job.sender).attach
+        logger.info("report.queued", kind=kind, fax_id=fax.id, job_id=job.id, attach=attach)
     return queued
 
 
