@@ -78,8 +78,8 @@ def attachments_for(
     kind = kinds.sniff(data)
     if kind != kinds.TIFF:
         content_type = kind or "application/octet-stream"
-        result = [MailAttachment(stem + kinds.extension(content_type), content_type, data)]
-        return [protect(a, privacy) for a in result]
+        attachment = MailAttachment(stem + kinds.extension(content_type), content_type, data)
+        return [protect(attachment, privacy)]
     result: list[MailAttachment] = []
     if attach_format in ("pdf", "both") or privacy.encrypted:
         try:

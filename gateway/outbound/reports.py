@@ -23,14 +23,11 @@ which is a no-op, and the stored document is not cleaned before that mark.
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 import unicodedata
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-
-from PIL import Image
 
 from gateway import log
 from gateway.addresses import clean_address
@@ -38,14 +35,13 @@ from gateway.carrier.faxerrors import describe
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import images_to_pdf, natural_layout, tiff_to_pdf
-from gateway.document.preview import first_page_png
 from gateway.failpoints import failpoint
 from gateway.mailout.message import MailAttachment, build_message, clean_subject
 from gateway.mailout.outbox import mail_status, queue_mail
 from gateway.mailout.privacy import Privacy, protect, report_privacy, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
-from gateway.outbound.transmission import PAGE1_WIDTH, Transmission, render_transmission_report
+from gateway.outbound.transmission import transmission_attachment
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
@@ -171,7 +167,16 @@ def compose_report(
         read = _read_document(job) if privacy.carries_document else None
         document = _document(config, job, fax, privacy, read)
         if config.notify.transmission_report:
-            report = _transmission_report(config, job, fax, kind, context, privacy, read)
+            when = context["time"]
+            report = transmission_attachment(
+                config,
+                job,
+                fax,
+                moment=when if isinstance(when, datetime) else None,
+                description=str(context.get("error_description") or "delivered"),
+                privacy=privacy,
+                document=read,
+            )
     attachments = [a for a in (document, report) if a is not None]
     context["document_attached"] = document is not None
     context["transmission_report_attached"] = report is not None
@@ -278,63 +283,6 @@ def _read_document(job: Job) -> tuple[bytes, str] | None:
         logger.warning("report.document_unreadable", job_id=job.id, error=str(exc))
         return None
     return data, kinds.sniff(data) or job.document_type or "application/octet-stream"
-
-
-def _transmission_report(
-    config: Config,
-    job: Job,
-    fax: Fax,
-    kind: str,
-    context: dict[str, object],
-    privacy: Privacy,
-    read: tuple[bytes, str] | None,
-) -> MailAttachment | None:
-    """The fax machine's confirmation page as an attachment, locked like the document."""
-    moment = context["time"]
-    details = context if kind == FAILED else {}
-    transmission = Transmission(
-        delivered=kind == DELIVERED,
-        moment=moment.astimezone(config.notify.zone) if isinstance(moment, datetime) else None,
-        sender=job.sender,
-        from_number=job.from_number,
-        destination=fax.recipient,
-        pages=fax.pages,
-        document_pages=job.pages,
-        duration=fax.duration,
-        code=fax.error_code,
-        description=str(details.get("error_description") or "delivered"),
-        carrier_id=fax.carrier_id,
-        job_id=job.id,
-        attempts=fax.carrier_attempts,
-    )
-    page1, note = None, "Page 1 is not shown: this report goes without the document's content."
-    if privacy.carries_document:
-        page1, note = _page1(job, read)
-    try:
-        data = render_transmission_report(
-            transmission, page1, paper=config.fax.paper, without_page1=note
-        )
-        digits = "".join(c for c in fax.recipient if c.isdigit())
-        return protect(
-            MailAttachment(f"transmission-report-{digits}.pdf", kinds.PDF, data), privacy
-        )
-    except Exception as exc:
-        logger.warning("report.transmission_report_failed", job_id=job.id, error=_reason(exc))
-        return None
-
-
-def _page1(job: Job, read: tuple[bytes, str] | None) -> tuple[Image.Image | None, str]:
-    """The reduced picture of page 1 of the document sent, or None and why not."""
-    if read is None:
-        return None, "Page 1 is not shown: the document is no longer kept."
-    data, kind = read
-    try:
-        png = first_page_png(data, kind, width=PAGE1_WIDTH)
-        with Image.open(io.BytesIO(png)) as image:
-            return image.convert("L"), ""
-    except Exception as exc:
-        logger.warning("report.page1_failed", job_id=job.id, error=_reason(exc))
-        return None, "Page 1 is not shown: the document could not be rendered."
 
 
 def _reason(exc: Exception) -> str:

@@ -8,7 +8,10 @@ fax id, the gateway's job id, the attempts, and a reduced picture of page 1 of w
 monospaced look of a fax machine's printout, so it reads the same printed in black and white.
 All text is real text (fpdf2's core fonts), so it can be searched and read by programs.
 
-Pure: values and bytes in, PDF bytes out. Blocking (rendering): run in a thread.
+`render_transmission_report` is pure (values and a picture in, PDF bytes out);
+`transmission_attachment` gathers those values from a job and its fax and locks the result like
+the document under "encrypted-pdf" (under "none" it goes without the picture of page 1). Both
+block (rendering): run them in a thread.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from datetime import datetime
 from fpdf import FPDF
 from PIL import Image
 
+from gateway import log
+from gateway.config import Config
+from gateway.document import kinds
+from gateway.document.preview import first_page_png
+from gateway.mailout.message import MailAttachment
+from gateway.mailout.privacy import Privacy, protect
 from gateway.numbers import pretty
+from gateway.store.records import Fax, FaxState, Job
+
+logger = log.get_logger(__name__)
 
 TITLE = "TRANSMISSION VERIFICATION REPORT"
 # Page sizes in points, as config.fax.paper names them.
@@ -50,6 +62,69 @@ class Transmission:
     carrier_id: str | None
     job_id: str
     attempts: int | None
+
+
+def transmission_attachment(
+    config: Config,
+    job: Job,
+    fax: Fax,
+    *,
+    moment: datetime | None,
+    description: str,
+    privacy: Privacy,
+    document: tuple[bytes, str] | None,
+) -> MailAttachment | None:
+    """The report on `fax` (final) as `transmission-report-<digits>.pdf`, or None (logged)
+    if it cannot be made. `document` is the document sent (bytes, type), None when it is gone
+    or the privacy mode keeps its content out of the mail."""
+    transmission = Transmission(
+        delivered=fax.state is FaxState.DELIVERED,
+        moment=moment.astimezone(config.notify.zone) if moment else None,
+        sender=job.sender,
+        from_number=job.from_number,
+        destination=fax.recipient,
+        pages=fax.pages,
+        document_pages=job.pages,
+        duration=fax.duration,
+        code=fax.error_code,
+        description=description,
+        carrier_id=fax.carrier_id,
+        job_id=job.id,
+        attempts=fax.carrier_attempts,
+    )
+    page1, note = None, "Page 1 is not shown: this report goes without the document's content."
+    if privacy.carries_document:
+        page1, note = _page1(job, document)
+    try:
+        data = render_transmission_report(
+            transmission, page1, paper=config.fax.paper, without_page1=note
+        )
+        digits = "".join(c for c in fax.recipient if c.isdigit())
+        return protect(
+            MailAttachment(f"transmission-report-{digits}.pdf", kinds.PDF, data), privacy
+        )
+    except Exception as exc:
+        logger.warning("report.transmission_report_failed", job_id=job.id, error=_reason(exc))
+        return None
+
+
+def _page1(job: Job, document: tuple[bytes, str] | None) -> tuple[Image.Image | None, str]:
+    """The reduced picture of page 1 of the document sent, or None and why not."""
+    if document is None:
+        return None, "Page 1 is not shown: the document is no longer kept."
+    data, kind = document
+    try:
+        png = first_page_png(data, kind, width=PAGE1_WIDTH)
+        with Image.open(io.BytesIO(png)) as image:
+            return image.convert("L"), ""
+    except Exception as exc:
+        logger.warning("report.page1_failed", job_id=job.id, error=_reason(exc))
+        return None, "Page 1 is not shown: the document could not be rendered."
+
+
+def _reason(exc: Exception) -> str:
+    # The exception's type and message only: never the data it was given.
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def render_transmission_report(
