@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -507,6 +508,8 @@ class NotifyConfig(PrivacySection):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
+        if value == "UTC":
+            return value
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
@@ -516,8 +519,9 @@ class NotifyConfig(PrivacySection):
         return value
 
     @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
+    def zone(self) -> tzinfo:
+        # UTC needs no time zone database (a minimal system may have none).
+        return UTC if self.timezone == "UTC" else ZoneInfo(self.timezone)
 
 
 class WebhooksConfig(Section):
