@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from pydantic import (
@@ -21,8 +24,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -313,9 +318,95 @@ class RelayConfig(Section):
         return self
 
 
-class InboundConfig(Section):
+# What a mail carries of a fax (delivery reports, inbound faxes): the document as a PDF, the
+# document as a PDF encrypted with a password (AES-256, PDF 2.0 / R6), or no document at all.
+AttachMode = Literal["pdf", "encrypted-pdf", "none"]
+ATTACH_PDF = "pdf"
+ATTACH_ENCRYPTED = "encrypted-pdf"
+ATTACH_NONE = "none"
+
+# Shortest password an encrypted PDF is locked with: a short one is guessed offline in hours.
+MIN_PDF_PASSWORD_CHARS = 8
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class PrivacySection(Section):
+    """A privacy mode: `attach`, and for "encrypted-pdf" where its password is kept.
+
+    The password is never written in the configuration itself: password_env names an
+    environment variable, password_file a file (read at load and at each reload, trailing
+    newline dropped). It is held as a SecretStr (`password`) and registered with the log
+    redactor with the other secrets. `attach` None (senders, routes) means: as the section
+    above says.
+    """
+
+    attach: AttachMode | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @property
+    def password(self) -> SecretStr | None:
+        return self._password
+
+    @model_validator(mode="after")
+    def _password_source(self, info: ValidationInfo) -> PrivacySection:
+        named = [key for key in ("password_env", "password_file") if getattr(self, key)]
+        if self.attach != ATTACH_ENCRYPTED:
+            if named:
+                raise ValueError(f"{named[0]} is only used with attach = 'encrypted-pdf'")
+            return self
+        if len(named) != 1:
+            raise ValueError(
+                "attach = 'encrypted-pdf' needs its password from password_env or password_file"
+                " (one of them; never the password itself)"
+            )
+        env = (info.context or {}).get("env")
+        self._password = SecretStr(_read_password(self.password_env, self.password_file, env))
+        return self
+
+
+def _read_password(variable: str | None, path: Path | None, env: Mapping[str, str] | None) -> str:
+    """The password from the environment or its file; errors name where, never the value."""
+    if variable is not None:
+        if not _ENV_NAME.fullmatch(variable):
+            raise ValueError(f"password_env {variable!r} is not an environment variable name")
+        value = (os.environ if env is None else env).get(variable, "")
+        where = f"${variable}"
+    else:
+        assert path is not None
+        try:
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"password_file {str(path)!r} cannot be read: {reason}") from None
+        where = f"password_file {str(path)!r}"
+    if not value:
+        raise ValueError(f"{where} is empty or not set: it must hold the PDF password")
+    if len(value) < MIN_PDF_PASSWORD_CHARS:
+        raise ValueError(f"the password in {where} is shorter than {MIN_PDF_PASSWORD_CHARS}")
+    return value
+
+
+def _route_table(value: Any) -> Any:
+    # The list form `"+12015550101" = ["a@x"]` is a route with recipients only.
+    return {"recipients": value} if isinstance(value, list | tuple) else value
+
+
+class RouteConfig(PrivacySection):
+    """Where faxes to one number go, and in which privacy mode (None: inbound.attach)."""
+
+    recipients: tuple[EmailAddress, ...] = ()
+
+
+InboundRoute = Annotated[RouteConfig, BeforeValidator(_route_table)]
+
+
+class InboundConfig(PrivacySection):
     default_recipients: tuple[EmailAddress, ...] = ()
-    routes: dict[FaxNumber, tuple[EmailAddress, ...]] = Field(default_factory=dict)
+    # `"+1..." = ["a@x"]`, or a table [inbound.routes."+1..."] with recipients, attach, password.
+    routes: dict[FaxNumber, InboundRoute] = Field(default_factory=dict)
+    attach: AttachMode = ATTACH_PDF
     attach_format: Literal["pdf", "tiff", "both"] = "pdf"
     max_attempts: int = Field(default=10, ge=1)
     max_download_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
@@ -339,6 +430,29 @@ class InboundConfig(Section):
         if not value or value.startswith("/") or ".." in value.split("/"):
             raise ValueError(f"{value!r} is not an object key prefix such as 'archive/'")
         return value
+
+    def route(self, to_number: str) -> RouteConfig | None:
+        """The route of the number called ('+' optional), or None."""
+        return self.routes.get(to_number if to_number.startswith("+") else "+" + to_number)
+
+    @model_validator(mode="after")
+    def _no_tiff_with_encryption(self) -> InboundConfig:
+        # Only a PDF can be locked with a password: a TIFF beside it would carry the fax open.
+        if self.attach_format == "pdf":
+            return self
+        if self.attach == ATTACH_ENCRYPTED:
+            raise ValueError(
+                f"attach_format {self.attach_format!r} is not offered with attach ="
+                " 'encrypted-pdf' (a TIFF cannot be encrypted): use attach_format = 'pdf'"
+            )
+        for number, route in self.routes.items():
+            if route.attach == ATTACH_ENCRYPTED:
+                raise ValueError(
+                    f"routes.{number} has attach = 'encrypted-pdf', which attach_format"
+                    f" {self.attach_format!r} does not allow (a TIFF cannot be encrypted):"
+                    " use attach_format = 'pdf'"
+                )
+        return self
 
 
 class DataConfig(Section):
@@ -396,7 +510,7 @@ class CoverConfig(Section):
     template: str = "cover.txt.j2"
 
 
-class NotifyConfig(Section):
+class NotifyConfig(PrivacySection):
     on_success: bool = True
     on_failure: bool = True
     on_queued: bool = False
@@ -406,6 +520,12 @@ class NotifyConfig(Section):
     # for every dead letter and held job, and a daily summary at summary_time (HH:MM, UTC).
     admin: tuple[EmailAddress, ...] = ()
     summary_time: str = "07:00"
+    # How delivery reports carry the document and the transmission report (senders may differ).
+    attach: AttachMode = ATTACH_PDF
+    # A fax machine's confirmation page (PDF) with every delivered or failed report.
+    transmission_report: bool = True
+    # The zone its date and time are printed in (IANA name: "America/New_York").
+    timezone: str = "UTC"
 
     @field_validator("summary_time")
     @classmethod
@@ -422,6 +542,24 @@ class NotifyConfig(Section):
         """summary_time as minutes after midnight (UTC)."""
         hours, _, minutes = self.summary_time.partition(":")
         return int(hours) * 60 + int(minutes)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value == "UTC":
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a time zone such as 'UTC' or 'Europe/Berlin'"
+            ) from None
+        return value
+
+    @property
+    def zone(self) -> tzinfo:
+        # UTC needs no time zone database (a minimal system may have none).
+        return UTC if self.timezone == "UTC" else ZoneInfo(self.timezone)
 
 
 class WebhooksConfig(Section):
@@ -450,8 +588,9 @@ class QueueConfig(Section):
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
 
 
-class SenderConfig(Section):
+class SenderConfig(PrivacySection):
     from_number: FaxNumber
+    # attach, password_env, password_file (PrivacySection): this sender's delivery reports.
 
 
 class Config(Section):
@@ -495,6 +634,8 @@ class Config(Section):
         """Every secret value in this configuration, for the log redactor."""
         values = [self.voxtelesys.api_key, self.http.webhook_token]
         values += [s for s in (self.relay.password, self.http.metrics_token) if s is not None]
+        privacy = [self.notify, self.inbound, *self.inbound.routes.values(), *self.senders.values()]
+        values += [p.password for p in privacy if p.password is not None]
         return [s.get_secret_value() for s in values if s.get_secret_value()]
 
 
@@ -531,7 +672,8 @@ def config_from_dict(data: dict[str, Any], env: Mapping[str, str] | None = None)
             if isinstance(section_data, dict):
                 section_data[key] = env[variable]
     try:
-        return Config.model_validate(data)
+        # The environment goes along for the PDF passwords (password_env).
+        return Config.model_validate(data, context={"env": env})
     except ValidationError as exc:
         raise ConfigError([_describe(error) for error in exc.errors()]) from None
 

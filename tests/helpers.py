@@ -88,6 +88,9 @@ OUTBOUND: dict[str, Any] = {
     "sender": "alice@example.com",
     "job_id": "20240619-153800-abcdef",
     "document_attached": True,
+    "transmission_report_attached": True,
+    "attach": "pdf",
+    "status_url": None,
 }
 FAILED: dict[str, Any] = {
     **OUTBOUND,
@@ -104,6 +107,8 @@ RECEIVED: dict[str, Any] = {
     "carrier_id": "in-42",
     "attachments": ["fax-2024-06-19-1538-from-15556668888.pdf"],
     "preview_cid": "page1.in-42@fax.local",
+    "attach": "pdf",
+    "status_url": None,
 }
 
 

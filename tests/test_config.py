@@ -22,7 +22,10 @@ def test_example_config_is_valid() -> None:
     config = load_config(ROOT / "config" / "gateway.example.toml", env={})
     assert config.smtp.domain == "fax.local"
     assert config.senders["alice@example.com"].from_number == "+12015550103"
-    assert config.inbound.routes["+12015550102"] == ("billing@example.com", "boss@example.com")
+    assert config.inbound.routes["+12015550102"].recipients == (
+        "billing@example.com",
+        "boss@example.com",
+    )
 
 
 def test_defaults_fill_optional_sections(config_data: dict[str, Any]) -> None:
@@ -197,7 +200,10 @@ def test_route_key_must_be_a_number(config_data: dict[str, Any]) -> None:
 def test_route_keys_are_normalised(config_data: dict[str, Any]) -> None:
     """Route numbers written any way people write them become E.164."""
     data = merge(config_data, {"inbound": {"routes": {"+1 (201) 555-0199": ["a@example.com"]}}})
-    assert config_from_dict(data, env={}).inbound.routes == {"+12015550199": ("a@example.com",)}
+    routes = config_from_dict(data, env={}).inbound.routes
+    assert {number: route.recipients for number, route in routes.items()} == {
+        "+12015550199": ("a@example.com",)
+    }
 
 
 @pytest.mark.parametrize(
@@ -300,3 +306,138 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[smtp\nlisten=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+# -- privacy modes (attach) ----------------------------------------------------------------------
+
+PDF_PASSWORD = "Seven-Horses-Jump"
+ROUTE = "+12015550101"
+
+
+def test_routes_take_the_list_form_and_the_table_form_side_by_side(
+    config_data: dict[str, Any],
+) -> None:
+    """A route is a list of addresses or a table with recipients, attach and its password,
+    whose value comes from the environment variable it names and is a registered secret."""
+    routes = {
+        ROUTE: ["sales@example.com"],
+        "+12015550102": {
+            "recipients": ["records@example.com"],
+            "attach": "encrypted-pdf",
+            "password_env": "FAXGW_PW_RECORDS",
+        },
+    }
+    data = merge(config_data, {"inbound": {"routes": routes}})
+    config = config_from_dict(data, env={"FAXGW_PW_RECORDS": PDF_PASSWORD})
+    plain, locked = config.inbound.route(ROUTE), config.inbound.route("12015550102")
+    assert plain is not None and locked is not None
+    assert (plain.recipients, plain.attach, plain.password) == (("sales@example.com",), None, None)
+    assert locked.recipients == ("records@example.com",)
+    assert locked.password is not None and locked.password.get_secret_value() == PDF_PASSWORD
+    assert PDF_PASSWORD in config.secrets()
+    assert PDF_PASSWORD not in repr(config) and PDF_PASSWORD not in str(locked)
+
+
+def test_a_password_file_is_read_without_its_newline(
+    config_data: dict[str, Any], tmp_path: Path
+) -> None:
+    """password_file holds the password; the newline an editor adds is not part of it."""
+    path = tmp_path / "reports.pw"
+    path.write_text(PDF_PASSWORD + "\n")
+    data = merge(
+        config_data,
+        {"notify": {"attach": "encrypted-pdf", "password_file": str(path)}},
+    )
+    password = config_from_dict(data, env={}).notify.password
+    assert password is not None and password.get_secret_value() == PDF_PASSWORD
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        (
+            {"notify": {"attach": "encrypted-pdf"}},
+            "notify: attach = 'encrypted-pdf' needs its password from password_env or"
+            " password_file (one of them; never the password itself)",
+        ),
+        (
+            {"notify": {"password": PDF_PASSWORD}},
+            "notify.password: unknown key (misspelt, or in the wrong section?)",
+        ),
+        (
+            {"notify": {"password_env": "FAXGW_PW"}},
+            "notify: password_env is only used with attach = 'encrypted-pdf'",
+        ),
+        (
+            {"notify": {"attach": "encrypted-pdf", "password_env": "FAXGW_UNSET"}},
+            "notify: $FAXGW_UNSET is empty or not set: it must hold the PDF password",
+        ),
+        (
+            {"notify": {"attach": "encrypted-pdf", "password_env": "FAXGW_SHORT"}},
+            "notify: the password in $FAXGW_SHORT is shorter than 8",
+        ),
+        (
+            {"notify": {"attach": "encrypted-pdf", "password_file": "/nonexistent/pw"}},
+            "notify: password_file '/nonexistent/pw' cannot be read: No such file or directory",
+        ),
+        (
+            {"notify": {"attach": "zip"}},
+            "notify.attach: input should be 'pdf', 'encrypted-pdf' or 'none'",
+        ),
+        (
+            {"notify": {"timezone": "Mars/Olympus_Mons"}},
+            "notify.timezone: 'Mars/Olympus_Mons' is not a time zone such as 'UTC' or"
+            " 'Europe/Berlin'",
+        ),
+        (
+            {
+                "inbound": {
+                    "attach": "encrypted-pdf",
+                    "password_env": "FAXGW_PW",
+                    "attach_format": "both",
+                }
+            },
+            "inbound: attach_format 'both' is not offered with attach = 'encrypted-pdf' (a TIFF"
+            " cannot be encrypted): use attach_format = 'pdf'",
+        ),
+        (
+            {
+                "inbound": {
+                    "attach_format": "tiff",
+                    "routes": {
+                        ROUTE: {
+                            "recipients": ["records@example.com"],
+                            "attach": "encrypted-pdf",
+                            "password_env": "FAXGW_PW",
+                        }
+                    },
+                }
+            },
+            f"inbound: routes.{ROUTE} has attach = 'encrypted-pdf', which attach_format 'tiff'"
+            " does not allow (a TIFF cannot be encrypted): use attach_format = 'pdf'",
+        ),
+        (
+            {
+                "senders": {
+                    "alice@example.com": {
+                        "from_number": "+12015550103",
+                        "attach": "encrypted-pdf",
+                        "password_env": "FAXGW PW",
+                    }
+                }
+            },
+            "senders.\"alice@example.com\": password_env 'FAXGW PW' is not an environment"
+            " variable name",
+        ),
+    ],
+)
+def test_privacy_settings_are_checked_at_load(
+    config_data: dict[str, Any], override: dict[str, Any], problem: str
+) -> None:
+    """Every way to get attach or its password wrong is one clear line; no line repeats a
+    password, and TIFF attachments are refused beside encryption."""
+    env = {"FAXGW_PW": PDF_PASSWORD, "FAXGW_SHORT": "abc1234"}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(merge(config_data, override), env=env)
+    assert info.value.problems == [problem]
+    assert PDF_PASSWORD not in str(info.value) and "abc1234" not in str(info.value)

@@ -88,9 +88,10 @@ async def test_delivered_report_threads_under_the_original_with_the_document(
     text = message.get_body(("plain",)).get_content()
     for fact in ("+1 201-555-0123", "Pages:        3", "1 min 30 s", fax.carrier_id, job.id):
         assert fact in text
-    [(name, content_type, data)] = attachments(message)
+    [(name, content_type, data), (report, _type, _data)] = attachments(message)
     assert (name, content_type) == ("fax-to-12015550123.pdf", "application/pdf")
     assert data == gateway.documents[job.id]
+    assert report == "transmission-report-12015550123.pdf"
     stored = await gateway.fax(fax.id)
     assert stored.state is FaxState.DELIVERED and stored.reported_at is not None
 
@@ -116,7 +117,10 @@ async def test_failed_report_says_why_and_whether_to_try_again(
     text = other.get_body(("plain",)).get_content()
     assert "(error 5108)" in text
     assert "will most likely fail the same way" in text
-    assert [name for name, _t, _d in attachments(other)] == ["fax-to-12015550188.pdf"]
+    assert [name for name, _t, _d in attachments(other)] == [
+        "fax-to-12015550188.pdf",
+        "transmission-report-12015550188.pdf",
+    ]
     assert (await gateway.fax(busy.id)).error_code == 5109
 
 

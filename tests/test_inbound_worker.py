@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway.config import Address, Config
+from gateway.config import Address, Config, RouteConfig
 from gateway.inbound.compose import shown_number
 from gateway.inbound.download import DownloadError, download
 from gateway.inbound.files import list_dead_letters, requeue_dead_letter
@@ -316,7 +316,8 @@ async def test_unrouted_fax_is_kept_until_a_route_exists(start_inbound: Callable
     assert await asyncio.to_thread(Path(row.file_path).exists)
     assert inbound.relay.messages == []
 
-    routes = {**inbound.config.inbound.routes, "+12015550199": ("night-desk@example.com",)}
+    night = RouteConfig(recipients=("night-desk@example.com",))
+    routes = {**inbound.config.inbound.routes, "+12015550199": night}
     inbound.reconfigure({"inbound": inbound.config.inbound.model_copy(update={"routes": routes})})
     inbound.clock.advance(inbound.config.queue.max_backoff_seconds)
     await inbound.settle()
@@ -555,3 +556,41 @@ async def test_the_mail_names_the_fax_and_shows_page_one(start_inbound: Callable
     assert name == "fax-2024-06-19-1538-from-unknown.pdf"
     [png] = [p for p in message.walk() if p.get_content_type() == "image/png"]
     assert png.get_content().startswith(b"\x89PNG")
+
+
+async def test_a_fax_that_cannot_be_encrypted_is_never_mailed_in_clear(
+    start_inbound: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A TIFF that cannot be made a PDF goes as a TIFF in "pdf" mode, but to a number whose
+    route encrypts it is retried, then dead-lettered: no mail at all."""
+    password = tmp_path / "records.pw"
+    password.write_text("records-password-9\n")
+    locked = {
+        "recipients": ["records@example.com"],
+        "attach": "encrypted-pdf",
+        "password_file": str(password),
+    }
+    inbound = await start_inbound(
+        {
+            "inbound": {
+                "max_attempts": 2,
+                "routes": {ROUTED: locked, "+12015550143": ["desk@example.com"]},
+            }
+        }
+    )
+    broken = b"II*\x00" + b"\x00" * 64  # a TIFF by its first bytes, nothing readable after
+    inbound.media.files["broken"] = broken
+    inbound.media.files["clear"] = broken
+    locked_id = await inbound.announce("broken")
+    await inbound.announce("clear", to="+12015550143")
+    await inbound.settle()
+    inbound.clock.advance(inbound.config.queue.max_backoff_seconds)
+    await inbound.settle()
+
+    [mail] = inbound.relay.messages
+    assert mail.rcpt_tos == ("desk@example.com",)
+    assert [(n.endswith(".tif"), t) for n, t, _d in attachments(mail.message)] == [
+        (True, "image/tiff")
+    ]
+    row = await inbound.row(locked_id)
+    assert row.state is InboundState.DEAD and "encrypted" in (row.error or "")

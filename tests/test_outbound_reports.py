@@ -7,16 +7,24 @@ do; reports go through the real outbox to a capturing relay.
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pypdfium2 as pdfium
 import pytest
+from PIL import ImageChops
+from pypdf import PasswordType, PdfReader
 
 from gateway.carrier.faxerrors import FAX_ERRORS, NOT_RETRYABLE
 from gateway.carrier.status import Outcome
 from gateway.config import Config
+from gateway.document.convert import PDFIUM_LOCK
 from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
 from gateway.mailout.templates import MailRenderer
@@ -220,7 +228,8 @@ async def test_delivered_report_goes_once_however_often_it_is_asked_for(
 async def test_copies_and_no_document_when_the_settings_say_so(
     start_reports: Callable[..., Any],
 ) -> None:
-    """notify.cc receives a copy; with attach_document off the document stays home."""
+    """notify.cc receives a copy; with attach_document off the document stays home (the
+    transmission report still goes)."""
     reports = await start_reports(
         {"notify": {"cc": ["records@example.com"], "attach_document": False}}
     )
@@ -231,8 +240,10 @@ async def test_copies_and_no_document_when_the_settings_say_so(
     assert mail.rcpt_tos == ("alice@example.com", "records@example.com")
     assert message["To"] == "alice@example.com"
     assert message["Cc"] == "records@example.com"
-    assert attachments(message) == []
-    assert "is attached" not in message.get_body(("plain",)).get_content()
+    assert [name for name, _t, _d in attachments(message)] == [
+        "transmission-report-12015550123.pdf"
+    ]
+    assert "document that was faxed is attached" not in message.get_body(("plain",)).get_content()
 
 
 async def test_which_reports_go_out_follows_notify(start_reports: Callable[..., Any]) -> None:
@@ -284,7 +295,10 @@ async def test_a_fax_failed_before_submission_gets_the_same_failure_report(
     text = message.get_body(("plain",)).get_content()
     assert "Fax id" not in text
     assert "will most likely fail the same way" in text
-    assert [name for name, _t, _d in attachments(message)] == ["fax-to-12015550123.pdf"]
+    assert [name for name, _t, _d in attachments(message)] == [
+        "fax-to-12015550123.pdf",
+        "transmission-report-12015550123.pdf",
+    ]
 
 
 async def test_a_cancelled_fax_is_not_reported(reports: Reports) -> None:
@@ -365,3 +379,131 @@ async def test_a_long_carrier_text_leaves_the_senders_subject_in_the_report(
     text = message.get_body(("plain",)).get_content()
     assert "\u202e" not in html and "\u202e" not in text
     assert "carrier says no " * 20 not in html
+
+
+# -- the transmission report -------------------------------------------------------------------
+
+
+def _pdf_text(data: bytes, password: str | None = None) -> str:
+    reader = PdfReader(io.BytesIO(data))
+    if password is not None:
+        assert reader.decrypt(password) != PasswordType.NOT_DECRYPTED
+    return " ".join(page.extract_text() for page in reader.pages)
+
+
+def _transmission_report(message: EmailMessage) -> bytes:
+    [data] = [d for name, _t, d in attachments(message) if name.startswith("transmission-")]
+    return data
+
+
+async def test_the_transmission_report_is_a_fax_machines_confirmation_page(
+    start_reports: Callable[..., Any],
+) -> None:
+    """A delivered fax's report carries a one-page PDF whose text states every fact (time in
+    notify.timezone) and which shows page 1 of what was sent, reduced, in shades of grey."""
+    reports = await start_reports({"notify": {"timezone": "America/New_York"}})
+    job, fax = await reports.job(sender="alice@example.com")
+    assert job.document_path is not None
+    job.document_path.write_bytes(samples.pdf(3, label="Referral"))
+    final = await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
+    [message] = await reports.settle()
+    data = _transmission_report(message)
+    reader = PdfReader(io.BytesIO(data))
+    assert len(reader.pages) == 1
+    text = " ".join(reader.pages[0].extract_text().split())
+    assert final.finished_at is not None
+    local = datetime.fromtimestamp(final.finished_at, ZoneInfo("America/New_York"))
+    for fact in (
+        "TRANSMISSION VERIFICATION REPORT",
+        "RESULT: OK",
+        f"DATE, TIME {local:%Y-%m-%d %H:%M:%S} E",  # EST or EDT, whichever it was
+        "SENDER alice@example.com",
+        "FROM FAX NO. +1 201-555-0100",
+        "TO FAX NO. +1 201-555-0123",
+        "PAGE(S) 3",
+        "DURATION 00:01:35",
+        "RESULT CODE none",
+        "DESCRIPTION delivered",
+        "ATTEMPTS 2",
+        f"CARRIER FAX ID {fax.carrier_id}",
+        f"GATEWAY JOB ID {job.id}",
+        "PAGE 1 (REDUCED)",
+    ):
+        assert fact in text, fact
+    # Page 1 is there as a picture: grey, page-shaped, with the sample's black box in it.
+    [picture] = reader.pages[0].images
+    image = picture.image
+    assert image is not None and image.mode == "L"
+    assert 1.2 < image.height / image.width < 1.4  # a letter page
+    dark = sum(image.histogram()[:64]) / (image.width * image.height)
+    assert 0.02 < dark < 0.2
+    # It prints the same in black and white: rendered, not one pixel has a colour.
+    with PDFIUM_LOCK:
+        document = pdfium.PdfDocument(data)
+        try:
+            rendered = document[0].render(scale=1).to_pil().convert("RGB")
+        finally:
+            document.close()
+    red, green, blue = rendered.split()
+    assert ImageChops.difference(red, green).getbbox() is None
+    assert ImageChops.difference(green, blue).getbbox() is None
+    plain = message.get_body(("plain",)).get_content()
+    assert "The transmission report" in plain
+
+
+async def test_a_failure_report_gets_the_code_and_description_on_its_transmission_report(
+    reports: Reports,
+) -> None:
+    """A failed fax's transmission report says FAILED, the pages that got through, the code
+    and the carrier's description of it."""
+    _job, fax = await reports.job()
+    await reports.finish(fax, "failed", Outcome.FAILED, 5109)
+    [message] = await reports.settle()
+    text = " ".join(_pdf_text(_transmission_report(message)).split())
+    for fact in (
+        "RESULT: FAILED",
+        "PAGE(S) 1 of 3",
+        "RESULT CODE 5109",
+        "DESCRIPTION far end is not able to receive",
+        "ATTEMPTS 2",
+    ):
+        assert fact in text, fact
+
+
+async def test_no_transmission_report_when_switched_off(start_reports: Callable[..., Any]) -> None:
+    """notify.transmission_report = false: the report carries the document only."""
+    reports = await start_reports({"notify": {"transmission_report": False}})
+    _job, fax = await reports.job()
+    await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
+    [message] = await reports.settle()
+    assert [name for name, _t, _d in attachments(message)] == ["fax-to-12015550123.pdf"]
+    assert "transmission report" not in message.get_body(("plain",)).get_content()
+
+
+async def test_a_picture_to_be_encrypted_goes_as_an_encrypted_pdf(
+    start_reports: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Under "encrypted-pdf" a PNG document becomes a PDF and is locked, never sent in clear;
+    the transmission report shows its page 1 all the same."""
+    password = tmp_path / "reports.pw"
+    password.write_text("picture-password-1\n")
+    reports = await start_reports(
+        {"notify": {"attach": "encrypted-pdf", "password_file": str(password)}}
+    )
+    job, fax = await reports.job()
+    assert job.document_path is not None
+    job.document_path.write_bytes(samples.png())
+    await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
+    [message] = await reports.settle()
+    found = attachments(message)
+    assert [(name, kind) for name, kind, _d in found] == [
+        ("fax-to-12015550123.pdf", "application/pdf"),
+        ("transmission-report-12015550123.pdf", "application/pdf"),
+    ]
+    for _name, _kind, data in found:
+        reader = PdfReader(io.BytesIO(data))
+        assert reader.is_encrypted
+        assert reader.decrypt("picture-password-1") != PasswordType.NOT_DECRYPTED
+    report = PdfReader(io.BytesIO(found[1][2]))
+    report.decrypt("picture-password-1")
+    assert len(report.pages[0].images) == 1

@@ -14,6 +14,7 @@ from gateway.document import kinds
 from gateway.document.convert import tiff_to_pdf
 from gateway.document.preview import first_page_png
 from gateway.mailout.message import InlineImage, MailAttachment
+from gateway.mailout.privacy import Privacy, PrivacyError, protect
 from gateway.store.inbound import InboundFax
 
 logger = log.get_logger(__name__)
@@ -58,32 +59,45 @@ def attachment_stem(fax: InboundFax) -> str:
     return f"fax-{when:%Y-%m-%d-%H%M}-from-{caller}"
 
 
-def attachments_for(fax: InboundFax, data: bytes, attach_format: str) -> list[MailAttachment]:
-    """The files to mail for the stored document, as inbound.attach_format asks.
+def attachments_for(
+    fax: InboundFax, data: bytes, attach_format: str, privacy: Privacy
+) -> list[MailAttachment]:
+    """The files to mail for the stored document, as inbound.attach_format and the privacy
+    mode of its number ask.
 
     A TIFF becomes a PDF for "pdf", stays a TIFF for "tiff", and goes as both for "both". A
     document that is already a PDF goes as it is whatever the setting (there is no sensible
-    TIFF of it to make). When the conversion fails the TIFF is sent rather than nothing.
-    Blocking (conversion): run in a thread.
+    TIFF of it to make). When the conversion fails the TIFF is sent rather than nothing, but
+    never under "encrypted-pdf" (the configuration allows only attach_format "pdf" with it):
+    there a failed conversion raises, and the fax is tried again and at last dead-lettered
+    rather than mailed in clear. Under "none" nothing is attached. Blocking: run in a thread.
     """
+    if not privacy.carries_document:
+        return []
     stem = attachment_stem(fax)
     kind = kinds.sniff(data)
     if kind != kinds.TIFF:
         content_type = kind or "application/octet-stream"
-        return [MailAttachment(stem + kinds.extension(content_type), content_type, data)]
+        attachment = MailAttachment(stem + kinds.extension(content_type), content_type, data)
+        return [protect(attachment, privacy)]
     result: list[MailAttachment] = []
-    if attach_format in ("pdf", "both"):
+    if attach_format in ("pdf", "both") or privacy.encrypted:
         try:
             result.append(MailAttachment(stem + ".pdf", kinds.PDF, tiff_to_pdf(data)))
         except Exception as exc:
             logger.warning("inbound.convert_failed", error=f"{type(exc).__name__}: {exc}")
-    if attach_format in ("tiff", "both") or not result:
+    if (attach_format in ("tiff", "both") or not result) and not privacy.encrypted:
         result.append(MailAttachment(stem + ".tif", kinds.TIFF, data))
-    return result
+    if not result:
+        raise PrivacyError("the TIFF could not be made a PDF, and only a PDF can be encrypted")
+    return [protect(a, privacy) for a in result]
 
 
-def preview_of(fax: InboundFax, data: bytes) -> InlineImage | None:
-    """A PNG of page 1 for the HTML part, or None (the mail goes without one). Blocking."""
+def preview_of(fax: InboundFax, data: bytes, privacy: Privacy) -> InlineImage | None:
+    """A PNG of page 1 for the HTML part, or None: not wanted (only attach = "pdf" shows
+    one), or it could not be made (the mail goes without one). Blocking."""
+    if not privacy.shows_preview:
+        return None
     kind = kinds.sniff(data)
     if kind is None:
         return None

@@ -11,6 +11,8 @@ The worker owns three transitions of the `inbound` table (see gateway/store/inbo
 2. stored -> mailed: route by the number called (inbound.routes, else default_recipients),
    convert TIFF to PDF as inbound.attach_format asks, render the "inbound" mail with a PNG
    preview of page 1 and queue it in the outbox under `inbound:<carrier id>` (once per fax).
+   The route's privacy mode (else inbound.attach, gateway/mailout/privacy.py) may encrypt the
+   PDF or leave the document out; the preview goes only with attach = "pdf".
    An unroutable fax stays stored, logged at error level, until an operator adds a route.
    With an archive configured (inbound.archive_dir, archive_s3_prefix) a step comes between:
    stored -> archived writes the fax's copy and JSON sidecar (archive.py) before any mail is
@@ -54,6 +56,7 @@ from gateway.inbound.files import (
 )
 from gateway.mailout.message import build_message
 from gateway.mailout.outbox import give_up_mail, mail_status, queue_mail, requeue_mail_anew
+from gateway.mailout.privacy import inbound_privacy, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.queue.runner import QueueWorker
@@ -110,9 +113,12 @@ class InboundWorker(QueueWorker):
 
     def recipients_for(self, to_number: str) -> tuple[str, ...]:
         """inbound.routes for the number called, else inbound.default_recipients."""
-        e164 = to_number if to_number.startswith("+") else "+" + to_number
-        routed = self.config.inbound.routes.get(e164)
-        return routed if routed else self.config.inbound.default_recipients
+        route = self.config.inbound.route(to_number)
+        return (
+            route.recipients
+            if route and route.recipients
+            else self.config.inbound.default_recipients
+        )
 
     async def run_once(self) -> int:
         steps = 0
@@ -313,12 +319,18 @@ class InboundWorker(QueueWorker):
         except Exception as exc:
             return await self._mail_failed(fax, exc)
         await self.db.run(mark_mailed, fax.id, self.clock())
-        logger.info("inbound.mailed", recipients=len(recipients), already_queued=not queued)
+        logger.info(
+            "inbound.mailed",
+            recipients=len(recipients),
+            already_queued=not queued,
+            attach=inbound_privacy(self.config, fax.to_number).attach,
+        )
         return 1
 
     def _compose(self, fax: InboundFax, data: bytes, recipients: tuple[str, ...]) -> EmailMessage:
-        attachments = attachments_for(fax, data, self.config.inbound.attach_format)
-        preview = preview_of(fax, data)
+        privacy = inbound_privacy(self.config, fax.to_number)
+        attachments = attachments_for(fax, data, self.config.inbound.attach_format, privacy)
+        preview = preview_of(fax, data, privacy)
         rendered = self.renderer.render(
             "inbound",
             {
@@ -330,6 +342,8 @@ class InboundWorker(QueueWorker):
                 "carrier_id": fax.carrier_id,
                 "attachments": [a.filename for a in attachments],
                 "preview_cid": preview.cid if preview else None,
+                "attach": privacy.attach,
+                "status_url": status_page_url(self.config),
             },
         )
         return build_message(

@@ -14,8 +14,9 @@ turns a misspelt variable into an error instead of a blank.
 Context the built-in templates expect (a template may test optional keys with `is defined`):
 - delivered, failed, queued: `number` (E.164), `pages`, `duration` (seconds), `attempts`,
   `carrier_id` (the carrier's fax id), `time` (datetime), each possibly None; `subject` (the
-  sender's own subject, may be ""), `sender`, `job_id`, `document_attached` (bool); failed adds
-  `error_code` (int or None), `error_description`, `retry_may_help` (bool).
+  sender's own subject, may be ""), `sender`, `job_id`, `document_attached` (bool),
+  `transmission_report_attached` (bool); failed adds `error_code` (int or None),
+  `error_description`, `retry_may_help` (bool).
 - inbound: `from_number`, `to_number` (E.164), `pages`, `duration`, `time`, `carrier_id`,
   `attachments` (file names), `preview_cid` (cid of the inline page-1 image, or None).
 - held (to notify.admin): `job_id`, `sender`, `subject`, `numbers` (E.164 list), `error`, `time`.
@@ -24,6 +25,9 @@ Context the built-in templates expect (a template may test optional keys with `i
 - summary (to notify.admin): `day`, `start`, `end`, `delivered`, `failed`, `pages_out`,
   `received`, `pages_in`, `failures` ({code, description, faxes}), `top_senders` ({sender,
   faxes}), `queues` ({queue, state, items}), `dead_letters`, `new_dead_letters`.
+- every kind: `attach` (the privacy mode: "pdf", "encrypted-pdf" or "none"; see
+  gateway/mailout/privacy.py) and `status_url` (where a fax not attached can be seen, or None:
+  "ask your administrator").
 Filters: `fax_number` ("+1 555-123-4567"), `duration` ("2 min 5 s"), `when` ("2024-06-19 15:38
 UTC").
 """

@@ -9,7 +9,10 @@ Kinds, after HylaFAX's fixed vocabulary of outcomes, one template set each:
 A report goes to the envelope sender of the original message (notify.cc in copy, and for a
 failure notify.admin in blind copy: on the envelope only), threads under
 it (In-Reply-To/References = its Message-ID), keeps the user's subject in its own, and attaches
-the faxed document as PDF unless notify.attach_document is off. Each is queued in the outbox
+the faxed document as PDF unless notify.attach_document is off, and (delivered and failed) the
+transmission report of gateway/outbound/transmission.py unless notify.transmission_report is
+off. The sender's privacy mode (notify.attach, or theirs in [senders]) says whether those go
+in clear, encrypted or not at all (gateway/mailout/privacy.py). Each is queued in the outbox
 under `report:<fax id>:<kind>`, so however often it is asked for it goes out once.
 
 `ReportsWorker` finds every fax that reached a final state, whichever way (webhook,
@@ -33,12 +36,14 @@ from gateway.admin.copies import blind_copies
 from gateway.carrier.faxerrors import describe
 from gateway.config import Config
 from gateway.document import kinds
-from gateway.document.convert import tiff_to_pdf
+from gateway.document.convert import images_to_pdf, natural_layout, tiff_to_pdf
 from gateway.failpoints import failpoint
 from gateway.mailout.message import MailAttachment, build_message, clean_subject
 from gateway.mailout.outbox import mail_status, queue_mail
+from gateway.mailout.privacy import Privacy, protect, report_privacy, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
+from gateway.outbound.transmission import transmission_attachment
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
@@ -114,7 +119,8 @@ async def report_fax(
         recipients=[*recipients, *blind_copies(config, kind, recipients)],
     )
     if queued:
-        logger.info("report.queued", kind=kind, fax_id=fax.id, job_id=job.id)
+        attach = report_privacy(config, job.sender).attach
+        logger.info("report.queued", kind=kind, fax_id=fax.id, job_id=job.id, attach=attach)
     return queued
 
 
@@ -139,8 +145,14 @@ def compose_report(
     to: list[str],
     cc: list[str],
 ) -> EmailMessage:
-    """The report mail. Blocking (reads and may convert the document): run in a thread."""
-    attachment = _document(config, job, fax) if kind != QUEUED else None
+    """The report mail. Blocking (reads and may convert the document): run in a thread.
+
+    What it carries follows the sender's privacy mode (gateway/mailout/privacy.py): the
+    document (notify.attach_document) and the transmission report (notify.transmission_report,
+    delivered and failed reports), both encrypted under "encrypted-pdf"; under "none" neither
+    the document nor a picture of it (the transmission report goes without page 1).
+    """
+    privacy = report_privacy(config, job.sender)
     moment = fax.submitted_at if kind == QUEUED else (fax.finished_at or fax.updated_at)
     context: dict[str, object] = {
         "number": fax.recipient,
@@ -152,17 +164,37 @@ def compose_report(
         "subject": job.subject,
         "sender": job.sender,
         "job_id": job.id,
-        "document_attached": attachment is not None,
+        "attach": privacy.attach,
+        "status_url": status_page_url(config),
     }
     if kind == FAILED:
         context.update(failure_details(fax))
+    document: MailAttachment | None = None
+    report: MailAttachment | None = None
+    if kind != QUEUED:
+        read = _read_document(job) if privacy.carries_document else None
+        document = _document(config, job, fax, privacy, read)
+        if config.notify.transmission_report:
+            when = context["time"]
+            report = transmission_attachment(
+                config,
+                job,
+                fax,
+                moment=when if isinstance(when, datetime) else None,
+                description=str(context.get("error_description") or "delivered"),
+                privacy=privacy,
+                document=read,
+            )
+    attachments = [a for a in (document, report) if a is not None]
+    context["document_attached"] = document is not None
+    context["transmission_report_attached"] = report is not None
     rendered = renderer.render(kind, context)
     return build_message(
         from_address=config.relay.from_address,
         to=to,
         cc=cc,
         rendered=rendered,
-        attachments=[attachment] if attachment else [],
+        attachments=attachments,
         in_reply_to=job.message_id or None,
         message_id_domain=config.smtp.domain,
     )
@@ -220,24 +252,50 @@ def plain_words(text: str | None) -> str | None:
     return clean_subject(visible, limit=MAX_WORDS_CHARS) or None
 
 
-def _document(config: Config, job: Job, fax: Fax) -> MailAttachment | None:
-    """The faxed document as a PDF attachment, or None (not wanted, or no longer there)."""
-    if not config.notify.attach_document or job.document_path is None:
+def _document(
+    config: Config, job: Job, fax: Fax, privacy: Privacy, read: tuple[bytes, str] | None
+) -> MailAttachment | None:
+    """The faxed document (`read`) as a PDF attachment, encrypted if the mode says so; None
+    when not wanted, not allowed, no longer there, or not a PDF where only an encrypted PDF
+    may go."""
+    if not config.notify.attach_document or not privacy.carries_document or read is None:
+        return None
+    data, kind = read
+    # A TIFF always goes as a PDF; a picture too when it is to be encrypted (only a PDF can).
+    if kind == kinds.TIFF or (privacy.encrypted and kind in (kinds.PNG, kinds.JPEG)):
+        try:
+            if kind == kinds.TIFF:
+                data = tiff_to_pdf(data)
+            else:
+                data = images_to_pdf(data, layout=natural_layout(), first_frame_only=True)
+            kind = kinds.PDF
+        except Exception as exc:
+            logger.warning("report.convert_failed", job_id=job.id, error=str(exc))
+    digits = "".join(c for c in fax.recipient if c.isdigit())
+    attachment = MailAttachment(f"fax-to-{digits}{kinds.extension(kind)}", kind, data)
+    try:
+        return protect(attachment, privacy)
+    except Exception as exc:
+        # The report matters more than its attachment: it goes without, never in clear.
+        logger.warning("report.document_left_out", job_id=job.id, error=_reason(exc))
+        return None
+
+
+def _read_document(job: Job) -> tuple[bytes, str] | None:
+    """The document's bytes and type, or None (logged) when it is no longer readable."""
+    if job.document_path is None:
         return None
     try:
         data = Path(job.document_path).read_bytes()
     except OSError as exc:
-        # The report matters more than its attachment: it goes without.
         logger.warning("report.document_unreadable", job_id=job.id, error=str(exc))
         return None
-    kind = kinds.sniff(data) or job.document_type or "application/octet-stream"
-    if kind == kinds.TIFF:
-        try:
-            data, kind = tiff_to_pdf(data), kinds.PDF
-        except Exception as exc:
-            logger.warning("report.convert_failed", job_id=job.id, error=str(exc))
-    digits = "".join(c for c in fax.recipient if c.isdigit())
-    return MailAttachment(f"fax-to-{digits}{kinds.extension(kind)}", kind, data)
+    return data, kinds.sniff(data) or job.document_type or "application/octet-stream"
+
+
+def _reason(exc: Exception) -> str:
+    # The exception's type and message only: never the data it was given.
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class Reporter:
