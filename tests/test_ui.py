@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 from aiohttp import FormData, web
+from structlog.testing import capture_logs
 
 from gateway.config import Config, ConfigError
 from gateway.store.inbound import announce_inbound, get_inbound, mark_dead
-from gateway.store.jobs import create_job, fail_job, get_job
+from gateway.store.jobs import advance, create_job, fail_job, get_job
 from gateway.store.records import JobState, NewJob, new_job_id
 from gateway.ui.context import PUBLIC, marks_of
 from gateway.ui.queries import Scope
@@ -70,7 +71,9 @@ def _sample(canonical: str) -> str:
     )
 
 
-async def test_every_route_refuses_without_a_session(make_config: MakeConfig, overrides: dict) -> None:
+async def test_every_route_refuses_without_a_session(
+    make_config: MakeConfig, overrides: dict
+) -> None:
     """Logged out, every registered /ui/ route but the login page and stylesheet refuses."""
     async with running_site(make_config, overrides) as site:
         [sub] = [
@@ -98,7 +101,9 @@ async def test_every_route_refuses_without_a_session(make_config: MakeConfig, ov
         assert unknown.status == 303
 
 
-async def test_login_cookie_is_secure_httponly_strict(make_config: MakeConfig, tmp_path: Path) -> None:
+async def test_login_cookie_is_secure_httponly_strict(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
     """The session cookie is Secure, HttpOnly and SameSite=Strict by default, path /ui/."""
     async with running_site(make_config, ui_overrides(tmp_path, secure_cookies=True)) as site:
         form = await site.client.get("/ui/login")
@@ -119,7 +124,9 @@ async def test_login_cookie_is_secure_httponly_strict(make_config: MakeConfig, t
         assert secret.stat().st_mode & 0o777 == 0o600
 
 
-async def test_wrong_password_refused_then_locked_out(make_config: MakeConfig, tmp_path: Path) -> None:
+async def test_wrong_password_refused_then_locked_out(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
     """Failed logins are refused alike and, past smtp.auth_max_failures, even the right one."""
     over = merge(ui_overrides(tmp_path), {"smtp": {"auth_max_failures": 2}})
     async with running_site(make_config, over) as site:
@@ -143,7 +150,9 @@ async def test_login_form_needs_its_token(make_config: MakeConfig, overrides: di
         assert "faxgw_session" not in response.cookies
 
 
-async def test_actions_need_the_sessions_csrf_token(make_config: MakeConfig, overrides: dict) -> None:
+async def test_actions_need_the_sessions_csrf_token(
+    make_config: MakeConfig, overrides: dict
+) -> None:
     """A retry without the CSRF token, or with a wrong one, changes nothing; with it, it works."""
     async with running_site(make_config, overrides) as site:
         job_id = await site.db.run(make_job, site.config)
@@ -169,7 +178,10 @@ async def test_everything_shown_is_escaped(make_config: MakeConfig, overrides: d
     """A subject and sender full of markup appear as text on the list and detail pages."""
     async with running_site(make_config, overrides) as site:
         job_id = await site.db.run(
-            make_job, site.config, sender='"<b>x</b>"@example.com', subject="<script>alert(1)</script>"
+            make_job,
+            site.config,
+            sender='"<b>x</b>"@example.com',
+            subject="<script>alert(1)</script>",
         )
         await site.login()
         detail = await (await site.client.get(f"/ui/jobs/{job_id}")).text()
@@ -178,14 +190,28 @@ async def test_everything_shown_is_escaped(make_config: MakeConfig, overrides: d
         assert "<b>x</b>" not in listing and "&lt;b&gt;x&lt;/b&gt;" in listing
 
 
-async def test_viewer_sees_only_own_faxes_and_no_actions(make_config: MakeConfig, overrides: dict) -> None:
-    """A viewer lists their own faxes only, gets 404 for another's, 403 for admin actions."""
-    async with running_site(make_config, overrides) as site:
+async def test_viewer_sees_only_own_faxes_and_no_actions(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """A viewer lists their own faxes and their routed inbox only, gets 404 for another's
+    fax and 403 for admin actions."""
+    routes = {"inbound": {"routes": {"+12015550142": [VIEWER], "+12015550143": [OTHER]}}}
+    async with running_site(make_config, merge(overrides, routes)) as site:
         mine = await site.db.run(make_job, site.config, sender=VIEWER, to="+12015550111")
         theirs = await site.db.run(make_job, site.config, sender=OTHER, to="+12015550122")
+        inbox = {}
+        for line in ("+12015550142", "+12015550143"):
+            inbox[line] = await site.db.run(
+                announce_inbound, carrier_id=f"in-{line}", from_number="+15556668888",
+                to_number=line, pages=1, duration=30, fax_time=None, media_url=None,
+                now=time.time(),
+            )  # fmt: skip
         await site.login(VIEWER)
         listing = await (await site.client.get("/ui/faxes")).text()
         assert mine in listing and theirs not in listing
+        assert f'/ui/inbound/{inbox["+12015550142"]}"' in listing
+        assert f'/ui/inbound/{inbox["+12015550143"]}"' not in listing
+        assert (await site.client.get(f"/ui/inbound/{inbox['+12015550143']}")).status == 404
         assert (await site.client.get(f"/ui/jobs/{theirs}")).status == 404
         assert (await site.client.get(f"/ui/jobs/{mine}")).status == 200
         response = await site.client.get(f"/ui/jobs/{mine}/cancel", allow_redirects=False)
@@ -193,8 +219,10 @@ async def test_viewer_sees_only_own_faxes_and_no_actions(make_config: MakeConfig
 
 
 async def test_search_filters_and_pages(make_config: MakeConfig, tmp_path: Path) -> None:
-    """Number, sender, status, direction and date filters, and pages of ui.page_size."""
-    async with running_site(make_config, ui_overrides(tmp_path, page_size=5)) as site:
+    """Number, sender, recipient, status, direction and date filters; pages of ui.page_size."""
+    routed = {"inbound": {"routes": {"+12015550142": ["desk@example.com"]}}}
+    over = merge(ui_overrides(tmp_path, page_size=5), routed)
+    async with running_site(make_config, over) as site:
         yesterday = time.time() - 86400
         for n in range(7):
             await site.db.run(make_job, site.config, sender=OTHER, to=f"+1201555020{n}")
@@ -219,6 +247,9 @@ async def test_search_filters_and_pages(make_config: MakeConfig, tmp_path: Path)
         assert await total("status=failed") == 1
         assert await total("direction=inbound") == 1
         assert await total("number=555-666-8888") == 1
+        assert await total("recipient=desk@") == 1
+        assert await total("recipient=nobody@") == 0
+        assert await total("recipient=2015550299") == 1
         today = time.strftime("%Y-%m-%d", time.gmtime())
         assert await total(f"since={today}") == 8
         first = await (await site.client.get("/ui/faxes")).text()
@@ -244,6 +275,32 @@ async def test_requeue_dead_letter(make_config: MakeConfig, overrides: dict) -> 
         assert (await site.db.run(get_inbound, inbound_id)).state.value == "announced"
 
 
+async def test_download_is_for_admins_and_logged(make_config: MakeConfig, overrides: dict) -> None:
+    """An admin downloads a job's document after confirming; the download is logged."""
+    async with running_site(make_config, overrides) as site:
+        job_id = await site.db.run(make_job, site.config)
+        document = site.config.data.dir / "documents" / f"{job_id}.pdf"
+        document.parent.mkdir(parents=True, exist_ok=True)
+        document.write_bytes(samples.pdf(1))
+        await site.db.run(
+            advance, job_id, JobState.RECEIVED, JobState.PREPARED, document_path=document,
+            document_type="application/pdf", pages=1,
+        )  # fmt: skip
+        await site.login()
+        detail = await (await site.client.get(f"/ui/jobs/{job_id}")).text()
+        assert f"/ui/jobs/{job_id}/page1.png" in detail
+        png = await site.client.get(f"/ui/jobs/{job_id}/page1.png")
+        assert (await png.read()).startswith(b"\x89PNG")
+        token = await site.token(f"/ui/jobs/{job_id}/download")
+        with capture_logs() as logs:
+            response = await site.client.post(f"/ui/jobs/{job_id}/download", data={"csrf": token})
+            body = await response.read()
+        assert response.status == 200 and body == document.read_bytes()
+        assert "attachment" in response.headers["Content-Disposition"]
+        [line] = [entry for entry in logs if entry["event"] == "ui.download"]
+        assert line["user"] == ADMIN and line["job_id"] == job_id
+
+
 async def _send(site: Site, form_id: str, number: str, document: bytes) -> Any:
     token = await site.token("/ui/send")
     data = FormData()
@@ -256,7 +313,9 @@ async def _send(site: Site, form_id: str, number: str, document: bytes) -> Any:
     return await site.client.post("/ui/send", data=data, allow_redirects=False)
 
 
-async def test_send_from_the_browser_queues_a_job_once(make_config: MakeConfig, overrides: dict) -> None:
+async def test_send_from_the_browser_queues_a_job_once(
+    make_config: MakeConfig, overrides: dict
+) -> None:
     """The upload becomes a spooled job from the logged-in user; the same form twice, one job."""
     async with running_site(make_config, overrides) as site:
         await site.login(VIEWER)
@@ -301,7 +360,9 @@ async def test_logout_ends_the_session(make_config: MakeConfig, overrides: dict)
         assert again.status == 303 and again.headers["Location"].startswith("/ui/login")
 
 
-async def test_overview_shows_counts_chart_and_health_to_admins(make_config: MakeConfig, overrides: dict) -> None:
+async def test_overview_shows_counts_chart_and_health_to_admins(
+    make_config: MakeConfig, overrides: dict
+) -> None:
     """The overview counts today's faxes and draws the SVG chart; queues for admins only."""
     async with running_site(make_config, overrides) as site:
         await site.db.run(make_job, site.config)

@@ -82,7 +82,9 @@ class Site:
 
 
 @asynccontextmanager
-async def running_site(make_config: Callable[..., Config], overrides: dict[str, Any]) -> AsyncIterator[Site]:
+async def running_site(
+    make_config: Callable[..., Config], overrides: dict[str, Any]
+) -> AsyncIterator[Site]:
     config = make_config(overrides)
     db = await Database(config.data.dir / "store.db").open()
     wakes: list[int] = []

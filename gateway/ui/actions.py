@@ -72,9 +72,7 @@ class Actions:
             return Outcome(False, f"Job {job.id} is already {job.state}; nothing to cancel.")
         if not await self.db.run(jobs_store.cancel_job, job.id):
             return Outcome(False, f"Job {job.id} finished meanwhile; nothing to cancel.")
-        logger.info(
-            "job.cancelled", job_id=job.id, from_state=job.state.value, by=f"ui:{user}"
-        )
+        logger.info("job.cancelled", job_id=job.id, from_state=job.state.value, by=f"ui:{user}")
         faxes = await self.db.run(faxes_of, job.id)
         at_carrier = sum(1 for fax in faxes if fax.state is FaxState.SUBMITTED)
         note = (
@@ -91,9 +89,7 @@ class Actions:
         if fax.state is not InboundState.DEAD:
             return Outcome(False, f"Inbound fax {fax.id} is {fax.state}, not a dead letter.")
         try:
-            state = await self.db.run(
-                requeue_dead_letter, fax.id, data_dir=self.config.data.dir
-            )
+            state = await self.db.run(requeue_dead_letter, fax.id, data_dir=self.config.data.dir)
         except (LookupError, ValueError, FileNotFoundError) as exc:
             return Outcome(False, str(exc))
         logger.info(

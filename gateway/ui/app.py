@@ -46,7 +46,7 @@ from gateway.ui.context import (
 )
 from gateway.ui.render import Pages
 from gateway.ui.send import WebSender
-from gateway.ui.session import LOGIN_COOKIE, SESSION_COOKIE, Signer, Sessions
+from gateway.ui.session import LOGIN_COOKIE, SESSION_COOKIE, Sessions, Signer
 
 logger = log.get_logger(__name__)
 
@@ -119,7 +119,9 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
         if not _same_origin(request):
             return problem(request, 403, "Refused", "The form came from another site.")
         if MULTIPART not in marks and not await _form_token_ok(request, marks):
-            logger.info("ui.csrf_refused", path=request.path, user=session.user if session else None)
+            logger.info(
+                "ui.csrf_refused", path=request.path, user=session.user if session else None
+            )
             return problem(
                 request, 403, "Form expired", "The form was too old or not ours; open it again."
             )

@@ -81,9 +81,7 @@ def scope_of(request: web.Request) -> Scope:
     return scope_for(ui_of(request).config, None if is_admin(session) else session.user)
 
 
-def page(
-    request: web.Request, template: str, *, status: int = 200, **context: Any
-) -> web.Response:
+def page(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
     session = current_session(request)
     base = {
         "session": session,

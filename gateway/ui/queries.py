@@ -20,6 +20,8 @@ from gateway.store.records import FaxState
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"
+_FAX_STATES = frozenset(s.value for s in FaxState)
+_INBOUND_STATES = frozenset(s.value for s in InboundState)
 STATUSES = (*(s.value for s in FaxState), *(s.value for s in InboundState))
 _DIGITS = re.compile(r"\D+")
 
@@ -45,7 +47,18 @@ def scope_for(config: Config, user: str | None) -> Scope:
         if lowered in (r.lower() for r in recipients)
     )
     default = lowered in (r.lower() for r in config.inbound.default_recipients)
-    return Scope(lowered, mine, default, tuple(config.inbound.routes))
+    return Scope(lowered, mine, default, routed_numbers(config))
+
+
+def routed_numbers(config: Config) -> tuple[str, ...]:
+    """The numbers a route names (with recipients; an empty route falls back to the default)."""
+    return tuple(number for number, recipients in config.inbound.routes.items() if recipients)
+
+
+def mailed_to(config: Config, to_number: str) -> tuple[str, ...]:
+    """Where an inbound fax to `to_number` is mailed: the rule of InboundWorker.recipients_for
+    (inbound.routes for the number, else inbound.default_recipients)."""
+    return config.inbound.routes.get(to_number) or config.inbound.default_recipients
 
 
 def inbound_numbers_mailed_to(config: Config, text: str) -> tuple[tuple[str, ...], bool]:
@@ -104,7 +117,10 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join('?' * len(values))})" if values else "0"
 
 
-def _inbound_numbers(where: _Where, numbers: tuple[str, ...], unrouted: bool, routed: tuple[str, ...]):
+def _inbound_numbers(
+    where: _Where, numbers: tuple[str, ...], unrouted: bool, routed: tuple[str, ...]
+) -> None:
+    """Inbound faxes to `numbers`, or (`unrouted`) to any number not in `routed`."""
     clauses = [_in("i.to_number", numbers)]
     args: list[Any] = list(numbers)
     if unrouted:
@@ -115,7 +131,7 @@ def _inbound_numbers(where: _Where, numbers: tuple[str, ...], unrouted: bool, ro
 
 def _outbound_where(scope: Scope, flt: FaxFilter) -> _Where:
     where = _Where()
-    if flt.direction == INBOUND or (flt.status and flt.status not in FaxState.__members__.values()):
+    if flt.direction == INBOUND or (flt.status and flt.status not in _FAX_STATES):
         where.never()
         return where
     if scope.user is not None:
@@ -145,7 +161,7 @@ def _inbound_where(config: Config, scope: Scope, flt: FaxFilter) -> _Where:
     where = _Where()
     if (
         flt.direction == OUTBOUND
-        or (flt.status and flt.status not in InboundState.__members__.values())
+        or (flt.status and flt.status not in _INBOUND_STATES)
         # An inbound fax has no envelope sender: only its calling number can match.
         or (flt.sender and not _DIGITS.sub("", flt.sender))
     ):
@@ -162,7 +178,7 @@ def _inbound_where(config: Config, scope: Scope, flt: FaxFilter) -> _Where:
         where.add("i.from_number LIKE ?", f"%{_DIGITS.sub('', flt.sender)}%")
     if flt.recipient:
         numbers, default = inbound_numbers_mailed_to(config, flt.recipient)
-        _inbound_numbers(where, numbers, default, tuple(config.inbound.routes))
+        _inbound_numbers(where, numbers, default, routed_numbers(config))
     if flt.status:
         where.add("i.state = ?", flt.status)
     if flt.since is not None:
@@ -235,7 +251,8 @@ def period(conn: sqlite3.Connection, config: Config, scope: Scope, since: float)
         "SELECT count(*) AS n, COALESCE(sum(f.state = 'failed'), 0) AS failed,"
         " COALESCE(sum(CASE WHEN f.state = 'delivered' THEN COALESCE(f.pages, j.pages, 0)"
         " END), 0) AS pages"
-        f" FROM faxes f JOIN jobs j ON j.id = f.job_id WHERE {out.sql()} AND f.state != 'cancelled'",
+        " FROM faxes f JOIN jobs j ON j.id = f.job_id"
+        f" WHERE {out.sql()} AND f.state != 'cancelled'",
         out.args,
     ).fetchone()
     inb = _inbound_where(config, scope, FaxFilter(since=since))
@@ -293,4 +310,7 @@ def may_see_inbound(conn: sqlite3.Connection, scope: Scope, inbound_id: int) -> 
     where = _Where()
     where.add("i.id = ?", inbound_id)
     _inbound_numbers(where, scope.inbound_numbers, scope.unrouted, scope.routed_numbers)
-    return conn.execute(f"SELECT 1 FROM inbound i WHERE {where.sql()}", where.args).fetchone() is not None
+    return (
+        conn.execute(f"SELECT 1 FROM inbound i WHERE {where.sql()}", where.args).fetchone()
+        is not None
+    )

@@ -42,8 +42,6 @@ class Pages:
     def __init__(self) -> None:
         self.env = environment()
 
-    def render(
-        self, name: str, context: dict[str, Any], *, status: int = 200
-    ) -> web.Response:
+    def render(self, name: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
         text = self.env.get_template(name).render(**context)
         return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")

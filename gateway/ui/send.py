@@ -185,8 +185,13 @@ class WebSender:
                 await asyncio.to_thread(self.spool.remove, spool_path)
                 raise
         logger.info(
-            "ui.fax_queued", job_id=job_id, sender=sender, user=user, recipients=[parsed],
-            size=len(raw), client=str(ip),
+            "ui.fax_queued",
+            job_id=job_id,
+            sender=sender,
+            user=user,
+            recipients=[parsed],
+            size=len(raw),
+            client=str(ip),
         )
         try:
             self.wake()

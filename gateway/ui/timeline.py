@@ -88,7 +88,9 @@ def job_timeline(conn: sqlite3.Connection, job: Job, faxes: list[Fax]) -> list[E
         if fax.submitted_at is not None:
             posts = f", {fax.submit_attempts} POSTs" if fax.submit_attempts > 1 else ""
             entries.append(
-                Entry(fax.submitted_at, f"submitted to {who}", f"carrier id {fax.carrier_id}{posts}")
+                Entry(
+                    fax.submitted_at, f"submitted to {who}", f"carrier id {fax.carrier_id}{posts}"
+                )
             )
         if fax.carrier_id:
             for event in events_of(conn, fax.carrier_id):
@@ -102,7 +104,10 @@ def job_timeline(conn: sqlite3.Connection, job: Job, faxes: list[Fax]) -> list[E
                 detail = f"{fax.pages} page(s)"
             entries.append(
                 Entry(
-                    fax.finished_at, f"{fax.state.value} ({who})", detail, fax.state is FaxState.FAILED
+                    fax.finished_at,
+                    f"{fax.state.value} ({who})",
+                    detail,
+                    fax.state is FaxState.FAILED,
                 )
             )
         elif fax.state in (FaxState.PENDING, FaxState.HELD) and fax.submit_attempts:

@@ -23,12 +23,17 @@ JOB_ACTIONS = {
     "download": ("Download the document of this fax? The download is logged.", "Download"),
 }
 INBOUND_ACTIONS = {
-    "requeue": ("Try this dead letter again? Its mail is sent (or its document fetched) anew.", "Requeue"),
+    "requeue": (
+        "Try this dead letter again? Its mail is sent (or its document fetched) anew.",
+        "Requeue",
+    ),
     "download": ("Download the document of this fax? The download is logged.", "Download"),
 }
 
 
-def _confirm(request: web.Request, question: str, button: str, back: str, what: str) -> web.Response:
+def _confirm(
+    request: web.Request, question: str, button: str, back: str, what: str
+) -> web.Response:
     return page(
         request,
         "confirm.html.j2",

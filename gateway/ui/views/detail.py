@@ -81,6 +81,7 @@ async def inbound_detail(request: web.Request) -> web.StreamResponse:
         "inbound.html.j2",
         title=f"Inbound fax {fax.id}",
         fax=fax,
+        mailed_to=queries.mailed_to(ui.config, fax.to_number),
         entries=entries,
         has_thumbnail=document is not None and thumbnail.may_show_thumbnail(privacy_mode(fax)),
         has_document=document is not None,
@@ -96,16 +97,12 @@ def _png(data: bytes | None) -> web.Response:
 
 async def job_thumbnail(request: web.Request) -> web.StreamResponse:
     job = await load_job(request)
-    return _png(
-        await thumbnail.thumbnail(job_document(job), job.document_type, privacy_mode(job))
-    )
+    return _png(await thumbnail.thumbnail(job_document(job), job.document_type, privacy_mode(job)))
 
 
 async def inbound_thumbnail(request: web.Request) -> web.StreamResponse:
     fax = await load_inbound(request)
-    return _png(
-        await thumbnail.thumbnail(inbound_document(request, fax), None, privacy_mode(fax))
-    )
+    return _png(await thumbnail.thumbnail(inbound_document(request, fax), None, privacy_mode(fax)))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

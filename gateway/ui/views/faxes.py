@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from gateway.config import Config
 from gateway.ui import queries
 from gateway.ui.context import page, scope_of, ui_of
 
@@ -57,6 +58,13 @@ def parse_filter(query: dict[str, str]) -> tuple[queries.FaxFilter, list[str]]:
     )
 
 
+def _who(config: Config, row: queries.FaxRow) -> str:
+    """The sender of an outbound fax; where an inbound one is mailed."""
+    if row.direction == queries.OUTBOUND:
+        return row.sender
+    return ", ".join(queries.mailed_to(config, row.to_number))
+
+
 async def fax_list(request: web.Request) -> web.StreamResponse:
     ui = ui_of(request)
     query = {name: request.query.get(name, "") for name in FIELDS}
@@ -84,7 +92,7 @@ async def fax_list(request: web.Request) -> web.StreamResponse:
         request,
         "faxes.html.j2",
         title="Faxes",
-        rows=rows,
+        rows=[(row, _who(ui.config, row)) for row in rows],
         total=total,
         query=query,
         problems=problems,

@@ -17,8 +17,13 @@ class FormProblem(Exception):
     pass
 
 
-def _form(request: web.Request, *, status: int = 200, problem: str | None = None,
-          values: dict[str, str] | None = None) -> web.Response:
+def _form(
+    request: web.Request,
+    *,
+    status: int = 200,
+    problem: str | None = None,
+    values: dict[str, str] | None = None,
+) -> web.Response:
     return page(
         request,
         "send.html.j2",
