@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import FormData, web
 from structlog.testing import capture_logs
@@ -17,12 +18,24 @@ from gateway.config import Config, ConfigError
 from gateway.store.inbound import announce_inbound, get_inbound, mark_dead
 from gateway.store.jobs import advance, create_job, fail_job, get_job
 from gateway.store.records import JobState, NewJob, new_job_id
+from gateway.ui.app import reconfigure
 from gateway.ui.context import PUBLIC, marks_of
 from gateway.ui.queries import Scope
 from gateway.ui.thumbnail import may_show_thumbnail, thumbnail
 from tests import samples
 from tests.conftest import merge
-from tests.ui_site import ADMIN, OTHER, PASSWORD, VIEWER, Site, csrf_of, running_site, ui_overrides
+from tests.servers.gateway import GatewayFactory
+from tests.ui_site import (
+    ADMIN,
+    OTHER,
+    PASSWORD,
+    VIEWER,
+    Site,
+    csrf_of,
+    running_site,
+    ui_overrides,
+    write_users_file,
+)
 
 MakeConfig = Callable[..., Config]
 
@@ -360,6 +373,21 @@ async def test_logout_ends_the_session(make_config: MakeConfig, overrides: dict)
         assert again.status == 303 and again.headers["Location"].startswith("/ui/login")
 
 
+async def test_reload_gives_sessions_new_roles_and_ends_removed_users(
+    make_config: MakeConfig, overrides: dict, tmp_path: Path
+) -> None:
+    """After SIGHUP's reconfigure a viewer made admin is one at once; a removed user is out."""
+    async with running_site(make_config, overrides) as site:
+        await site.login(VIEWER)
+        assert "Held jobs" not in await (await site.client.get("/ui/")).text()
+        reconfigure(site.ui, make_config(merge(overrides, {"ui": {"admins": [ADMIN, VIEWER]}})))
+        assert "Held jobs" in await (await site.client.get("/ui/")).text()
+        write_users_file(Path(overrides["ui"]["users_file"]), (ADMIN,))
+        reconfigure(site.ui, make_config(overrides))
+        response = await site.client.get("/ui/", allow_redirects=False)
+        assert response.status == 303
+
+
 async def test_overview_shows_counts_chart_and_health_to_admins(
     make_config: MakeConfig, overrides: dict
 ) -> None:
@@ -395,3 +423,25 @@ def test_ui_needs_a_users_file(make_config: MakeConfig) -> None:
 def test_scope_of_an_admin_is_everything() -> None:
     """An admin's scope has no user, so no query is narrowed."""
     assert Scope(None).user is None
+
+
+async def test_the_daemon_mounts_the_pages_only_when_enabled(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """`fax-gateway serve` serves /ui/ with ui.enabled, and nothing there without it."""
+    async with aiohttp.ClientSession() as client:
+        async with gateway() as gw:
+            url = f"http://127.0.0.1:{gw.http.port}/ui/login"
+            async with client.get(url) as response:
+                assert response.status == 404
+        async with gateway(ui_overrides(tmp_path)) as gw:
+            base = f"http://127.0.0.1:{gw.http.port}"
+            async with client.get(f"{base}/ui/login") as response:
+                assert response.status == 200
+                assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+            async with client.get(f"{base}/ui", allow_redirects=False) as response:
+                assert response.headers["Location"] == "/ui/"
+            async with client.get(f"{base}/ui/", allow_redirects=False) as response:
+                assert response.status == 303
+            async with client.get(f"{base}/healthz") as response:
+                assert response.status == 200

@@ -32,7 +32,7 @@ from gateway.store import Database
 from gateway.store.spool import Spool
 from gateway.ui import views
 from gateway.ui.actions import Actions
-from gateway.ui.auth import Logins
+from gateway.ui.auth import Logins, role_of
 from gateway.ui.context import (
     ADMIN,
     LOGIN_FORM,
@@ -177,7 +177,11 @@ def add_ui(
 def reconfigure(ui: Ui, config: Config) -> None:
     """SIGHUP: new settings and the users file read again (blocking)."""
     ui.config = config
+    ui.sessions.idle_seconds = config.ui.session_idle_seconds
+    ui.sessions.max_seconds = config.ui.session_max_seconds
     ui.actions.config = config
     ui.sender.config = config
     ui.logins.config = config
     ui.logins.load()
+    known = set(ui.logins.users.names())
+    ui.sessions.revise(lambda user: role_of(config, user).value if user in known else None)

@@ -110,6 +110,16 @@ class Sessions:
     def end(self, session: Session) -> None:
         self._open.pop(session.id, None)
 
+    def revise(self, role_for: Callable[[str], str | None]) -> None:
+        """After a reload: each session takes its user's role now, or ends (None: the user
+        is no longer in the users file)."""
+        for sid, session in list(self._open.items()):
+            role = role_for(session.user)
+            if role is None:
+                del self._open[sid]
+            else:
+                session.role = role
+
     def check_csrf(self, session: Session, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(session.csrf, token or "")
 
