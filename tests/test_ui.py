@@ -4,6 +4,8 @@ actions, search and sending from the browser (tests/test_ui_browser.py drives Ch
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from aiohttp import FormData, web
 from structlog.testing import capture_logs
 
 from gateway.config import Config, ConfigError
+from gateway.smtp.users import read_users, verify_password
 from gateway.store.inbound import announce_inbound, get_inbound, mark_dead
 from gateway.store.jobs import advance, create_job, fail_job, get_job
 from gateway.store.records import JobState, NewJob, new_job_id
@@ -23,7 +26,7 @@ from gateway.ui.context import PUBLIC, marks_of
 from gateway.ui.queries import Scope
 from gateway.ui.thumbnail import may_show_thumbnail, thumbnail
 from tests import samples
-from tests.conftest import merge
+from tests.conftest import ROOT, cli_env, merge
 from tests.servers.gateway import GatewayFactory
 from tests.ui_site import (
     ADMIN,
@@ -445,3 +448,31 @@ async def test_the_daemon_mounts_the_pages_only_when_enabled(
                 assert response.status == 303
             async with client.get(f"{base}/healthz") as response:
                 assert response.status == 200
+
+
+def test_user_command_manages_the_ui_users_file(
+    config_data: dict[str, Any], write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`fax-gateway user add --ui` writes ui.users_file; without that key --ui is refused."""
+
+    def user(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "user", *args, "--config", str(config)],
+            input="a-long-password\n",
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
+            timeout=60,
+        )
+
+    config_data["smtp"]["users_file"] = str(tmp_path / "smtp-users")
+    without = write_config(config_data, "without.toml")
+    refused = user(without, "add", "--ui", VIEWER, "--password-stdin")
+    assert refused.returncode != 0 and "ui.users_file is not set" in refused.stderr
+    config_data["ui"] = {"users_file": str(tmp_path / "ui-users")}
+    with_ui = write_config(config_data, "with.toml")
+    added = user(with_ui, "add", "--ui", VIEWER, "--password-stdin")
+    assert added.returncode == 0, added.stderr
+    assert verify_password(b"a-long-password", read_users(tmp_path / "ui-users")[VIEWER])
+    assert not (tmp_path / "smtp-users").exists()

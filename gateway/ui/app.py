@@ -32,7 +32,7 @@ from gateway.store import Database
 from gateway.store.spool import Spool
 from gateway.ui import views
 from gateway.ui.actions import Actions
-from gateway.ui.auth import Logins, role_of
+from gateway.ui.auth import Logins, Role, role_of
 from gateway.ui.context import (
     ADMIN,
     LOGIN_FORM,
@@ -113,7 +113,7 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
             if request.method in ("GET", "HEAD"):
                 raise _login_redirect(request)
             return problem(request, 403, "Not logged in", "Log in first.")
-        if ADMIN in marks and session.role != "admin":
+        if ADMIN in marks and session.role != Role.ADMIN:
             return problem(request, 403, "Not allowed", "This needs the admin role.")
     if request.method not in ("GET", "HEAD"):
         if not _same_origin(request):
