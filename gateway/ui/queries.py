@@ -248,7 +248,8 @@ class Period:
 def period(conn: sqlite3.Connection, config: Config, scope: Scope, since: float) -> Period:
     out = _outbound_where(scope, FaxFilter(since=since))
     row = conn.execute(
-        "SELECT count(*) AS n, COALESCE(sum(f.state = 'failed'), 0) AS failed,"
+        "SELECT count(*) AS n,"
+        " COALESCE(sum(CASE WHEN f.state = 'failed' THEN 1 ELSE 0 END), 0) AS failed,"
         " COALESCE(sum(CASE WHEN f.state = 'delivered' THEN COALESCE(f.pages, j.pages, 0)"
         " END), 0) AS pages"
         " FROM faxes f JOIN jobs j ON j.id = f.job_id"
@@ -257,7 +258,8 @@ def period(conn: sqlite3.Connection, config: Config, scope: Scope, since: float)
     ).fetchone()
     inb = _inbound_where(config, scope, FaxFilter(since=since))
     irow = conn.execute(
-        "SELECT count(*) AS n, COALESCE(sum(i.state = 'dead'), 0) AS dead,"
+        "SELECT count(*) AS n,"
+        " COALESCE(sum(CASE WHEN i.state = 'dead' THEN 1 ELSE 0 END), 0) AS dead,"
         f" COALESCE(sum(i.pages), 0) AS pages FROM inbound i WHERE {inb.sql()}",
         inb.args,
     ).fetchone()
@@ -273,25 +275,29 @@ def hourly(
     conn: sqlite3.Connection, config: Config, scope: Scope, start: float, hours: int = 24
 ) -> tuple[list[int], list[int]]:
     """Faxes out and in per hour from `start` (hour 0) for `hours` hours."""
-    out_counts, in_counts = [0] * hours, [0] * hours
+    # Bucketed here rather than in SQL: integer division differs between databases, and a
+    # day's faxes are few enough to read their times.
     flt = FaxFilter(since=start, until=start + hours * 3600)
     out = _outbound_where(scope, flt)
-    for row in conn.execute(
-        "SELECT CAST((f.created_at - ?) / 3600 AS INTEGER) AS h, count(*) AS n FROM faxes f"
-        f" JOIN jobs j ON j.id = f.job_id WHERE {out.sql()} AND f.state != 'cancelled' GROUP BY h",
-        [start, *out.args],
-    ):
-        if 0 <= row["h"] < hours:
-            out_counts[row["h"]] = int(row["n"])
+    out_times = conn.execute(
+        "SELECT f.created_at FROM faxes f JOIN jobs j ON j.id = f.job_id"
+        f" WHERE {out.sql()} AND f.state != 'cancelled'",
+        out.args,
+    ).fetchall()
     inb = _inbound_where(config, scope, flt)
-    for row in conn.execute(
-        "SELECT CAST((i.created_at - ?) / 3600 AS INTEGER) AS h, count(*) AS n FROM inbound i"
-        f" WHERE {inb.sql()} GROUP BY h",
-        [start, *inb.args],
-    ):
-        if 0 <= row["h"] < hours:
-            in_counts[row["h"]] = int(row["n"])
-    return out_counts, in_counts
+    in_times = conn.execute(
+        f"SELECT i.created_at FROM inbound i WHERE {inb.sql()}", inb.args
+    ).fetchall()
+    return _buckets(out_times, start, hours), _buckets(in_times, start, hours)
+
+
+def _buckets(rows: list[Any], start: float, hours: int) -> list[int]:
+    counts = [0] * hours
+    for (at,) in rows:
+        hour = int((at - start) // 3600)
+        if 0 <= hour < hours:
+            counts[hour] += 1
+    return counts
 
 
 def may_see_job(conn: sqlite3.Connection, scope: Scope, job_id: str) -> bool:
