@@ -435,6 +435,11 @@ class InboundConfig(PrivacySection):
         """The route of the number called ('+' optional), or None."""
         return self.routes.get(to_number if to_number.startswith("+") else "+" + to_number)
 
+    def recipients_for(self, to_number: str) -> tuple[str, ...]:
+        """Where a fax to `to_number` is mailed: its route's recipients, else the default ones."""
+        route = self.route(to_number)
+        return route.recipients if route and route.recipients else self.default_recipients
+
     @model_validator(mode="after")
     def _no_tiff_with_encryption(self) -> InboundConfig:
         # Only a PDF can be locked with a password: a TIFF beside it would carry the fax open.
@@ -588,6 +593,25 @@ class QueueConfig(Section):
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
 
 
+class UiConfig(Section):
+    """The status pages under /ui/ on the gateway's HTTP server (gateway/ui/)."""
+
+    enabled: bool = False
+    # Who may log in: this users file (same format, `fax-gateway user --users-file`), else
+    # smtp.users_file.
+    users_file: Path | None = None
+    # Login names with the admin role (everything: all faxes, actions, downloads); every other
+    # user of the file is a viewer (the faxes of their own address or routed inbox only).
+    admins: tuple[str, ...] = ()
+    # Cookies marked Secure are sent by browsers over HTTPS only (and to http://localhost).
+    # Leave true behind a TLS proxy; false only to use the pages over plain HTTP elsewhere.
+    secure_cookies: bool = True
+    # A session ends this long after its last request, and in any case this long after login.
+    session_idle_seconds: int = Field(default=3600, ge=60)
+    session_max_seconds: int = Field(default=12 * 3600, ge=60)
+    page_size: int = Field(default=50, ge=5, le=500)
+
+
 class SenderConfig(PrivacySection):
     from_number: FaxNumber
     # attach, password_env, password_file (PrivacySection): this sender's delivery reports.
@@ -608,7 +632,19 @@ class Config(Section):
     webhooks: WebhooksConfig = WebhooksConfig()
     templates: TemplatesConfig = TemplatesConfig()
     queue: QueueConfig = QueueConfig()
+    ui: UiConfig = UiConfig()
     senders: dict[str, SenderConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ui_users(self) -> Config:
+        if self.ui.enabled and self.ui_users_file is None:
+            raise ValueError("ui.enabled needs ui.users_file or smtp.users_file (who may log in)")
+        return self
+
+    @property
+    def ui_users_file(self) -> Path | None:
+        """Who may log in to /ui/: ui.users_file, else smtp.users_file."""
+        return self.ui.users_file or self.smtp.users_file
 
     @field_validator("senders")
     @classmethod

@@ -59,6 +59,8 @@ from gateway.store.jobs import JOBS
 from gateway.store.outbox import OUTBOX
 from gateway.store.outbox import state_counts as outbox_counts
 from gateway.store.spool import Spool
+from gateway.ui.app import add_ui
+from gateway.ui.app import reconfigure as reconfigure_ui
 
 logger = log.get_logger(__name__)
 
@@ -161,6 +163,17 @@ class Gateway:
         token = config.http.metrics_token
         add_metrics_routes(self.http_app, self.metrics, token.get_secret_value() if token else None)
         self.health.add_routes(self.http_app)
+        self.ui = None
+        if config.ui.enabled:
+            self.ui = add_ui(
+                self.http_app,
+                config=config,
+                db=self.db,
+                spool=self.spool,
+                wake=self._wake,
+                health=self.health,
+                daily_limit=lambda: self.smtp.handler.daily_limit if self.smtp.handler else None,
+            )
         self.health.add_check("store", store_check(self.db))
         self.health.add_check("carrier", self.client.check)
         self.health.add_check("storage", self.storage.check)
@@ -245,6 +258,8 @@ class Gateway:
             for section in ("http", "storage", "data", "voxtelesys")
             if getattr(new, section) != getattr(self.config, section)
         ]
+        if new.ui.enabled != self.config.ui.enabled:
+            restart_needed.append("ui.enabled")
         if (
             new.smtp.listen != self.config.smtp.listen
             or new.smtp.tls_listen != self.config.smtp.tls_listen
@@ -255,6 +270,8 @@ class Gateway:
         try:
             await asyncio.to_thread(self.renderer.reload)
             await self.smtp.reload(new)
+            if self.ui is not None and new.ui.enabled:
+                await asyncio.to_thread(reconfigure_ui, self.ui, new)
         except Exception as exc:
             logger.error("daemon.reload_failed", error=str(exc))
             sdnotify.notify("READY=1")

@@ -418,7 +418,9 @@ async def test_a_fax_that_kills_the_worker_is_dead_lettered_not_retried_forever(
 
         async def composing() -> bool:
             row = await inbound.row(poison)
-            return row.attempts == attempt or row.state in (InboundState.MAILED, InboundState.DEAD)
+            # The mail step's claim (state stored), not the download's, which counts too.
+            composing = row.state is InboundState.STORED and row.attempts == attempt
+            return composing or row.state in (InboundState.MAILED, InboundState.DEAD)
 
         await until(composing)
         running.cancel()  # what a decoder crash or an OOM kill does to the process

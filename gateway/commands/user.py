@@ -1,4 +1,5 @@
-"""`fax-gateway user add|remove|list`: manage the SMTP AUTH users in smtp.users_file.
+"""`fax-gateway user add|remove|list`: manage the SMTP AUTH users in smtp.users_file, or with
+`--ui` the status pages' users in ui.users_file (when the pages have a file of their own).
 
 The file is rewritten atomically; a running daemon picks the change up on SIGHUP (reload).
 """
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add = actions.add_parser("add", help="add a user, or set a new password for one")
     add_config_argument(add)
+    _ui_argument(add)
     add.add_argument("name", help="login name (an email address is a good choice)")
     add.add_argument(
         "--password-stdin",
@@ -42,16 +44,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     remove = actions.add_parser("remove", help="remove a user")
     add_config_argument(remove)
+    _ui_argument(remove)
     remove.add_argument("name")
     remove.set_defaults(run=run_remove)
 
     listing = actions.add_parser("list", help="print the user names, one per line")
     add_config_argument(listing)
+    _ui_argument(listing)
     listing.set_defaults(run=run_list)
 
 
+def _ui_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ui",
+        action="store_true",
+        help="the users of the status pages (ui.users_file) instead of smtp.users_file",
+    )
+
+
 def _users_file(args: argparse.Namespace) -> Path:
-    path = config_from_args(args).smtp.users_file
+    config = config_from_args(args)
+    if getattr(args, "ui", False):
+        if config.ui.users_file is None:
+            raise UserError(
+                "ui.users_file is not set: the status pages use smtp.users_file (no --ui)"
+            )
+        return config.ui.users_file
+    path = config.smtp.users_file
     if path is None:
         raise UserError("smtp.users_file is not set in the configuration")
     return path

@@ -113,12 +113,7 @@ class InboundWorker(QueueWorker):
 
     def recipients_for(self, to_number: str) -> tuple[str, ...]:
         """inbound.routes for the number called, else inbound.default_recipients."""
-        route = self.config.inbound.route(to_number)
-        return (
-            route.recipients
-            if route and route.recipients
-            else self.config.inbound.default_recipients
-        )
+        return self.config.inbound.recipients_for(to_number)
 
     async def run_once(self) -> int:
         steps = 0

@@ -107,9 +107,6 @@ def status_page_url(config: Config) -> str | None:
 
     None means the mail says "ask your administrator".
     """
-    # XXX The status page ([ui] enabled, under /ui/) is another issue's; its section is not in
-    # this configuration model yet. Replace the getattr by config.ui.enabled when it lands.
-    ui = getattr(config, "ui", None)
-    if ui is None or not getattr(ui, "enabled", False):
+    if not config.ui.enabled:
         return None
     return f"{config.http.public_url}/ui/"

@@ -1,0 +1,205 @@
+"""Send a fax from the browser: the same policy and the same pipeline as a mail to the gateway.
+
+The form's file and cover text become a mail message, From the logged-in user, to
+`<number>@<smtp.domain>`, with the cover text as its body (it shows on the cover page when
+covers are enabled, as a mail's body does). That message then takes the path of SMTP DATA:
+relay policy for the sender (RelayPolicy.check_mail, as an authenticated login), the number
+and toll-fraud rules (parse_recipient), the daily limit, the document checks (mime.extract,
+assemble.validate), free space; then spool (fsync), create_job (commit), wake. The workers
+cannot tell it from mail.
+
+Each form carries a one-time id that becomes the message's Message-ID, so a form sent twice
+(a double click, a reload) is found by the SMTP resend check and queued once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+
+from gateway import log
+from gateway.config import Config
+from gateway.datadir import DataDir
+from gateway.document import assemble, mime
+from gateway.document.kinds import sniff
+from gateway.document.mime import DocumentError
+from gateway.smtp.limits import DailyLimit
+from gateway.smtp.policy import IPAddress, RelayPolicy
+from gateway.store import Database
+from gateway.store.jobs import create_job, find_resent_job
+from gateway.store.records import NewJob, new_job_id
+from gateway.store.spool import Spool
+
+logger = log.get_logger(__name__)
+
+_REPLY_CODES = re.compile(r"^\d{3}[ -](\d\.\d{1,3}\.\d{1,3} )?")
+MESSAGE_ID_DOMAIN = "ui.fax-gateway.invalid"
+_FORM_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def new_form_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def plain(reply: str) -> str:
+    """An SMTP reply as a sentence for a page: without its codes."""
+    return _REPLY_CODES.sub("", reply).strip()
+
+
+@dataclass(frozen=True)
+class Upload:
+    number: str
+    filename: str
+    content_type: str
+    data: bytes
+    cover_text: str
+    subject: str
+    form_id: str
+
+
+@dataclass(frozen=True)
+class Sent:
+    job_id: str | None  # None: refused
+    problem: str | None = None
+    number: str | None = None
+
+
+def build_message(config: Config, sender: str, e164: str, upload: Upload, message_id: str) -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = f"{e164}@{config.smtp.domain}"
+    message["Subject"] = upload.subject or f"Fax to {e164}"
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = message_id
+    message.set_content(upload.cover_text or "")
+    kind = sniff(upload.data) or upload.content_type or "application/octet-stream"
+    maintype, _, subtype = kind.partition("/")
+    message.add_attachment(
+        upload.data,
+        maintype=maintype or "application",
+        subtype=subtype or "octet-stream",
+        filename=upload.filename or "document",
+    )
+    return message.as_bytes()
+
+
+class WebSender:
+    """Queues faxes sent from the browser; one per gateway."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        spool: Spool,
+        wake: Callable[[], None],
+        *,
+        daily_limit: Callable[[], DailyLimit | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.spool = spool
+        self.wake = wake
+        self._own_limit = DailyLimit(db)
+        # The SMTP handler's, once it exists: one lock for both ways in, so mail and the
+        # browser cannot pass a sender's limit together.
+        self._daily_limit = daily_limit
+
+    def _limit(self) -> DailyLimit:
+        shared = self._daily_limit() if self._daily_limit is not None else None
+        return shared or self._own_limit
+
+    async def send(self, user: str, ip: IPAddress | None, upload: Upload) -> Sent:
+        config = self.config
+        policy = RelayPolicy(config, auth_available=True)
+        sender = user.lower()
+        refusal = policy.check_mail(user, ip, user)
+        if refusal is not None:
+            return Sent(None, plain(refusal.reply))
+        parsed = policy.parse_recipient(f"{upload.number.strip()}@{config.smtp.domain}")
+        if not isinstance(parsed, str):
+            return Sent(None, plain(parsed.reply))
+        if not upload.data:
+            return Sent(None, "Choose a file to fax (PDF, TIFF, PNG or JPEG).", parsed)
+        if not _FORM_ID.match(upload.form_id):
+            return Sent(None, "The form is stale; open it again.", parsed)
+        message_id = f"<{upload.form_id}@{MESSAGE_ID_DOMAIN}>"
+        raw = build_message(config, user, parsed, upload, message_id)
+        if len(raw) > config.smtp.max_message_bytes:
+            return Sent(None, "The file is too large for this gateway.", parsed)
+        if _short_of_space(config, 2 * len(raw)):
+            return Sent(None, "The gateway is short of disk space; try again later.", parsed)
+        try:
+            extracted = await asyncio.to_thread(mime.extract, raw)
+            await asyncio.to_thread(
+                assemble.validate,
+                extracted,
+                max_pages=config.fax.max_pages,
+                cover=config.cover,
+                paper=config.fax.paper,
+                templates_dir=config.templates.dir,
+            )
+        except DocumentError as exc:
+            return Sent(None, str(exc), parsed)
+        limit = config.limits.faxes_per_sender_per_day
+        daily = self._limit()
+        async with daily.lock:
+            # XXX: numbers of SMTP transactions still open for this sender (not yet committed)
+            # are not counted here; the SMTP side counts ours once committed.
+            if limit > 0:
+                over = await daily.check(
+                    sender=sender,
+                    user=user,
+                    limit=limit,
+                    open_for_sender=lambda _s: 0,
+                    open_for_user=lambda _u: 0,
+                )
+                if over is not None:
+                    return Sent(None, plain(over.refusal.reply), parsed)
+            since = time.time() - max(config.smtp.dedupe_window_seconds, 86400)
+            resent = await self.db.run(find_resent_job, sender, message_id, (parsed,), since)
+            if resent is not None:
+                return Sent(resent, None, parsed)
+            job_id = new_job_id()
+            spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
+            mapped = config.senders.get(sender)
+            job = NewJob(
+                id=job_id,
+                sender=sender,
+                auth_user=user,
+                client_address=str(ip) if ip is not None else None,
+                subject=extracted.subject or "",
+                message_id=message_id,
+                from_number=mapped.from_number if mapped else config.voxtelesys.from_number,
+                spool_path=spool_path,
+                recipients=(parsed,),
+            )
+            try:
+                await self.db.run(create_job, job)
+            except BaseException:
+                await asyncio.to_thread(self.spool.remove, spool_path)
+                raise
+        logger.info(
+            "ui.fax_queued",
+            job_id=job_id,
+            sender=sender,
+            user=user,
+            recipients=[parsed],
+            size=len(raw),
+            client=str(ip),
+        )
+        try:
+            self.wake()
+        except Exception:
+            logger.exception("ui.wake_failed")
+        return Sent(job_id, None, parsed)
+
+
+def _short_of_space(config: Config, needed: int) -> bool:
+    floor = config.data.min_free_bytes
+    return floor > 0 and DataDir(config.data.dir).free_bytes() - needed < floor

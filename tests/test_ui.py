@@ -1,0 +1,478 @@
+"""The status pages over a real aiohttp server: sessions, CSRF, throttling, scope, escaping,
+actions, search and sending from the browser (tests/test_ui_browser.py drives Chromium)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import FormData, web
+from structlog.testing import capture_logs
+
+from gateway.config import Config, ConfigError
+from gateway.smtp.users import read_users, verify_password
+from gateway.store.inbound import announce_inbound, get_inbound, mark_dead
+from gateway.store.jobs import advance, create_job, fail_job, get_job
+from gateway.store.records import JobState, NewJob, new_job_id
+from gateway.ui.app import reconfigure
+from gateway.ui.context import PUBLIC, marks_of
+from gateway.ui.queries import Scope
+from gateway.ui.thumbnail import may_show_thumbnail, thumbnail
+from tests import samples
+from tests.conftest import ROOT, cli_env, merge
+from tests.servers.gateway import GatewayFactory
+from tests.ui_site import (
+    ADMIN,
+    OTHER,
+    PASSWORD,
+    VIEWER,
+    Site,
+    csrf_of,
+    running_site,
+    ui_overrides,
+    write_users_file,
+)
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def overrides(tmp_path: Path) -> dict[str, Any]:
+    return ui_overrides(tmp_path)
+
+
+def make_job(
+    db_conn: Any,
+    config: Config,
+    *,
+    sender: str = VIEWER,
+    to: str = "+12015550123",
+    subject: str = "Contract",
+    now: float | None = None,
+) -> str:
+    job_id = new_job_id(now)
+    spool = config.data.dir / "spool" / f"{job_id}.eml"
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    spool.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    create_job(
+        db_conn,
+        NewJob(
+            id=job_id,
+            sender=sender,
+            auth_user=None,
+            client_address="127.0.0.1",
+            subject=subject,
+            message_id="",
+            from_number="+12015550100",
+            spool_path=spool,
+            recipients=(to,),
+        ),
+        now=now,
+    )
+    return job_id
+
+
+def _sample(canonical: str) -> str:
+    return re.sub(
+        r"\{(\w+)(:[^}]*)?\}",
+        lambda m: {"job_id": "J0000000000AAAAAAAAAA", "inbound_id": "1"}.get(m.group(1), "retry"),
+        canonical,
+    )
+
+
+async def test_every_route_refuses_without_a_session(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """Logged out, every registered /ui/ route but the login page and stylesheet refuses."""
+    async with running_site(make_config, overrides) as site:
+        [sub] = [
+            r.get_info()["app"]
+            for r in site.client.server.app.router.resources()
+            if isinstance(r, web.PrefixedSubAppResource)
+        ]
+        walked = 0
+        for route in sub.router.routes():
+            if route.method == "HEAD":
+                continue
+            path = _sample(route.resource.canonical)
+            response = await site.client.request(route.method, path, allow_redirects=False)
+            if PUBLIC in marks_of(route.handler):
+                assert response.status in (200, 401, 403), path
+                continue
+            walked += 1
+            if route.method == "GET":
+                assert response.status == 303, path
+                assert response.headers["Location"].startswith("/ui/login?next="), path
+            else:
+                assert response.status == 403, (route.method, path)
+        assert walked >= 12
+        unknown = await site.client.get("/ui/no-such-page", allow_redirects=False)
+        assert unknown.status == 303
+
+
+async def test_login_cookie_is_secure_httponly_strict(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """The session cookie is Secure, HttpOnly and SameSite=Strict by default, path /ui/."""
+    async with running_site(make_config, ui_overrides(tmp_path, secure_cookies=True)) as site:
+        form = await site.client.get("/ui/login")
+        login = form.cookies["faxgw_login"]
+        assert login["secure"] and login["httponly"] and login["samesite"] == "Strict"
+        # Over plain HTTP the client keeps Secure cookies to itself: sent by hand here.
+        response = await site.client.post(
+            "/ui/login",
+            data={"csrf": csrf_of(await form.text()), "user": ADMIN, "password": PASSWORD},
+            headers={"Cookie": f"faxgw_login={login.value}"},
+            allow_redirects=False,
+        )
+        assert response.status == 303
+        cookie = response.cookies["faxgw_session"]
+        assert cookie["secure"] and cookie["httponly"]
+        assert cookie["samesite"] == "Strict" and cookie["path"] == "/ui/"
+        secret = site.config.data.dir / "secret.key"
+        assert secret.stat().st_mode & 0o777 == 0o600
+
+
+async def test_wrong_password_refused_then_locked_out(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """Failed logins are refused alike and, past smtp.auth_max_failures, even the right one."""
+    over = merge(ui_overrides(tmp_path), {"smtp": {"auth_max_failures": 2}})
+    async with running_site(make_config, over) as site:
+        for _ in range(2):
+            response = await site.login(password="wrong")
+            assert response.status == 401
+            assert "Wrong user name or password" in await response.text()
+        response = await site.login()
+        assert response.status == 401
+        assert "Too many failed logins" in await response.text()
+        assert "faxgw_session" not in response.cookies
+
+
+async def test_login_form_needs_its_token(make_config: MakeConfig, overrides: dict) -> None:
+    """A login POST without the login page's token (a forged form) is refused unchecked."""
+    async with running_site(make_config, overrides) as site:
+        response = await site.client.post(
+            "/ui/login", data={"user": ADMIN, "password": PASSWORD}, allow_redirects=False
+        )
+        assert response.status == 403
+        assert "faxgw_session" not in response.cookies
+
+
+async def test_actions_need_the_sessions_csrf_token(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """A retry without the CSRF token, or with a wrong one, changes nothing; with it, it works."""
+    async with running_site(make_config, overrides) as site:
+        job_id = await site.db.run(make_job, site.config)
+        await site.db.run(fail_job, job_id, "the carrier refused")
+        await site.login()
+        url = f"/ui/jobs/{job_id}/retry"
+        for data in ({}, {"csrf": "0" * 64}):
+            response = await site.client.post(url, data=data, allow_redirects=False)
+            assert response.status == 403
+            assert (await site.db.run(get_job, job_id)).state is JobState.FAILED
+        evil = await site.client.post(
+            url, data={"csrf": await site.token()}, headers={"Origin": "https://evil.example"}
+        )
+        assert evil.status == 403
+        token = csrf_of(await (await site.client.get(url)).text())
+        response = await site.client.post(url, data={"csrf": token})
+        assert response.status == 200
+        assert (await site.db.run(get_job, job_id)).state is JobState.RECEIVED
+        assert site.wakes
+
+
+async def test_everything_shown_is_escaped(make_config: MakeConfig, overrides: dict) -> None:
+    """A subject and sender full of markup appear as text on the list and detail pages."""
+    async with running_site(make_config, overrides) as site:
+        job_id = await site.db.run(
+            make_job,
+            site.config,
+            sender='"<b>x</b>"@example.com',
+            subject="<script>alert(1)</script>",
+        )
+        await site.login()
+        detail = await (await site.client.get(f"/ui/jobs/{job_id}")).text()
+        assert "<script>alert" not in detail and "&lt;script&gt;alert(1)&lt;/script&gt;" in detail
+        listing = await (await site.client.get("/ui/faxes")).text()
+        assert "<b>x</b>" not in listing and "&lt;b&gt;x&lt;/b&gt;" in listing
+
+
+async def test_viewer_sees_only_own_faxes_and_no_actions(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """A viewer lists their own faxes and their routed inbox only, gets 404 for another's
+    fax and 403 for admin actions."""
+    routes = {"inbound": {"routes": {"+12015550142": [VIEWER], "+12015550143": [OTHER]}}}
+    async with running_site(make_config, merge(overrides, routes)) as site:
+        mine = await site.db.run(make_job, site.config, sender=VIEWER, to="+12015550111")
+        theirs = await site.db.run(make_job, site.config, sender=OTHER, to="+12015550122")
+        inbox = {}
+        for line in ("+12015550142", "+12015550143"):
+            inbox[line] = await site.db.run(
+                announce_inbound, carrier_id=f"in-{line}", from_number="+15556668888",
+                to_number=line, pages=1, duration=30, fax_time=None, media_url=None,
+                now=time.time(),
+            )  # fmt: skip
+        await site.login(VIEWER)
+        listing = await (await site.client.get("/ui/faxes")).text()
+        assert mine in listing and theirs not in listing
+        assert f'/ui/inbound/{inbox["+12015550142"]}"' in listing
+        assert f'/ui/inbound/{inbox["+12015550143"]}"' not in listing
+        assert (await site.client.get(f"/ui/inbound/{inbox['+12015550143']}")).status == 404
+        assert (await site.client.get(f"/ui/jobs/{theirs}")).status == 404
+        assert (await site.client.get(f"/ui/jobs/{mine}")).status == 200
+        response = await site.client.get(f"/ui/jobs/{mine}/cancel", allow_redirects=False)
+        assert response.status == 403
+
+
+async def test_search_filters_and_pages(make_config: MakeConfig, tmp_path: Path) -> None:
+    """Number, sender, recipient, status, direction and date filters; pages of ui.page_size."""
+    routed = {"inbound": {"routes": {"+12015550142": ["desk@example.com"]}}}
+    over = merge(ui_overrides(tmp_path, page_size=5), routed)
+    async with running_site(make_config, over) as site:
+        yesterday = time.time() - 86400
+        for n in range(7):
+            await site.db.run(make_job, site.config, sender=OTHER, to=f"+1201555020{n}")
+        old = await site.db.run(make_job, site.config, to="+12015550299", now=yesterday - 86400)
+        await site.db.run(fail_job, old, "busy")
+        await site.db.run(
+            announce_inbound, carrier_id="in-1", from_number="+15556668888",
+            to_number="+12015550142", pages=1, duration=30, fax_time=None, media_url=None,
+            now=time.time(),
+        )  # fmt: skip
+        await site.login()
+
+        async def total(query: str) -> int:
+            text = await (await site.client.get(f"/ui/faxes?{query}")).text()
+            match = re.search(r"(\d+) fax\(es\)", text)
+            assert match, text
+            return int(match.group(1))
+
+        assert await total("") == 9
+        assert await total("number=201-555-0299") == 1
+        assert await total("sender=bob@") == 7
+        assert await total("status=failed") == 1
+        assert await total("direction=inbound") == 1
+        assert await total("number=555-666-8888") == 1
+        assert await total("recipient=desk@") == 1
+        assert await total("recipient=nobody@") == 0
+        assert await total("recipient=2015550299") == 1
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        assert await total(f"since={today}") == 8
+        first = await (await site.client.get("/ui/faxes")).text()
+        assert "page 1 of 2" in first and 'rel="next"' in first
+
+
+async def test_requeue_dead_letter(make_config: MakeConfig, overrides: dict) -> None:
+    """An admin requeues a dead inbound fax behind a confirmation page."""
+    async with running_site(make_config, overrides) as site:
+        now = time.time()
+        inbound_id = await site.db.run(
+            announce_inbound, carrier_id="in-dead", from_number="+15556668888",
+            to_number="+12015550142", pages=1, duration=30, fax_time=None, media_url=None, now=now,
+        )  # fmt: skip
+        await site.db.run(mark_dead, inbound_id, None, "could not fetch", now)
+        await site.login()
+        confirm = await site.client.get(f"/ui/inbound/{inbound_id}/requeue")
+        assert "Requeue" in await confirm.text()
+        response = await site.client.post(
+            f"/ui/inbound/{inbound_id}/requeue", data={"csrf": csrf_of(await confirm.text())}
+        )
+        assert response.status == 200
+        assert (await site.db.run(get_inbound, inbound_id)).state.value == "announced"
+
+
+async def test_download_is_for_admins_and_logged(make_config: MakeConfig, overrides: dict) -> None:
+    """An admin downloads a job's document after confirming; the download is logged."""
+    async with running_site(make_config, overrides) as site:
+        job_id = await site.db.run(make_job, site.config)
+        document = site.config.data.dir / "documents" / f"{job_id}.pdf"
+        document.parent.mkdir(parents=True, exist_ok=True)
+        document.write_bytes(samples.pdf(1))
+        await site.db.run(
+            advance, job_id, JobState.RECEIVED, JobState.PREPARED, document_path=document,
+            document_type="application/pdf", pages=1,
+        )  # fmt: skip
+        await site.login()
+        detail = await (await site.client.get(f"/ui/jobs/{job_id}")).text()
+        assert f"/ui/jobs/{job_id}/page1.png" in detail
+        png = await site.client.get(f"/ui/jobs/{job_id}/page1.png")
+        assert (await png.read()).startswith(b"\x89PNG")
+        token = await site.token(f"/ui/jobs/{job_id}/download")
+        with capture_logs() as logs:
+            response = await site.client.post(f"/ui/jobs/{job_id}/download", data={"csrf": token})
+            body = await response.read()
+        assert response.status == 200 and body == document.read_bytes()
+        assert "attachment" in response.headers["Content-Disposition"]
+        [line] = [entry for entry in logs if entry["event"] == "ui.download"]
+        assert line["user"] == ADMIN and line["job_id"] == job_id
+
+
+async def _send(site: Site, form_id: str, number: str, document: bytes) -> Any:
+    token = await site.token("/ui/send")
+    data = FormData()
+    data.add_field("csrf", token)
+    data.add_field("form_id", form_id)
+    data.add_field("number", number)
+    data.add_field("subject", "Signed contract")
+    data.add_field("cover", "Please sign page 2.")
+    data.add_field("document", document, filename="contract.pdf", content_type="application/pdf")
+    return await site.client.post("/ui/send", data=data, allow_redirects=False)
+
+
+async def test_send_from_the_browser_queues_a_job_once(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """The upload becomes a spooled job from the logged-in user; the same form twice, one job."""
+    async with running_site(make_config, overrides) as site:
+        await site.login(VIEWER)
+        form_id = "F" * 24
+        first = await _send(site, form_id, "(201) 555-0123", samples.pdf(2))
+        assert first.status == 303, await first.text()
+        job_id = first.headers["Location"].split("/")[3].split("?")[0]
+        job = await site.db.run(get_job, job_id)
+        assert job is not None and job.sender == VIEWER and job.auth_user == VIEWER
+        assert job.spool_path.is_file() and b"Please sign page 2." in job.spool_path.read_bytes()
+        assert site.wakes
+        again = await _send(site, form_id, "(201) 555-0123", samples.pdf(2))
+        assert again.headers["Location"] == first.headers["Location"]
+
+
+async def test_send_refusals_are_the_mail_policys(make_config: MakeConfig, overrides: dict) -> None:
+    """A premium number, a file that is not a document, and a missing token are refused."""
+    async with running_site(make_config, overrides) as site:
+        await site.login(VIEWER)
+        premium = await _send(site, "P" * 24, "+1 900 555 0100", samples.pdf(1))
+        assert premium.status == 422 and "blocked" in await premium.text()
+        junk = await _send(site, "Q" * 24, "+12015550123", b"not a document at all")
+        assert junk.status == 422
+        data = FormData()
+        data.add_field("number", "+12015550123")
+        data.add_field("document", samples.pdf(1), filename="a.pdf")
+        forged = await site.client.post("/ui/send", data=data)
+        assert forged.status == 403
+
+
+async def test_logout_ends_the_session(make_config: MakeConfig, overrides: dict) -> None:
+    """After logging out, the old session cookie no longer opens any page."""
+    async with running_site(make_config, overrides) as site:
+        response = await site.login()
+        cookie = response.cookies["faxgw_session"].value
+        token = await site.token()
+        out = await site.client.post("/ui/logout", data={"csrf": token}, allow_redirects=False)
+        assert out.status == 303
+        again = await site.client.get(
+            "/ui/", cookies={"faxgw_session": cookie}, allow_redirects=False
+        )
+        assert again.status == 303 and again.headers["Location"].startswith("/ui/login")
+
+
+async def test_reload_gives_sessions_new_roles_and_ends_removed_users(
+    make_config: MakeConfig, overrides: dict, tmp_path: Path
+) -> None:
+    """After SIGHUP's reconfigure a viewer made admin is one at once; a removed user is out."""
+    async with running_site(make_config, overrides) as site:
+        await site.login(VIEWER)
+        assert "Held jobs" not in await (await site.client.get("/ui/")).text()
+        reconfigure(site.ui, make_config(merge(overrides, {"ui": {"admins": [ADMIN, VIEWER]}})))
+        assert "Held jobs" in await (await site.client.get("/ui/")).text()
+        write_users_file(Path(overrides["ui"]["users_file"]), (ADMIN,))
+        reconfigure(site.ui, make_config(overrides))
+        response = await site.client.get("/ui/", allow_redirects=False)
+        assert response.status == 303
+
+
+async def test_overview_shows_counts_chart_and_health_to_admins(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """The overview counts today's faxes and draws the SVG chart; queues for admins only."""
+    async with running_site(make_config, overrides) as site:
+        await site.db.run(make_job, site.config)
+        await site.login()
+        text = await (await site.client.get("/ui/")).text()
+        assert "<svg" in text and "1 out and 0 in" in text and "Held jobs" in text
+        await site.client.post("/ui/logout", data={"csrf": csrf_of(text)})
+        await site.login(OTHER)
+        text = await (await site.client.get("/ui/")).text()
+        assert "0 out and 0 in" in text and "Held jobs" not in text
+
+
+async def test_thumbnail_follows_the_privacy_mode(tmp_path: Path) -> None:
+    """Page 1 renders for a fax kept as "pdf"; never for "encrypted-pdf" or "none"."""
+    path = tmp_path / "doc.pdf"
+    path.write_bytes(samples.pdf(1))
+    png = await thumbnail(path, "application/pdf", "pdf")
+    assert png is not None and png.startswith(b"\x89PNG")
+    assert not may_show_thumbnail("encrypted-pdf") and not may_show_thumbnail("none")
+    assert await thumbnail(path, "application/pdf", "encrypted-pdf") is None
+    assert await thumbnail(tmp_path / "gone.pdf", "application/pdf", "pdf") is None
+
+
+def test_ui_needs_a_users_file(make_config: MakeConfig) -> None:
+    """ui.enabled without ui.users_file or smtp.users_file is a configuration error."""
+    with pytest.raises(ConfigError, match=r"ui\.users_file or smtp\.users_file"):
+        make_config({"ui": {"enabled": True}})
+
+
+def test_scope_of_an_admin_is_everything() -> None:
+    """An admin's scope has no user, so no query is narrowed."""
+    assert Scope(None).user is None
+
+
+async def test_the_daemon_mounts_the_pages_only_when_enabled(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """`fax-gateway serve` serves /ui/ with ui.enabled, and nothing there without it."""
+    async with aiohttp.ClientSession() as client:
+        async with gateway() as gw:
+            url = f"http://127.0.0.1:{gw.http.port}/ui/login"
+            async with client.get(url) as response:
+                assert response.status == 404
+        async with gateway(ui_overrides(tmp_path)) as gw:
+            base = f"http://127.0.0.1:{gw.http.port}"
+            async with client.get(f"{base}/ui/login") as response:
+                assert response.status == 200
+                assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+            async with client.get(f"{base}/ui", allow_redirects=False) as response:
+                assert response.headers["Location"] == "/ui/"
+            async with client.get(f"{base}/ui/", allow_redirects=False) as response:
+                assert response.status == 303
+            async with client.get(f"{base}/healthz") as response:
+                assert response.status == 200
+
+
+def test_user_command_manages_the_ui_users_file(
+    config_data: dict[str, Any], write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`fax-gateway user add --ui` writes ui.users_file; without that key --ui is refused."""
+
+    def user(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "user", *args, "--config", str(config)],
+            input="a-long-password\n",
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
+            timeout=60,
+        )
+
+    config_data["smtp"]["users_file"] = str(tmp_path / "smtp-users")
+    without = write_config(config_data, "without.toml")
+    refused = user(without, "add", "--ui", VIEWER, "--password-stdin")
+    assert refused.returncode != 0 and "ui.users_file is not set" in refused.stderr
+    config_data["ui"] = {"users_file": str(tmp_path / "ui-users")}
+    with_ui = write_config(config_data, "with.toml")
+    added = user(with_ui, "add", "--ui", VIEWER, "--password-stdin")
+    assert added.returncode == 0, added.stderr
+    assert verify_password(b"a-long-password", read_users(tmp_path / "ui-users")[VIEWER])
+    assert not (tmp_path / "smtp-users").exists()
