@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 
 from gateway.mailout.templates import KINDS, MailRenderer, MailTemplateError
-from tests.helpers import FAILED, OUTBOUND, RECEIVED, build
+from tests.helpers import FAILED, OUTBOUND, RECEIVED, REFUSED, build
 
 CONTEXTS: dict[str, dict[str, Any]] = {
     "delivered": OUTBOUND,
     "queued": OUTBOUND,
     "failed": FAILED,
     "inbound": RECEIVED,
+    "refused": REFUSED,
 }
 
 
@@ -33,6 +34,11 @@ def test_every_kind_renders_subject_text_and_html(renderer: MailRenderer, kind: 
         assert mail.subject == "Fax from +1 555-666-8888, 2 pages"
         assert "+1 201-555-0100" in mail.text and "1 min 1 s" in mail.text
         assert 'src="cid:page1.in-42@fax.local"' in mail.html
+    elif kind == "refused":
+        assert mail.subject == "Fax sent to only 1 of its numbers (Re: Signed contract)"
+        assert "19005550100: numbers starting +1900 are blocked" in mail.text
+        assert "Faxed to:     +1 555-123-4567" in mail.text and "J0123456789" in mail.text
+        assert "19005550100" in mail.html and "+1 555-123-4567" in mail.html
     else:
         assert "+1 555-123-4567" in mail.subject and "Signed contract" in mail.subject
         assert "a1b2c3d4-0000-4000-8000-1234567890ab" in mail.text

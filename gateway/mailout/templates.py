@@ -18,6 +18,11 @@ Context the built-in templates expect (a template may test optional keys with `i
   `error_code` (int or None), `error_description`, `retry_may_help` (bool).
 - inbound: `from_number`, `to_number` (E.164), `pages`, `duration`, `time`, `carrier_id`,
   `attachments` (file names), `preview_cid` (cid of the inline page-1 image, or None).
+- refused (a mail to the shared address refused, gateway/smtp/explain.py): `subject` (as the
+  sender wrote it), `refused` (items with `number`, as written, and `reason`), `reason` (the
+  whole refusal, for one not about numbers), `faxed` (E.164 numbers faxed all the same),
+  `job_id` (None when nothing was faxed), `all_or_nothing` (bool: refused numbers kept the
+  others from being faxed).
 Filters: `fax_number` ("+1 555-123-4567"), `duration` ("2 min 5 s"), `when` ("2024-06-19 15:38
 UTC").
 """
@@ -40,7 +45,7 @@ from gateway.mailout.message import (
 from gateway.numbers import pretty
 from gateway.paths import builtin_templates
 
-KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "inbound")
+KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "inbound", "refused")
 BUILTIN_TEMPLATES = builtin_templates()
 
 

@@ -171,4 +171,14 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX jobs_message_id ON jobs(message_id, created_at) WHERE message_id != ''
     """,
+    # 8: a message's own settings, from the options of its address (`+nocover`, `+fine`,
+    # `+notify=none`) and its sender's [senders] entry; NULL = the configuration's. cover is
+    # 0/1; resolution ("fine"/"standard") is only kept, as the carrier API takes none; notify
+    # ("none"/"failure"/"all") overrides the notify.on_* switches for its reports.
+    """
+    ALTER TABLE jobs ADD COLUMN cover INTEGER;
+    ALTER TABLE jobs ADD COLUMN cover_template TEXT;
+    ALTER TABLE jobs ADD COLUMN resolution TEXT;
+    ALTER TABLE jobs ADD COLUMN notify TEXT
+    """,
 ]
