@@ -13,9 +13,9 @@ What the Subject may hold, numbers first, then the fax's own subject:
   separated by ',' or ';' or just by spaces: spaced groups are read as the longest run that
   makes a possible number ("+1 201 555 0123 12015550124" is two), and a group opening with '+'
   always starts a new one;
-- the numbers end at the first word that is not made of digits and those characters; that
-  word and the rest are the fax's subject (cover page, report), without the dashes or colons
-  that separated it from the numbers.
+- the numbers end at a colon, or at the first word that is not made of digits and those
+  characters; the rest is the fax's subject (cover page, report), without the dashes or
+  colons that separated it from the numbers.
 
 Every number is then checked exactly as a recipient at RCPT (`RelayPolicy.check_number`,
 duplicates, smtp.max_recipients, the daily limit) by `take_numbers`, at DATA, since only then
@@ -68,11 +68,16 @@ def parse_subject(subject: str, *, default_country: str) -> ParsedSubject:
     end = 0
     for word in re.finditer(r"\S+", text):
         token = word.group()
+        # "12015550123: Report": the colon ends the numbers.
+        closing = token.endswith(":")
+        token = token.removesuffix(":")
         if not _NUMBER_WORD.match(token) or not (
             any(c.isdigit() for c in token) or not _LIST_SEPARATORS.sub("", token)
         ):
             break
-        end = word.end()
+        end = word.end() - closing
+        if closing:
+            break
     found: list[str] = []
     for chunk in _LIST_SEPARATORS.split(text[:end]):
         found.extend(_numbers_of(chunk.split(), default_country))
