@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import Config
 from gateway.smtp.server import SmtpServer
@@ -75,6 +77,16 @@ def test_a_hostile_subject_of_digits_is_bounded() -> None:
     parsed = parse_subject("1 " * 5000, default_country="US")
     assert len(parsed.numbers) <= 1000
     assert time.monotonic() - started < 10
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789 +-().,;:/#faxtoR\u00e9\t"), max_size=80))
+def test_any_subject_splits_into_numbers_and_a_rest(subject: str) -> None:
+    """Whatever the Subject, parsing returns; the numbers and the rest come from its text."""
+    parsed = parse_subject(subject, default_country="US")
+    for number in parsed.numbers:
+        assert number and all(group in subject for group in number.split())
+    assert parsed.rest in subject
 
 
 # -- real SMTP -----------------------------------------------------------------------------------

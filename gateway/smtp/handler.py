@@ -198,7 +198,9 @@ class FaxHandler:
             options = transaction.options.merged(recipient.options)
         except OptionError as exc:
             refusal = Refusal(Reason.UNKNOWN_OPTION, replies.bad_option(str(exc)))
-            return self._refuse("rcpt", refusal, server, sender=transaction.sender)
+            return self._refuse(
+                "rcpt", refusal, server, sender=transaction.sender, recipient=address
+            )
         if recipient.number is None:
             transaction.subject_addressed = True
             return self._take(transaction, envelope, address, None, rcpt_options, options)
