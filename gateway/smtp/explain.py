@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway import log
@@ -97,3 +97,56 @@ async def explain(
     if queued:
         logger.info("smtp.explained", sender=sender, key=key)
     return queued
+
+
+async def explained_reply(
+    db: Database,
+    config: Config,
+    renderer: MailRenderer,
+    wake: Callable[[], None],
+    *,
+    sender: str,
+    auth_user: str | None,
+    subject: str,
+    message_id: str,
+    raw: bytes,
+    reply: str,
+    refused: Sequence[RefusedNumber],
+    faxed: Sequence[str],
+) -> str:
+    """The DATA reply to a shared-address message, after telling its sender by mail.
+
+    A 250 names the numbers of the Subject that were refused (smtp.subject_partial). When the
+    reply calls for it (`wanted`) and the sender is known (`may_explain`), the explanation is
+    queued and the outbox woken; failing to queue it is logged, and the reply stands.
+    """
+    if refused and reply.startswith("250 "):
+        listed = [(number.written, number.why) for number in refused]
+        reply = replies.queued_except(reply.rsplit(" ", 1)[-1], listed)
+    if not wanted(reply, refused):
+        return reply
+    if not may_explain(config, sender, auth_user):
+        logger.info(
+            "smtp.not_explained",
+            sender=sender,
+            why="not named by smtp.allowed_senders nor a login (no backscatter)",
+        )
+        return reply
+    try:
+        await explain(
+            db,
+            config,
+            renderer,
+            sender=sender,
+            subject=subject,
+            message_id=message_id,
+            raw=raw,
+            reply=reply,
+            refused=refused,
+            faxed=faxed,
+        )
+        wake()
+    except Exception:
+        # The reply is the message's outcome; the mail only repeats it.
+        logger.exception("smtp.explain_failed", sender=sender)
+    return reply

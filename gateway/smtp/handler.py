@@ -266,27 +266,16 @@ class FaxHandler:
         the refusal, or `extracted` with the rest of the Subject as its subject."""
         transaction.subject = extracted.subject
         transaction.message_id = extracted.message_id
-        parsed = subject.parse_subject(
-            extracted.subject, default_country=self.config.smtp.default_country
-        )
-
-        async def over_limit() -> Refusal | None:
-            over = await self._over_limit(transaction)
-            return over.refusal if over is not None else None
-
-        limited = self.config.limits.faxes_per_sender_per_day > 0
         async with self.daily_limit.lock:
             outcome = await subject.take_numbers(
-                parsed,
+                extracted.subject,
                 transaction.numbers,
                 policy=self.policy,
                 config=self.config,
-                over_limit=over_limit if limited else None,
+                over_limit=lambda: self._over_limit(transaction),
             )
         transaction.refused_numbers = outcome.refused
-        if outcome.refusal is not None:
-            return outcome.refusal
-        return replace(extracted, subject=parsed.rest)
+        return outcome.refusal or replace(extracted, subject=outcome.rest)
 
     def _open_numbers(self, same: Callable[[Transaction], bool]) -> int:
         """Faxes accepted in the open transactions `same` picks, not yet in the store."""
@@ -323,39 +312,23 @@ class FaxHandler:
         return reply
 
     async def _explained(self, transaction: Transaction, envelope: Envelope, reply: str) -> str:
-        """The reply to a message to the shared address: the numbers refused named in a 250,
-        and an explanation mailed to its (known) sender when it is refused (smtp/explain.py)."""
-        refused = transaction.refused_numbers
-        if refused and reply.startswith("250 "):
-            listed = [(number.written, number.why) for number in refused]
-            reply = replies.queued_except(reply.rsplit(" ", 1)[-1], listed)
-        if not explain.wanted(reply, refused) or self.renderer is None:
+        """The reply to a message to the shared address, and its explanation by mail."""
+        if self.renderer is None:
             return reply
-        if not explain.may_explain(self.config, transaction.sender, transaction.auth_user):
-            logger.info(
-                "smtp.not_explained",
-                sender=transaction.sender,
-                why="not named by smtp.allowed_senders nor a login (no backscatter)",
-            )
-            return reply
-        try:
-            await explain.explain(
-                self.db,
-                self.config,
-                self.renderer,
-                sender=transaction.sender,
-                subject=transaction.subject,
-                message_id=transaction.message_id,
-                raw=envelope.original_content or b"",
-                reply=reply,
-                refused=refused,
-                faxed=transaction.numbers,
-            )
-            self.wake()
-        except Exception:
-            # The reply is the message's outcome; the mail only repeats it.
-            logger.exception("smtp.explain_failed", sender=transaction.sender)
-        return reply
+        return await explain.explained_reply(
+            self.db,
+            self.config,
+            self.renderer,
+            self.wake,
+            sender=transaction.sender,
+            auth_user=transaction.auth_user,
+            subject=transaction.subject,
+            message_id=transaction.message_id,
+            raw=envelope.original_content or b"",
+            reply=reply,
+            refused=transaction.refused_numbers,
+            faxed=transaction.numbers,
+        )
 
     async def _data(self, server: SMTP, envelope: Envelope) -> str:
         transaction = self._transactions.get(envelope)

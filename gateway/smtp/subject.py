@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from gateway import numbers
 from gateway.config import Config
 from gateway.smtp import replies
+from gateway.smtp.limits import OverLimit
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
 
@@ -148,27 +149,32 @@ class RefusedNumber:
 @dataclass(frozen=True)
 class SubjectOutcome:
     """`refusal`: the DATA reply when the message is refused; `refused`: the numbers refused
-    (with subject_partial they may be refused while the message is faxed to the others)."""
+    (with subject_partial they may be refused while the message is faxed to the others);
+    `rest`: the Subject without its numbers, the fax's subject."""
 
     refusal: Refusal | None
     refused: tuple[RefusedNumber, ...]
+    rest: str
 
 
 async def take_numbers(
-    parsed: ParsedSubject,
+    subject: str,
     taken: list[str],
     *,
     policy: RelayPolicy,
     config: Config,
-    over_limit: Callable[[], Awaitable[Refusal | None]] | None,
+    over_limit: Callable[[], Awaitable[OverLimit | None]],
 ) -> SubjectOutcome:
-    """Check each number of `parsed` as RCPT checks a recipient and append the ones that pass
+    """Check each number of `subject` as RCPT checks a recipient and append the ones that pass
     to `taken` (the transaction's numbers, which the daily limit counts while it is open).
 
-    `over_limit` asks the daily limit about one more fax (None: no limit); the caller holds the
-    limit's lock for the whole call. All or nothing: when a number is refused and
-    smtp.subject_partial is off, `taken` is left as it was and the outcome has the refusal.
+    `over_limit` asks the daily limit about one more fax (when limits.faxes_per_sender_per_day
+    is on); the caller holds the limit's lock for the whole call. All or nothing: when a
+    number is refused and smtp.subject_partial is off (or on, and nothing is left to fax),
+    `taken` is left as it was and the outcome has the refusal.
     """
+    parsed = parse_subject(subject, default_country=config.smtp.default_country)
+    limited = config.limits.faxes_per_sender_per_day > 0
     before = len(taken)
     refused: list[RefusedNumber] = []
     for written in parsed.numbers:
@@ -187,19 +193,21 @@ async def take_numbers(
             )
             refused.append(RefusedNumber(written, refusal))
             continue
-        over = await over_limit() if over_limit is not None else None
+        over = await over_limit() if limited else None
         if over is not None:
-            refused.append(RefusedNumber(written, over))
+            refused.append(RefusedNumber(written, over.refusal))
             continue
         taken.append(checked)
     listed = [(number.written, number.why) for number in refused]
     if not parsed.numbers:
-        return SubjectOutcome(Refusal(Reason.NO_SUBJECT_NUMBER, replies.NO_SUBJECT_NUMBER), ())
+        refusal = Refusal(Reason.NO_SUBJECT_NUMBER, replies.NO_SUBJECT_NUMBER)
+        return SubjectOutcome(refusal, (), parsed.rest)
     partial = config.smtp.subject_partial
     if refused and (not partial or not taken):
         del taken[before:]
         reply = replies.subject_numbers_refused(
             listed, temporary=all(number.temporary for number in refused), partial=partial
         )
-        return SubjectOutcome(Refusal(Reason.SUBJECT_NUMBERS_REFUSED, reply), tuple(refused))
-    return SubjectOutcome(None, tuple(refused))
+        refusal = Refusal(Reason.SUBJECT_NUMBERS_REFUSED, reply)
+        return SubjectOutcome(refusal, tuple(refused), parsed.rest)
+    return SubjectOutcome(None, tuple(refused), parsed.rest)
