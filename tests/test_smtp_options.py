@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from gateway.commands.queueview import job_settings
 from gateway.config import Config, ConfigError
 from gateway.smtp.options import MessageOptions, OptionError, message_settings, split_options
 from gateway.smtp.server import SmtpServer
 from gateway.store import Database
+from gateway.store.jobs import get_job
 from gateway.store.spool import Spool
 from tests import samples
 
@@ -155,8 +157,12 @@ async def test_options_are_kept_in_the_job(make_config: Callable[..., Config]) -
         assert rcpt == [(250, "2.1.5 Recipient OK")]
         assert data is not None and data[0] == 250, data
         job = await job_row(db)
+        stored = await db.run(get_job, job["id"])
     assert (job["cover"], job["resolution"], job["notify"]) == (0, "fine", "failure")
     assert job["cover_template"] is None
+    # `fax-gateway queue show` lists them as the address wrote them.
+    assert stored is not None and stored.cover is False
+    assert job_settings(stored) == "nocover, fine, notify=failure"
 
 
 async def test_options_of_all_recipients_add_up_and_may_not_contradict(
