@@ -198,11 +198,32 @@ class SmtpConfig(Section):
     # VRFY, EXPN) than max_junk_commands since then.
     idle_timeout_seconds: float = Field(default=300.0, gt=0)
     max_junk_commands: int = Field(default=20, ge=1)
+    # The shared address of copiers that can mail one fixed address: mail to
+    # <subject_address>@<domain> takes its fax numbers from the Subject (gateway/smtp/subject.py).
+    # None: off. subject_partial: fax the numbers that pass when others are refused, instead of
+    # nothing.
+    subject_address: str | None = None
+    subject_partial: bool = False
 
     @field_validator("domain")
     @classmethod
     def _lower_domain(cls, value: str) -> str:
         return value.strip().lower()
+
+    @field_validator("subject_address")
+    @classmethod
+    def _local_part(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip().lower()
+        # Letters, digits and . _ -: no '+' (it starts an option), no '@' (only the local part),
+        # and a letter, so that it can never be read as a fax number.
+        if not re.fullmatch(r"[a-z0-9._-]+", text) or not any(c.isalpha() for c in text):
+            raise ValueError(
+                f"{value!r} is not a local part such as 'fax': letters, digits, '.', '_' and"
+                " '-' only, with at least one letter"
+            )
+        return text
 
     @field_validator("allowed_networks")
     @classmethod
@@ -514,6 +535,16 @@ class CoverConfig(Section):
     body_only: bool = False
     template: str = "cover.txt.j2"
 
+    def for_message(self, enabled: bool | None, template: str | None) -> CoverConfig:
+        """These settings as one message has them: its own cover choice and template (from an
+        address option or [senders]) where it has one."""
+        changes: dict[str, object] = {}
+        if enabled is not None:
+            changes["enabled"] = enabled
+        if template is not None:
+            changes["template"] = template
+        return self.model_copy(update=changes) if changes else self
+
 
 class NotifyConfig(PrivacySection):
     on_success: bool = True
@@ -613,7 +644,14 @@ class UiConfig(Section):
 
 
 class SenderConfig(PrivacySection):
-    from_number: FaxNumber
+    """[senders."addr"]: one sender's own settings (an address option wins over cover)."""
+
+    # None: voxtelesys.from_number.
+    from_number: FaxNumber | None = None
+    # None: cover.enabled; true/false: this sender's faxes do (not) get a cover page.
+    cover: bool | None = None
+    # None: cover.template. A file name looked up like cover.template (templates.dir first).
+    cover_template: str | None = None
     # attach, password_env, password_file (PrivacySection): this sender's delivery reports.
 
 

@@ -108,7 +108,14 @@ class Gateway:
             scan_interval=config.queue.scan_interval_seconds,
             stop_timeout=0.8 * config.queue.shutdown_timeout_seconds,
         )
-        self.smtp = SmtpServer(config, self.db, self.spool, self.runner.wake, metrics=self.metrics)
+        self.smtp = SmtpServer(
+            config,
+            self.db,
+            self.spool,
+            self.runner.wake,
+            metrics=self.metrics,
+            renderer=self.renderer,
+        )
         self._routes()
 
     def _workers(self) -> list[QueueWorker]:

@@ -98,6 +98,17 @@ FAILED: dict[str, Any] = {
     "error_description": "far end is not able to receive",
     "retry_may_help": True,
 }
+# A mail to the shared address faxed to one of its Subject's numbers (smtp.subject_partial).
+REFUSED: dict[str, Any] = {
+    "subject": "Signed contract",
+    "refused": [
+        {"number": "19005550100", "reason": "numbers starting +1900 are blocked on this gateway"}
+    ],
+    "reason": "Not faxed to 19005550100: numbers starting +1900 are blocked on this gateway",
+    "faxed": ["+15551234567"],
+    "job_id": "J0123456789ABCDEFGHJK",
+    "all_or_nothing": False,
+}
 RECEIVED: dict[str, Any] = {
     "from_number": "+15556668888",
     "to_number": "+12015550100",

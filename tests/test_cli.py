@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.commands import check_config
 from tests.conftest import ROOT, cli_env, free_port, merge, run_cli
 
 
@@ -149,3 +150,32 @@ def test_serve_stops_on_sigterm(
             assert time.monotonic() - started < 5
         finally:
             proc.kill()
+
+
+def test_check_config_warns_of_copier_settings_that_cannot_work(
+    make_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A shared address without allowed_senders (no explanation mails) and a sender's cover
+    template that cannot be rendered are warned about, naming the key."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "good.txt.j2").write_text("Cover for {{ subject }}\n")
+    (templates / "broken.txt.j2").write_text("{{ subjekt }}\n")
+    config = make_config(
+        {
+            "smtp": {"subject_address": "fax"},
+            "templates": {"dir": str(templates)},
+            "senders": {
+                "a@example.com": {"cover_template": "good.txt.j2"},
+                "b@example.com": {"cover_template": "broken.txt.j2"},
+                "c@example.com": {"cover_template": "missing.txt.j2"},
+            },
+        }
+    )
+    found = check_config.warnings(config)
+    assert len(found) == 3, found
+    assert found[0].startswith("smtp.subject_address without smtp.allowed_senders")
+    assert found[1].startswith('senders."b@example.com".cover_template: ')
+    assert found[2].startswith('senders."c@example.com".cover_template: ')
+    listed = make_config({"smtp": {"subject_address": "fax", "allowed_senders": ["*@x.org"]}})
+    assert check_config.warnings(listed) == []

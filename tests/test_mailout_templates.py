@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.mailout.templates import KINDS, MailRenderer, MailTemplateError
-from tests.helpers import FAILED, OUTBOUND, RECEIVED, build
+from tests.helpers import FAILED, OUTBOUND, RECEIVED, REFUSED, build
 
 WHEN = datetime(2024, 6, 19, 15, 38, tzinfo=UTC)
 CONTEXTS: dict[str, dict[str, Any]] = {
@@ -51,6 +51,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "dead_letters": 1,
         "new_dead_letters": 1,
     },
+    "refused": REFUSED,
 }
 # The kinds that report on a sender's fax (the others go to notify.admin).
 REPORT_KINDS = ("delivered", "queued", "failed")
@@ -81,6 +82,11 @@ def test_every_kind_renders_subject_text_and_html(renderer: MailRenderer, kind: 
         assert mail.subject.startswith("Fax gateway summary for 2024-06-18: 12 delivered")
         assert "5109: line busy" in mail.text and "7 x alice@example.com" in mail.text
         assert '<td style="padding:3px 16px 3px 0;">line busy</td>' in mail.html
+    elif kind == "refused":
+        assert mail.subject == "Fax sent to only 1 of its numbers (Re: Signed contract)"
+        assert "19005550100: numbers starting +1900 are blocked" in mail.text
+        assert "Faxed to:     +1 555-123-4567" in mail.text and "J0123456789" in mail.text
+        assert "19005550100" in mail.html and "+1 555-123-4567" in mail.html
     else:
         assert "+1 555-123-4567" in mail.subject and "Signed contract" in mail.subject
         assert "a1b2c3d4-0000-4000-8000-1234567890ab" in mail.text

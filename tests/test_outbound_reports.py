@@ -28,7 +28,13 @@ from gateway.document.convert import PDFIUM_LOCK
 from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
 from gateway.mailout.templates import MailRenderer
-from gateway.outbound.reports import Reporter, ReportsWorker, failure_details, report_fax
+from gateway.outbound.reports import (
+    Reporter,
+    ReportsWorker,
+    failure_details,
+    report_fax,
+    wanted,
+)
 from gateway.queue.runner import run_until_idle
 from gateway.store import Database
 from gateway.store.faxes import (
@@ -507,3 +513,42 @@ async def test_a_picture_to_be_encrypted_goes_as_an_encrypted_pdf(
     report = PdfReader(io.BytesIO(found[1][2]))
     report.decrypt("picture-password-1")
     assert len(report.pages[0].images) == 1
+
+
+@pytest.mark.parametrize(
+    ("notify", "wanted_kinds"),
+    [
+        (None, {"delivered", "failed"}),  # the configuration: on_success, on_failure
+        ("none", set()),
+        ("failure", {"failed"}),
+        ("all", {"delivered", "failed", "queued"}),
+    ],
+)
+async def test_a_jobs_notify_option_overrides_the_switches(
+    make_config: Callable[..., Config], notify: str | None, wanted_kinds: set[str]
+) -> None:
+    """`+notify=` kept in the job decides which report kinds its sender gets, stored and read
+    back through the store."""
+    config = make_config()
+    db = await Database(config.data.dir / "store.db").open()
+    try:
+        job_id = new_job_id()
+        new = NewJob(
+            id=job_id,
+            sender="alice@example.com",
+            auth_user=None,
+            client_address=None,
+            subject="",
+            message_id="",
+            from_number="+12015550100",
+            spool_path=config.data.dir / "spool" / f"{job_id}.eml",
+            recipients=("+12015550123",),
+            notify=notify,
+        )
+        await db.run(create_job, new)
+        job = await db.run(get_job, job_id)
+        assert job is not None and job.notify == notify
+        kinds = {kind for kind in ("delivered", "failed", "queued") if wanted(config, kind, job)}
+    finally:
+        db.close()
+    assert kinds == wanted_kinds

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from gateway.carrier.status import Outcome
 from gateway.store import Database
-from gateway.store.db import connect
+from gateway.store.db import _split, connect
 from gateway.store.faxes import (
     begin_submit,
     claim_faxes,
@@ -35,6 +35,7 @@ from gateway.store.jobs import (
     retry_job,
 )
 from gateway.store.records import FaxState, JobState, new_job_id
+from gateway.store.schema import MIGRATIONS
 from tests.store_rows import NUMBERS, T0, fax, job, make_job, store_conn, submit, to_uploaded
 
 
@@ -350,3 +351,30 @@ async def test_concurrent_creates_while_a_reader_lists(tmp_path: Path) -> None:
     finally:
         writer.close()
         reader.close()
+
+
+def test_jobs_from_before_the_settings_migration_keep_the_configurations(
+    tmp_path: Path,
+) -> None:
+    """A job stored before jobs had cover/cover_template/resolution/notify reads back with
+    None for each after the upgrade: the configuration decides for it, as it did."""
+    mine = next(i for i, m in enumerate(MIGRATIONS) if "ADD COLUMN cover_template" in m)
+    path = tmp_path / "store.db"
+    old = sqlite3.connect(path)
+    for version, script in enumerate(MIGRATIONS[:mine]):
+        for statement in _split(script):
+            old.execute(statement)
+        old.execute(f"PRAGMA user_version={version + 1}")
+    old.execute(
+        "INSERT INTO jobs (id, state, created_at, updated_at, sender, from_number, spool_path)"
+        " VALUES ('J1', 'received', 1, 1, 'alice@example.com', '+12015550100', '/x.eml')"
+    )
+    old.commit()
+    old.close()
+    conn = connect(path)
+    try:
+        job = get_job(conn, "J1")
+    finally:
+        conn.close()
+    assert job is not None
+    assert (job.cover, job.cover_template, job.resolution, job.notify) == (None, None, None, None)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from gateway.cli import add_config_argument, config_from_args
 from gateway.config import Config
+from gateway.document.cover import CoverTemplateError, check_template
 
 EXIT_EXAMPLE_VALUES = 1
 
@@ -78,6 +79,26 @@ def warnings(config: Config) -> list[str]:
             'prefixes and fax.blocked_prefixes stand between a sender and toll fraud. Use "strict" '
             "or name the countries"
         )
+    if config.smtp.subject_address is not None and not config.smtp.allowed_senders:
+        found.append(
+            "smtp.subject_address without smtp.allowed_senders: a refused copier mail is not "
+            "explained by mail (its sender is unproven, and mailing it could be backscatter); "
+            "list the copiers' sender addresses in allowed_senders"
+        )
+    found.extend(_cover_template_problems(config))
+    return found
+
+
+def _cover_template_problems(config: Config) -> list[str]:
+    """A [senders] cover_template that cannot be rendered would refuse each of its faxes 451."""
+    found = []
+    for sender, settings in config.senders.items():
+        if settings.cover_template is None:
+            continue
+        try:
+            check_template(settings.cover_template, config.templates.dir)
+        except CoverTemplateError as exc:
+            found.append(f'senders."{sender}".cover_template: {exc}')
     return found
 
 

@@ -173,6 +173,10 @@ def job_dict(job: Job, faxes: Sequence[Fax], now: float) -> dict[str, Any]:
         "subject": job.subject,
         "message_id": job.message_id,
         "from_number": job.from_number,
+        "cover": job.cover,
+        "cover_template": job.cover_template,
+        "resolution": job.resolution,
+        "notify": job.notify,
         "numbers": [fax.recipient for fax in faxes],
         "pages": job.pages,
         "document_type": job.document_type,
@@ -189,6 +193,20 @@ def job_dict(job: Job, faxes: Sequence[Fax], now: float) -> dict[str, Any]:
         "last_error": last_error(job, faxes),
         "faxes": [fax_dict(fax) for fax in faxes],
     }
+
+
+def job_settings(job: Job) -> str:
+    """The message's own settings (address options, [senders]), as the address writes them."""
+    words = []
+    if job.cover is not None:
+        words.append("cover" if job.cover else "nocover")
+    if job.cover_template is not None:
+        words.append(f"cover template {job.cover_template}")
+    if job.resolution is not None:
+        words.append(job.resolution)
+    if job.notify is not None:
+        words.append(f"notify={job.notify}")
+    return ", ".join(words)
 
 
 def _file(path: Path | None) -> str:
@@ -213,6 +231,11 @@ def describe_job(job: Job, faxes: Sequence[Fax], now: float) -> str:
     pairs += [
         ("subject", job.subject or "-"),
         ("from number", pretty(job.from_number)),
+    ]
+    settings = job_settings(job)
+    if settings:
+        pairs.append(("settings", settings))
+    pairs += [
         ("pages", _count(job.pages)),
         ("attempts", f"{job.attempts} of this stage, {job.pickups} unfinished pickups"),
     ]

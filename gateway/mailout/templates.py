@@ -28,6 +28,11 @@ Context the built-in templates expect (a template may test optional keys with `i
 - every kind: `attach` (the privacy mode: "pdf", "encrypted-pdf" or "none"; see
   gateway/mailout/privacy.py) and `status_url` (where a fax not attached can be seen, or None:
   "ask your administrator").
+- refused (a mail to the shared address refused, gateway/smtp/explain.py): `subject` (as the
+  sender wrote it), `refused` (items with `number`, as written, and `reason`), `reason` (the
+  whole refusal, for one not about numbers), `faxed` (E.164 numbers faxed all the same),
+  `job_id` (None when nothing was faxed), `all_or_nothing` (bool: refused numbers kept the
+  others from being faxed).
 Filters: `fax_number` ("+1 555-123-4567"), `duration` ("2 min 5 s"), `when` ("2024-06-19 15:38
 UTC").
 """
@@ -55,6 +60,8 @@ KINDS: tuple[str, ...] = (
     "failed",
     "queued",
     "inbound",
+    # A mail to the shared address refused (gateway/smtp/explain.py).
+    "refused",
     # The administrator's mails (gateway/admin/).
     "held",
     "dead_letter",

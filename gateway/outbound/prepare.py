@@ -103,7 +103,8 @@ class PrepareWorker(QueueWorker):
         context = CoverContext(
             sender=job.sender,
             recipient=", ".join(pretty(number) for number in recipients),
-            subject=extracted.subject,
+            # The job's: for mail to the shared address, the Subject without its numbers.
+            subject=job.subject,
             body=extracted.body_text,
             pages=0,
             date=datetime.fromtimestamp(job.created_at, UTC),
@@ -112,7 +113,7 @@ class PrepareWorker(QueueWorker):
             extracted,
             paper=self.config.fax.paper,
             max_pages=self.config.fax.max_pages,
-            cover=self.config.cover,
+            cover=self.config.cover.for_message(job.cover, job.cover_template),
             cover_context=context,
             templates_dir=self.config.templates.dir,
         )

@@ -5,6 +5,8 @@ Kinds, after HylaFAX's fixed vocabulary of outcomes, one template set each:
 - failed: the carrier reports failure, or the fax failed before reaching it (a refused POST,
   too many pages, a carrier unreachable past the queue lifetime) (notify.on_failure);
 - queued: the fax is at the carrier and not finished yet (notify.on_queued, off by default).
+A message's `+notify=none|failure|all` address option (the job's `notify`) overrides the three
+switches for its faxes: no report, failures only, or every kind.
 
 A report goes to the envelope sender of the original message (notify.cc in copy, and for a
 failure notify.admin in blind copy: on the envelope only), threads under
@@ -73,7 +75,16 @@ def outcome_kind(fax: Fax) -> str | None:
     return None
 
 
-def wanted(config: Config, kind: str) -> bool:
+def wanted(config: Config, kind: str, job: Job | None = None) -> bool:
+    """Whether the sender gets `kind` of report: the job's own notify (`+notify=` in its
+    address: none, failure or all) where it has one, else the notify.on_* switches."""
+    override = job.notify if job is not None else None
+    if override == "none":
+        return False
+    if override == "failure":
+        return kind == FAILED
+    if override == "all":
+        return True
     notify = config.notify
     return {DELIVERED: notify.on_success, FAILED: notify.on_failure, QUEUED: notify.on_queued}[kind]
 
@@ -98,7 +109,7 @@ async def report_fax(
     before.
     """
     kind = kind or outcome_kind(fax)
-    if kind is None or not wanted(config, kind):
+    if kind is None or not wanted(config, kind, job):
         return False
     key = report_key(fax, kind)
     # Cheap check first: no document read, no rendering for a report already queued.
@@ -315,11 +326,12 @@ class Reporter:
         )
 
     async def queued(self, fax: Fax) -> bool:
-        """The queued report (notify.on_queued) for a fax the carrier has not finished."""
-        if not self.config.notify.on_queued or fax.final:
+        """The queued report (notify.on_queued, or the job's `+notify=all`) for a fax the
+        carrier has not finished."""
+        if fax.final:
             return False
         job = await self.db.run(get_job, fax.job_id)
-        if job is None:
+        if job is None or not wanted(self.config, QUEUED, job):
             return False
         return await self.report(job, fax, kind=QUEUED)
 

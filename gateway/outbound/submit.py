@@ -133,6 +133,9 @@ class SubmitWorker(QueueWorker):
         if await self.db.run(fax_store.begin_submit, fax.id, self.schedule.clock(), url) is None:
             return  # cancelled meanwhile
         try:
+            # job.resolution (`+fine` / `+standard` in the address) is not sent: POST /faxes
+            # takes to, from, url and attempts only (the Voxtelesys Fax API documentation). The
+            # hint stays in the job for the day the carrier takes one.
             created = await self.client.send_fax(
                 fax.recipient, job.from_number, url, self.config.voxtelesys.attempts
             )

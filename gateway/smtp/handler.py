@@ -12,7 +12,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
@@ -23,13 +23,16 @@ from gateway.datadir import DataDir
 from gateway.document import assemble, mime
 from gateway.document.mime import DocumentError
 from gateway.failpoints import failpoint
+from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.queue.schedule import resource_error
-from gateway.smtp import replies
+from gateway.smtp import explain, replies, subject
 from gateway.smtp.auth import SmtpAuth, peer_of
-from gateway.smtp.limits import DailyLimit
+from gateway.smtp.limits import DailyLimit, OverLimit
+from gateway.smtp.options import MessageOptions, OptionError, message_settings
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
+from gateway.smtp.subject import RefusedNumber
 from gateway.store import Database
 from gateway.store.jobs import create_job, find_resent_job
 from gateway.store.records import NewJob, new_job_id
@@ -56,6 +59,15 @@ class Transaction:
     sender: str
     auth_user: str | None
     numbers: list[str] = field(default_factory=list)
+    # What its addresses' +options ask of the whole message (gateway/smtp/options.py).
+    options: MessageOptions = field(default_factory=MessageOptions)
+    # Addressed to smtp.subject_address: more numbers come from the Subject at DATA, and a
+    # refusal is also explained by mail (gateway/smtp/subject.py, explain.py).
+    subject_addressed: bool = False
+    refused_numbers: tuple[RefusedNumber, ...] = ()
+    # Of its message, once read at DATA: for the explanation of a refusal.
+    subject: str = ""
+    message_id: str = ""
     # Its numbers count toward the sender's daily limit from memory while it is open: until its
     # job row is committed (the store counts them from then on) or it ends without one.
     open: bool = True
@@ -75,9 +87,12 @@ class FaxHandler:
         *,
         auth: SmtpAuth | None = None,
         metrics: Metrics | None = None,
+        renderer: MailRenderer | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
+        # Renders the explanation of a refused shared-address message (None: none is mailed).
+        self.renderer = renderer
         self.db = db
         self.spool = spool
         self.wake = wake
@@ -174,14 +189,26 @@ class FaxHandler:
         if transaction is None:
             # aiosmtpd asks for MAIL first, and MAIL records the transaction: a bug if reached.
             raise RuntimeError("RCPT without a transaction")
-        parsed = self.policy.parse_recipient(address)
-        if isinstance(parsed, Refusal):
+        recipient = self.policy.parse_recipient(address)
+        if isinstance(recipient, Refusal):
             return self._refuse(
-                "rcpt", parsed, server, sender=transaction.sender, recipient=address
+                "rcpt", recipient, server, sender=transaction.sender, recipient=address
             )
+        try:
+            options = transaction.options.merged(recipient.options)
+        except OptionError as exc:
+            refusal = Refusal(Reason.UNKNOWN_OPTION, replies.bad_option(str(exc)))
+            return self._refuse(
+                "rcpt", refusal, server, sender=transaction.sender, recipient=address
+            )
+        if recipient.number is None:
+            transaction.subject_addressed = True
+            return self._take(transaction, envelope, address, None, rcpt_options, options)
+        parsed = recipient.number
         if parsed in transaction.numbers:
             # "15551234567@" and "+1 555 123 4567@" are one destination: one fax, not two.
             envelope.rcpt_tos.append(address)
+            transaction.options = options
             return replies.DUPLICATE_RECIPIENT
         if len(transaction.numbers) >= self.config.smtp.max_recipients:
             refusal = Refusal(Reason.TOO_MANY_RECIPIENTS, replies.TOO_MANY_RECIPIENTS)
@@ -190,19 +217,9 @@ class FaxHandler:
             )
         limit = self.config.limits.faxes_per_sender_per_day
         if limit <= 0:
-            return self._take(transaction, envelope, address, parsed, rcpt_options)
+            return self._take(transaction, envelope, address, parsed, rcpt_options, options)
         async with self.daily_limit.lock:
-            over = await self.daily_limit.check(
-                sender=transaction.sender,
-                user=transaction.auth_user,
-                limit=limit,
-                open_for_sender=lambda sender: self._open_numbers(
-                    lambda other: other.sender.lower() == sender
-                ),
-                open_for_user=lambda user: self._open_numbers(
-                    lambda other: other.auth_user == user
-                ),
-            )
+            over = await self._over_limit(transaction)
             if over is not None:
                 return self._refuse(
                     "rcpt",
@@ -212,20 +229,53 @@ class FaxHandler:
                     user=transaction.auth_user,
                     sent=over.sent,
                 )
-            return self._take(transaction, envelope, address, parsed, rcpt_options)
+            return self._take(transaction, envelope, address, parsed, rcpt_options, options)
 
     def _take(
         self,
         transaction: Transaction,
         envelope: Envelope,
         address: str,
-        number: str,
+        number: str | None,
         rcpt_options: list[str],
+        options: MessageOptions,
     ) -> str:
-        transaction.numbers.append(number)
+        transaction.options = options
+        if number is not None:
+            transaction.numbers.append(number)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
+
+    async def _over_limit(self, transaction: Transaction) -> OverLimit | None:
+        """Whether one more fax of `transaction` passes the daily limit; hold its lock."""
+        return await self.daily_limit.check(
+            sender=transaction.sender,
+            user=transaction.auth_user,
+            limit=self.config.limits.faxes_per_sender_per_day,
+            open_for_sender=lambda sender: self._open_numbers(
+                lambda other: other.sender.lower() == sender
+            ),
+            open_for_user=lambda user: self._open_numbers(lambda other: other.auth_user == user),
+        )
+
+    async def _read_subject(
+        self, transaction: Transaction, extracted: mime.Extracted
+    ) -> Refusal | mime.Extracted:
+        """Mail to the shared address: take the Subject's numbers as RCPT would take them;
+        the refusal, or `extracted` with the rest of the Subject as its subject."""
+        transaction.subject = extracted.subject
+        transaction.message_id = extracted.message_id
+        async with self.daily_limit.lock:
+            outcome = await subject.take_numbers(
+                extracted.subject,
+                transaction.numbers,
+                policy=self.policy,
+                config=self.config,
+                over_limit=lambda: self._over_limit(transaction),
+            )
+        transaction.refused_numbers = outcome.refused
+        return outcome.refusal or replace(extracted, subject=outcome.rest)
 
     def _open_numbers(self, same: Callable[[Transaction], bool]) -> int:
         """Faxes accepted in the open transactions `same` picks, not yet in the store."""
@@ -255,13 +305,36 @@ class FaxHandler:
             sender = transaction.sender if transaction is not None else None
             return self._refuse("data", refusal, server, sender=sender)
         async with self.document_slots:
-            return await self._data(server, envelope)
+            reply = await self._data(server, envelope)
+        transaction = self._transactions.get(envelope)
+        if transaction is not None and transaction.subject_addressed:
+            reply = await self._explained(transaction, envelope, reply)
+        return reply
+
+    async def _explained(self, transaction: Transaction, envelope: Envelope, reply: str) -> str:
+        """The reply to a message to the shared address, and its explanation by mail."""
+        if self.renderer is None:
+            return reply
+        return await explain.explained_reply(
+            self.db,
+            self.config,
+            self.renderer,
+            self.wake,
+            sender=transaction.sender,
+            auth_user=transaction.auth_user,
+            subject=transaction.subject,
+            message_id=transaction.message_id,
+            raw=envelope.original_content or b"",
+            reply=reply,
+            refused=transaction.refused_numbers,
+            faxed=transaction.numbers,
+        )
 
     async def _data(self, server: SMTP, envelope: Envelope) -> str:
         transaction = self._transactions.get(envelope)
         raw = envelope.original_content or b""
         try:
-            if transaction is None or not transaction.numbers:
+            if transaction is None or not (transaction.numbers or transaction.subject_addressed):
                 raise RuntimeError("DATA without accepted recipients")
             if len(raw) > self.config.smtp.max_message_bytes:
                 # aiosmtpd enforces the limit while reading; this only guards a change there.
@@ -276,11 +349,20 @@ class FaxHandler:
                 return self._refuse("data", refusal, server, sender=transaction.sender)
             try:
                 extracted = await asyncio.to_thread(mime.extract, raw)
+                if transaction.subject_addressed:
+                    read = await self._read_subject(transaction, extracted)
+                    if isinstance(read, Refusal):
+                        refused = [n.written for n in transaction.refused_numbers]
+                        return self._refuse(
+                            "data", read, server, sender=transaction.sender, refused=refused
+                        )
+                    extracted = read
+                settings = message_settings(self.config, transaction.sender, transaction.options)
                 pages = await asyncio.to_thread(
                     assemble.validate,
                     extracted,
                     max_pages=self.config.fax.max_pages,
-                    cover=self.config.cover,
+                    cover=self.config.cover.for_message(settings.cover, settings.cover_template),
                     paper=self.config.fax.paper,
                     templates_dir=self.config.templates.dir,
                 )
@@ -325,7 +407,7 @@ class FaxHandler:
                 spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
                 failpoint("after_spool")
                 sender = transaction.sender.lower()
-                mapped = self.config.senders.get(sender)
+                settings = message_settings(self.config, sender, transaction.options)
                 job = NewJob(
                     id=job_id,
                     sender=sender,
@@ -333,11 +415,13 @@ class FaxHandler:
                     client_address=client,
                     subject=extracted.subject or "",
                     message_id=extracted.message_id or "",
-                    from_number=(
-                        mapped.from_number if mapped else self.config.voxtelesys.from_number
-                    ),
+                    from_number=settings.from_number,
                     spool_path=spool_path,
                     recipients=tuple(transaction.numbers),
+                    cover=settings.cover,
+                    cover_template=settings.cover_template,
+                    resolution=settings.resolution,
+                    notify=settings.notify,
                 )
                 async with self.daily_limit.lock:
                     # Again under the lock: two copies of one message in parallel sessions.

@@ -17,6 +17,7 @@ import phonenumbers
 from gateway import numbers
 from gateway.config import Config
 from gateway.smtp import replies
+from gateway.smtp.options import MessageOptions, OptionError, split_options
 from gateway.smtp.replies import Reason
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -28,6 +29,14 @@ class Refusal:
 
     reason: Reason
     reply: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """An accepted RCPT: its E.164 number (None for the shared subject address), its options."""
+
+    number: str | None
+    options: MessageOptions
 
 
 def client_ip(peer: Any) -> IPAddress | None:
@@ -95,13 +104,27 @@ class RelayPolicy:
             return Refusal(Reason.SENDER_NOT_USER, replies.sender_not_user(auth_user, sender))
         return None
 
-    def parse_recipient(self, address: str) -> str | Refusal:
-        """RCPT TO: the E.164 number of `<number>@<smtp.domain>`, or why it is refused."""
+    def parse_recipient(self, address: str) -> Recipient | Refusal:
+        """RCPT TO: `<number>[+options]@<smtp.domain>`, or the shared subject address (number
+        None) with its options; or why it is refused."""
         local, at, domain = address.rpartition("@")
         if not at or domain.lower() != self.config.smtp.domain:
             return Refusal(Reason.RELAY_DENIED, replies.relay_denied(self.config.smtp.domain))
         if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
             local = local[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        try:
+            local, options = split_options(local)
+        except OptionError as exc:
+            return Refusal(Reason.UNKNOWN_OPTION, replies.bad_option(str(exc)))
+        shared = self.config.smtp.subject_address
+        if shared is not None and local.lower() == shared:
+            return Recipient(None, options)
+        number = self.check_number(local)
+        return number if isinstance(number, Refusal) else Recipient(number, options)
+
+    def check_number(self, local: str) -> str | Refusal:
+        """A fax number as written (an address's local part, a number in a Subject): its
+        E.164 form if it may be dialled, else why not (the toll-fraud guard included)."""
         country = self.config.smtp.default_country
         try:
             e164 = numbers.parse_fax_number(local, country, strict=self._strict)

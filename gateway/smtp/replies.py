@@ -28,6 +28,7 @@ class Reason(enum.StrEnum):
     COUNTRY_DENIED = "country_denied"
     TOO_MANY_RECIPIENTS = "too_many_recipients"
     DAILY_LIMIT = "daily_limit"
+    UNKNOWN_OPTION = "unknown_option"
     # DATA
     TOO_BIG = "too_big"
     LINE_TOO_LONG = "line_too_long"
@@ -36,6 +37,9 @@ class Reason(enum.StrEnum):
     CORRUPT = "corrupt"
     TOO_MANY_PAGES = "too_many_pages"
     MALFORMED = "malformed"
+    # the numbers in the Subject of the shared address (smtp.subject_address)
+    NO_SUBJECT_NUMBER = "no_subject_number"
+    SUBJECT_NUMBERS_REFUSED = "subject_numbers_refused"
     INTERNAL_ERROR = "internal_error"
     NO_STORAGE = "no_storage"
     BUSY = "busy"
@@ -130,6 +134,70 @@ def daily_limit_user(user: str, limit: int) -> str:
     return (
         f"452 4.7.1 Daily limit of {limit} faxes reached for user {one_line(user)}, try again later"
     )
+
+
+def bad_option(reason: str) -> str:
+    return f"501 5.1.3 {one_line(reason)}"
+
+
+_CODES = re.compile(r"^[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3} )?")
+
+
+def reply_text(reply: str) -> str:
+    """The words of a one-line reply without its codes ("550 5.1.1 Bad" -> "Bad")."""
+    return _CODES.sub("", reply, count=1)
+
+
+def multiline(code: str, lines: list[str]) -> str:
+    """One reply of several lines ("554-5.1.1 a", "554 5.1.1 b"); `code` is "554 5.1.1"."""
+    basic, enhanced = code.split(" ", 1)
+    last = len(lines) - 1
+    return "\r\n".join(
+        f"{basic}{' ' if i == last else '-'}{enhanced} {one_line(line)}"
+        for i, line in enumerate(lines)
+    )
+
+
+# Refused numbers listed one per line in a reply; the rest are counted.
+MAX_LISTED = 20
+
+
+def _listed(refused: list[tuple[str, str]], prefix: str = "") -> list[str]:
+    lines = [f"{prefix}{number}: {why}" for number, why in refused[:MAX_LISTED]]
+    if len(refused) > MAX_LISTED:
+        lines.append(f"and {len(refused) - MAX_LISTED} more numbers refused")
+    return lines
+
+
+NO_SUBJECT_NUMBER = (
+    "554 5.1.1 No fax number in the Subject: write the numbers first, as in"
+    ' "12015550123 Quarterly report"'
+)
+
+
+def subject_numbers_refused(
+    refused: list[tuple[str, str]], *, temporary: bool, partial: bool
+) -> str:
+    """DATA refused for the numbers of the Subject, one line per number (as written, and why).
+
+    `temporary`: every refusal can pass later (the daily limit), so 452 and the client may
+    try again; otherwise 554. `partial`: smtp.subject_partial is on and no number passed.
+    """
+    code = "452 4.7.1" if temporary else "554 5.1.1"
+    if partial:
+        head = "No number in the Subject can be faxed; nothing was faxed"
+    else:
+        head = (
+            "Nothing was faxed: a message to the shared address is faxed to all the numbers"
+            " of its Subject or to none, and these were refused"
+        )
+    return multiline(code, [head, *_listed(refused)])
+
+
+def queued_except(job_id: str, refused: list[tuple[str, str]]) -> str:
+    """250 for a message faxed to some of its Subject's numbers (smtp.subject_partial)."""
+    lines = _listed(refused, "Not faxed to ")
+    return multiline("250 2.0.0", [*lines, f"queued as {job_id}"])
 
 
 def too_big(limit: int) -> str:

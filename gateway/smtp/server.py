@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway import log
 from gateway.config import Address, Config, ConfigError
+from gateway.mailout.templates import MailRenderer
 from gateway.ops import fds
 from gateway.ops.flood import Tally
 from gateway.ops.metrics import Metrics
@@ -292,6 +293,7 @@ class SmtpServer:
         *,
         drain_timeout: float | None = None,
         metrics: Metrics | None = None,
+        renderer: MailRenderer | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
@@ -306,6 +308,8 @@ class SmtpServer:
         self.spool = spool
         self.metrics = metrics
         self.wake = wake
+        # The daemon's (reloaded on SIGHUP with the others); without one, start() makes its own.
+        self.renderer = renderer
         self.users: Users | None = None
         self.handler: FaxHandler | None = None
         self.stopping = False
@@ -354,8 +358,16 @@ class SmtpServer:
                 auth = SmtpAuth(self.users, throttle, max_checks=smtp.auth_max_concurrent_checks)
                 logger.info("smtp.users_loaded", users=count)
         self._library_log = _quiet_library_log()
+        if self.renderer is None:
+            self.renderer = await asyncio.to_thread(MailRenderer, self.config.templates.dir)
         self.handler = FaxHandler(
-            self.config, self.db, self.spool, self.wake, auth=auth, metrics=self.metrics
+            self.config,
+            self.db,
+            self.spool,
+            self.wake,
+            auth=auth,
+            metrics=self.metrics,
+            renderer=self.renderer,
         )
         # socket.getfqdn() may ask DNS: once, off the loop, not per connection as aiosmtpd would.
         hostname = smtp.hostname or await asyncio.to_thread(socket.getfqdn)

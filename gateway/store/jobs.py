@@ -71,8 +71,9 @@ def create_job(conn: sqlite3.Connection, job: NewJob, now: float | None = None) 
     with transaction(conn):
         conn.execute(
             "INSERT INTO jobs (id, state, created_at, updated_at, sender, auth_user,"
-            " client_address, subject, message_id, from_number, spool_path)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " client_address, subject, message_id, from_number, spool_path,"
+            " cover, cover_template, resolution, notify)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job.id,
                 JobState.RECEIVED,
@@ -85,6 +86,10 @@ def create_job(conn: sqlite3.Connection, job: NewJob, now: float | None = None) 
                 job.message_id,
                 job.from_number,
                 str(job.spool_path),
+                None if job.cover is None else int(job.cover),
+                job.cover_template,
+                job.resolution,
+                job.notify,
             ),
         )
         conn.executemany(

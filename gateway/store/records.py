@@ -75,6 +75,11 @@ class NewJob:
     from_number: str
     spool_path: Path
     recipients: tuple[str, ...]
+    # The message's own settings (address options, [senders]); None: the configuration's.
+    cover: bool | None = None
+    cover_template: str | None = None
+    resolution: str | None = None  # "fine" | "standard": a hint the carrier API cannot take
+    notify: str | None = None  # "none" | "failure" | "all": which reports the sender gets
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,18 @@ class Job:
     error: str | None
     stored_deleted_at: float | None  # the stored copy (storage, for the carrier) is gone
     files_removed_at: float | None = None  # the spool file and the assembled document are gone
+    # As in NewJob (None too for jobs from before the migration that added them).
+    cover: bool | None = None
+    cover_template: str | None = None
+    resolution: str | None = None
+    notify: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         values = {f.name: row[f.name] for f in fields(cls)}
         values["state"] = JobState(values["state"])
+        if values["cover"] is not None:
+            values["cover"] = bool(values["cover"])
         values["spool_path"] = Path(values["spool_path"])
         if values["document_path"] is not None:
             values["document_path"] = Path(values["document_path"])

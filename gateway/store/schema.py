@@ -184,4 +184,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_updated ON outbox(updated_at);
     CREATE INDEX inbound_updated ON inbound(updated_at)
     """,
+    # 9: a message's own settings, from the options of its address (`+nocover`, `+fine`,
+    # `+notify=none`) and its sender's [senders] entry; NULL = the configuration's. cover is
+    # 0/1; resolution ("fine"/"standard") is only kept, as the carrier API takes none; notify
+    # ("none"/"failure"/"all") overrides the notify.on_* switches for its reports.
+    """
+    ALTER TABLE jobs ADD COLUMN cover INTEGER;
+    ALTER TABLE jobs ADD COLUMN cover_template TEXT;
+    ALTER TABLE jobs ADD COLUMN resolution TEXT;
+    ALTER TABLE jobs ADD COLUMN notify TEXT
+    """,
 ]

@@ -4,7 +4,7 @@ The form's file and cover text become a mail message, From the logged-in user, t
 `<number>@<smtp.domain>`, with the cover text as its body (it shows on the cover page when
 covers are enabled, as a mail's body does). That message then takes the path of SMTP DATA:
 relay policy for the sender (RelayPolicy.check_mail, as an authenticated login), the number
-and toll-fraud rules (parse_recipient), the daily limit, the document checks (mime.extract,
+and toll-fraud rules (check_number), the daily limit, the document checks (mime.extract,
 assemble.validate), free space; then spool (fsync), create_job (commit), wake. The workers
 cannot tell it from mail.
 
@@ -30,6 +30,7 @@ from gateway.document import assemble, mime
 from gateway.document.kinds import sniff
 from gateway.document.mime import DocumentError
 from gateway.smtp.limits import DailyLimit
+from gateway.smtp.options import MessageOptions, message_settings
 from gateway.smtp.policy import IPAddress, RelayPolicy
 from gateway.store import Database
 from gateway.store.jobs import create_job, find_resent_job
@@ -121,9 +122,11 @@ class WebSender:
         refusal = policy.check_mail(user, ip, user)
         if refusal is not None:
             return Sent(None, plain(refusal.reply))
-        parsed = policy.parse_recipient(f"{upload.number.strip()}@{config.smtp.domain}")
+        parsed = policy.check_number(upload.number.strip())
         if not isinstance(parsed, str):
             return Sent(None, plain(parsed.reply))
+        # The sender's own settings ([senders]: from number, cover), as for a mail of theirs.
+        settings = message_settings(config, sender, MessageOptions())
         if not upload.data:
             return Sent(None, "Choose a file to fax (PDF, TIFF, PNG or JPEG).", parsed)
         if not _FORM_ID.match(upload.form_id):
@@ -140,7 +143,7 @@ class WebSender:
                 assemble.validate,
                 extracted,
                 max_pages=config.fax.max_pages,
-                cover=config.cover,
+                cover=config.cover.for_message(settings.cover, settings.cover_template),
                 paper=config.fax.paper,
                 templates_dir=config.templates.dir,
             )
@@ -167,7 +170,6 @@ class WebSender:
                 return Sent(resent, None, parsed)
             job_id = new_job_id()
             spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
-            mapped = config.senders.get(sender)
             job = NewJob(
                 id=job_id,
                 sender=sender,
@@ -175,7 +177,9 @@ class WebSender:
                 client_address=str(ip) if ip is not None else None,
                 subject=extracted.subject or "",
                 message_id=message_id,
-                from_number=mapped.from_number if mapped else config.voxtelesys.from_number,
+                from_number=settings.from_number,
+                cover=settings.cover,
+                cover_template=settings.cover_template,
                 spool_path=spool_path,
                 recipients=(parsed,),
             )
