@@ -14,8 +14,12 @@ turns a misspelt variable into an error instead of a blank.
 Context the built-in templates expect (a template may test optional keys with `is defined`):
 - delivered, failed, queued: `number` (E.164), `pages`, `duration` (seconds), `attempts`,
   `carrier_id` (the carrier's fax id), `time` (datetime), each possibly None; `subject` (the
-  sender's own subject, may be ""), `sender`, `job_id`, `document_attached` (bool); failed adds
-  `error_code` (int or None), `error_description`, `retry_may_help` (bool).
+  sender's own subject, may be ""), `sender`, `job_id`, `document_attached` (bool), `tries` (how
+  many times the fax was sent: more than 1 once resubmitted); failed adds `error_code` (int or
+  None), `error_description`, `retry_may_help` (bool).
+- retry (a try failed on the line, the fax will be sent again): as failed (`time` is when this
+  try failed, `tries` how many have failed so far), plus `next_try` (datetime) and `tries_left`
+  (how many more times it will be sent at most).
 - inbound: `from_number`, `to_number` (E.164), `pages`, `duration`, `time`, `carrier_id`,
   `attachments` (file names), `preview_cid` (cid of the inline page-1 image, or None).
 Filters: `fax_number` ("+1 555-123-4567"), `duration` ("2 min 5 s"), `when` ("2024-06-19 15:38
@@ -40,7 +44,7 @@ from gateway.mailout.message import (
 from gateway.numbers import pretty
 from gateway.paths import builtin_templates
 
-KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "inbound")
+KINDS: tuple[str, ...] = ("delivered", "failed", "queued", "retry", "inbound")
 BUILTIN_TEMPLATES = builtin_templates()
 
 

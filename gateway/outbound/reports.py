@@ -4,7 +4,11 @@ Kinds, after HylaFAX's fixed vocabulary of outcomes, one template set each:
 - delivered: the carrier reports success (notify.on_success);
 - failed: the carrier reports failure, or the fax failed before reaching it (a refused POST,
   too many pages, a carrier unreachable past the queue lifetime) (notify.on_failure);
-- queued: the fax is at the carrier and not finished yet (notify.on_queued, off by default).
+- queued: the fax is at the carrier and not finished yet (notify.on_queued, off by default);
+- retry: a try failed on the line and the fax will be sent again at a given time
+  (fax.resubmit_attempts; notify.on_retry, off by default), once per resubmission.
+The final report (delivered or failed) goes out once however many times the fax was tried,
+and says how many (`tries`).
 
 A report goes to the envelope sender of the original message (notify.cc in copy), threads under
 it (In-Reply-To/References = its Message-ID), keeps the user's subject in its own, and attaches
@@ -49,6 +53,7 @@ logger = log.get_logger(__name__)
 DELIVERED = "delivered"
 FAILED = "failed"
 QUEUED = "queued"
+RETRY = "retry"
 
 _BATCH = 50
 
@@ -68,10 +73,18 @@ def outcome_kind(fax: Fax) -> str | None:
 
 def wanted(config: Config, kind: str) -> bool:
     notify = config.notify
-    return {DELIVERED: notify.on_success, FAILED: notify.on_failure, QUEUED: notify.on_queued}[kind]
+    return {
+        DELIVERED: notify.on_success,
+        FAILED: notify.on_failure,
+        QUEUED: notify.on_queued,
+        RETRY: notify.on_retry,
+    }[kind]
 
 
 def report_key(fax: Fax, kind: str) -> str:
+    """The outbox key of a report: one per fax and kind, and one per resubmission for retry."""
+    if kind == RETRY:
+        return f"report:{fax.id}:{kind}:{fax.resubmits}"
     return f"report:{fax.id}:{kind}"
 
 
@@ -132,7 +145,7 @@ def compose_report(
     cc: list[str],
 ) -> EmailMessage:
     """The report mail. Blocking (reads and may convert the document): run in a thread."""
-    attachment = _document(config, job, fax) if kind != QUEUED else None
+    attachment = _document(config, job, fax) if kind not in (QUEUED, RETRY) else None
     moment = fax.submitted_at if kind == QUEUED else (fax.finished_at or fax.updated_at)
     context: dict[str, object] = {
         "number": fax.recipient,
@@ -145,9 +158,15 @@ def compose_report(
         "sender": job.sender,
         "job_id": job.id,
         "document_attached": attachment is not None,
+        # Times the fax was sent (1, or more once resubmitted after failures on the line).
+        "tries": fax.resubmits + 1,
     }
-    if kind == FAILED:
+    if kind in (FAILED, RETRY):
         context.update(failure_details(fax))
+    if kind == RETRY:
+        context["tries"] = fax.resubmits
+        context["next_try"] = datetime.fromtimestamp(fax.next_attempt_at, UTC)
+        context["tries_left"] = max(0, config.fax.resubmit_attempts - fax.resubmits + 1)
     rendered = renderer.render(kind, context)
     return build_message(
         from_address=config.relay.from_address,
@@ -256,6 +275,15 @@ class Reporter:
         if job is None:
             return False
         return await self.report(job, fax, kind=QUEUED)
+
+    async def retry(self, fax: Fax) -> bool:
+        """The interim report (notify.on_retry) for a fax waiting to be resubmitted."""
+        if not self.config.notify.on_retry or fax.final:
+            return False
+        job = await self.db.run(get_job, fax.job_id)
+        if job is None:
+            return False
+        return await self.report(job, fax, kind=RETRY)
 
 
 class ReportsWorker(QueueWorker):

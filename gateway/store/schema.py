@@ -171,4 +171,9 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX jobs_message_id ON jobs(message_id, created_at) WHERE message_id != ''
     """,
+    # 8 (resubmission, fax.resubmit_attempts): how many times a fax that failed on the line was
+    # put back to pending to be sent again (its reports say how many times it was tried).
+    """
+    ALTER TABLE faxes ADD COLUMN resubmits INTEGER NOT NULL DEFAULT 0
+    """,
 ]
