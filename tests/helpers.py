@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -94,6 +94,13 @@ FAILED: dict[str, Any] = {
     "error_code": 5109,
     "error_description": "far end is not able to receive",
     "retry_may_help": True,
+}
+RETRY: dict[str, Any] = {
+    **FAILED,
+    "tries": 1,
+    "tries_left": 2,
+    "next_try": WHEN + timedelta(minutes=10),
+    "document_attached": False,
 }
 RECEIVED: dict[str, Any] = {
     "from_number": "+15556668888",

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from gateway.mailout.templates import KINDS, MailRenderer, MailTemplateError
-from tests.helpers import FAILED, OUTBOUND, RECEIVED, build
+from tests.helpers import FAILED, OUTBOUND, RECEIVED, RETRY, build
 
 CONTEXTS: dict[str, dict[str, Any]] = {
     "delivered": OUTBOUND,
     "queued": OUTBOUND,
     "failed": FAILED,
+    "retry": RETRY,
     "inbound": RECEIVED,
 }
 

@@ -139,7 +139,7 @@ class OfficeConverter:
                 "LANG": "C.UTF-8",
                 "SAL_USE_VCLPLUGIN": "svp",
             }
-            process = subprocess.Popen(
+            with subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -147,17 +147,18 @@ class OfficeConverter:
                 env=environment,
                 cwd=root,
                 start_new_session=True,  # its own process group, killed whole on a timeout
-            )
-            try:
-                output, _ = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
-                logger.warning("document.convert_timeout", file=label, seconds=timeout)
-                raise DocumentError(
-                    f"{label} took longer than {timeout:g} s to convert to PDF", kind=UNSUPPORTED
-                ) from None
-            finally:
-                _kill_group(process)  # helpers it left behind (none, normally)
+            ) as process:
+                try:
+                    output, _ = process.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    _kill_group(process)
+                    logger.warning("document.convert_timeout", file=label, seconds=timeout)
+                    raise DocumentError(
+                        f"{label} took longer than {timeout:g} s to convert to PDF",
+                        kind=UNSUPPORTED,
+                    ) from None
+                finally:
+                    _kill_group(process)  # helpers it left behind (none, normally)
             result = out / f"{source.stem}.pdf"
             data = result.read_bytes() if result.is_file() else b""
             if process.returncode != 0 or not data.startswith(b"%PDF-"):

@@ -113,9 +113,11 @@ def layout(text: str, *, paper: str, page_limit: int | None = None) -> list[list
                     if page_limit is not None and len(pages) > page_limit:
                         return pages
                 pages[-1].append(piece)
-    # No blank page at the end (a trailing newline or form feed), but never no page at all.
+    # No blank lines or page at the end (a trailing newline or form feed), but one page at least.
     while len(pages) > 1 and not any(line.strip() for line in pages[-1]):
         pages.pop()
+    while len(pages[-1]) > 1 and not pages[-1][-1].strip():
+        pages[-1].pop()
     return pages
 
 
