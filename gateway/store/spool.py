@@ -79,6 +79,8 @@ class Spool:
         return found
 
     def _converted_of(self, message: Path) -> list[Path]:
+        if not message.name.endswith(SUFFIX):
+            return []
         stem = message.name[: -len(SUFFIX)]
         return sorted(
             p
