@@ -155,3 +155,22 @@ async def test_readyz_and_check_config_name_a_missing_converter(
     result = run_cli("check-config", "--config", str(path))
     assert result.returncode == 2
     assert "documents.convert_office is on, but the converter LibreOffice" in result.stderr
+
+
+@needs_libreoffice
+async def test_no_free_conversion_slot_answers_451(smtp: Callable[..., Any]) -> None:
+    """With every LibreOffice slot taken for the whole timeout, DATA answers 451 4.3.2 (the
+    client tries again later) and nothing is queued."""
+    settings = {"documents": {"convert_office": True, "convert_timeout_seconds": 0.3}}
+    message = samples.mail(samples.attachment(office_files.docx(), "report.docx"))
+    async with smtp(settings) as gw:
+        handler = gw.server.handler
+        assert handler is not None
+        slots = handler.office._slots  # taken as if conversions were running
+        for _ in range(gw.server.config.documents.max_concurrent_conversions):
+            assert slots.acquire(blocking=False)
+        outcome = await asend(gw.port, message)
+        assert await gw.jobs() == []
+    assert outcome.data is not None
+    assert outcome.data[0] == 451
+    assert outcome.data[1].startswith("4.3.2 ")
