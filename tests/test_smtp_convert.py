@@ -3,6 +3,7 @@ file), the PDFs spooled with the message, and faxed as PDF to the sandbox carrie
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Callable
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-from gateway.config import Config
+from gateway.cli import UserError
+from gateway.commands.send import pipeline_send
+from gateway.config import Address, Config
 from tests import office_files, samples
 from tests.conftest import run_cli
 from tests.office_files import needs_libreoffice
@@ -174,3 +177,26 @@ async def test_no_free_conversion_slot_answers_451(smtp: Callable[..., Any]) -> 
     assert outcome.data is not None
     assert outcome.data[0] == 451
     assert outcome.data[1].startswith("4.3.2 ")
+
+
+async def test_send_command_faxes_a_text_file_and_names_the_office_switch(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """`fax-gateway send notes.txt` is queued like a mail with it attached; a .docx with
+    conversion off is refused before anything is sent, naming documents.convert_office."""
+    config = make_config()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Call me back\n")
+    report = tmp_path / "report.docx"
+    report.write_bytes(office_files.docx())
+    async with running_smtp(config) as gw:
+        listen = config.smtp.model_copy(update={"listen": Address("127.0.0.1", gw.port)})
+        pointed = config.model_copy(update={"smtp": listen})
+        job_id = await asyncio.to_thread(
+            pipeline_send, pointed, "+12015550123", notes, "alice@example.com", ""
+        )
+        assert [job["id"] for job in await gw.jobs()] == [job_id]
+        with pytest.raises(UserError) as caught:
+            pipeline_send(pointed, "+12015550123", report, "alice@example.com", "")
+        assert "documents.convert_office = true" in str(caught.value)
+        assert len(await gw.jobs()) == 1
