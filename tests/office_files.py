@@ -11,6 +11,8 @@ import pytest
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 ODT = "application/vnd.oasis.opendocument.text"
+ODS = "application/vnd.oasis.opendocument.spreadsheet"
+ODP = "application/vnd.oasis.opendocument.presentation"
 RTF = "application/rtf"
 HTML = "text/html"
 
@@ -52,6 +54,47 @@ def odt(text: str = "OpenDocument letter for the fax") -> bytes:
 
     document = OpenDocumentText()
     document.text.addElement(P(text=text))
+    buffer = io.BytesIO()
+    document.write(buffer)
+    return buffer.getvalue()
+
+
+def ods(text: str = "OpenDocument sheet for the fax") -> bytes:
+    from odf.opendocument import OpenDocumentSpreadsheet
+    from odf.table import Table, TableCell, TableRow
+    from odf.text import P
+
+    document = OpenDocumentSpreadsheet()
+    table = Table(name="Sheet1")
+    row = TableRow()
+    cell = TableCell()
+    cell.addElement(P(text=text))
+    row.addElement(cell)
+    table.addElement(row)
+    document.spreadsheet.addElement(table)
+    buffer = io.BytesIO()
+    document.write(buffer)
+    return buffer.getvalue()
+
+
+def odp(text: str = "OpenDocument slide for the fax") -> bytes:
+    from odf.draw import Frame, Page, TextBox
+    from odf.opendocument import OpenDocumentPresentation
+    from odf.style import MasterPage, PageLayout
+    from odf.text import P
+
+    document = OpenDocumentPresentation()
+    layout = PageLayout(name="Layout")
+    document.automaticstyles.addElement(layout)
+    master = MasterPage(name="Master", pagelayoutname=layout)
+    document.masterstyles.addElement(master)
+    page = Page(masterpagename=master)
+    frame = Frame(width="20cm", height="3cm", x="2cm", y="2cm")
+    box = TextBox()
+    box.addElement(P(text=text))
+    frame.addElement(box)
+    page.addElement(frame)
+    document.presentation.addElement(page)
     buffer = io.BytesIO()
     document.write(buffer)
     return buffer.getvalue()

@@ -36,6 +36,8 @@ def converter(**settings: object) -> OfficeConverter:
         (office_files.docx, office_files.DOCX, "report.docx", "Quarterly report"),
         (office_files.xlsx, office_files.XLSX, "budget.xlsx", "Budget sheet"),
         (office_files.odt, office_files.ODT, "letter.odt", "OpenDocument letter"),
+        (office_files.ods, office_files.ODS, "sheet.ods", "OpenDocument sheet"),
+        (office_files.odp, office_files.ODP, "slides.odp", "OpenDocument slide"),
         (office_files.rtf, office_files.RTF, "memo.rtf", "Rich text memo"),
         (office_files.html, office_files.HTML, "page.html", "Web page"),
     ],
