@@ -188,7 +188,8 @@ class SubmitWorker(QueueWorker):
         if not await self.db.run(fax_store.mark_submitted, fax.id, created.id, created.status, now):
             return
         logger.info("fax.submitted", carrier_id=created.id, status=created.status)
-        if self.metrics is not None:
+        if self.metrics is not None and fax.resubmits == 0:
+            # A resubmission's wait was chosen (fax.resubmit_delay_seconds), not suffered.
             self.metrics.received_to_submitted.observe(max(0.0, now - job.created_at))
         outcome = classify(
             created.status,
