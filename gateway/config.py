@@ -505,6 +505,10 @@ class FaxConfig(Section):
     paper: Literal["letter", "a4"] = "letter"
     # "strict" asks whether a number is assigned; "possible" checks length only (demo, labs).
     number_check: Literal["strict", "possible"] = "strict"
+    # Resubmission of faxes that failed on the line (busy, no answer, a dropped call): how many
+    # more times (0 = never) and how long after the failure (gateway/outbound/resubmit.py).
+    resubmit_attempts: int = Field(default=0, ge=0, le=10)
+    resubmit_delay_seconds: float = Field(default=600.0, ge=1)
 
     @field_validator("blocked_prefixes")
     @classmethod
@@ -550,6 +554,8 @@ class NotifyConfig(PrivacySection):
     on_success: bool = True
     on_failure: bool = True
     on_queued: bool = False
+    # An interim report when a failed fax will be resubmitted ("will try again at 14:05").
+    on_retry: bool = False
     attach_document: bool = True
     cc: tuple[EmailAddress, ...] = ()
     # The administrator's copy (gateway/admin/): a blind copy of every failure report, a mail
@@ -596,6 +602,16 @@ class NotifyConfig(PrivacySection):
     def zone(self) -> tzinfo:
         # UTC needs no time zone database (a minimal system may have none).
         return UTC if self.timezone == "UTC" else ZoneInfo(self.timezone)
+
+
+class DocumentsConfig(Section):
+    # Office files and HTML attachments become PDF with LibreOffice (gateway/document/office.py):
+    # off by default, since every such file is then opened by a large office suite.
+    convert_office: bool = False
+    convert_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    max_concurrent_conversions: int = Field(default=2, ge=1, le=32)
+    # The LibreOffice program: a name looked up in PATH, or an absolute path.
+    libreoffice: str = Field(default="soffice", min_length=1)
 
 
 class WebhooksConfig(Section):
@@ -666,6 +682,7 @@ class Config(Section):
     fax: FaxConfig = FaxConfig()
     limits: LimitsConfig = LimitsConfig()
     cover: CoverConfig = CoverConfig()
+    documents: DocumentsConfig = DocumentsConfig()
     notify: NotifyConfig = NotifyConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     templates: TemplatesConfig = TemplatesConfig()

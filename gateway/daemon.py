@@ -27,6 +27,7 @@ from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
 from gateway.datadir import DataDir
+from gateway.document.office import OfficeConverter
 from gateway.fsutil import make_private_dirs
 from gateway.inbound.archive import Archive
 from gateway.inbound.worker import InboundWorker
@@ -102,6 +103,7 @@ class Gateway:
         self.relay = create_relay(config)
         self.renderer = MailRenderer(config.templates.dir)
         self.archive = Archive(self.storage if isinstance(self.storage, S3Storage) else None)
+        self.office = OfficeConverter(config.documents)
         self.workers = self._workers()
         self.runner = Runner(
             self.workers,
@@ -115,6 +117,7 @@ class Gateway:
             self.runner.wake,
             metrics=self.metrics,
             renderer=self.renderer,
+            office=self.office,
         )
         self._routes()
 
@@ -144,7 +147,7 @@ class Gateway:
         self.reconciler = Reconciler(**common, client=self.client, wake=wake, metrics=self.metrics)
         self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
         return [
-            PrepareWorker(**common, spool=self.spool),
+            PrepareWorker(**common, spool=self.spool, office=self.office),
             UploadWorker(**common, storage=self.storage),
             SubmitWorker(**common, client=self.client, storage=self.storage, metrics=self.metrics),
             self.events,
@@ -185,6 +188,7 @@ class Gateway:
         self.health.add_check("carrier", self.client.check)
         self.health.add_check("storage", self.storage.check)
         self.health.add_check("relay", self.relay.check)
+        self.health.add_check("converter", self._converter_check)
         self.metrics.add_queue("jobs", lambda: self.db.run(job_store.queue_depth))
         self.metrics.add_queue("outbox", lambda: self.db.run(outbox_counts))
         self.metrics.add_queue("inbound", lambda: self.db.run(inbound_counts))
@@ -289,9 +293,18 @@ class Gateway:
         logger.info("daemon.reloaded", restart_needed=restart_needed)
         sdnotify.notify("READY=1")
 
+    async def _converter_check(self) -> None:
+        """LibreOffice can run, if documents.convert_office wants it (else nothing to check)."""
+        if not self.office.enabled:
+            return
+        reason = await asyncio.to_thread(self.office.missing)
+        if reason is not None:
+            raise RuntimeError(f"documents.convert_office is on, but {reason}")
+
     def _reconfigure(self, new: Config) -> None:
         """Hand a reloaded configuration to every part that reads it while running: each
         reads its settings (and its schedule) from `config` when it needs them."""
+        self.office.reconfigure(new.documents)
         for worker in self.workers:
             worker.config = new
         self.reporter.config = new

@@ -3,6 +3,7 @@
     store.db      the SQLite store (gateway/store/)
     secret.key    the signing secret of keys and links (gateway/storage/secret.py)
     spool/        each job's raw message as received, until cleanup (gateway/store/spool.py)
+                  and the PDFs its office attachments became at DATA
     documents/    each job's assembled document, until cleanup (gateway/outbound/prepare.py)
     media/        documents served by local storage (gateway/storage/local.py)
     inbound/      received faxes' documents while their mail is on its way (gateway/inbound/)

@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -108,6 +108,13 @@ REFUSED: dict[str, Any] = {
     "faxed": ["+15551234567"],
     "job_id": "J0123456789ABCDEFGHJK",
     "all_or_nothing": False,
+}
+RETRY: dict[str, Any] = {
+    **FAILED,
+    "tries": 1,
+    "tries_left": 2,
+    "next_try": WHEN + timedelta(minutes=10),
+    "document_attached": False,
 }
 RECEIVED: dict[str, Any] = {
     "from_number": "+15556668888",

@@ -489,8 +489,8 @@ def test_send_file_refuses_what_cannot_be_faxed(
 ) -> None:
     """A file that is no fax document is refused before anything is sent, with exit 2."""
     path, _ = daemon_config()
-    notes = tmp_path / "notes.txt"
-    notes.write_text("just text")
+    notes = tmp_path / "archive.bin"
+    notes.write_bytes(b"\x00\x01 no fax document")
     result = run_cli(
         "send",
         "--config",
@@ -502,7 +502,7 @@ def test_send_file_refuses_what_cannot_be_faxed(
         str(notes),
     )
     assert result.returncode == 2
-    assert "not a PDF, TIFF, PNG or JPEG file" in result.stderr
+    assert "not a PDF, TIFF, PNG, JPEG or text file" in result.stderr
 
 
 def test_failing_dependencies_are_reported_and_mail_still_queues(

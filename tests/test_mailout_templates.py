@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 from gateway.mailout.templates import KINDS, MailRenderer, MailTemplateError
-from tests.helpers import FAILED, OUTBOUND, RECEIVED, REFUSED, build
+from tests.helpers import FAILED, OUTBOUND, RECEIVED, REFUSED, RETRY, build
 
 WHEN = datetime(2024, 6, 19, 15, 38, tzinfo=UTC)
 CONTEXTS: dict[str, dict[str, Any]] = {
     "delivered": OUTBOUND,
     "queued": OUTBOUND,
     "failed": FAILED,
+    "retry": RETRY,
     "inbound": RECEIVED,
     "held": {
         "job_id": "J01HELD",

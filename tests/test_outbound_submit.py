@@ -15,14 +15,15 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.carrier.client import VoxtelesysClient
+from gateway.carrier.status import Outcome
 from gateway.config import Config
 from gateway.outbound.submit import SubmitWorker
 from gateway.queue.backoff import RetryPolicy
 from gateway.queue.runner import run_until_idle
 from gateway.storage.local import LocalStorage
 from gateway.store import Database
-from gateway.store.faxes import begin_submit, faxes_of, get_fax
-from gateway.store.jobs import advance, create_job, get_job
+from gateway.store.faxes import begin_submit, faxes_of, get_fax, record_carrier_status
+from gateway.store.jobs import advance, create_job, get_job, set_document_url
 from gateway.store.records import Fax, FaxState, JobState, NewJob, new_job_id
 from tests import samples
 from tests.helpers import Clock, until
@@ -202,3 +203,101 @@ async def test_a_slow_post_does_not_hold_the_faxes_behind_it(
     assert len(sandbox.requests("/faxes", method="POST")) == 4
     carrier_ids = [(await stage.fax(fax.id)).carrier_id for fax in faxes]
     assert len(set(carrier_ids)) == 4
+
+
+async def fail_on_the_line(
+    stage: Stage, carrier_id: str, attempts: int = 2, delay: float = 60.0
+) -> Fax:
+    """The carrier's "failed, 5109 busy" for `carrier_id`, recorded with resubmission on."""
+    result = await stage.db.run(
+        record_carrier_status,
+        carrier_id,
+        "failed",
+        Outcome.FAILED,
+        0,
+        0,
+        1,
+        5109,
+        "far end is not able to receive",
+        stage.clock(),
+        attempts,
+        delay,
+    )
+    assert result is not None
+    fax, final_now = result
+    assert not final_now
+    return fax
+
+
+async def test_a_resubmission_is_posted_once_with_a_new_url(stage: Stage, sandbox: Sandbox) -> None:
+    """A fax failed on the line is pending again, due after the delay, and is POSTed once more
+    with a freshly signed document URL; a replay of the failure changes nothing."""
+    [fax] = await stage.uploaded_job("+12015550123")
+    await run_until_idle([stage.worker])
+    first = await stage.fax(fax.id)
+    assert first.carrier_id is not None and first.submit_url is not None
+    waiting = await fail_on_the_line(stage, first.carrier_id)
+    assert (waiting.state, waiting.resubmits, waiting.submit_attempts) == (FaxState.PENDING, 1, 0)
+    assert waiting.next_attempt_at == pytest.approx(stage.clock() + 60, abs=1)
+    assert await fail_on_the_line(stage, first.carrier_id) == waiting  # the event replayed
+    await run_until_idle([stage.worker])
+    assert len(sandbox.requests("/faxes", method="POST")) == 1  # not due yet
+    stage.clock.advance(61)
+    await run_until_idle([stage.worker])
+    again = await stage.fax(fax.id)
+    assert again.state is FaxState.SUBMITTED and again.carrier_id != first.carrier_id
+    assert again.submit_url is not None and again.submit_url != first.submit_url
+    assert len(sandbox.requests("/faxes", method="POST")) == 2
+
+
+async def test_a_resubmission_interrupted_after_its_post_is_adopted_not_sent_again(
+    stage: Stage, sandbox: Sandbox
+) -> None:
+    """Killed between the resubmission's POST and its record, the restarted submitter finds
+    that POST by its new URL and adopts it; neither it nor the failed try is sent again."""
+    [fax] = await stage.uploaded_job("+12015550123")
+    await run_until_idle([stage.worker])
+    first = await stage.fax(fax.id)
+    assert first.carrier_id is not None
+    # A short delay: the carrier lists faxes by its own (real) creation time, and the search
+    # window starts a minute before the POST by the test's clock.
+    await fail_on_the_line(stage, first.carrier_id, delay=1.0)
+    stage.clock.advance(1.5)
+    # What the submitter does for a resubmission, up to the kill: a new URL, begin_submit, POST.
+    job = await stage.db.run(get_job, fax.job_id)
+    assert job is not None and job.storage_key is not None
+    stored = await stage.storage.url_for(job.storage_key, "application/pdf")
+    await stage.db.run(set_document_url, job.id, stored.url, stored.expires_at, stage.clock())
+    carrier_id = await stage.post_then_crash(await stage.fax(fax.id))
+    await run_until_idle([stage.worker])
+    adopted = await stage.fax(fax.id)
+    assert adopted.carrier_id == carrier_id and adopted.resubmits == 1
+    assert len(sandbox.requests("/faxes", method="POST")) == 2
+
+
+async def test_a_fax_failed_past_its_resubmissions_is_final(stage: Stage) -> None:
+    """After fax.resubmit_attempts resubmissions the next failure on the line is final."""
+    [fax] = await stage.uploaded_job("+12015550123")
+    for resubmits in (1, 2):
+        await run_until_idle([stage.worker])
+        sent = await stage.fax(fax.id)
+        assert sent.carrier_id is not None
+        waiting = await fail_on_the_line(stage, sent.carrier_id)
+        assert waiting.resubmits == resubmits
+        stage.clock.advance(61)
+    await run_until_idle([stage.worker])
+    last = await stage.fax(fax.id)
+    assert last.carrier_id is not None
+    result = await stage.db.run(
+        record_carrier_status,
+        last.carrier_id,
+        "failed",
+        Outcome.FAILED,
+        error_code=5109,
+        now=stage.clock(),
+        resubmit_attempts=2,
+        resubmit_delay=60.0,
+    )
+    assert result is not None
+    final, final_now = result
+    assert final_now and final.state is FaxState.FAILED and final.resubmits == 2

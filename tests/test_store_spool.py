@@ -115,3 +115,21 @@ def test_stale_temp_files_are_swept_fresh_ones_kept(spool: Spool) -> None:
     assert fresh.exists()
     assert path.exists()
     assert spool.messages() == [path]
+
+
+def test_converted_attachments_are_kept_beside_and_removed_with_their_message(
+    tmp_path: Path,
+) -> None:
+    """PDFs made at DATA are written durably beside the message, read back by index, and go
+    when the message is removed (cleanup, or a start-up's removal of an orphaned message)."""
+    spool = Spool(tmp_path / "spool")
+    message = spool.write("J1", b"raw message")
+    spool.write_converted("J1", 2, b"%PDF-two")
+    spool.write_converted("J1", 0, b"%PDF-zero")
+    other = spool.write("J10", b"another message")
+    spool.write_converted("J10", 0, b"%PDF-other")
+    assert spool.read_converted(message) == {0: b"%PDF-zero", 2: b"%PDF-two"}
+    assert spool.messages() == [message, other]
+    spool.remove(message)
+    assert sorted(p.name for p in spool.root.iterdir()) == ["J10.0.pdf", "J10.eml"]
+    assert spool.read_converted(other) == {0: b"%PDF-other"}

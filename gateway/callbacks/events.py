@@ -43,6 +43,7 @@ from gateway.store.events import (
 )
 from gateway.store.faxes import record_carrier_status
 from gateway.store.inbound import announce_inbound
+from gateway.store.records import FaxState
 
 logger = log.get_logger(__name__)
 
@@ -199,6 +200,8 @@ class EventsWorker(QueueWorker):
             fax.error_code,
             fax.error_description,
             self.clock(),
+            self.config.fax.resubmit_attempts,
+            self.config.fax.resubmit_delay_seconds,
         )
         if result is None:
             # A fax that failed at once (a bad document) can call back before the submit
@@ -219,6 +222,23 @@ class EventsWorker(QueueWorker):
         if final_now:
             # The reports worker tells the outcome (claim_reports finds every final fax not
             # yet reported, so a crash right here still gets its report).
+            self._wake()
+        elif (
+            outcome is Outcome.FAILED
+            and ours.state is FaxState.PENDING
+            and ours.carrier_id == fax.id
+        ):
+            # This try failed on the line and the fax waits to be resubmitted. A replay of the
+            # event (a crash before it was marked processed) lands here again, and the interim
+            # report's outbox key makes it once.
+            logger.info(
+                "fax.resubmit_scheduled",
+                fax_id=ours.id,
+                resubmits=ours.resubmits,
+                due_at=ours.next_attempt_at,
+                error_code=ours.error_code,
+            )
+            await self.reporter.retry(ours)
             self._wake()
         elif outcome is Outcome.PENDING and not ours.final:
             await self.reporter.queued(ours)

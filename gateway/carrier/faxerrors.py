@@ -108,6 +108,24 @@ NOT_RETRYABLE: frozenset[int] = frozenset(
 _DOCUMENT_BLOCK = range(4200, 4300)
 
 
+# Final status words that mean the line was busy or nobody answered, when no code comes with them.
+BUSY_STATUSES = frozenset({"busy", "no-answer", "no_answer"})
+
+
+def resubmittable(status: str, code: int | None) -> bool:
+    """Whether sending the same fax again later (fax.resubmit_attempts) may go through.
+
+    Yes for failures of the call: a retryable 5xxx code (busy, no answer, training, a dropped
+    line: 51xx; the carrier's internal 53xx, including 5314 "failed to fetch file", since every
+    resubmission gets a freshly signed document URL) and a busy or no-answer status without a
+    code. Never for 4xxx (the document or its download, found before any call), for a fixed
+    property of the far end (NOT_RETRYABLE), or for a failure without a code or a busy word.
+    """
+    if code is None:
+        return (status or "").strip().lower() in BUSY_STATUSES
+    return 5000 <= code < 6000 and describe(code).retryable
+
+
 def describe(code: int | str | None) -> FaxErrorInfo:
     """Description and retry advice for a fax error code, known or not.
 

@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 from gateway.cli import add_config_argument, config_from_args
 from gateway.config import Config
 from gateway.document.cover import CoverTemplateError, check_template
+from gateway.document.office import OfficeConverter
 
 EXIT_EXAMPLE_VALUES = 1
+EXIT_PROBLEMS = 2
 
 # The placeholders of config/gateway.example.toml (tests/test_cli.py keeps the two in step),
 # with what to do instead.
@@ -43,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check-config",
         help="validate the configuration file",
         description=(
-            "Print 'configuration OK' and exit 0; print every problem and exit 2; or, when the "
+            "Print 'configuration OK' and exit 0; print every problem (including a converter "
+            "documents.convert_office needs but this machine lacks) and exit 2; or, when the "
             "file is valid but still has the example's secrets or example.com as its public "
             "URL, name them and exit 1. Risky but valid combinations are printed as warnings "
             "and do not change the exit status. Secrets are read from the environment as the "
@@ -59,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
     # Warnings do not fail the check (a lab may mean it); they are printed whatever the verdict.
     for line in warnings(config):
         print(f"warning: {line}", file=sys.stderr)
+    missing = missing_programs(config)
+    if missing:
+        for line in missing:
+            print(line, file=sys.stderr)
+        return EXIT_PROBLEMS
     leftovers = example_values(config)
     if leftovers:
         print("configuration valid, but values from the example are left:", file=sys.stderr)
@@ -100,6 +108,20 @@ def _cover_template_problems(config: Config) -> list[str]:
         except CoverTemplateError as exc:
             found.append(f'senders."{sender}".cover_template: {exc}')
     return found
+
+
+def missing_programs(config: Config) -> list[str]:
+    """Programs the configuration needs that this machine lacks, one line each."""
+    if not config.documents.convert_office:
+        return []
+    reason = OfficeConverter(config.documents).missing()
+    if reason is None:
+        return []
+    return [
+        f"documents.convert_office is on, but {reason}: office attachments would be refused"
+        " (install libreoffice-writer-nogui, libreoffice-calc-nogui and"
+        " libreoffice-impress-nogui, or set documents.libreoffice)"
+    ]
 
 
 def example_values(config: Config) -> list[str]:

@@ -29,7 +29,7 @@ from gateway.carrier import CarrierFax, Outcome, VoxtelesysClient
 from gateway.cli import UserError, add_config_argument, config_from_args
 from gateway.commands.status import CarrierUnreachable, describe_fax, run_with_client
 from gateway.config import Config
-from gateway.document.kinds import sniff
+from gateway.document.kinds import OFFICE_TYPES, convertible_type, sniff
 from gateway.numbers import NumberError, parse_fax_number, pretty
 from gateway.smtp.policy import RelayPolicy
 
@@ -141,9 +141,13 @@ def pipeline_send(config: Config, to: str, path: Path, sender: str, subject: str
         data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: {exc.strerror}") from None
-    content_type = sniff(data)
+    # The bytes decide for the faxable kinds; text and office files go by their name, as the
+    # gateway treats attachments (gateway/document/kinds.py).
+    content_type = sniff(data) or convertible_type(None, path.name)
     if content_type is None:
-        raise UserError(f"{path}: not a PDF, TIFF, PNG or JPEG file")
+        raise UserError(f"{path}: not a PDF, TIFF, PNG, JPEG or text file")
+    if content_type in OFFICE_TYPES and not config.documents.convert_office:
+        raise UserError(f"{path}: office files are faxed only with documents.convert_office = true")
     message = EmailMessage()
     message["From"] = sender
     message["To"] = f"{to.lstrip('+')}@{config.smtp.domain}"

@@ -330,6 +330,11 @@ def _draw(pages: list[list[_Run]], paper: str) -> bytes:
         buffer = io.BytesIO()
         image.save(buffer, "PNG", dpi=(DPI, DPI))
         images.append(buffer.getvalue())
+    return pages_to_pdf(images, paper)
+
+
+def pages_to_pdf(images: list[bytes], paper: str) -> bytes:
+    """Page images (PNG at DPI) as a PDF whose pages are exactly Letter or A4."""
     page_width, page_height = PAPER_POINTS[paper]
     layout = img2pdf.get_layout_fun((page_width, page_height), fit=img2pdf.FitMode.into)
     pdf = img2pdf.convert(images, layout_fun=layout, nodate=True)

@@ -3,6 +3,12 @@
 Mail clients declare attachment types carelessly (`application/octet-stream`, `image/jpg`, a PNG
 sent as `image/jpeg`), so what a part *is* is decided here from its first bytes. Only the four
 formats the carrier renders are recognised; anything else is "not faxable" (None).
+
+Two more families are *convertible*: plain text (always turned into PDF pages, text.py) and the
+office formats LibreOffice reads (office.py, when documents.convert_office is on). Their bytes
+have no magic a sniffer can trust (a DOCX is a ZIP, an HTML file is text), so they are known by
+declared type or filename extension, and only after the bytes were found to be none of the four;
+LibreOffice then decides by the content what it opens.
 """
 
 from __future__ import annotations
@@ -47,6 +53,55 @@ _CLAIMED_BY_TYPE: dict[str, str] = {
     "image/jpg": JPEG,
     "image/pjpeg": JPEG,
 }
+
+# Plain text: faxed as monospace pages (gateway/document/text.py).
+TEXT = "text/plain"
+
+# The office formats, by the type a canonical mail client declares and the name people give.
+_OFFICE_TYPES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    # canonical type: (name, extensions, other declared types)
+    "application/msword": ("Word", (".doc",), ()),
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": (
+        "Word",
+        (".docx",),
+        (),
+    ),
+    "application/vnd.oasis.opendocument.text": ("OpenDocument text", (".odt",), ()),
+    "application/rtf": ("RTF", (".rtf",), ("text/rtf", "application/x-rtf")),
+    "application/vnd.ms-excel": ("Excel", (".xls",), ()),
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": (
+        "Excel",
+        (".xlsx",),
+        (),
+    ),
+    "application/vnd.oasis.opendocument.spreadsheet": ("OpenDocument spreadsheet", (".ods",), ()),
+    "application/vnd.ms-powerpoint": ("PowerPoint", (".ppt",), ()),
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": (
+        "PowerPoint",
+        (".pptx",),
+        (),
+    ),
+    "application/vnd.oasis.opendocument.presentation": (
+        "OpenDocument presentation",
+        (".odp",),
+        (),
+    ),
+    "text/html": ("HTML", (".html", ".htm"), ("application/xhtml+xml",)),
+}
+OFFICE_TYPES: frozenset[str] = frozenset(_OFFICE_TYPES)
+_OFFICE_BY_EXTENSION = {ext: t for t, (_, exts, _) in _OFFICE_TYPES.items() for ext in exts}
+_OFFICE_BY_TYPE = {
+    declared: t for t, (_, _, others) in _OFFICE_TYPES.items() for declared in (t, *others)
+}
+_TEXT_EXTENSIONS = (".txt", ".text")
+# What an office file of each container starts with. LibreOffice opens what it does not
+# recognise as plain text, so a damaged file would be faxed as pages of gibberish: the bytes
+# must at least be the container the type claims.
+_ZIP_MAGIC = b"PK\x03\x04"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_OLE_TYPES = frozenset(
+    {"application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint"}
+)
 
 # Acrobat accepts a PDF header anywhere in the first 1024 bytes (some generators prepend junk
 # such as a UTF-8 BOM or a mail gateway's banner); so do we.
@@ -118,7 +173,50 @@ def tiff_frames(data: bytes, *, limit: int = MAX_TIFF_FRAMES) -> int | None:
 
 def extension(content_type: str) -> str:
     """The usual filename extension (with its dot) for a content type; ".bin" if unknown."""
-    return _EXTENSIONS.get(_bare(content_type), ".bin")
+    bare = _bare(content_type)
+    if bare in _OFFICE_TYPES:
+        return _OFFICE_TYPES[bare][1][0]
+    if bare == TEXT:
+        return ".txt"
+    return _EXTENSIONS.get(bare, ".bin")
+
+
+def office_name(content_type: str) -> str:
+    """What people call an office type ("Word", "Excel"); the type itself if it is none."""
+    entry = _OFFICE_TYPES.get(_bare(content_type))
+    return entry[0] if entry else content_type
+
+
+def office_bytes_match(content_type: str, data: bytes) -> bool:
+    """Whether `data` starts like a file of this office type (ZIP, OLE2, RTF; HTML: any)."""
+    bare = _bare(content_type)
+    if bare == "text/html":
+        return b"\x00" not in data[:1024]
+    if bare == "application/rtf":
+        return data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{\\rtf")
+    if bare in _OLE_TYPES:
+        return data.startswith(_OLE_MAGIC)
+    return data.startswith(_ZIP_MAGIC)
+
+
+def convertible_type(declared_type: str | None, filename: str | None) -> str | None:
+    """TEXT or an office type (its canonical name) that a part which is none of the faxable
+    kinds declares or is named as; None for anything else. The extension wins over the declared
+    type, which clients often leave at application/octet-stream."""
+    if filename:
+        dot = filename.rfind(".")
+        if dot >= 0:
+            ext = filename[dot:].lower()
+            if ext in _OFFICE_BY_EXTENSION:
+                return _OFFICE_BY_EXTENSION[ext]
+            if ext in _TEXT_EXTENSIONS:
+                return TEXT
+    bare = _bare(declared_type or "")
+    if bare in _OFFICE_BY_TYPE:
+        return _OFFICE_BY_TYPE[bare]
+    if bare == TEXT:
+        return TEXT
+    return None
 
 
 def claimed_type(declared_type: str | None, filename: str | None) -> str | None:

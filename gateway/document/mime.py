@@ -23,6 +23,10 @@ A mail is parsed with `email.policy.default` and walked in message order. The ru
   place, but not its body text: people forward a mail to fax what it carried.
 - Signatures (S/MIME, PGP) and AppleDouble resource forks are protocol furniture: ignored, and
   never named as "cannot be faxed".
+- Parts of a type the caller can convert (`convertible`: plain-text and office attachments, see
+  kinds.convertible_type) are kept as attachments of that type, in message order, for
+  gateway/document/conversion.py to turn into PDF; a plain-text attachment's text is decoded by
+  its charset and kept as UTF-8. Without `convertible` they are named as unsupported.
 
 `extract` never raises anything but `DocumentError` (kind "malformed"), whatever the input bytes.
 
@@ -43,7 +47,7 @@ from email.message import Message
 from html.parser import HTMLParser
 from urllib.parse import unquote
 
-from gateway.document.kinds import claimed_type, sniff
+from gateway.document.kinds import TEXT, claimed_type, convertible_type, sniff
 
 NO_DOCUMENT = "no_document"
 UNSUPPORTED = "unsupported"
@@ -127,10 +131,14 @@ class Extracted:
     unsupported: tuple[str, ...]
 
 
-def extract(raw: bytes) -> Extracted:
-    """Parse a raw RFC 5322 message and find its faxable parts (see the module docstring)."""
+def extract(raw: bytes, *, convertible: frozenset[str] = frozenset()) -> Extracted:
+    """Parse a raw RFC 5322 message and find its faxable parts (see the module docstring).
+
+    Parts of the types in `convertible` (kinds.TEXT, kinds.OFFICE_TYPES) are kept as
+    attachments to convert instead of being named as unsupported.
+    """
     try:
-        return _extract(bytes(raw))
+        return _extract(bytes(raw), convertible)
     except DocumentError:
         raise
     except Exception:
@@ -203,11 +211,11 @@ def _shown_name(name: str) -> str:
     return cleaned or "unnamed"
 
 
-def _extract(raw: bytes) -> Extracted:
+def _extract(raw: bytes, convertible: frozenset[str]) -> Extracted:
     check_headers(email.message_from_bytes(raw, policy=email.policy.compat32))
     message = email.message_from_bytes(raw, policy=email.policy.default)
     references = _html_references(message)
-    found = _Walker(references).visit(message, depth=0, resource=False)
+    found = _Walker(references, convertible).visit(message, depth=0, resource=False)
     body = "\n\n".join(t for t in found.plain if t.strip()) or "\n\n".join(
         t for t in found.html if t.strip()
     )
@@ -229,8 +237,9 @@ class _References:
 
 
 class _Walker:
-    def __init__(self, references: _References) -> None:
+    def __init__(self, references: _References, convertible: frozenset[str]) -> None:
         self.references = references
+        self.convertible = convertible
 
     def visit(self, part: Message, *, depth: int, resource: bool) -> _Found:
         if depth > _MAX_DEPTH:
@@ -320,6 +329,12 @@ class _Walker:
         kind = sniffed or claimed_type(content_type, filename)
         if kind is not None:
             found.attachments.append(Attachment(filename, kind, data))
+            return found
+        convert = convertible_type(content_type, filename)
+        if convert is not None and convert in self.convertible:
+            if convert == TEXT:
+                data = _text_of(part).encode("utf-8", "replace")
+            found.attachments.append(Attachment(filename, convert, data))
         else:
             found.unsupported.append(filename or content_type)
         return found

@@ -15,8 +15,12 @@ Context the built-in templates expect (a template may test optional keys with `i
 - delivered, failed, queued: `number` (E.164), `pages`, `duration` (seconds), `attempts`,
   `carrier_id` (the carrier's fax id), `time` (datetime), each possibly None; `subject` (the
   sender's own subject, may be ""), `sender`, `job_id`, `document_attached` (bool),
-  `transmission_report_attached` (bool); failed adds `error_code` (int or None),
-  `error_description`, `retry_may_help` (bool).
+  `transmission_report_attached` (bool), `tries` (how many times the fax was sent: more than 1
+  once resubmitted); failed adds `error_code` (int or None), `error_description`,
+  `retry_may_help` (bool).
+- retry (a try failed on the line, the fax will be sent again): as failed (`time` is when this
+  try failed, `tries` how many have failed so far), plus `next_try` (datetime) and `tries_left`
+  (how many more times it will be sent at most).
 - inbound: `from_number`, `to_number` (E.164), `pages`, `duration`, `time`, `carrier_id`,
   `attachments` (file names), `preview_cid` (cid of the inline page-1 image, or None).
 - held (to notify.admin): `job_id`, `sender`, `subject`, `numbers` (E.164 list), `error`, `time`.
@@ -59,6 +63,8 @@ KINDS: tuple[str, ...] = (
     "delivered",
     "failed",
     "queued",
+    # A failed try that will be sent again (fax.resubmit_attempts, notify.on_retry).
+    "retry",
     "inbound",
     # A mail to the shared address refused (gateway/smtp/explain.py).
     "refused",

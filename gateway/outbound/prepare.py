@@ -10,9 +10,11 @@ from gateway import log
 from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document.assemble import Document, assemble
+from gateway.document.conversion import CONVERTIBLE, to_faxable
 from gateway.document.cover import CoverContext
 from gateway.document.kinds import extension
 from gateway.document.mime import DocumentError, extract
+from gateway.document.office import ConversionBusy, OfficeConverter
 from gateway.fsutil import write_atomic
 from gateway.numbers import pretty
 from gateway.outbound.defer import defer_job
@@ -37,9 +39,11 @@ class PrepareWorker(QueueWorker):
         db: Database,
         clock: Clock = time.time,
         spool: Spool,
+        office: OfficeConverter | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.spool = spool
+        self.office = office or OfficeConverter(config.documents)
 
     async def next_due(self) -> float | None:
         return await self.db.run(store.next_job_due, JobState.RECEIVED)
@@ -70,10 +74,11 @@ class PrepareWorker(QueueWorker):
             logger.warning("job.failed", stage="prepare", reason=exc.kind, error=str(exc))
             await self.db.run(store.fail_job, job.id, str(exc), self.schedule.clock())
             return
-        except (OSError, MemoryError) as exc:
-            # A full disk, no file descriptors or memory: the machine's trouble, not the job's.
-            # Deferred without charging a pickup; anything else is a crash the guard counts.
-            if not resource_error(exc):
+        except (OSError, MemoryError, ConversionBusy) as exc:
+            # A full disk, no file descriptors or memory, every LibreOffice slot taken: the
+            # machine's trouble, not the job's. Deferred without charging a pickup; anything
+            # else is a crash the guard counts.
+            if not (isinstance(exc, ConversionBusy) or resource_error(exc)):
                 raise
             await defer_job(
                 self.db,
@@ -99,7 +104,15 @@ class PrepareWorker(QueueWorker):
 
     def _build(self, job: Job, recipients: list[str]) -> Document:
         raw = self.spool.read(job.spool_path)
-        extracted = extract(raw)
+        # The PDFs made of its office files at DATA are in the spool beside the message.
+        faxable = to_faxable(
+            extract(raw, convertible=CONVERTIBLE),
+            office=self.office,
+            paper=self.config.fax.paper,
+            max_pages=self.config.fax.max_pages,
+            known=self.spool.read_converted(job.spool_path),
+        )
+        extracted = faxable.extracted
         context = CoverContext(
             sender=job.sender,
             recipient=", ".join(pretty(number) for number in recipients),

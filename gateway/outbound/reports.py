@@ -4,8 +4,12 @@ Kinds, after HylaFAX's fixed vocabulary of outcomes, one template set each:
 - delivered: the carrier reports success (notify.on_success);
 - failed: the carrier reports failure, or the fax failed before reaching it (a refused POST,
   too many pages, a carrier unreachable past the queue lifetime) (notify.on_failure);
-- queued: the fax is at the carrier and not finished yet (notify.on_queued, off by default).
-A message's `+notify=none|failure|all` address option (the job's `notify`) overrides the three
+- queued: the fax is at the carrier and not finished yet (notify.on_queued, off by default);
+- retry: a try failed on the line and the fax will be sent again at a given time
+  (fax.resubmit_attempts; notify.on_retry, off by default), once per resubmission.
+The final report (delivered or failed) goes out once however many times the fax was tried,
+and says how many (`tries`).
+A message's `+notify=none|failure|all` address option (the job's `notify`) overrides the
 switches for its faxes: no report, failures only, or every kind.
 
 A report goes to the envelope sender of the original message (notify.cc in copy, and for a
@@ -58,6 +62,7 @@ logger = log.get_logger(__name__)
 DELIVERED = "delivered"
 FAILED = "failed"
 QUEUED = "queued"
+RETRY = "retry"
 
 _BATCH = 50
 
@@ -86,10 +91,18 @@ def wanted(config: Config, kind: str, job: Job | None = None) -> bool:
     if override == "all":
         return True
     notify = config.notify
-    return {DELIVERED: notify.on_success, FAILED: notify.on_failure, QUEUED: notify.on_queued}[kind]
+    return {
+        DELIVERED: notify.on_success,
+        FAILED: notify.on_failure,
+        QUEUED: notify.on_queued,
+        RETRY: notify.on_retry,
+    }[kind]
 
 
 def report_key(fax: Fax, kind: str) -> str:
+    """The outbox key of a report: one per fax and kind, and one per resubmission for retry."""
+    if kind == RETRY:
+        return f"report:{fax.id}:{kind}:{fax.resubmits}"
     return f"report:{fax.id}:{kind}"
 
 
@@ -177,12 +190,14 @@ def compose_report(
         "job_id": job.id,
         "attach": privacy.attach,
         "status_url": status_page_url(config),
+        # Times the fax was sent (1, or more once resubmitted after failures on the line).
+        "tries": fax.resubmits + 1,
     }
-    if kind == FAILED:
+    if kind in (FAILED, RETRY):
         context.update(failure_details(fax))
     document: MailAttachment | None = None
     report: MailAttachment | None = None
-    if kind != QUEUED:
+    if kind not in (QUEUED, RETRY):
         read = _read_document(job) if privacy.carries_document else None
         document = _document(config, job, fax, privacy, read)
         if config.notify.transmission_report:
@@ -199,6 +214,10 @@ def compose_report(
     attachments = [a for a in (document, report) if a is not None]
     context["document_attached"] = document is not None
     context["transmission_report_attached"] = report is not None
+    if kind == RETRY:
+        context["tries"] = fax.resubmits
+        context["next_try"] = datetime.fromtimestamp(fax.next_attempt_at, UTC)
+        context["tries_left"] = max(0, config.fax.resubmit_attempts - fax.resubmits + 1)
     rendered = renderer.render(kind, context)
     return build_message(
         from_address=config.relay.from_address,
@@ -334,6 +353,15 @@ class Reporter:
         if job is None or not wanted(self.config, QUEUED, job):
             return False
         return await self.report(job, fax, kind=QUEUED)
+
+    async def retry(self, fax: Fax) -> bool:
+        """The interim report (notify.on_retry) for a fax waiting to be resubmitted."""
+        if not self.config.notify.on_retry or fax.final:
+            return False
+        job = await self.db.run(get_job, fax.job_id)
+        if job is None:
+            return False
+        return await self.report(job, fax, kind=RETRY)
 
 
 class ReportsWorker(QueueWorker):

@@ -4,6 +4,11 @@ Exactly once across crashes: `begin_submit` is committed before each POST. A fax
 an earlier POST on record may already exist at the carrier (the process died before storing
 its id), so the carrier's list is searched for it by document URL and number first, and it is
 adopted if found. Within one call the client does the same after an ambiguous failure.
+
+A fax the carrier failed on the line may come back pending (`record_carrier_status`,
+fax.resubmit_attempts): its first POST of the new round is made with a freshly signed document
+URL, different from every URL an earlier try sent, so that the carrier fetches the document
+anew and so that a search by URL after a crash finds this try and never the failed one.
 """
 
 from __future__ import annotations
@@ -111,8 +116,19 @@ class SubmitWorker(QueueWorker):
         # What an earlier, unrecorded POST sent: the job's URL may have been signed afresh since
         # (for a sibling, or near its expiry), and only the URL that POST carried finds it.
         earlier_url = fax.submit_url or job.document_url
-        url = await self._fresh_url(fax, job)
+        resubmission = fax.resubmits > 0 and fax.submit_attempts == 0
+        url = await self._fresh_url(fax, job, renew=resubmission)
         if url is None or earlier_url is None:
+            return
+        if resubmission and url == fax.submit_url:
+            # Signed within the same second as the failed try's URL: a moment later it differs.
+            await self.db.run(
+                fax_store.defer_fax,
+                fax.id,
+                "waiting for a new document URL",
+                1.0,
+                self.schedule.clock(),
+            )
             return
         if fax.submit_attempts > 0 and fax.submit_started_at is not None:
             # A fax found there is adopted whatever its status, failed included: it is the
@@ -145,10 +161,10 @@ class SubmitWorker(QueueWorker):
         failpoint("after_post")
         await self._record(fax, job, created)
 
-    async def _fresh_url(self, fax: Fax, job: Job) -> str | None:
+    async def _fresh_url(self, fax: Fax, job: Job, *, renew: bool = False) -> str | None:
         assert job.document_url is not None and job.storage_key is not None
         expires = job.url_expires_at or 0
-        if expires - self.schedule.clock() > _URL_MARGIN_SECONDS:
+        if not renew and expires - self.schedule.clock() > _URL_MARGIN_SECONDS:
             return job.document_url
         try:
             stored = await self.storage.url_for(job.storage_key, job.document_type or "")
@@ -175,7 +191,8 @@ class SubmitWorker(QueueWorker):
         if not await self.db.run(fax_store.mark_submitted, fax.id, created.id, created.status, now):
             return
         logger.info("fax.submitted", carrier_id=created.id, status=created.status)
-        if self.metrics is not None:
+        if self.metrics is not None and fax.resubmits == 0:
+            # A resubmission's wait was chosen (fax.resubmit_delay_seconds), not suffered.
             self.metrics.received_to_submitted.observe(max(0.0, now - job.created_at))
         outcome = classify(
             created.status,
@@ -194,6 +211,8 @@ class SubmitWorker(QueueWorker):
                 created.error_code,
                 created.error_description,
                 now,
+                self.config.fax.resubmit_attempts,
+                self.config.fax.resubmit_delay_seconds,
             )
 
     async def _carrier_error(self, fax: Fax, job: Job, exc: CarrierError) -> None:

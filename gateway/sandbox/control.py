@@ -18,9 +18,11 @@
 
 Faults: {"kind": "error", "count": N, "status": 500, "body": "json"|"text"|"empty"},
 {"kind": "slow", "count": N, "seconds": D}, {"kind": "disconnect", "count": N},
-{"kind": "drop_webhooks", "count": N}; request faults take optional "method", "path" (a path
-prefix, default /api/v1) and "when": "after" (the request is carried out, then its answer is
-replaced by the error or a dropped connection).
+{"kind": "drop_webhooks", "count": N}, {"kind": "fail_fax", "count": N, "error_code": 5109,
+"to": "+12015550123"} (the next N outbound faxes to that number, or to any without "to", fail
+with that code, then faxes go as scripted again: "busy twice, then through"); request faults
+take optional "method", "path" (a path prefix, default /api/v1) and "when": "after" (the
+request is carried out, then its answer is replaced by the error or a dropped connection).
 
 No authentication: the sandbox is a local tool and listens on 127.0.0.1 by default.
 """
@@ -149,6 +151,16 @@ async def add_fault(request: web.Request) -> web.Response:
         if spec["when"] not in ("before", "after"):
             raise _bad("when must be 'before' or 'after'")
         fault["when"] = spec["when"]
+    if kind == "fail_fax":
+        code = spec.get("error_code")
+        if not isinstance(code, int) or isinstance(code, bool):
+            raise _bad("fail_fax needs an error_code (a number)")
+        fault["error_code"] = code
+        if spec.get("to") is not None:
+            to = str(spec["to"])
+            if not to.startswith("+") or not to[1:].isdigit():
+                raise _bad("to must be E.164 like +12015550123")
+            fault["to"] = to
     created = request.app[STATE].add_fault(**fault)
     return web.json_response(created.as_json(), status=201)
 

@@ -98,7 +98,9 @@ class Lifecycle:
         fax.set_status(DELIVERING)
         self.state.touch()
         await self._pause()
-        code = settings.outcome_for(fax.to)
+        code = self.state.take_fax_failure(fax.to)
+        if code is None:
+            code = settings.outcome_for(fax.to)
         if code is not None:
             self._fail(fax, code)
         else:

@@ -18,7 +18,9 @@ from typing import Any
 from gateway.carrier.faxerrors import describe
 from gateway.sandbox.settings import SandboxSettings
 
-FAULT_KINDS = ("error", "slow", "disconnect", "drop_webhooks")
+FAULT_KINDS = ("error", "slow", "disconnect", "drop_webhooks", "fail_fax")
+# Faults about faxes, not requests: consumed when a fax ends or a webhook is sent.
+_FAX_FAULTS = ("drop_webhooks", "fail_fax")
 ERROR_BODIES = ("json", "text", "empty")
 
 
@@ -144,9 +146,12 @@ class Fault:
     method: str | None = None
     path: str = "/api/v1"  # prefix of the request paths it applies to
     when: str = "before"  # "after": the request is handled, then its answer is lost
+    # fail_fax: the code the next outbound faxes (to `to`, E.164, or to any number) fail with.
+    error_code: int | None = None
+    to: str | None = None
 
     def matches(self, method: str, path: str) -> bool:
-        if self.remaining <= 0 or self.kind == "drop_webhooks":
+        if self.remaining <= 0 or self.kind in _FAX_FAULTS:
             return False
         if self.method is not None and self.method != method:
             return False
@@ -163,6 +168,8 @@ class Fault:
             "method": self.method,
             "path": self.path,
             "when": self.when,
+            "error_code": self.error_code,
+            "to": self.to,
         }
 
 
@@ -256,6 +263,16 @@ class SandboxState:
                 self.touch()
                 return True
         return False
+
+    def take_fax_failure(self, digits: str) -> int | None:
+        """The error code a scripted `fail_fax` fault gives this outbound fax, once; or None."""
+        number = "+" + digits.lstrip("+")
+        for fault in self.faults:
+            if fault.kind == "fail_fax" and fault.remaining > 0 and fault.to in (None, number):
+                fault.remaining -= 1
+                self.touch()
+                return fault.error_code
+        return None
 
     # -- logs --------------------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ from gateway import log
 from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document import assemble, mime
+from gateway.document.conversion import CONVERTIBLE, Faxable, to_faxable
 from gateway.document.mime import DocumentError
+from gateway.document.office import ConversionBusy, OfficeConverter
 from gateway.failpoints import failpoint
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
@@ -88,8 +90,10 @@ class FaxHandler:
         auth: SmtpAuth | None = None,
         metrics: Metrics | None = None,
         renderer: MailRenderer | None = None,
+        office: OfficeConverter | None = None,
     ) -> None:
         self.config = config
+        self.office = office or OfficeConverter(config.documents)
         self.metrics = metrics
         # Renders the explanation of a refused shared-address message (None: none is mailed).
         self.renderer = renderer
@@ -113,6 +117,7 @@ class FaxHandler:
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded configuration from the next SMTP command on (SIGHUP)."""
         self.policy = RelayPolicy(config, auth_available=self.auth is not None)
+        self.office.reconfigure(config.documents)
         self.config = config
 
     # -- EHLO and AUTH ----------------------------------------------------------------------
@@ -348,7 +353,7 @@ class FaxHandler:
                 refusal = Refusal(Reason.NO_STORAGE, replies.INSUFFICIENT_STORAGE)
                 return self._refuse("data", refusal, server, sender=transaction.sender)
             try:
-                extracted = await asyncio.to_thread(mime.extract, raw)
+                extracted = await asyncio.to_thread(mime.extract, raw, convertible=CONVERTIBLE)
                 if transaction.subject_addressed:
                     read = await self._read_subject(transaction, extracted)
                     if isinstance(read, Refusal):
@@ -357,6 +362,10 @@ class FaxHandler:
                             "data", read, server, sender=transaction.sender, refused=refused
                         )
                     extracted = read
+                # Office files are converted now, before the 250, so a file LibreOffice cannot
+                # read is refused naming it; the PDFs are spooled with the message.
+                faxable = await asyncio.to_thread(self._faxable, extracted)
+                extracted = faxable.extracted
                 settings = message_settings(self.config, transaction.sender, transaction.options)
                 pages = await asyncio.to_thread(
                     assemble.validate,
@@ -370,10 +379,17 @@ class FaxHandler:
                 code, reason = _DOCUMENT_REPLIES.get(exc.kind, ("554 5.6.0", Reason.MALFORMED))
                 refusal = Refusal(reason, replies.document_rejected(code, str(exc)))
                 return self._refuse("data", refusal, server, sender=transaction.sender)
+            except ConversionBusy as exc:
+                refusal = Refusal(Reason.BUSY, replies.BUSY)
+                return self._refuse(
+                    "data", refusal, server, sender=transaction.sender, why=str(exc)
+                )
             ip = peer_of(server)
             client = str(ip) if ip is not None else None
             transaction.accepting = True
-            accept = asyncio.ensure_future(self._accept(transaction, raw, extracted, pages, client))
+            accept = asyncio.ensure_future(
+                self._accept(transaction, raw, extracted, pages, client, faxable.converted)
+            )
         except Exception:
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
             return replies.TEMPORARY_FAILURE
@@ -392,6 +408,7 @@ class FaxHandler:
         extracted: mime.Extracted,
         pages: int,
         client: str | None,
+        converted: dict[int, bytes],
     ) -> str:
         """Spool, commit, wake: the reply, 250 with the job id, or 4xx after logging why not.
 
@@ -405,6 +422,8 @@ class FaxHandler:
             job_id = new_job_id()
             with log.bound(job=job_id):
                 spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
+                for index, pdf in converted.items():
+                    await asyncio.to_thread(self.spool.write_converted, job_id, index, pdf)
                 failpoint("after_spool")
                 sender = transaction.sender.lower()
                 settings = message_settings(self.config, sender, transaction.options)
@@ -470,6 +489,14 @@ class FaxHandler:
             return replies.TEMPORARY_FAILURE
         finally:
             transaction.open = False
+
+    def _faxable(self, extracted: mime.Extracted) -> Faxable:
+        return to_faxable(
+            extracted,
+            office=self.office,
+            paper=self.config.fax.paper,
+            max_pages=self.config.fax.max_pages,
+        )
 
     async def _resent_job(self, transaction: Transaction, extracted: mime.Extracted) -> str | None:
         """The job this message already became, if the client is resending it (same sender,

@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway import log
 from gateway.config import Address, Config, ConfigError
+from gateway.document.office import OfficeConverter
 from gateway.mailout.templates import MailRenderer
 from gateway.ops import fds
 from gateway.ops.flood import Tally
@@ -294,6 +295,7 @@ class SmtpServer:
         drain_timeout: float | None = None,
         metrics: Metrics | None = None,
         renderer: MailRenderer | None = None,
+        office: OfficeConverter | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
@@ -307,6 +309,7 @@ class SmtpServer:
         self.db = db
         self.spool = spool
         self.metrics = metrics
+        self.office = office
         self.wake = wake
         # The daemon's (reloaded on SIGHUP with the others); without one, start() makes its own.
         self.renderer = renderer
@@ -368,6 +371,7 @@ class SmtpServer:
             auth=auth,
             metrics=self.metrics,
             renderer=self.renderer,
+            office=self.office,
         )
         # socket.getfqdn() may ask DNS: once, off the loop, not per connection as aiosmtpd would.
         hostname = smtp.hostname or await asyncio.to_thread(socket.getfqdn)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from gateway.carrier.faxerrors import resubmittable
 from gateway.carrier.status import Outcome
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
@@ -255,12 +256,21 @@ def record_carrier_status(
     error_code: int | None = None,
     error_description: str | None = None,
     now: float | None = None,
+    resubmit_attempts: int = 0,
+    resubmit_delay: float = 0.0,
 ) -> tuple[Fax, bool] | None:
     """Apply what the carrier says about one of our faxes; None if the id is not ours.
 
     The bool is True only for the call that made the fax final, so its report is made once.
     A final fax is never changed again: a late or out-of-order `delivering` after
     `delivered`, or a repeated webhook, leaves it as it is.
+
+    A failure of the call (`faxerrors.resubmittable`) of a fax resubmitted fewer than
+    `resubmit_attempts` times does not make it final: in the same transaction it goes back to
+    pending, due in `resubmit_delay` seconds, its `resubmits` counted and its submit round
+    (`submit_attempts`, `submit_started_at`) started afresh, so the submit worker's usual
+    begin_submit discipline sends it exactly once more. It keeps the failed try's carrier id
+    and error until that POST: a replayed event finds it waiting and changes nothing.
     """
     now = _now(now)
     outcome = Outcome(outcome)
@@ -269,7 +279,8 @@ def record_carrier_status(
         if row is None:
             return None
         fax = Fax.from_row(row)
-        if fax.final:
+        if fax.final or fax.state is not FaxState.SUBMITTED:
+            # Final, or waiting to be resubmitted (pending with the failed try's id).
             return fax, False
         if outcome is Outcome.PENDING:
             row = conn.execute(
@@ -279,6 +290,31 @@ def record_carrier_status(
                 " error_description = coalesce(?, error_description), updated_at = ?"
                 " WHERE id = ? RETURNING *",
                 (status, pages, duration, attempts, error_code, error_description, now, fax.id),
+            ).fetchone()
+            return Fax.from_row(row), False
+        if (
+            outcome is Outcome.FAILED
+            and fax.resubmits < resubmit_attempts
+            and resubmittable(status, error_code)
+        ):
+            row = conn.execute(
+                "UPDATE faxes SET state = ?, carrier_status = ?, pages = coalesce(?, pages),"
+                " duration = coalesce(?, duration), carrier_attempts = coalesce(?,"
+                " carrier_attempts), error_code = ?, error_description = ?,"
+                " resubmits = resubmits + 1, submit_attempts = 0, submit_started_at = NULL,"
+                " pickups = 0, next_attempt_at = ?, updated_at = ? WHERE id = ? RETURNING *",
+                (
+                    FaxState.PENDING,
+                    status,
+                    pages,
+                    duration,
+                    attempts,
+                    error_code,
+                    error_description,
+                    now + max(resubmit_delay, 0.0),
+                    now,
+                    fax.id,
+                ),
             ).fetchone()
             return Fax.from_row(row), False
         state = FaxState.DELIVERED if outcome is Outcome.SUCCEEDED else FaxState.FAILED

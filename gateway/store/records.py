@@ -153,6 +153,9 @@ class Fax:
     report_pickups: int = 0
     report_due_at: float = 0.0
     report_error: str | None = None
+    # Times the fax failed on the line and was put back to pending to be sent again
+    # (fax.resubmit_attempts); it has been tried resubmits + 1 times.
+    resubmits: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Fax:

@@ -194,4 +194,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN resolution TEXT;
     ALTER TABLE jobs ADD COLUMN notify TEXT
     """,
+    # 10 (resubmission, fax.resubmit_attempts): how many times a fax that failed on the line was
+    # put back to pending to be sent again (its reports say how many times it was tried).
+    """
+    ALTER TABLE faxes ADD COLUMN resubmits INTEGER NOT NULL DEFAULT 0
+    """,
 ]

@@ -153,6 +153,10 @@ class Sandbox:
     def drop_webhooks(self, count: int = 1) -> dict[str, Any]:
         return self.inject("drop_webhooks", count)
 
+    def fail_faxes(self, count: int, error_code: int, to: str | None = None) -> dict[str, Any]:
+        """The next `count` outbound faxes (to `to`, E.164, if given) fail with `error_code`."""
+        return self.inject("fail_fax", count, error_code=error_code, to=to)
+
     def clear_faults(self) -> None:
         self._call("DELETE", "/faults")
 

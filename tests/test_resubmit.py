@@ -1,0 +1,145 @@
+"""Resubmission end to end: a fax the sandbox fails on the line is sent again after
+fax.resubmit_delay_seconds with a fresh URL, told in between (notify.on_retry) and at the end
+once, threaded, with how many times it was tried; never for document or permanent failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.carrier.faxerrors import resubmittable
+from gateway.config import ConfigError, config_from_dict
+from gateway.store import faxes as fax_store
+from gateway.store import jobs
+from tests import samples
+from tests.conftest import merge
+from tests.servers.gateway import GatewayFactory
+from tests.servers.relay import CapturingRelay
+from tests.servers.sandbox import Sandbox
+from tests.test_email_to_fax import fax_mail, send
+
+NUMBER = "+12015550123"
+PDF_MAIL = ("12015550123@fax.local",)
+
+
+def resubmitting(attempts: int, *, on_retry: bool = False) -> dict[str, Any]:
+    return {
+        "fax": {"resubmit_attempts": attempts, "resubmit_delay_seconds": 1},
+        "notify": {"on_retry": on_retry},
+    }
+
+
+def outbound_to(sandbox: Sandbox, number: str = NUMBER) -> list[dict[str, Any]]:
+    digits = number.lstrip("+")
+    return [f for f in sandbox.faxes() if f["direction"] == "outbound" and f["to"] == digits]
+
+
+async def final_faxes(sandbox: Sandbox, count: int) -> list[dict[str, Any]]:
+    def final() -> list[dict[str, Any]]:
+        done = [f for f in outbound_to(sandbox) if f["status"] in ("delivered", "failed")]
+        return done if len(done) >= count else []
+
+    return await sandbox.wait_for_async(final, timeout=30, what=f"{count} final faxes")
+
+
+def text_of(message: Any) -> str:
+    body = message.get_body(preferencelist=("plain",))
+    return str(body.get_content()) if body is not None else ""
+
+
+async def test_busy_fax_is_sent_again_told_in_between_and_reported_once(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """Busy once, then through: two POSTs with different URLs, an interim "will try again at"
+    mail while the document is kept, then one delivery report saying it took 2 tries."""
+    sandbox.fail_faxes(1, 5109, to=NUMBER)
+    async with gateway(resubmitting(2, on_retry=True)) as gw:
+        job_id = await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        [interim] = await relay_server.wait_for(1, timeout=30)
+        assert "will try again at" in str(interim.message["Subject"])
+        assert interim.message["In-Reply-To"] == "<original-123@example.com>"
+        assert "far end is not able to receive (error 5109)" in text_of(interim.message)
+        assert not list(interim.message.iter_attachments())
+        # While the resubmission waits, nothing of the job is cleaned up.
+        job = await gw.db.run(jobs.get_job, job_id)
+        assert job is not None and job.stored_deleted_at is None
+        assert job.document_path is not None and job.document_path.exists()
+        first, second = sorted(await final_faxes(sandbox, 2), key=lambda f: f["created_at"])
+        assert (first["status"], second["status"]) == ("failed", "delivered")
+        assert first["url"] != second["url"]
+        interim_again, final = await relay_server.wait_for(2, timeout=30)
+        assert interim_again is interim
+        assert str(final.message["Subject"]).strip().startswith("Fax to +1 201-555-0123 delivered")
+        assert final.message["In-Reply-To"] == "<original-123@example.com>"
+        assert "Tries:        2 (sent again after a failed call)" in text_of(final.message)
+        [fax] = await gw.db.run(fax_store.faxes_of, job_id)
+        assert (fax.resubmits, fax.carrier_id) == (1, second["id"])
+    assert len(relay_server.messages) == 2
+
+
+async def test_a_fax_failing_every_time_is_tried_resubmit_attempts_more_times(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """Busy every time: 1 + resubmit_attempts POSTs, then one failure report (no interim mails
+    with notify.on_retry off) saying how many tries there were."""
+    sandbox.fail_faxes(10, 5121, to=NUMBER)
+    async with gateway(resubmitting(2)) as gw:
+        await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        await final_faxes(sandbox, 3)
+        [report] = await relay_server.wait_for(1, timeout=30)
+        assert "failed" in str(report.message["Subject"])
+        assert "Tries:        3 (sent again after each failed call" in text_of(report.message)
+    assert len(outbound_to(sandbox)) == 3
+    assert len(relay_server.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "why"),
+    [(5108, "a fixed property of the far end"), (4203, "the document could not be fetched")],
+)
+async def test_failures_retrying_cannot_cure_are_not_resubmitted(
+    gateway: GatewayFactory,
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    code: int,
+    why: str,
+) -> None:
+    """A permanent (5108) or document (4xxx) failure is reported at once, sent only once."""
+    sandbox.fail_faxes(1, code, to=NUMBER)
+    async with gateway(resubmitting(2, on_retry=True)) as gw:
+        await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        [report] = await relay_server.wait_for(1, timeout=30)
+        assert "failed" in str(report.message["Subject"]), why
+    assert len(outbound_to(sandbox)) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        ("failed", 5109, True),  # busy / no fax tone
+        ("failed", 5121, True),  # line dropped mid-fax
+        ("failed", 5314, True),  # failed to fetch file: every resubmission has a fresh URL
+        ("failed", 5300, True),  # the carrier's internal error
+        ("failed", 5108, False),  # far end not compatible
+        ("failed", 5152, False),  # sub-address refused
+        ("failed", 4201, False),  # file format
+        ("failed", 4203, False),  # download failed: never 4xxx
+        ("busy", None, True),
+        ("no-answer", None, True),
+        ("failed", None, False),  # no code, no busy word: unknown why
+    ],
+)
+def test_which_failures_are_resubmitted(status: str, code: int | None, expected: bool) -> None:
+    """Line and carrier failures (51xx retryable, 53xx, busy words) yes; 4xxx and permanent no."""
+    assert resubmittable(status, code) is expected
+
+
+@pytest.mark.parametrize(
+    "fax",
+    [{"resubmit_delay_seconds": 0}, {"resubmit_attempts": -1}, {"resubmit_attempts": 11}],
+)
+def test_resubmission_settings_are_validated(config_data: dict[str, Any], fax: dict) -> None:
+    """A delay under a second or a negative (or absurd) count is a configuration error."""
+    with pytest.raises(ConfigError):
+        config_from_dict(merge(config_data, {"fax": fax}), env={})
