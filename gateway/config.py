@@ -368,6 +368,17 @@ class FaxConfig(Section):
         return upper
 
 
+class DocumentsConfig(Section):
+    """The budget of a document worker process (gateway/document/workers.py): reading one
+    message at DATA, or building one job's document, may cost at most this much."""
+
+    # Address space of one worker (RLIMIT_AS); Python and the document libraries take ~110 MB
+    # of it before any document. Past it: 554 5.3.4 at DATA, a failed job at prepare.
+    worker_memory_mb: int = Field(default=768, ge=256, le=65536)
+    # Wall-clock time of one request; past it the worker is killed, with the same outcome.
+    worker_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+
+
 class LimitsConfig(Section):
     faxes_per_sender_per_day: int = Field(default=200, ge=0)  # 0 = no limit
 
@@ -425,6 +436,7 @@ class Config(Section):
     inbound: InboundConfig = InboundConfig()
     data: DataConfig = DataConfig()
     fax: FaxConfig = FaxConfig()
+    documents: DocumentsConfig = DocumentsConfig()
     limits: LimitsConfig = LimitsConfig()
     cover: CoverConfig = CoverConfig()
     notify: NotifyConfig = NotifyConfig()

@@ -3,7 +3,8 @@
 Start order: store, HTTP, carrier client, workers, SMTP; then READY=1. The gateway starts even
 when a dependency (S3, the carrier, the relay) is failing: mail is accepted and kept queued,
 and /readyz says what is wrong. Stop order is the reverse, after STOPPING=1: SMTP stops
-accepting and finishes DATA in progress, workers reach a safe point, the store closes last.
+accepting and finishes DATA in progress, document worker processes are killed (a parse never
+holds the stop), workers reach a safe point, the store closes last.
 SIGHUP re-reads the configuration file and applies what can change without a restart:
 routes, allowed senders, limits, users and templates.
 """
@@ -25,6 +26,7 @@ from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
 from gateway.datadir import DataDir
+from gateway.document.workers import DocumentWorkers
 from gateway.fsutil import make_private_dirs
 from gateway.inbound.worker import InboundWorker
 from gateway.mailout.outbox import OutboxWorker
@@ -95,13 +97,21 @@ class Gateway:
         self.storage = create_storage(config, self.http_app)
         self.relay = create_relay(config)
         self.renderer = MailRenderer(config.templates.dir)
+        self.documents = DocumentWorkers(config)
         self.workers = self._workers()
         self.runner = Runner(
             self.workers,
             scan_interval=config.queue.scan_interval_seconds,
             stop_timeout=0.8 * config.queue.shutdown_timeout_seconds,
         )
-        self.smtp = SmtpServer(config, self.db, self.spool, self.runner.wake, metrics=self.metrics)
+        self.smtp = SmtpServer(
+            config,
+            self.db,
+            self.spool,
+            self.runner.wake,
+            metrics=self.metrics,
+            documents=self.documents,
+        )
         self._routes()
 
     def _workers(self) -> list[QueueWorker]:
@@ -129,7 +139,7 @@ class Gateway:
         self.reconciler = Reconciler(**common, client=self.client, wake=wake, metrics=self.metrics)
         self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
         return [
-            PrepareWorker(**common, spool=self.spool),
+            PrepareWorker(**common, spool=self.spool, documents=self.documents),
             UploadWorker(**common, storage=self.storage),
             SubmitWorker(**common, client=self.client, storage=self.storage, metrics=self.metrics),
             self.events,
@@ -176,6 +186,7 @@ class Gateway:
         if released:
             logger.warning("claims.released", count=released)
         await self.http.start()
+        await self.documents.start()
         await self.runner.start()
         await self.smtp.start()
         await self._report_dependencies()
@@ -200,7 +211,7 @@ class Gateway:
         bound = self.config.queue.shutdown_timeout_seconds
         steps: list[tuple[str, Callable[[], object]]] = [
             ("smtp", self.smtp.stop),
-            ("workers", self.runner.stop),
+            ("workers", self._stop_workers),
             ("http", self.http.stop),
             ("carrier", self.client.close),
         ]
@@ -217,6 +228,13 @@ class Gateway:
             except Exception:
                 logger.exception("daemon.stop_failed", component=name)
         self.db.close()
+
+    async def _stop_workers(self) -> None:
+        # No worker starts another round; then document work in progress is killed (a stop
+        # never waits for a parse), and the rounds it was part of end at once.
+        self.runner.request_stop()
+        await self.documents.stop()
+        await self.runner.stop()
 
     async def reload(self) -> None:
         """SIGHUP: re-read the configuration; apply what can change while running."""
@@ -262,6 +280,7 @@ class Gateway:
             worker.config = new
         self.reporter.config = new
         self.webhooks.config = new
+        self.documents.reconfigure(new)
 
 
 async def serve(config: Config, *, config_path: Path | None = None) -> int:

@@ -20,8 +20,8 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 from gateway import log
 from gateway.config import Config
 from gateway.datadir import DataDir
-from gateway.document import assemble, mime
 from gateway.document.mime import DocumentError
+from gateway.document.workers import Checked, DocumentWorkers, WorkerDied, WorkersStopped
 from gateway.failpoints import failpoint
 from gateway.ops.metrics import Metrics
 from gateway.queue.schedule import resource_error
@@ -45,6 +45,7 @@ _DOCUMENT_REPLIES: dict[str, tuple[str, Reason]] = {
     "unsupported": ("554 5.6.0", Reason.UNSUPPORTED),
     "corrupt": ("554 5.6.0", Reason.CORRUPT),
     "too_many_pages": ("554 5.3.4", Reason.TOO_MANY_PAGES),
+    "too_costly": ("554 5.3.4", Reason.TOO_COSTLY),
     "malformed": ("554 5.6.0", Reason.MALFORMED),
 }
 
@@ -73,10 +74,12 @@ class FaxHandler:
         spool: Spool,
         wake: Callable[[], None],
         *,
+        documents: DocumentWorkers,
         auth: SmtpAuth | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.documents = documents
         self.metrics = metrics
         self.db = db
         self.spool = spool
@@ -274,24 +277,22 @@ class FaxHandler:
             if self._storage_short(2 * len(raw)):
                 refusal = Refusal(Reason.NO_STORAGE, replies.INSUFFICIENT_STORAGE)
                 return self._refuse("data", refusal, server, sender=transaction.sender)
+            # In a worker process with a memory and time budget (gateway/document/workers.py):
+            # a message that costs too much to read is refused, not allowed to take the daemon.
             try:
-                extracted = await asyncio.to_thread(mime.extract, raw)
-                pages = await asyncio.to_thread(
-                    assemble.validate,
-                    extracted,
-                    max_pages=self.config.fax.max_pages,
-                    cover=self.config.cover,
-                    paper=self.config.fax.paper,
-                    templates_dir=self.config.templates.dir,
-                )
+                checked = await self.documents.check(raw)
             except DocumentError as exc:
                 code, reason = _DOCUMENT_REPLIES.get(exc.kind, ("554 5.6.0", Reason.MALFORMED))
                 refusal = Refusal(reason, replies.document_rejected(code, str(exc)))
                 return self._refuse("data", refusal, server, sender=transaction.sender)
+            except (WorkerDied, WorkersStopped) as exc:
+                # Not the message's fault as far as we know: the client tries again later.
+                logger.warning("smtp.document_check_failed", error=str(exc))
+                return replies.TEMPORARY_FAILURE
             ip = peer_of(server)
             client = str(ip) if ip is not None else None
             transaction.accepting = True
-            accept = asyncio.ensure_future(self._accept(transaction, raw, extracted, pages, client))
+            accept = asyncio.ensure_future(self._accept(transaction, raw, checked, client))
         except Exception:
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
             return replies.TEMPORARY_FAILURE
@@ -307,8 +308,7 @@ class FaxHandler:
         self,
         transaction: Transaction,
         raw: bytes,
-        extracted: mime.Extracted,
-        pages: int,
+        checked: Checked,
         client: str | None,
     ) -> str:
         """Spool, commit, wake: the reply, 250 with the job id, or 4xx after logging why not.
@@ -317,7 +317,7 @@ class FaxHandler:
         failed, the client was told 451 (452 for a full disk) and nothing of it will be faxed.
         """
         try:
-            resent = await self._resent_job(transaction, extracted)
+            resent = await self._resent_job(transaction, checked)
             if resent is not None:
                 return self._resend(transaction, resent)
             job_id = new_job_id()
@@ -331,8 +331,8 @@ class FaxHandler:
                     sender=sender,
                     auth_user=transaction.auth_user,
                     client_address=client,
-                    subject=extracted.subject or "",
-                    message_id=extracted.message_id or "",
+                    subject=checked.subject or "",
+                    message_id=checked.message_id or "",
                     from_number=(
                         mapped.from_number if mapped else self.config.voxtelesys.from_number
                     ),
@@ -341,7 +341,7 @@ class FaxHandler:
                 )
                 async with self.daily_limit.lock:
                     # Again under the lock: two copies of one message in parallel sessions.
-                    resent = await self._resent_job(transaction, extracted)
+                    resent = await self._resent_job(transaction, checked)
                     if resent is None:
                         await self.db.run(create_job, job)
                     transaction.open = False
@@ -354,7 +354,7 @@ class FaxHandler:
                     sender=sender,
                     user=transaction.auth_user,
                     recipients=list(transaction.numbers),
-                    pages=pages,
+                    pages=checked.pages,
                     size=len(raw),
                     client=client,
                 )
@@ -387,16 +387,16 @@ class FaxHandler:
         finally:
             transaction.open = False
 
-    async def _resent_job(self, transaction: Transaction, extracted: mime.Extracted) -> str | None:
+    async def _resent_job(self, transaction: Transaction, checked: Checked) -> str | None:
         """The job this message already became, if the client is resending it (same sender,
         Message-ID and recipients within smtp.dedupe_window_seconds)."""
         window = self.config.smtp.dedupe_window_seconds
-        if window <= 0 or not extracted.message_id:
+        if window <= 0 or not checked.message_id:
             return None
         return await self.db.run(
             find_resent_job,
             transaction.sender,
-            extracted.message_id,
+            checked.message_id,
             tuple(transaction.numbers),
             time.time() - window,
         )

@@ -36,6 +36,7 @@ class Reason(enum.StrEnum):
     CORRUPT = "corrupt"
     TOO_MANY_PAGES = "too_many_pages"
     MALFORMED = "malformed"
+    TOO_COSTLY = "too_costly"
     INTERNAL_ERROR = "internal_error"
     NO_STORAGE = "no_storage"
     BUSY = "busy"

@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway import log
 from gateway.config import Address, Config, ConfigError
+from gateway.document.workers import DocumentWorkers
 from gateway.ops import fds
 from gateway.ops.flood import Tally
 from gateway.ops.metrics import Metrics
@@ -292,11 +293,16 @@ class SmtpServer:
         *,
         drain_timeout: float | None = None,
         metrics: Metrics | None = None,
+        documents: DocumentWorkers | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
-        the store writes of the messages that finished."""
+        the store writes of the messages that finished. `documents`: the daemon's document
+        workers, which read each message at DATA; without them the server starts and stops
+        workers of its own."""
         self.config = config
+        self._own_documents = documents is None
+        self.documents = documents if documents is not None else DocumentWorkers(config)
         self.drain_timeout = (
             drain_timeout
             if drain_timeout is not None
@@ -354,8 +360,16 @@ class SmtpServer:
                 auth = SmtpAuth(self.users, throttle, max_checks=smtp.auth_max_concurrent_checks)
                 logger.info("smtp.users_loaded", users=count)
         self._library_log = _quiet_library_log()
+        if self._own_documents:
+            await self.documents.start()
         self.handler = FaxHandler(
-            self.config, self.db, self.spool, self.wake, auth=auth, metrics=self.metrics
+            self.config,
+            self.db,
+            self.spool,
+            self.wake,
+            documents=self.documents,
+            auth=auth,
+            metrics=self.metrics,
         )
         # socket.getfqdn() may ask DNS: once, off the loop, not per connection as aiosmtpd would.
         hostname = smtp.hostname or await asyncio.to_thread(socket.getfqdn)
@@ -422,6 +436,8 @@ class SmtpServer:
         self.connections.max_per_client = limits.max_per_client
         if self.handler is not None:
             self.handler.reconfigure(config)
+        if self._own_documents:
+            self.documents.reconfigure(config)
         await self.reload_users()
 
     async def reload_users(self) -> None:
@@ -454,6 +470,8 @@ class SmtpServer:
                 session.abort()
         if self.handler is not None:
             await self.handler.drain()
+        if self._own_documents:
+            await self.documents.stop()
         # Closed transports call connection_lost on the next loop iterations.
         while self._sessions:
             self._sessions_changed.clear()

@@ -1,0 +1,308 @@
+"""Document work in worker processes with a memory and a time budget: the daemon's side.
+
+The SMTP handler's DATA check (`check`) and the prepare stage (`prepare`) hand a message to a
+worker process (gateway/document/isolated.py) instead of parsing it on the daemon's threads.
+A document that would take the daemon's memory or time costs a worker instead:
+
+- memory: the worker runs under RLIMIT_AS = `documents.worker_memory_mb`; an allocation past
+  it fails there, and the caller gets DocumentError(kind="too_costly"), a permanent refusal
+  (`554 5.3.4` at DATA, a failed job with the reason in its report at prepare);
+- time: past `documents.worker_timeout_seconds` the worker is killed (SIGKILL) and the caller
+  gets the same kind of DocumentError;
+- stop: `stop()` kills every worker at once, so a parse in progress never holds the daemon's
+  shutdown; calls in flight and later ones raise WorkersStopped (prepare gives its claim back);
+- a worker that dies for another reason (a signal: the kernel's OOM killer, a crash in a C
+  library) raises WorkerDied, which is transient: DATA answers 451, prepare defers and fails
+  the job only when it happened `queue.max_pickups` times.
+
+Never a daemon crash, never a pickup charged by the crash guard. Workers are started with
+`subprocess` semantics that keep them from outliving the daemon: close_fds (they hold none of
+its descriptors, its stderr or a test's pipe included), stdin and stdout pipes for requests and
+answers, stderr to /dev/null, and in the child PR_SET_PDEATHSIG plus an exit at stdin's end.
+PR_SET_PDEATHSIG follows the *thread* that forked, so workers are started from the event
+loop's thread, which lives as long as the daemon.
+
+One worker serves one request at a time and then waits for the next (Python and its imports
+cost ~0.5 s of CPU to start); up to KEEP_IDLE stay waiting, more are started as callers need
+them. Callers are bounded already (smtp.max_concurrent_data DATA checks, one prepare at a
+time), so the pool is too. A worker whose memory stays above a quarter of its budget after a
+request exits after answering, giving back what that document cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gateway
+from gateway import log
+from gateway.config import Config
+from gateway.document import wire
+from gateway.document.cover import CoverTemplateError
+from gateway.document.mime import TOO_COSTLY, DocumentError
+
+logger = log.get_logger(__name__)
+
+# Workers kept waiting for the next request; more are started when callers need them.
+KEEP_IDLE = 2
+# How long a worker told to end (its stdin closed) may take before it is killed.
+_EXIT_GRACE_SECONDS = 5.0
+_MODULE = "gateway.document.isolated"
+
+
+class WorkerDied(Exception):
+    """A worker process ended without answering, not by our hand (transient: try again)."""
+
+    transient = True
+
+
+class WorkersStopped(Exception):
+    """The daemon is stopping: no document work is done any more."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the DATA check learnt: the headers the job keeps, and the fax's page count."""
+
+    subject: str
+    message_id: str
+    pages: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The document a job faxes, written durably by the worker."""
+
+    path: Path
+    content_type: str
+    pages: int
+
+
+def _settings(config: Config) -> dict[str, Any]:
+    templates = config.templates.dir
+    return {
+        "max_pages": config.fax.max_pages,
+        "paper": config.fax.paper,
+        "cover": config.cover.model_dump(mode="json"),
+        "templates_dir": str(templates) if templates else None,
+    }
+
+
+def _child_environment() -> dict[str, str]:
+    # The worker must run this very code, whatever sys.path the interpreter would build on its
+    # own (a checkout run with PYTHONPATH, an installed package).
+    root = str(Path(gateway.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _how_it_ended(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.killed = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def exchange(self, header: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(wire.encode(header, blobs))
+        await stdin.drain()
+        answer, _ = await wire.read_frame_async(stdout)
+        return answer
+
+    async def kill(self) -> None:
+        self.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+
+    async def close(self) -> None:
+        """Tell the worker to end (its stdin ends) and reap it; killed if it lingers."""
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), _EXIT_GRACE_SECONDS)
+        except TimeoutError:
+            await self.kill()
+
+
+class DocumentWorkers:
+    """The daemon's document worker processes (a component: `start()`, `stop()`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._stopping = False
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes alive now (for tests and the status of a stop)."""
+        return [w.pid for w in [*self._idle, *self._busy] if w.process.returncode is None]
+
+    async def start(self) -> None:
+        """Start one worker ahead, so the first message does not wait for it."""
+        self._stopping = False
+        try:
+            self._idle.append(await self._spawn())
+        except OSError as exc:  # no processes or memory left now: the next call tries again
+            logger.warning("document.worker_start_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def stop(self) -> None:
+        """Kill every worker now; calls in flight raise WorkersStopped."""
+        self._stopping = True
+        workers = [*self._idle, *self._busy]
+        self._idle.clear()
+        busy = len(self._busy)
+        await asyncio.gather(*(w.kill() for w in workers), return_exceptions=True)
+        if busy:
+            logger.warning("document.work_stopped", workers=busy)
+
+    def reconfigure(self, config: Config) -> None:
+        """SIGHUP: the new settings from the next request on; the memory budget for workers
+        started from now on (idle ones end now if it changed)."""
+        changed = config.documents != self.config.documents
+        self.config = config
+        if changed:
+            idle, self._idle = self._idle, []
+            for worker in idle:
+                task = asyncio.ensure_future(worker.close())
+                task.add_done_callback(lambda t: t.exception())
+
+    async def check(self, raw: bytes) -> Checked:
+        """The DATA check in a worker: DocumentError if the message cannot be faxed."""
+        answer = await self._run({"task": "check", "settings": _settings(self.config)}, [raw])
+        return Checked(
+            subject=str(answer["subject"]),
+            message_id=str(answer["message_id"]),
+            pages=int(answer["pages"]),
+        )
+
+    async def prepare(
+        self,
+        *,
+        job_id: str,
+        spool_dir: Path,
+        spool_path: Path,
+        documents_dir: Path,
+        sender: str,
+        recipient: str,
+        created_at: float,
+    ) -> Prepared:
+        """Build a job's document in a worker and have it written to documents_dir."""
+        header = {
+            "task": "prepare",
+            "settings": _settings(self.config),
+            "job_id": job_id,
+            "spool_dir": str(spool_dir),
+            "spool_path": str(spool_path),
+            "documents_dir": str(documents_dir),
+            "sender": sender,
+            "recipient": recipient,
+            "created_at": created_at,
+        }
+        answer = await self._run(header, [])
+        return Prepared(
+            path=Path(answer["path"]),
+            content_type=str(answer["content_type"]),
+            pages=int(answer["pages"]),
+        )
+
+    async def _spawn(self) -> _Worker:
+        budget = self.config.documents.worker_memory_mb * 1024 * 1024
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            _MODULE,
+            str(budget),
+            str(os.getpid()),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            close_fds=True,
+            env=_child_environment(),
+        )
+        return _Worker(process)
+
+    async def _run(self, header: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        if self._stopping:
+            raise WorkersStopped("the gateway is stopping")
+        worker = self._idle.pop() if self._idle else await self._spawn()
+        self._busy.add(worker)
+        timeout = self.config.documents.worker_timeout_seconds
+        task = header["task"]
+        try:
+            answer = await asyncio.wait_for(worker.exchange(header, blobs), timeout)
+        except TimeoutError:
+            await worker.kill()
+            logger.warning("document.worker_killed", task=task, pid=worker.pid, timeout=timeout)
+            raise DocumentError(
+                f"reading the document took longer than {timeout:g} seconds", kind=TOO_COSTLY
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError, wire.WireError) as exc:
+            if not worker.killed:
+                await worker.kill()  # a broken answer: make sure it is gone, then reap it
+            if self._stopping:
+                raise WorkersStopped("the gateway is stopping") from None
+            ended = _how_it_ended(worker.process.returncode)
+            logger.warning(
+                "document.worker_died", task=task, pid=worker.pid, ended=ended, error=repr(exc)
+            )
+            raise WorkerDied(f"the document worker process ended ({ended})") from None
+        except BaseException:
+            # Cancelled (the daemon's stop gave up waiting): the work dies with the wait.
+            if worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+            raise
+        finally:
+            self._busy.discard(worker)
+        await self._release(worker, recycle=bool(answer.get("recycle")))
+        error = answer.get("error")
+        if error is not None:
+            raise self._error(error)
+        return answer
+
+    async def _release(self, worker: _Worker, *, recycle: bool) -> None:
+        if recycle or self._stopping or len(self._idle) >= KEEP_IDLE:
+            await worker.close()
+        else:
+            self._idle.append(worker)
+
+    def _error(self, error: dict[str, Any]) -> Exception:
+        kind = error.get("kind")
+        message = str(error.get("message", ""))
+        if kind == "document":
+            return DocumentError(message, kind=str(error["document_kind"]))
+        if kind == "cover_template":
+            return CoverTemplateError(message)
+        if kind == "memory":
+            budget = self.config.documents.worker_memory_mb
+            return DocumentError(
+                f"reading the document needs more than {budget} MB of memory", kind=TOO_COSTLY
+            )
+        if kind == "os":
+            return OSError(error.get("errno"), error.get("strerror") or message, error.get("filename"))
+        return RuntimeError(f"document worker: {error.get('type', 'error')}: {message}")
