@@ -317,6 +317,10 @@ class InboundConfig(Section):
     default_recipients: tuple[EmailAddress, ...] = ()
     routes: dict[FaxNumber, tuple[EmailAddress, ...]] = Field(default_factory=dict)
     attach_format: Literal["pdf", "tiff", "both"] = "pdf"
+    # A received TIFF of more frames than this (counted along its IFD chain, decoding nothing)
+    # is mailed as the TIFF it is, not converted: decoding every frame of a hostile file would
+    # cost minutes of CPU.
+    max_pages: int = Field(default=250, ge=1, le=65535)
     max_attempts: int = Field(default=10, ge=1)
     max_download_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     download_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -92,7 +92,13 @@ def failpoint(name: str) -> None:
     if hit < nth:
         return
     line = json.dumps(
-        {"event": "failpoint.hit", "failpoint": name, "action": action, "hit": hit, "pid": os.getpid()}
+        {
+            "event": "failpoint.hit",
+            "failpoint": name,
+            "action": action,
+            "hit": hit,
+            "pid": os.getpid(),
+        }
     )
     os.write(2, line.encode() + b"\n")
     if action == HANG:

@@ -77,9 +77,7 @@ SETTLE_WITHIN = 90.0
         ("document_prepare=hang", {"document_prepare": ("hang", 1)}),
     ],
 )
-def test_the_variable_names_points_and_hits(
-    value: str, armed: dict[str, tuple[str, int]]
-) -> None:
+def test_the_variable_names_points_and_hits(value: str, armed: dict[str, tuple[str, int]]) -> None:
     """FAXGW_FAILPOINT reads name[=kill|hang][@N], comma-separated; @N is the hit that acts."""
     assert failpoints.parse(value) == armed
 

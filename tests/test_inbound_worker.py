@@ -19,7 +19,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from gateway.config import Address, Config
-from gateway.inbound.compose import shown_number
+from gateway.inbound.compose import attachments_for, shown_number
 from gateway.inbound.download import DownloadError, download
 from gateway.inbound.files import list_dead_letters, requeue_dead_letter
 from gateway.inbound.worker import InboundWorker
@@ -258,6 +258,32 @@ async def test_download_limits(
 def test_numbers_from_the_carrier_are_made_safe_to_show(raw: str, shown: str) -> None:
     """Caller ids become '+digits', a short plain label, or 'unknown'."""
     assert shown_number(raw) == shown
+
+
+def test_a_received_tiff_of_too_many_frames_is_mailed_as_it_came() -> None:
+    """A TIFF past inbound.max_pages is attached as the TIFF, not decoded into a PDF."""
+    fax = InboundFax(
+        id=1,
+        carrier_id="in-1",
+        state=InboundState.STORED,
+        from_number="+15556668888",
+        to_number="+12015550101",
+        pages=None,
+        duration=None,
+        fax_time=None,
+        media_url=None,
+        file_path=None,
+        attempts=0,
+        next_attempt_at=0,
+        error=None,
+        created_at=0,
+        updated_at=0,
+    )
+    data = samples.tiff_chain(20_000)
+    [attached] = attachments_for(fax, data, "pdf", max_pages=250)
+    assert (attached.content_type, attached.data) == ("image/tiff", data)
+    [converted] = attachments_for(fax, samples.tiff(2), "pdf", max_pages=250)
+    assert converted.content_type == "application/pdf"
 
 
 # -- the worker ----------------------------------------------------------------------------------

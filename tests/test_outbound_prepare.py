@@ -46,9 +46,7 @@ async def test_a_full_disk_defers_prepare_and_it_resumes_when_space_returns(
                 recipients=("+12015550123",),
             ),
         )
-        worker = PrepareWorker(
-            config=config, db=db, clock=clock, spool=spool, documents=workers
-        )
+        worker = PrepareWorker(config=config, db=db, clock=clock, spool=spool, documents=workers)
         with tiny_filesystem(data.documents, "1m") as documents:
             filler = fill(documents)
             for _ in range(4):  # more often than max_pickups: still not held

@@ -104,8 +104,8 @@ def prepare(header: dict[str, Any], _blobs: list[bytes]) -> Result:
     from gateway.document.cover import CoverContext
     from gateway.document.kinds import extension
     from gateway.document.mime import extract
-    from gateway.fsutil import write_atomic
     from gateway.failpoints import failpoint
+    from gateway.fsutil import write_atomic
     from gateway.store.spool import Spool
 
     failpoint("document_prepare")
@@ -136,6 +136,20 @@ def prepare(header: dict[str, Any], _blobs: list[bytes]) -> Result:
 TASKS = {"check": check, "prepare": prepare}
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether a MemoryError is behind `exc`: the readers turn any failure of a part into
+    "damaged" (`raise DocumentError(...) from None` keeps the original as __context__), but
+    a part that is merely over the budget is no damaged part, and the sender is told so."""
+    seen: BaseException | None = exc
+    for _ in range(16):
+        if seen is None:
+            return False
+        if isinstance(seen, MemoryError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def run(header: dict[str, Any], blobs: list[bytes]) -> tuple[Result, bool]:
     """One request's answer, and whether this process must end after sending it."""
     from gateway.document.cover import CoverTemplateError
@@ -143,10 +157,15 @@ def run(header: dict[str, Any], blobs: list[bytes]) -> tuple[Result, bool]:
 
     task = TASKS.get(header.get("task", ""))
     if task is None:
-        return ({"error": {"kind": "crash", "type": "ValueError", "message": "no such task"}}, []), False
+        return (
+            {"error": {"kind": "crash", "type": "ValueError", "message": "no such task"}},
+            [],
+        ), False
     try:
         return task(header, blobs), False
     except DocumentError as exc:
+        if _out_of_memory(exc):
+            return ({"error": {"kind": "memory"}}, []), True
         error: dict[str, Any] = {"kind": "document", "document_kind": exc.kind, "message": str(exc)}
     except CoverTemplateError as exc:
         error = {"kind": "cover_template", "message": str(exc)}

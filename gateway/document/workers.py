@@ -304,5 +304,7 @@ class DocumentWorkers:
                 f"reading the document needs more than {budget} MB of memory", kind=TOO_COSTLY
             )
         if kind == "os":
-            return OSError(error.get("errno"), error.get("strerror") or message, error.get("filename"))
+            return OSError(
+                error.get("errno"), error.get("strerror") or message, error.get("filename")
+            )
         return RuntimeError(f"document worker: {error.get('type', 'error')}: {message}")

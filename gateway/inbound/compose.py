@@ -58,12 +58,15 @@ def attachment_stem(fax: InboundFax) -> str:
     return f"fax-{when:%Y-%m-%d-%H%M}-from-{caller}"
 
 
-def attachments_for(fax: InboundFax, data: bytes, attach_format: str) -> list[MailAttachment]:
+def attachments_for(
+    fax: InboundFax, data: bytes, attach_format: str, *, max_pages: int
+) -> list[MailAttachment]:
     """The files to mail for the stored document, as inbound.attach_format asks.
 
     A TIFF becomes a PDF for "pdf", stays a TIFF for "tiff", and goes as both for "both". A
     document that is already a PDF goes as it is whatever the setting (there is no sensible
-    TIFF of it to make). When the conversion fails the TIFF is sent rather than nothing.
+    TIFF of it to make). When the conversion fails the TIFF is sent rather than nothing, and
+    so is a TIFF of more than `max_pages` frames (inbound.max_pages: counted before decoding).
     Blocking (conversion): run in a thread.
     """
     stem = attachment_stem(fax)
@@ -74,7 +77,9 @@ def attachments_for(fax: InboundFax, data: bytes, attach_format: str) -> list[Ma
     result: list[MailAttachment] = []
     if attach_format in ("pdf", "both"):
         try:
-            result.append(MailAttachment(stem + ".pdf", kinds.PDF, tiff_to_pdf(data)))
+            result.append(
+                MailAttachment(stem + ".pdf", kinds.PDF, tiff_to_pdf(data, max_pages=max_pages))
+            )
         except Exception as exc:
             logger.warning("inbound.convert_failed", error=f"{type(exc).__name__}: {exc}")
     if attach_format in ("tiff", "both") or not result:

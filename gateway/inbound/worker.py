@@ -274,7 +274,8 @@ class InboundWorker(QueueWorker):
         return 1
 
     def _compose(self, fax: InboundFax, data: bytes, recipients: tuple[str, ...]) -> EmailMessage:
-        attachments = attachments_for(fax, data, self.config.inbound.attach_format)
+        inbound = self.config.inbound
+        attachments = attachments_for(fax, data, inbound.attach_format, max_pages=inbound.max_pages)
         preview = preview_of(fax, data)
         rendered = self.renderer.render(
             "inbound",

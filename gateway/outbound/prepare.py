@@ -21,8 +21,7 @@ from gateway.numbers import pretty
 from gateway.outbound.defer import defer_job
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
-from gateway.store import Database
-from gateway.store import claims
+from gateway.store import Database, claims
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
 from gateway.store.jobs import JOBS

@@ -63,9 +63,7 @@ class Pipeline:
         self.client = VoxtelesysClient.from_config(config.voxtelesys)
         self.documents = DocumentWorkers(config)
         self.workers = [
-            PrepareWorker(
-                config=config, db=self.db, spool=self.spool, documents=self.documents
-            ),
+            PrepareWorker(config=config, db=self.db, spool=self.spool, documents=self.documents),
             UploadWorker(config=config, db=self.db, storage=self.storage),
             SubmitWorker(config=config, db=self.db, client=self.client, storage=self.storage),
         ]
