@@ -243,6 +243,9 @@ class HttpConfig(Section):
     # nothing since its last answer, for idle_timeout_seconds is closed.
     max_connections: int = Field(default=256, ge=1)
     idle_timeout_seconds: float = Field(default=15.0, gt=0)
+    # A webhook body must arrive whole within this long after its request head (past it: 408
+    # and closed), so a body sent a byte at a time cannot hold a connection of the cap.
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("webhook_token")
     @classmethod

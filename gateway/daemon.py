@@ -6,7 +6,8 @@ and /readyz says what is wrong. Stop order is the reverse, after STOPPING=1: SMT
 accepting and finishes DATA in progress, document worker processes are killed (a parse never
 holds the stop), workers reach a safe point, the store closes last.
 SIGHUP re-reads the configuration file and applies what can change without a restart:
-routes, allowed senders, limits, users and templates.
+routes, allowed senders, limits (SMTP and HTTP connection caps, AUTH lockouts), users, the
+document workers' budgets and templates.
 """
 
 from __future__ import annotations
@@ -250,9 +251,13 @@ class Gateway:
             return
         restart_needed = [
             section
-            for section in ("http", "storage", "data", "voxtelesys")
+            for section in ("storage", "data", "voxtelesys")
             if getattr(new, section) != getattr(self.config, section)
         ]
+        # The HTTP keys read per request or per connection apply now; the rest need a restart.
+        live_http = {"max_connections", "max_webhook_bytes", "body_timeout_seconds"}
+        if new.http.model_dump(exclude=live_http) != self.config.http.model_dump(exclude=live_http):
+            restart_needed.append("http")
         if (
             new.smtp.listen != self.config.smtp.listen
             or new.smtp.tls_listen != self.config.smtp.tls_listen
@@ -281,6 +286,7 @@ class Gateway:
         self.reporter.config = new
         self.webhooks.config = new
         self.documents.reconfigure(new)
+        self.http.reconfigure(new.http.max_connections)
 
 
 async def serve(config: Config, *, config_path: Path | None = None) -> int:

@@ -425,7 +425,8 @@ class SmtpServer:
         )
 
     async def reload(self, config: Config) -> None:
-        """SIGHUP: apply a new configuration's policy (senders, networks, limits) and users.
+        """SIGHUP: apply a new configuration's policy (senders, networks, limits, AUTH limits)
+        and users.
 
         The new rules apply from each session's next command; listen addresses, TLS files and
         the users file's path need a restart.
@@ -436,6 +437,15 @@ class SmtpServer:
         self.connections.max_per_client = limits.max_per_client
         if self.handler is not None:
             self.handler.reconfigure(config)
+            auth = self.handler.auth
+            if auth is not None:
+                smtp = config.smtp
+                auth.throttle.reconfigure(
+                    smtp.auth_max_failures,
+                    smtp.auth_lockout_seconds,
+                    account_max_failures=smtp.auth_account_max_failures,
+                )
+                auth.reconfigure(smtp.auth_max_concurrent_checks)
         if self._own_documents:
             self.documents.reconfigure(config)
         await self.reload_users()
