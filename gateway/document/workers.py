@@ -23,10 +23,12 @@ PR_SET_PDEATHSIG follows the *thread* that forked, so workers are started from t
 loop's thread, which lives as long as the daemon.
 
 One worker serves one request at a time and then waits for the next (Python and its imports
-cost ~0.5 s of CPU to start); up to KEEP_IDLE stay waiting, more are started as callers need
-them. Callers are bounded already (smtp.max_concurrent_data DATA checks, one prepare at a
-time), so the pool is too. A worker whose memory stays above a quarter of its budget after a
-request exits after answering, giving back what that document cost.
+cost ~0.5 s of CPU to start, too much to pay per message). Workers are started as callers
+need them; callers are bounded already (smtp.max_concurrent_data DATA checks, one prepare at
+a time), so the pool is too: at most that many stay waiting, and those idle for IDLE_SECONDS
+end, down to one (each costs ~80 MB while it waits). A worker whose memory stays above a
+quarter of its budget after a request exits after answering, giving back what that document
+cost.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ from gateway.document.mime import TOO_COSTLY, DocumentError
 
 logger = log.get_logger(__name__)
 
-# Workers kept waiting for the next request; more are started when callers need them.
-KEEP_IDLE = 2
+# A waiting worker unused this long ends (all but one): a burst's workers do not stay forever.
+IDLE_SECONDS = 60.0
 # How long a worker told to end (its stdin closed) may take before it is killed.
 _EXIT_GRACE_SECONDS = 5.0
 _MODULE = "gateway.document.isolated"
@@ -118,6 +120,7 @@ class _Worker:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.killed = False
+        self.idle_since = 0.0
 
     @property
     def pid(self) -> int:
@@ -156,6 +159,13 @@ class DocumentWorkers:
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._stopping = False
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def keep_idle(self) -> int:
+        """Workers that may wait for work: one per caller that may come at once."""
+        return self.config.smtp.max_concurrent_data + 1
 
     @property
     def pids(self) -> list[int]:
@@ -173,10 +183,14 @@ class DocumentWorkers:
     async def stop(self) -> None:
         """Kill every worker now; calls in flight raise WorkersStopped."""
         self._stopping = True
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         workers = [*self._idle, *self._busy]
         self._idle.clear()
         busy = len(self._busy)
         await asyncio.gather(*(w.kill() for w in workers), return_exceptions=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if busy:
             logger.warning("document.work_stopped", workers=busy)
 
@@ -188,8 +202,24 @@ class DocumentWorkers:
         if changed:
             idle, self._idle = self._idle, []
             for worker in idle:
-                task = asyncio.ensure_future(worker.close())
-                task.add_done_callback(lambda t: t.exception())
+                self._close_later(worker)
+
+    def _close_later(self, worker: _Worker) -> None:
+        task = asyncio.ensure_future(worker.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _trim(self) -> None:
+        """End the workers that waited IDLE_SECONDS for nothing, all but one."""
+        self._trim_timer = None
+        now = asyncio.get_running_loop().time()
+        keep = [w for w in self._idle if now - w.idle_since < IDLE_SECONDS] or self._idle[-1:]
+        for worker in self._idle:
+            if worker not in keep:
+                self._close_later(worker)
+        self._idle = keep
+        if len(self._idle) > 1:
+            self._trim_timer = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._trim)
 
     async def check(self, raw: bytes) -> Checked:
         """The DATA check in a worker: DocumentError if the message cannot be faxed."""
@@ -286,10 +316,14 @@ class DocumentWorkers:
         return answer
 
     async def _release(self, worker: _Worker, *, recycle: bool) -> None:
-        if recycle or self._stopping or len(self._idle) >= KEEP_IDLE:
+        if recycle or self._stopping or len(self._idle) >= self.keep_idle:
             await worker.close()
-        else:
-            self._idle.append(worker)
+            return
+        loop = asyncio.get_running_loop()
+        worker.idle_since = loop.time()
+        self._idle.append(worker)
+        if len(self._idle) > 1 and self._trim_timer is None:
+            self._trim_timer = loop.call_later(IDLE_SECONDS, self._trim)
 
     def _error(self, error: dict[str, Any]) -> Exception:
         kind = error.get("kind")
