@@ -147,6 +147,7 @@ def started() -> Iterator[list[GatewayProcess]]:
         process.close()
 
 
+@pytest.mark.timeout(int(SETTLE_SECONDS) + 300)
 def test_load_with_three_kills_faxes_and_reports_each_message_once(
     load_config: tuple[Path, dict[str, Any]],
     sandbox: Sandbox,
