@@ -279,7 +279,7 @@ class DocumentWorkers:
     async def _run(self, header: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
         if self._stopping:
             raise WorkersStopped("the gateway is stopping")
-        worker = self._idle.pop() if self._idle else await self._spawn()
+        worker = self._waiting() or await self._spawn()
         self._busy.add(worker)
         timeout = self.config.documents.worker_timeout_seconds
         task = header["task"]
@@ -314,6 +314,15 @@ class DocumentWorkers:
         if error is not None:
             raise self._error(error)
         return answer
+
+    def _waiting(self) -> _Worker | None:
+        """The worker that waited least long, skipping any that ended meanwhile (killed while
+        idle): those are not a failure of the next message."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.process.returncode is None:
+                return worker
+        return None
 
     async def _release(self, worker: _Worker, *, recycle: bool) -> None:
         if recycle or self._stopping or len(self._idle) >= self.keep_idle:
