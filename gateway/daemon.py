@@ -123,6 +123,7 @@ class Gateway:
         )
         self.inbound = InboundWorker(
             **common,
+            documents=self.documents,
             renderer=self.renderer,
             outbox_dir=self.outbox_dir,
             client=self.client,

@@ -20,10 +20,12 @@ on a process the daemon can kill, never on the daemon. At start, before anything
 
 Then it answers frames (gateway/document/wire.py) one at a time until its stdin ends. Each
 request names a task: "check" (the DATA check: extract and validate, the raw message as the
-blob) or "prepare" (the prepare stage: read the spool file, assemble, write the document under
-documents/). An answer carries the task's result or an error: "document" (the sender's
-DocumentError), "cover_template" (the operator's template), "os" (errno, for the queue's
-resource errors), "memory" (the budget) or "crash" (a bug, with its type). After a MemoryError,
+blob), "prepare" (the prepare stage: read the spool file, assemble, write the document under
+documents/) or "inbound" (an inbound fax's attachments and preview, the document as the blob,
+the files as blobs of the answer). An answer carries the task's result or an error:
+"document" (the sender's DocumentError), "cover_template" (the operator's template), "os"
+(errno, for the queue's resource errors), "memory" (the budget) or "crash" (a bug, with its
+type). After a MemoryError,
 or when its resident memory stays above a quarter of the budget, the process exits after
 answering ("recycle"), so what one document cost is given back to the system.
 """
@@ -39,6 +41,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 PR_SET_PDEATHSIG = 1
+# Log events a request made, sent back with its answer for the daemon to log (this process
+# has no log of its own); at most this many per request.
+MAX_EVENTS = 20
+_events: list[dict[str, Any]] = []
 
 Result = tuple[dict[str, Any], list[bytes]]
 
@@ -66,6 +72,22 @@ def _private_stdout() -> BinaryIO:
     os.close(devnull)
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return frames
+
+
+def _collect_logs() -> None:
+    """structlog here keeps each event for the answer instead of printing it."""
+    import structlog
+
+    def keep(_logger: Any, method: str, event: dict[str, Any]) -> Any:
+        if len(_events) < MAX_EVENTS:
+            plain = (str, int, float, bool, type(None))
+            _events.append(
+                {k: v if isinstance(v, plain) else str(v) for k, v in event.items()}
+                | {"level": method}
+            )
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[keep], cache_logger_on_first_use=False)
 
 
 def _resident_bytes() -> int:
@@ -133,7 +155,25 @@ def prepare(header: dict[str, Any], _blobs: list[bytes]) -> Result:
     return {"path": str(path), "content_type": document.content_type, "pages": document.pages}, []
 
 
-TASKS = {"check": check, "prepare": prepare}
+def inbound(header: dict[str, Any], blobs: list[bytes]) -> Result:
+    """An inbound fax's files to mail (TIFF->PDF as inbound.attach_format asks) and page-1
+    preview, each a blob: "attachments" and "preview" name them in order."""
+    from gateway.inbound.compose import attachments_for, preview_of
+    from gateway.store.inbound import InboundFax, InboundState
+
+    fields = dict(header["fax"])
+    fax = InboundFax(**{**fields, "state": InboundState(fields["state"])})
+    data = blobs[0]
+    files = attachments_for(fax, data, header["attach_format"], max_pages=header["max_pages"])
+    preview = preview_of(fax, data)
+    answer: dict[str, Any] = {
+        "attachments": [[a.filename, a.content_type] for a in files],
+        "preview": [preview.cid, preview.content_type] if preview else None,
+    }
+    return answer, [a.data for a in files] + ([preview.data] if preview else [])
+
+
+TASKS = {"check": check, "prepare": prepare, "inbound": inbound}
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -195,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.document import wire
 
     frames = _private_stdout()
+    _collect_logs()
     # Imported now, while the daemon has nothing for this worker yet: the first request of a
     # worker started ahead is then as quick as the others.
     import gateway.document.assemble
+    import gateway.inbound.compose
     import gateway.store.spool  # noqa: F401
 
     requests = sys.stdin.buffer
@@ -213,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if not last and _resident_bytes() > budget // 4:
             last = True
         header["recycle"] = last
+        header["log"], _events[:] = list(_events), []
         try:
             frames.write(wire.encode(header, blobs))
         except BrokenPipeError:

@@ -1,7 +1,8 @@
 """Document work in worker processes with a memory and a time budget: the daemon's side.
 
-The SMTP handler's DATA check (`check`) and the prepare stage (`prepare`) hand a message to a
-worker process (gateway/document/isolated.py) instead of parsing it on the daemon's threads.
+The SMTP handler's DATA check (`check`), the prepare stage (`prepare`) and the inbound worker's
+conversion of a received fax (`inbound`: TIFF to PDF, page-1 preview) hand the document to a
+worker process (gateway/document/isolated.py) instead of reading it on the daemon's threads.
 A document that would take the daemon's memory or time costs a worker instead:
 
 - memory: the worker runs under RLIMIT_AS = `documents.worker_memory_mb`; an allocation past
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -48,6 +50,7 @@ from gateway.config import Config
 from gateway.document import wire
 from gateway.document.cover import CoverTemplateError
 from gateway.document.mime import TOO_COSTLY, DocumentError
+from gateway.store.inbound import InboundFax
 
 logger = log.get_logger(__name__)
 
@@ -75,6 +78,15 @@ class Checked:
     subject: str
     message_id: str
     pages: int
+
+
+@dataclass(frozen=True)
+class Converted:
+    """An inbound fax's files to mail, (filename, content type, bytes) each, and its page-1
+    preview as (content id, content type, bytes), or None."""
+
+    attachments: list[tuple[str, str, bytes]]
+    preview: tuple[str, str, bytes] | None
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,21 @@ def _how_it_ended(returncode: int | None) -> str:
     return f"exit status {returncode}"
 
 
+def _relog(events: list[dict[str, Any]], **context: Any) -> None:
+    """Log here what the worker logged while it worked (a conversion that failed, say)."""
+    for event in events:
+        fields = dict(event)
+        name = str(fields.pop("event", "document.worker_log"))
+        level = str(fields.pop("level", "info"))
+        method = getattr(logger, level, None) if level in _LEVELS else None
+        (method or logger.info)(
+            name, **{**fields, **{f"worker_{k}": v for k, v in context.items()}}
+        )
+
+
+_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
 class _Worker:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -126,13 +153,14 @@ class _Worker:
     def pid(self) -> int:
         return self.process.pid
 
-    async def exchange(self, header: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+    async def exchange(
+        self, header: dict[str, Any], blobs: list[bytes]
+    ) -> tuple[dict[str, Any], list[bytes]]:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
         stdin.write(wire.encode(header, blobs))
         await stdin.drain()
-        answer, _ = await wire.read_frame_async(stdout)
-        return answer
+        return await wire.read_frame_async(stdout)
 
     async def kill(self) -> None:
         self.killed = True
@@ -223,7 +251,7 @@ class DocumentWorkers:
 
     async def check(self, raw: bytes) -> Checked:
         """The DATA check in a worker: DocumentError if the message cannot be faxed."""
-        answer = await self._run({"task": "check", "settings": _settings(self.config)}, [raw])
+        answer, _ = await self._run({"task": "check", "settings": _settings(self.config)}, [raw])
         return Checked(
             subject=str(answer["subject"]),
             message_id=str(answer["message_id"]),
@@ -253,12 +281,28 @@ class DocumentWorkers:
             "recipient": recipient,
             "created_at": created_at,
         }
-        answer = await self._run(header, [])
+        answer, _ = await self._run(header, [])
         return Prepared(
             path=Path(answer["path"]),
             content_type=str(answer["content_type"]),
             pages=int(answer["pages"]),
         )
+
+    async def inbound(self, fax: InboundFax, data: bytes) -> Converted:
+        """An inbound fax's files to mail and its page-1 preview, made in a worker."""
+        inbound = self.config.inbound
+        header = {
+            "task": "inbound",
+            "fax": dataclasses.asdict(fax),
+            "attach_format": inbound.attach_format,
+            "max_pages": inbound.max_pages,
+        }
+        answer, blobs = await self._run(header, [data])
+        names = [(str(name), str(kind)) for name, kind in answer["attachments"]]
+        files = [(name, kind, blob) for (name, kind), blob in zip(names, blobs, strict=False)]
+        preview = answer["preview"]
+        shown = (str(preview[0]), str(preview[1]), blobs[len(names)]) if preview else None
+        return Converted(attachments=files, preview=shown)
 
     async def _spawn(self) -> _Worker:
         budget = self.config.documents.worker_memory_mb * 1024 * 1024
@@ -276,7 +320,9 @@ class DocumentWorkers:
         )
         return _Worker(process)
 
-    async def _run(self, header: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+    async def _run(
+        self, header: dict[str, Any], blobs: list[bytes]
+    ) -> tuple[dict[str, Any], list[bytes]]:
         if self._stopping:
             raise WorkersStopped("the gateway is stopping")
         worker = self._waiting() or await self._spawn()
@@ -284,7 +330,7 @@ class DocumentWorkers:
         timeout = self.config.documents.worker_timeout_seconds
         task = header["task"]
         try:
-            answer = await asyncio.wait_for(worker.exchange(header, blobs), timeout)
+            answer, results = await asyncio.wait_for(worker.exchange(header, blobs), timeout)
         except TimeoutError:
             await worker.kill()
             logger.warning("document.worker_killed", task=task, pid=worker.pid, timeout=timeout)
@@ -310,10 +356,11 @@ class DocumentWorkers:
         finally:
             self._busy.discard(worker)
         await self._release(worker, recycle=bool(answer.get("recycle")))
+        _relog(answer.get("log") or [], task=task, pid=worker.pid)
         error = answer.get("error")
         if error is not None:
             raise self._error(error)
-        return answer
+        return answer, results
 
     def _waiting(self) -> _Worker | None:
         """The worker that waited least long, skipping any that ended meanwhile (killed while

@@ -9,7 +9,8 @@ The worker owns three transitions of the `inbound` table (see gateway/store/inbo
    are retried with backoff (a refused link or document is dead at once); after
    inbound.max_attempts the fax is dead (the carrier still holds it).
 2. stored -> mailed: route by the number called (inbound.routes, else default_recipients),
-   convert TIFF to PDF as inbound.attach_format asks, render the "inbound" mail with a PNG
+   convert TIFF to PDF as inbound.attach_format asks (in a document worker process:
+   gateway/document/workers.py), render the "inbound" mail with a PNG
    preview of page 1 and queue it in the outbox under `inbound:<carrier id>` (once per fax).
    An unroutable fax stays stored, logged at error level, until an operator adds a route.
 3. mailed -> done or dead: the outbox worker delivers to the relay with its own retries. Once
@@ -35,9 +36,10 @@ from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError
 from gateway.config import Config
 from gateway.datadir import DataDir
+from gateway.document.workers import Converted, DocumentWorkers
 from gateway.failpoints import failpoint
 from gateway.fsutil import write_atomic
-from gateway.inbound.compose import attachments_for, fax_moment, preview_of, shown_number
+from gateway.inbound.compose import fax_moment, shown_number
 from gateway.inbound.download import DownloadError, download
 from gateway.inbound.files import (
     locate,
@@ -46,7 +48,7 @@ from gateway.inbound.files import (
     remove_durably,
     stored_name,
 )
-from gateway.mailout.message import build_message
+from gateway.mailout.message import InlineImage, MailAttachment, build_message
 from gateway.mailout.outbox import give_up_mail, mail_status, queue_mail, requeue_mail_anew
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
@@ -88,11 +90,13 @@ class InboundWorker(QueueWorker):
         clock: Clock = time.time,
         renderer: MailRenderer,
         outbox_dir: Path,
+        documents: DocumentWorkers,
         client: VoxtelesysClient | None = None,
         metrics: Metrics | None = None,
         wake: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
+        self.documents = documents
         self.renderer = renderer
         self.outbox_dir = outbox_dir
         self.client = client
@@ -253,7 +257,9 @@ class InboundWorker(QueueWorker):
             if path is None:
                 raise FileNotFoundError(f"stored document {fax.file_path} is missing")
             data = await asyncio.to_thread(path.read_bytes)
-            message = await asyncio.to_thread(self._compose, fax, data, recipients)
+            # Decoding a caller's TIFF or PDF runs in a document worker (memory, time budget).
+            converted = await self.documents.inbound(fax, data)
+            message = await asyncio.to_thread(self._compose, fax, converted, recipients)
             key = mail_key(fax.carrier_id)
             queued = await queue_mail(
                 self.db,
@@ -273,10 +279,11 @@ class InboundWorker(QueueWorker):
         logger.info("inbound.mailed", recipients=len(recipients), already_queued=not queued)
         return 1
 
-    def _compose(self, fax: InboundFax, data: bytes, recipients: tuple[str, ...]) -> EmailMessage:
-        inbound = self.config.inbound
-        attachments = attachments_for(fax, data, inbound.attach_format, max_pages=inbound.max_pages)
-        preview = preview_of(fax, data)
+    def _compose(
+        self, fax: InboundFax, converted: Converted, recipients: tuple[str, ...]
+    ) -> EmailMessage:
+        attachments = [MailAttachment(*file) for file in converted.attachments]
+        preview = InlineImage(*converted.preview) if converted.preview else None
         rendered = self.renderer.render(
             "inbound",
             {
