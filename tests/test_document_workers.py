@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.datadir import DataDir
@@ -22,6 +23,7 @@ from gateway.document.workers import DocumentWorkers, WorkerDied, WorkersStopped
 from gateway.outbound.prepare import PrepareWorker
 from gateway.smtp.server import SmtpServer
 from gateway.store import Database
+from gateway.store.inbound import InboundFax, InboundState
 from gateway.store.jobs import create_job, get_job
 from gateway.store.records import JobState, NewJob, new_job_id
 from gateway.store.spool import Spool
@@ -264,3 +266,46 @@ async def test_prepare_stopped_mid_document_gives_the_claim_back(
         assert (job.state, job.pickups, job.attempts) == (JobState.RECEIVED, 0, 0)
     finally:
         db.close()
+
+
+async def test_an_inbound_fax_too_costly_to_preview_is_mailed_without_one(
+    make_config: Callable[..., Config],
+) -> None:
+    """A received 9000x9000 TIFF under a 256 MB budget: the worker's preview runs out of
+    memory (the reader calls that damaged), which comes back as the daemon's
+    `inbound.preview_failed` line; the fax is still mailed as the TIFF it is; the default
+    budget previews the same file."""
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000), 1).save(buffer, "TIFF", compression="group4")
+    data = buffer.getvalue()
+    fax = InboundFax(
+        id=1,
+        carrier_id="in-1",
+        state=InboundState.STORED,
+        from_number="+15556668888",
+        to_number="+12015550101",
+        pages=1,
+        duration=None,
+        fax_time=None,
+        media_url=None,
+        file_path=None,
+        attempts=0,
+        next_attempt_at=0,
+        error=None,
+        created_at=0,
+        updated_at=0,
+    )
+    config = make_config(
+        {"documents": {"worker_memory_mb": 256}, "inbound": {"attach_format": "tiff"}}
+    )
+    async with workers(config) as pool:
+        with capture_logs() as logs:
+            converted = await pool.inbound(fax, data)
+    assert [(name[-4:], kind) for name, kind, _ in converted.attachments] == [
+        (".tif", "image/tiff")
+    ]
+    assert converted.preview is None
+    [failed] = [e for e in logs if e["event"] == "inbound.preview_failed"]
+    assert failed["worker_task"] == "inbound"
+    async with workers(make_config({"inbound": {"attach_format": "tiff"}})) as pool:
+        assert (await pool.inbound(fax, data)).preview is not None
