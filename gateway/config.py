@@ -269,6 +269,9 @@ class HttpConfig(Section):
     # nothing since its last answer, for idle_timeout_seconds is closed.
     max_connections: int = Field(default=256, ge=1)
     idle_timeout_seconds: float = Field(default=15.0, gt=0)
+    # A webhook body must arrive whole within this long after its request head (past it: 408
+    # and closed), so a body sent a byte at a time cannot hold a connection of the cap.
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("webhook_token")
     @classmethod
@@ -429,6 +432,10 @@ class InboundConfig(PrivacySection):
     routes: dict[FaxNumber, InboundRoute] = Field(default_factory=dict)
     attach: AttachMode = ATTACH_PDF
     attach_format: Literal["pdf", "tiff", "both"] = "pdf"
+    # A received TIFF of more frames than this (counted along its IFD chain, decoding nothing)
+    # is mailed as the TIFF it is, not converted: decoding every frame of a hostile file would
+    # cost minutes of CPU.
+    max_pages: int = Field(default=250, ge=1, le=65535)
     max_attempts: int = Field(default=10, ge=1)
     max_download_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     download_timeout_seconds: float = Field(default=60.0, gt=0)
@@ -530,6 +537,27 @@ class FaxConfig(Section):
         return upper
 
 
+class DocumentsConfig(Section):
+    """Reading documents: the budget of a document worker process (gateway/document/workers.py;
+    reading one message at DATA, or building one job's document, may cost at most this much),
+    and the conversion of office files."""
+
+    # Address space of one worker (RLIMIT_AS); Python and the document libraries take ~110 MB
+    # of it before any document. Past it: 554 5.3.4 at DATA, a failed job at prepare.
+    worker_memory_mb: int = Field(default=768, ge=256, le=65536)
+    # Wall-clock time of one request; past it the worker is killed, with the same outcome.
+    worker_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # Office files and HTML attachments become PDF with LibreOffice (gateway/document/office.py):
+    # off by default, since every such file is then opened by a large office suite. LibreOffice
+    # runs as its own process group under its own time limit, not under the worker's memory
+    # budget (its address space alone is larger).
+    convert_office: bool = False
+    convert_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    max_concurrent_conversions: int = Field(default=2, ge=1, le=32)
+    # The LibreOffice program: a name looked up in PATH, or an absolute path.
+    libreoffice: str = Field(default="soffice", min_length=1)
+
+
 class LimitsConfig(Section):
     faxes_per_sender_per_day: int = Field(default=200, ge=0)  # 0 = no limit
 
@@ -602,16 +630,6 @@ class NotifyConfig(PrivacySection):
     def zone(self) -> tzinfo:
         # UTC needs no time zone database (a minimal system may have none).
         return UTC if self.timezone == "UTC" else ZoneInfo(self.timezone)
-
-
-class DocumentsConfig(Section):
-    # Office files and HTML attachments become PDF with LibreOffice (gateway/document/office.py):
-    # off by default, since every such file is then opened by a large office suite.
-    convert_office: bool = False
-    convert_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
-    max_concurrent_conversions: int = Field(default=2, ge=1, le=32)
-    # The LibreOffice program: a name looked up in PATH, or an absolute path.
-    libreoffice: str = Field(default="soffice", min_length=1)
 
 
 class WebhooksConfig(Section):

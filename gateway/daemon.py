@@ -3,9 +3,11 @@
 Start order: store, HTTP, carrier client, workers, SMTP; then READY=1. The gateway starts even
 when a dependency (S3, the carrier, the relay) is failing: mail is accepted and kept queued,
 and /readyz says what is wrong. Stop order is the reverse, after STOPPING=1: SMTP stops
-accepting and finishes DATA in progress, workers reach a safe point, the store closes last.
+accepting and finishes DATA in progress, document worker processes are killed (a parse never
+holds the stop), workers reach a safe point, the store closes last.
 SIGHUP re-reads the configuration file and applies what can change without a restart:
-routes, allowed senders, limits, users and templates.
+routes, allowed senders, limits (SMTP and HTTP connection caps, AUTH lockouts), users, the
+document workers' budgets and templates.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
 from gateway.datadir import DataDir
 from gateway.document.office import OfficeConverter
+from gateway.document.workers import DocumentWorkers
 from gateway.fsutil import make_private_dirs
 from gateway.inbound.archive import Archive
 from gateway.inbound.worker import InboundWorker
@@ -104,6 +107,7 @@ class Gateway:
         self.renderer = MailRenderer(config.templates.dir)
         self.archive = Archive(self.storage if isinstance(self.storage, S3Storage) else None)
         self.office = OfficeConverter(config.documents)
+        self.documents = DocumentWorkers(config)
         self.workers = self._workers()
         self.runner = Runner(
             self.workers,
@@ -118,6 +122,7 @@ class Gateway:
             metrics=self.metrics,
             renderer=self.renderer,
             office=self.office,
+            documents=self.documents,
         )
         self._routes()
 
@@ -129,6 +134,7 @@ class Gateway:
         )
         self.inbound = InboundWorker(
             **common,
+            documents=self.documents,
             renderer=self.renderer,
             outbox_dir=self.outbox_dir,
             client=self.client,
@@ -147,7 +153,7 @@ class Gateway:
         self.reconciler = Reconciler(**common, client=self.client, wake=wake, metrics=self.metrics)
         self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
         return [
-            PrepareWorker(**common, spool=self.spool, office=self.office),
+            PrepareWorker(**common, spool=self.spool, office=self.office, documents=self.documents),
             UploadWorker(**common, storage=self.storage),
             SubmitWorker(**common, client=self.client, storage=self.storage, metrics=self.metrics),
             self.events,
@@ -210,6 +216,7 @@ class Gateway:
         if released:
             logger.warning("claims.released", count=released)
         await self.http.start()
+        await self.documents.start()
         await self.runner.start()
         await self.smtp.start()
         await self._report_dependencies()
@@ -234,7 +241,7 @@ class Gateway:
         bound = self.config.queue.shutdown_timeout_seconds
         steps: list[tuple[str, Callable[[], object]]] = [
             ("smtp", self.smtp.stop),
-            ("workers", self.runner.stop),
+            ("workers", self._stop_workers),
             ("http", self.http.stop),
             ("carrier", self.client.close),
         ]
@@ -252,6 +259,13 @@ class Gateway:
                 logger.exception("daemon.stop_failed", component=name)
         self.db.close()
 
+    async def _stop_workers(self) -> None:
+        # No worker starts another round; then document work in progress is killed (a stop
+        # never waits for a parse), and the rounds it was part of end at once.
+        self.runner.request_stop()
+        await self.documents.stop()
+        await self.runner.stop()
+
     async def reload(self) -> None:
         """SIGHUP: re-read the configuration; apply what can change while running."""
         if self.config_path is None:
@@ -266,11 +280,15 @@ class Gateway:
             return
         restart_needed = [
             section
-            for section in ("http", "storage", "data", "voxtelesys")
+            for section in ("storage", "data", "voxtelesys")
             if getattr(new, section) != getattr(self.config, section)
         ]
         if new.ui.enabled != self.config.ui.enabled:
             restart_needed.append("ui.enabled")
+        # The HTTP keys read per request or per connection apply now; the rest need a restart.
+        live_http = {"max_connections", "max_webhook_bytes", "body_timeout_seconds"}
+        if new.http.model_dump(exclude=live_http) != self.config.http.model_dump(exclude=live_http):
+            restart_needed.append("http")
         if (
             new.smtp.listen != self.config.smtp.listen
             or new.smtp.tls_listen != self.config.smtp.tls_listen
@@ -309,6 +327,8 @@ class Gateway:
             worker.config = new
         self.reporter.config = new
         self.webhooks.config = new
+        self.documents.reconfigure(new)
+        self.http.reconfigure(new.http.max_connections)
 
 
 async def serve(config: Config, *, config_path: Path | None = None) -> int:

@@ -19,6 +19,7 @@ from gateway.callbacks.reconcile import Reconciler
 from gateway.callbacks.webhook import add_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Address, Config
+from gateway.document.workers import DocumentWorkers
 from gateway.inbound.worker import InboundWorker
 from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
@@ -159,6 +160,7 @@ async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[H
     server = HttpServer(app, Address("127.0.0.1", 0))
     await server.start()
     reporter = Reporter(config=config, db=db, renderer=renderer, outbox_dir=outbox_dir)
+    document_workers = DocumentWorkers(config)
     harness = Harness(
         config=config,
         db=db,
@@ -172,6 +174,7 @@ async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[H
         inbound=InboundWorker(
             config=config,
             db=db,
+            documents=document_workers,
             renderer=renderer,
             outbox_dir=outbox_dir,
             client=client,
@@ -185,6 +188,7 @@ async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[H
     try:
         yield harness
     finally:
+        await document_workers.stop()
         await server.stop()
         await client.close()
         db.close()

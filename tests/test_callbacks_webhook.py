@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -340,3 +341,57 @@ async def test_webhook_id_is_bound_in_the_log_context(endpoint: Endpoint) -> Non
     [line] = [e for e in logs if e["event"] == "webhook.received"]
     assert line["carrier_id"] == FAX_ID
     assert len(line["webhook_id"]) == 12
+
+
+async def _raw_exchange(url: str, request: bytes, *, then: bytes = b"", pause: float = 0) -> bytes:
+    """Send `request` on a fresh connection (and `then` after `pause`); all the server says."""
+    host, port = URL(url).host, URL(url).port
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        if then:
+            await asyncio.sleep(pause)
+            writer.write(then)
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+async def test_an_over_long_request_line_is_400_and_one_line_without_a_traceback(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Request lines past aiohttp's 8,190 bytes: 400, one `http.bad_request` line for the first
+    and none for the next ones (a summary later), no traceback."""
+    line = b"GET /webhooks/fax/" + TOKEN.encode() + b"?a=" + b"x" * 9000 + b" HTTP/1.1\r\n"
+    with capture_logs() as logs:
+        for _ in range(3):
+            answer = await _raw_exchange(endpoint.url, line + b"Host: x\r\n\r\n")
+            assert answer.split(b" ", 2)[1] == b"400"
+    [logged] = [e for e in logs if e["event"].startswith("http.")]
+    assert (logged["event"], logged["kind"], logged["status"]) == (
+        "http.bad_request",
+        "LineTooLong",
+        400,
+    )
+    assert TOKEN not in str(logged)
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+async def test_a_body_sent_too_slowly_is_408_and_the_connection_closed(
+    start_endpoint: StartEndpoint,
+) -> None:
+    """A webhook body trickled in past http.body_timeout_seconds: 408, closed, nothing stored."""
+    ep = await start_endpoint({"http": {"body_timeout_seconds": 0.5}})
+    body = json.dumps(PAYLOAD).encode()
+    head = (
+        f"POST /webhooks/fax/{TOKEN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    started = time.monotonic()
+    answer = await _raw_exchange(ep.url, head + body[:10], then=body[10:], pause=2)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 5
+    assert await ep.events() == []
+    assert ep.counted == ["too_slow"]

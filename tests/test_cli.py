@@ -91,6 +91,18 @@ def test_check_config_warns_of_possible_numbers_to_every_country(
         assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
 
+def test_check_config_warns_of_private_media(
+    write_config: Callable[..., Path], config_data: dict[str, Any]
+) -> None:
+    """inbound.allow_private_media = true is valid but warned about (SSRF), exit status 0."""
+    lab = merge(config_data, {"inbound": {"allow_private_media": True}})
+    result = run_cli("check-config", "--config", str(write_config(lab)))
+    assert result.returncode == 0, result.stderr
+    assert "warning: inbound.allow_private_media = true:" in result.stderr
+    result = run_cli("check-config", "--config", str(write_config(config_data)))
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
 def test_check_config_missing_file(tmp_path: Path) -> None:
     """A missing configuration file is a user error with exit 2."""
     result = run_cli("check-config", "--config", str(tmp_path / "none.toml"))

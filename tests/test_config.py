@@ -269,6 +269,27 @@ def test_short_webhook_token_refused(config_data: dict[str, Any]) -> None:
     ]
 
 
+def test_document_worker_budgets_are_validated(config_data: dict[str, Any]) -> None:
+    """[documents] budgets: defaults 768 MB and 120 s; a budget Python cannot even start in,
+    or no time at all, is refused with the key named."""
+    config = config_from_dict(config_data, env={})
+    assert (config.documents.worker_memory_mb, config.documents.worker_timeout_seconds) == (
+        768,
+        120.0,
+    )
+    problems = problems_of(
+        merge(config_data, {"documents": {"worker_memory_mb": 64, "worker_timeout_seconds": 0}})
+    )
+    assert any(p.startswith("documents.worker_memory_mb: ") for p in problems), problems
+    assert any(p.startswith("documents.worker_timeout_seconds: ") for p in problems), problems
+    assert problems_of(merge(config_data, {"documents": {"workers": 3}}))
+    problems = problems_of(
+        merge(config_data, {"http": {"body_timeout_seconds": 0}, "inbound": {"max_pages": 0}})
+    )
+    assert any(p.startswith("http.body_timeout_seconds: ") for p in problems), problems
+    assert any(p.startswith("inbound.max_pages: ") for p in problems), problems
+
+
 def test_environment_secrets_win(config_data: dict[str, Any]) -> None:
     """Secrets from the environment override the file."""
     env = {

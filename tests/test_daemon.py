@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
 import signal
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -227,6 +229,97 @@ def test_kill_9_mid_way_loses_and_duplicates_nothing(
     second.wait_for("job.cleaned", timeout=30)
     assert second.terminate() == 0
     assert sent_before_restart <= len(expected)
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The children of process `pid` (its document workers), from /proc."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(FileNotFoundError):
+            found += [int(child) for child in children.read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+def job_claimed(data: dict[str, Any], job_id: str) -> bool:
+    """The prepare stage has picked the job up (its pickup is counted, the work has begun)."""
+    store = Path(data["data"]["dir"]) / "store.db"
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)) as db:
+        row = db.execute("SELECT state, pickups FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row is not None and tuple(row) == ("received", 1)
+
+
+def test_kill_9_while_a_document_is_built_leaves_no_worker_and_no_pipe_open(
+    daemon_config: Callable[..., tuple[Path, dict[str, Any]]], processes: list[GatewayProcess]
+) -> None:
+    """kill -9 of the daemon while a document worker builds a job's document: the daemon's
+    output pipe ends at once and no worker process outlives it."""
+    path, data = daemon_config()
+    process = GatewayProcess(path, env=cli_env(FAXGW_FAILPOINT="document_prepare=hang"))
+    processes.append(process)
+    process.wait_for("daemon.ready")
+    job = submit(smtp_port(data), ["+12015550150"], samples.pdf(1))
+    assert job is not None
+    wait_until(lambda: job_claimed(data, job), 20, "prepare picks the job up")
+    workers = worker_pids(process.proc.pid)
+    assert workers, "the daemon has no document worker"
+    killed = time.monotonic()
+    process.proc.kill()
+    process._reader.join(10)
+    assert not process._reader.is_alive(), "the daemon's output pipe is still held open"
+    assert time.monotonic() - killed < 5
+    process.proc.wait(5)
+    wait_until(lambda: not any(alive(pid) for pid in workers), 5, "every worker gone")
+
+
+def test_sigterm_while_a_document_is_built_stops_within_the_bound_and_resumes(
+    daemon_config: Callable[..., tuple[Path, dict[str, Any]]],
+    sandbox: Sandbox,
+    processes: list[GatewayProcess],
+) -> None:
+    """SIGTERM while a document takes forever to build: exit 0 well within the shutdown bound
+    (the worker is killed, not waited for), and after a restart the job is faxed."""
+    path, data = daemon_config(
+        {"documents": {"worker_timeout_seconds": 600}, "queue": {"shutdown_timeout_seconds": 5}}
+    )
+    first = GatewayProcess(path, env=cli_env(FAXGW_FAILPOINT="document_prepare=hang"))
+    processes.append(first)
+    first.wait_for("daemon.ready")
+    job = submit(smtp_port(data), ["+12015550151"], samples.pdf(1))
+    assert job is not None
+    wait_until(lambda: job_claimed(data, job), 20, "prepare picks the job up")
+    workers = worker_pids(first.proc.pid)
+    asked = time.monotonic()
+    assert first.terminate(timeout=15) == 0
+    assert time.monotonic() - asked < 5
+    first.wait_for("document.work_stopped")
+    assert not any(alive(pid) for pid in workers)
+
+    second = GatewayProcess(path)
+    processes.append(second)
+    second.wait_for("job.prepared", timeout=30, job_id=job)
+    sandbox.wait_for(
+        lambda: any(f["to"] == "12015550151" for f in sandbox.faxes()),
+        timeout=60,
+        what="the job's fax at the carrier",
+    )
+    assert second.terminate() == 0
 
 
 def test_sigterm_during_data_finishes_the_message(

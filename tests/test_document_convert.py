@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -147,3 +148,15 @@ def test_previews_from_many_threads_at_once() -> None:
             pool.map(lambda d: png_size(first_page_png(d, "application/pdf", 100)), documents * 3)
         )
     assert sizes == [(100, 129)] * 24
+
+
+def test_a_tiff_of_too_many_frames_is_refused_before_decoding() -> None:
+    """20,000 frames past max_pages: TOO_MANY_PAGES in well under a second, nothing decoded
+    (decoding them takes several seconds of CPU)."""
+    data = samples.tiff_chain(20_000)
+    started = time.monotonic()
+    with pytest.raises(DocumentError, match="more than 250 pages") as caught:
+        tiff_to_pdf(data, max_pages=250)
+    assert time.monotonic() - started < 1
+    assert caught.value.kind == "too_many_pages"
+    assert len(PdfReader(io.BytesIO(tiff_to_pdf(samples.tiff(3), max_pages=3))).pages) == 3

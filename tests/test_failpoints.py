@@ -66,15 +66,19 @@ SETTLE_WITHIN = 90.0
     ("value", "armed"),
     [
         ("", {}),
-        ("after_upload", {"after_upload": 1}),
-        ("after_upload=kill", {"after_upload": 1}),
-        ("after_post@3", {"after_post": 3}),
-        ("after_post=kill@2", {"after_post": 2}),
-        ("after_spool, after_relay_send@2", {"after_spool": 1, "after_relay_send": 2}),
+        ("after_upload", {"after_upload": ("kill", 1)}),
+        ("after_upload=kill", {"after_upload": ("kill", 1)}),
+        ("after_post@3", {"after_post": ("kill", 3)}),
+        ("after_post=kill@2", {"after_post": ("kill", 2)}),
+        (
+            "after_spool, after_relay_send@2",
+            {"after_spool": ("kill", 1), "after_relay_send": ("kill", 2)},
+        ),
+        ("document_prepare=hang", {"document_prepare": ("hang", 1)}),
     ],
 )
-def test_the_variable_names_points_and_hits(value: str, armed: dict[str, int]) -> None:
-    """FAXGW_FAILPOINT reads name[=kill][@N], comma-separated; @N is the hit that kills."""
+def test_the_variable_names_points_and_hits(value: str, armed: dict[str, tuple[str, int]]) -> None:
+    """FAXGW_FAILPOINT reads name[=kill|hang][@N], comma-separated; @N is the hit that acts."""
     assert failpoints.parse(value) == armed
 
 

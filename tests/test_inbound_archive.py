@@ -125,6 +125,7 @@ async def test_the_s3_archive_keeps_copies_under_its_prefix_and_purges_them_by_a
     inbound.worker = InboundWorker(
         config=inbound.config,
         db=inbound.db,
+        documents=inbound.worker.documents,
         renderer=MailRenderer(None),
         outbox_dir=inbound.config.data.dir / "outbox",
         clock=inbound.clock,

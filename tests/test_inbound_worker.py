@@ -19,7 +19,8 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from gateway.config import Address, Config, RouteConfig
-from gateway.inbound.compose import shown_number
+from gateway.document.workers import DocumentWorkers
+from gateway.inbound.compose import attachments_for, shown_number
 from gateway.inbound.download import DownloadError, download
 from gateway.inbound.files import list_dead_letters, requeue_dead_letter
 from gateway.inbound.worker import InboundWorker
@@ -111,6 +112,7 @@ class Inbound:
     outbox: OutboxWorker
     relay: CapturingRelay
     media: Media
+    documents: DocumentWorkers
 
     async def announce(self, name: str, *, to: str = ROUTED, caller: str = CALLER) -> int:
         inbound_id = await self.db.run(
@@ -138,13 +140,16 @@ class Inbound:
     def reconfigure(self, override: dict[str, Any]) -> None:
         """A new worker on a changed configuration (what a reload does), same store."""
         self.config = self.config.model_copy(update=override)
-        self.worker = _worker(self.config, self.db, self.clock)
+        self.worker = _worker(self.config, self.db, self.clock, self.documents)
 
 
-def _worker(config: Config, db: Database, clock: Clock) -> InboundWorker:
+def _worker(
+    config: Config, db: Database, clock: Clock, documents: DocumentWorkers
+) -> InboundWorker:
     return InboundWorker(
         config=config,
         db=db,
+        documents=documents,
         renderer=MailRenderer(config.templates.dir),
         outbox_dir=config.data.dir / "outbox",
         clock=clock,
@@ -152,10 +157,11 @@ def _worker(config: Config, db: Database, clock: Clock) -> InboundWorker:
 
 
 @pytest.fixture
-def start_inbound(
+async def start_inbound(
     make_config: Callable[..., Config], relay_server: CapturingRelay, media: Media
 ) -> AsyncIterator[Callable[..., Any]]:
     opened: list[Database] = []
+    pools: list[DocumentWorkers] = []
 
     async def start(override: dict[str, Any] | None = None) -> Inbound:
         base: dict[str, Any] = {
@@ -172,17 +178,22 @@ def start_inbound(
         db = await Database(config.data.dir / "store.db").open()
         opened.append(db)
         clock = Clock()
+        documents = DocumentWorkers(config)
+        pools.append(documents)
         return Inbound(
             config=config,
             db=db,
             clock=clock,
-            worker=_worker(config, db, clock),
+            worker=_worker(config, db, clock, documents),
             outbox=OutboxWorker(config=config, db=db, relay=create_relay(config), clock=clock),
             relay=relay_server,
             media=media,
+            documents=documents,
         )
 
     yield start
+    for pool in pools:
+        await pool.stop()
     for db in opened:
         db.close()
 
@@ -258,6 +269,32 @@ async def test_download_limits(
 def test_numbers_from_the_carrier_are_made_safe_to_show(raw: str, shown: str) -> None:
     """Caller ids become '+digits', a short plain label, or 'unknown'."""
     assert shown_number(raw) == shown
+
+
+def test_a_received_tiff_of_too_many_frames_is_mailed_as_it_came() -> None:
+    """A TIFF past inbound.max_pages is attached as the TIFF, not decoded into a PDF."""
+    fax = InboundFax(
+        id=1,
+        carrier_id="in-1",
+        state=InboundState.STORED,
+        from_number="+15556668888",
+        to_number="+12015550101",
+        pages=None,
+        duration=None,
+        fax_time=None,
+        media_url=None,
+        file_path=None,
+        attempts=0,
+        next_attempt_at=0,
+        error=None,
+        created_at=0,
+        updated_at=0,
+    )
+    data = samples.tiff_chain(20_000)
+    [attached] = attachments_for(fax, data, "pdf", max_pages=250)
+    assert (attached.content_type, attached.data) == ("image/tiff", data)
+    [converted] = attachments_for(fax, samples.tiff(2), "pdf", max_pages=250)
+    assert converted.content_type == "application/pdf"
 
 
 # -- the worker ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gateway.config import Config
 from gateway.datadir import DataDir
+from gateway.document.workers import DocumentWorkers
 from gateway.outbound.prepare import PrepareWorker
 from gateway.store import Database
 from gateway.store.jobs import create_job, get_job
@@ -25,6 +26,7 @@ async def test_a_full_disk_defers_prepare_and_it_resumes_when_space_returns(
     data = DataDir(config.data.dir)
     db = await Database(data.store).open()
     clock = Clock()
+    workers = DocumentWorkers(config)
     try:
         spool = Spool(data.spool)
         job_id = new_job_id()
@@ -44,7 +46,7 @@ async def test_a_full_disk_defers_prepare_and_it_resumes_when_space_returns(
                 recipients=("+12015550123",),
             ),
         )
-        worker = PrepareWorker(config=config, db=db, clock=clock, spool=spool)
+        worker = PrepareWorker(config=config, db=db, clock=clock, spool=spool, documents=workers)
         with tiny_filesystem(data.documents, "1m") as documents:
             filler = fill(documents)
             for _ in range(4):  # more often than max_pickups: still not held
@@ -61,4 +63,5 @@ async def test_a_full_disk_defers_prepare_and_it_resumes_when_space_returns(
             assert job is not None and job.state is JobState.PREPARED
             assert job.document_path is not None and job.document_path.parent == documents
     finally:
+        await workers.stop()
         db.close()

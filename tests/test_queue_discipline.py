@@ -32,6 +32,7 @@ from gateway.callbacks.events import EventsWorker
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Address, Config
 from gateway.datadir import DataDir
+from gateway.document.workers import DocumentWorkers
 from gateway.inbound.worker import InboundWorker
 from gateway.mailout.message import RenderedMail, build_message
 from gateway.mailout.outbox import OutboxWorker, mail_status, queue_mail
@@ -454,10 +455,12 @@ async def test_inbound_retries_a_deferred_download_within_a_second_of_its_due_ti
         now=time.time(),
     )
     assert inbound_id is not None
+    documents = DocumentWorkers(config)
     worker = Rounds(
         InboundWorker(
             config=config,
             db=db,
+            documents=documents,
             clock=time.time,
             renderer=MailRenderer(config.templates.dir),
             outbox_dir=DataDir(config.data.dir).outbox,
@@ -479,11 +482,14 @@ async def test_inbound_retries_a_deferred_download_within_a_second_of_its_due_ti
             return None
         return next(at for status, at in media_server.hits if status == 200)
 
-    async with running(config, worker):
-        due = in_future(await first(deferred))
-        media_server.failing = False
-        done_at = await first(downloaded)
-        rounds = worker.count
+    try:
+        async with running(config, worker):
+            due = in_future(await first(deferred))
+            media_server.failing = False
+            done_at = await first(downloaded)
+            rounds = worker.count
+    finally:
+        await documents.stop()
     on_time(due, done_at, request)
     assert rounds <= ROUNDS
     assert [status for status, _ in media_server.hits] == [503, 200]
@@ -736,9 +742,11 @@ class Inbound(Case):
         # The store hands the fax back as held; the worker's job is to dead-letter it.
         _claimed, held = await db.run(self._claim, now)
         assert [fax.id for fax in held] == [item]
+        # Held: dead-lettered without reading the document, so no worker process is started.
         worker = InboundWorker(
             config=config,
             db=db,
+            documents=DocumentWorkers(config),
             clock=lambda: now,
             renderer=MailRenderer(config.templates.dir),
             outbox_dir=DataDir(config.data.dir).outbox,

@@ -139,6 +139,22 @@ def test_throttle_locks_out_after_max_failures_then_forgives() -> None:
     assert not throttle.failed(bad)
 
 
+def test_a_reload_applies_new_limits_and_keeps_the_counts() -> None:
+    """reconfigure (SIGHUP): a lower max_failures locks at the next failure, counted so far;
+    the new lockout time applies to lockouts from then on."""
+    clock = Clock()
+    throttle = AuthThrottle(5, 60, account_max_failures=10, clock=clock)
+    client = ipaddress.ip_address("192.0.2.1")
+    assert not throttle.failed(client)
+    assert not throttle.failed(client)
+    throttle.reconfigure(3, 600, account_max_failures=4)
+    assert throttle.failed(client)  # the third failure: locked under the new limit
+    clock.now += 599
+    assert throttle.locked(client)
+    clock.now += 2
+    assert not throttle.locked(client)
+
+
 def test_throttle_forgets_old_failures() -> None:
     """Failures spread wider than the window never add up to a lockout."""
     clock = Clock()

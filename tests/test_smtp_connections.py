@@ -233,6 +233,36 @@ async def test_http_connections_past_the_cap_get_503_and_idle_ones_are_closed() 
         await server.stop()
 
 
+async def test_a_reload_raises_the_http_cap_for_the_next_connections() -> None:
+    """reconfigure (SIGHUP): past a cap of 1 a second connection gets 503; after raising it to
+    2, a new second connection is served."""
+    server = HttpServer(create_app(), Address("127.0.0.1", 0), max_connections=1)
+    await server.start()
+    assert server.port is not None
+    try:
+        held = await asyncio.open_connection("127.0.0.1", server.port)
+        held[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # holds the one slot
+        await asyncio.sleep(0.1)
+
+        async def second() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                with suppress(ConnectionResetError):
+                    return await _http_reply(reader)
+                return b"reset"
+            finally:
+                writer.close()
+
+        refused = await second()
+        assert refused == b"reset" or refused.startswith(b"HTTP/1.1 503 "), refused
+        server.reconfigure(2)
+        assert (await second()).startswith(b"HTTP/1.1 200 ")
+        held[1].close()
+    finally:
+        await server.stop()
+
+
 async def test_http_keepalive_connection_is_closed_after_the_idle_timeout() -> None:
     """A kept-alive connection that sends nothing more is closed after idle_timeout."""
     server = HttpServer(create_app(), Address("127.0.0.1", 0), idle_timeout=0.5)

@@ -12,6 +12,7 @@ the carrier tries again rather than the event being lost.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -43,6 +44,7 @@ DUPLICATE = "duplicate"
 BAD_TOKEN = "bad_token"
 MALFORMED = "malformed"
 TOO_LARGE = "too_large"
+TOO_SLOW = "too_slow"
 STORE_FAILED = "store_failed"
 
 
@@ -57,6 +59,10 @@ class MalformedWebhook(ValueError):
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
     pass
 
 
@@ -114,6 +120,16 @@ class WebhookEndpoint:
         try:
             payload = await self._payload(request)
             carrier_id, status, direction = self._check(payload)
+        except _TooSlow:
+            # A body trickled in to hold the connection (and a slot of the HTTP cap) open.
+            seconds = self.config.http.body_timeout_seconds
+            logger.warning("webhook.too_slow", method=request.method, timeout=seconds)
+            self._count(TOO_SLOW)
+            response = web.json_response(
+                {"error": f"body not received within {seconds:g} seconds"}, status=408
+            )
+            response.force_close()
+            return response
         except _TooLarge:
             limit = self.config.http.max_webhook_bytes
             logger.warning("webhook.too_large", method=request.method, limit=limit)
@@ -161,7 +177,11 @@ class WebhookEndpoint:
                 raise MalformedWebhook(str(exc)) from None
         if request.content_length is not None and request.content_length > limit:
             raise _TooLarge
-        body = await _read_limited(request, limit)
+        try:
+            async with asyncio.timeout(self.config.http.body_timeout_seconds):
+                body = await _read_limited(request, limit)
+        except TimeoutError:
+            raise _TooSlow from None
         if not body.strip():
             raise MalformedWebhook("empty body: expected a JSON object")
         if json_depth(body) > MAX_NESTING:

@@ -87,6 +87,13 @@ def warnings(config: Config) -> list[str]:
             'prefixes and fax.blocked_prefixes stand between a sender and toll fraud. Use "strict" '
             "or name the countries"
         )
+    if config.inbound.allow_private_media:
+        found.append(
+            "inbound.allow_private_media = true: inbound media links are fetched from any "
+            "address, loopback, private networks and cloud metadata (169.254.169.254) included, "
+            "and whatever answers is mailed to the inbound recipients; a forged webhook or a "
+            "redirect can mail them the gateway's neighbours' pages. Labs only"
+        )
     if config.smtp.subject_address is not None and not config.smtp.allowed_senders:
         found.append(
             "smtp.subject_address without smtp.allowed_senders: a refused copier mail is not "

@@ -17,8 +17,8 @@ import pypdfium2 as pdfium
 from PIL import Image, ImageOps
 from pypdf import PdfReader
 
-from gateway.document.kinds import TIFF, sniff
-from gateway.document.mime import CORRUPT, UNSUPPORTED, DocumentError
+from gateway.document.kinds import MAX_TIFF_FRAMES, TIFF, sniff, tiff_frames
+from gateway.document.mime import CORRUPT, TOO_MANY_PAGES, UNSUPPORTED, DocumentError
 
 # PDFium is not thread-safe, and these functions run in worker threads (asyncio.to_thread):
 # every use of pypdfium2 in the gateway holds this lock.
@@ -105,10 +105,20 @@ def images_to_pdf(
     return pdf
 
 
-def tiff_to_pdf(data: bytes) -> bytes:
-    """A (fax) TIFF as a PDF with one page per frame, each at its physical size."""
+def tiff_to_pdf(data: bytes, *, max_pages: int = MAX_TIFF_FRAMES) -> bytes:
+    """A (fax) TIFF as a PDF with one page per frame, each at its physical size.
+
+    Frames are counted along the IFD chain first (`kinds.tiff_frames`, milliseconds for any
+    count): a TIFF of more than `max_pages` frames is refused (TOO_MANY_PAGES) before one of
+    them is decoded.
+    """
     if sniff(data) != TIFF:
         raise DocumentError("the received fax is not a TIFF image", kind=UNSUPPORTED)
+    frames = tiff_frames(data, limit=max_pages)
+    if frames is not None and frames > max_pages:
+        raise DocumentError(
+            f"the TIFF has more than {max_pages} pages, the most converted", kind=TOO_MANY_PAGES
+        )
     guess = missing_fax_resolution(data)
     return images_to_pdf(
         data, layout=natural_layout(guess), first_frame_only=False, label="the received TIFF"

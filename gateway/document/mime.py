@@ -54,7 +54,10 @@ UNSUPPORTED = "unsupported"
 CORRUPT = "corrupt"
 TOO_MANY_PAGES = "too_many_pages"
 MALFORMED = "malformed"
-KINDS = frozenset({NO_DOCUMENT, UNSUPPORTED, CORRUPT, TOO_MANY_PAGES, MALFORMED})
+# Reading it would cost more memory or time than a document worker may spend
+# (documents.worker_memory_mb, documents.worker_timeout_seconds: gateway/document/workers.py).
+TOO_COSTLY = "too_costly"
+KINDS = frozenset({NO_DOCUMENT, UNSUPPORTED, CORRUPT, TOO_MANY_PAGES, MALFORMED, TOO_COSTLY})
 
 # An SMTP reply line may be 512 octets including "554 5.6.0 " and CRLF; stay well inside.
 MAX_MESSAGE_CHARS = 400
@@ -92,7 +95,8 @@ def one_line_ascii(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 class DocumentError(Exception):
     """A message cannot be faxed; str() is one ASCII line fit for an SMTP reply to the sender.
 
-    `kind` is one of "no_document", "unsupported", "corrupt", "too_many_pages", "malformed".
+    `kind` is one of "no_document", "unsupported", "corrupt", "too_many_pages", "malformed",
+    "too_costly".
     """
 
     def __init__(self, message: str, *, kind: str) -> None:

@@ -14,7 +14,7 @@ from gateway.document import kinds
 from gateway.document.convert import tiff_to_pdf
 from gateway.document.preview import first_page_png
 from gateway.mailout.message import InlineImage, MailAttachment
-from gateway.mailout.privacy import Privacy, PrivacyError, protect
+from gateway.mailout.privacy import PrivacyError
 from gateway.store.inbound import InboundFax
 
 logger = log.get_logger(__name__)
@@ -60,44 +60,42 @@ def attachment_stem(fax: InboundFax) -> str:
 
 
 def attachments_for(
-    fax: InboundFax, data: bytes, attach_format: str, privacy: Privacy
+    fax: InboundFax, data: bytes, attach_format: str, *, max_pages: int, pdf_only: bool = False
 ) -> list[MailAttachment]:
-    """The files to mail for the stored document, as inbound.attach_format and the privacy
-    mode of its number ask.
+    """The files to mail for the stored document, as inbound.attach_format asks, unprotected
+    (the caller applies the privacy mode: gateway/mailout/privacy.py `protect`).
 
     A TIFF becomes a PDF for "pdf", stays a TIFF for "tiff", and goes as both for "both". A
     document that is already a PDF goes as it is whatever the setting (there is no sensible
-    TIFF of it to make). When the conversion fails the TIFF is sent rather than nothing, but
-    never under "encrypted-pdf" (the configuration allows only attach_format "pdf" with it):
-    there a failed conversion raises, and the fax is tried again and at last dead-lettered
-    rather than mailed in clear. Under "none" nothing is attached. Blocking: run in a thread.
+    TIFF of it to make). When the conversion fails the TIFF is sent rather than nothing, and
+    so is a TIFF of more than `max_pages` frames (inbound.max_pages: counted before decoding),
+    except with `pdf_only` (attach = "encrypted-pdf": only a PDF can be encrypted): there a
+    TIFF that cannot be made a PDF raises PrivacyError, and the fax is tried again and at last
+    dead-lettered rather than mailed in clear. Blocking (conversion): run in a worker.
     """
-    if not privacy.carries_document:
-        return []
     stem = attachment_stem(fax)
     kind = kinds.sniff(data)
     if kind != kinds.TIFF:
         content_type = kind or "application/octet-stream"
-        attachment = MailAttachment(stem + kinds.extension(content_type), content_type, data)
-        return [protect(attachment, privacy)]
+        return [MailAttachment(stem + kinds.extension(content_type), content_type, data)]
     result: list[MailAttachment] = []
-    if attach_format in ("pdf", "both") or privacy.encrypted:
+    if attach_format in ("pdf", "both") or pdf_only:
         try:
-            result.append(MailAttachment(stem + ".pdf", kinds.PDF, tiff_to_pdf(data)))
+            result.append(
+                MailAttachment(stem + ".pdf", kinds.PDF, tiff_to_pdf(data, max_pages=max_pages))
+            )
         except Exception as exc:
             logger.warning("inbound.convert_failed", error=f"{type(exc).__name__}: {exc}")
-    if (attach_format in ("tiff", "both") or not result) and not privacy.encrypted:
+    if (attach_format in ("tiff", "both") or not result) and not pdf_only:
         result.append(MailAttachment(stem + ".tif", kinds.TIFF, data))
     if not result:
         raise PrivacyError("the TIFF could not be made a PDF, and only a PDF can be encrypted")
-    return [protect(a, privacy) for a in result]
+    return result
 
 
-def preview_of(fax: InboundFax, data: bytes, privacy: Privacy) -> InlineImage | None:
-    """A PNG of page 1 for the HTML part, or None: not wanted (only attach = "pdf" shows
-    one), or it could not be made (the mail goes without one). Blocking."""
-    if not privacy.shows_preview:
-        return None
+def preview_of(fax: InboundFax, data: bytes) -> InlineImage | None:
+    """A PNG of page 1 for the HTML part, or None (the mail goes without one). Whether one is
+    wanted at all is the privacy mode's to say (only attach = "pdf" shows one). Blocking."""
     kind = kinds.sniff(data)
     if kind is None:
         return None

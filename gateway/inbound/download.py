@@ -103,10 +103,12 @@ async def download(
                         checked = await _public_addresses(target, names, redirected=hop > 0)
                 except TimeoutError:
                     raise DownloadError(f"download took longer than {time_limit:g}s") from None
-                # XXX: no proxy here (trust_env off): a proxy would look the name up again and
-                # connect where it likes, which is what the check is for. An operator whose
-                # only way out is a proxy gets media from the carrier's origin, or sets
-                # inbound.allow_private_media.
+                # Decided: no proxy here (trust_env off), whatever HTTPS_PROXY says. A proxy
+                # would look the name up again and connect where it likes, so the addresses
+                # checked above would mean nothing. Media links at the carrier's own origin
+                # (the usual case) go through the proxy like the carrier client; an operator
+                # whose only way out is a proxy that refuses private destinations itself may
+                # set inbound.allow_private_media (README, "Inbound media and proxies").
                 session = aiohttp.ClientSession(
                     trust_env=False,
                     connector=aiohttp.TCPConnector(

@@ -9,7 +9,8 @@ The worker owns three transitions of the `inbound` table (see gateway/store/inbo
    are retried with backoff (a refused link or document is dead at once); after
    inbound.max_attempts the fax is dead (the carrier still holds it).
 2. stored -> mailed: route by the number called (inbound.routes, else default_recipients),
-   convert TIFF to PDF as inbound.attach_format asks, render the "inbound" mail with a PNG
+   convert TIFF to PDF as inbound.attach_format asks (in a document worker process:
+   gateway/document/workers.py), render the "inbound" mail with a PNG
    preview of page 1 and queue it in the outbox under `inbound:<carrier id>` (once per fax).
    The route's privacy mode (else inbound.attach, gateway/mailout/privacy.py) may encrypt the
    PDF or leave the document out; the preview goes only with attach = "pdf".
@@ -42,10 +43,11 @@ from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError
 from gateway.config import Config
 from gateway.datadir import DataDir
+from gateway.document.workers import Converted, DocumentWorkers
 from gateway.failpoints import failpoint
 from gateway.fsutil import write_atomic
 from gateway.inbound.archive import Archive
-from gateway.inbound.compose import attachments_for, fax_moment, preview_of, shown_number
+from gateway.inbound.compose import fax_moment, shown_number
 from gateway.inbound.download import DownloadError, download
 from gateway.inbound.files import (
     locate,
@@ -54,9 +56,9 @@ from gateway.inbound.files import (
     remove_durably,
     stored_name,
 )
-from gateway.mailout.message import build_message
+from gateway.mailout.message import InlineImage, MailAttachment, build_message
 from gateway.mailout.outbox import give_up_mail, mail_status, queue_mail, requeue_mail_anew
-from gateway.mailout.privacy import inbound_privacy, status_page_url
+from gateway.mailout.privacy import inbound_privacy, protect, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.queue.runner import QueueWorker
@@ -98,12 +100,14 @@ class InboundWorker(QueueWorker):
         clock: Clock = time.time,
         renderer: MailRenderer,
         outbox_dir: Path,
+        documents: DocumentWorkers,
         client: VoxtelesysClient | None = None,
         metrics: Metrics | None = None,
         wake: Callable[[], None] | None = None,
         archive: Archive | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
+        self.documents = documents
         self.renderer = renderer
         self.outbox_dir = outbox_dir
         self.client = client
@@ -297,7 +301,16 @@ class InboundWorker(QueueWorker):
             if path is None:
                 raise FileNotFoundError(f"stored document {fax.file_path} is missing")
             data = await asyncio.to_thread(path.read_bytes)
-            message = await asyncio.to_thread(self._compose, fax, data, recipients)
+            # Decoding a caller's TIFF or PDF runs in a document worker (memory, time budget).
+            privacy = inbound_privacy(self.config, fax.to_number)
+            converted = await self.documents.inbound(
+                fax,
+                data,
+                files=privacy.carries_document,
+                pdf_only=privacy.encrypted,
+                preview=privacy.shows_preview,
+            )
+            message = await asyncio.to_thread(self._compose, fax, converted, recipients)
             key = mail_key(fax.carrier_id)
             queued = await queue_mail(
                 self.db,
@@ -322,10 +335,12 @@ class InboundWorker(QueueWorker):
         )
         return 1
 
-    def _compose(self, fax: InboundFax, data: bytes, recipients: tuple[str, ...]) -> EmailMessage:
+    def _compose(
+        self, fax: InboundFax, converted: Converted, recipients: tuple[str, ...]
+    ) -> EmailMessage:
         privacy = inbound_privacy(self.config, fax.to_number)
-        attachments = attachments_for(fax, data, self.config.inbound.attach_format, privacy)
-        preview = preview_of(fax, data, privacy)
+        attachments = [protect(MailAttachment(*file), privacy) for file in converted.attachments]
+        preview = InlineImage(*converted.preview) if converted.preview else None
         rendered = self.renderer.render(
             "inbound",
             {

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import Address
 from gateway.log import get_logger
@@ -81,6 +84,28 @@ class _CappedSite(web.TCPSite):
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, except for requests that do not parse.
+
+    aiohttp answers a request line or header past its limits (8,190 bytes), a bad method or
+    a broken head with 400 itself, and logs each with a traceback: noise a scanner can turn
+    into megabytes of non-JSON log. Those become one tallied `http.bad_request` line (the
+    first of each kind per minute, then a summary with counts); everything else aiohttp logs
+    goes on as it was.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.bad_requests = Tally("http.bad_request", "http.bad_requests")
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            # Not the message: it quotes the request line, and with it a webhook's token.
+            self.bad_requests.add(type(exc_info).__name__, status=exc_info.code)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class HttpServer:
     def __init__(
         self,
@@ -96,6 +121,7 @@ class HttpServer:
         self.idle_timeout = idle_timeout
         self._runner: web.AppRunner | None = None
         self._site: _CappedSite | None = None
+        self._log = _ServerLog()
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -104,6 +130,7 @@ class HttpServer:
             access_log=None,
             handle_signals=False,
             keepalive_timeout=self.idle_timeout,
+            logger=self._log,
         )
         await self._runner.setup()
         cap = fds.cap(self.max_connections, fds.HTTP_SHARE, "http")
@@ -112,7 +139,15 @@ class HttpServer:
         self.port = self._site.port
         log.info("http.listening", host=self.listen.host, port=self.port, max_connections=cap)
 
+    def reconfigure(self, max_connections: int) -> None:
+        """SIGHUP: the connection cap from the next connection on (connections already open
+        above a lowered cap are not closed)."""
+        self.max_connections = max_connections
+        if self._site is not None:
+            self._site.max_connections = fds.cap(max_connections, fds.HTTP_SHARE, "http")
+
     async def stop(self) -> None:
+        self._log.bad_requests.flush()
         if self._site is not None:
             self._site.refusals.flush()
             self._site = None

@@ -1,28 +1,31 @@
-"""received -> prepared: assemble the one document a job faxes from its spooled message."""
+"""received -> prepared: assemble the one document a job faxes from its spooled message.
+
+The work itself runs in a document worker process (gateway/document/workers.py), which reads
+the spool file and writes data.dir/documents/<job id>.<ext>; this stage only moves the job on
+by the outcome. A document past the worker's memory or time budget fails the job (its sender
+is told why); a worker that died otherwise defers it, and fails it once that happened
+queue.max_pickups times; a stop gives the claim back uncounted. None of these is a crash of
+the daemon, so none is charged to the crash guard.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from datetime import UTC, datetime
 
 from gateway import log
 from gateway.config import Config
 from gateway.datadir import DataDir
-from gateway.document.assemble import Document, assemble
-from gateway.document.conversion import CONVERTIBLE, to_faxable
-from gateway.document.cover import CoverContext
-from gateway.document.kinds import extension
-from gateway.document.mime import DocumentError, extract
+from gateway.document.mime import DocumentError
 from gateway.document.office import ConversionBusy, OfficeConverter
-from gateway.fsutil import write_atomic
+from gateway.document.workers import DocumentWorkers, Prepared, WorkerDied, WorkersStopped
 from gateway.numbers import pretty
 from gateway.outbound.defer import defer_job
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
-from gateway.store import Database
+from gateway.store import Database, claims
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
+from gateway.store.jobs import JOBS
 from gateway.store.records import Job, JobState
 from gateway.store.spool import Spool
 
@@ -39,10 +42,12 @@ class PrepareWorker(QueueWorker):
         db: Database,
         clock: Clock = time.time,
         spool: Spool,
+        documents: DocumentWorkers,
         office: OfficeConverter | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.spool = spool
+        self.documents = documents
         self.office = office or OfficeConverter(config.documents)
 
     async def next_due(self) -> float | None:
@@ -64,10 +69,27 @@ class PrepareWorker(QueueWorker):
     async def _prepare(self, job: Job) -> None:
         recipients = [f.recipient for f in await self.db.run(fax_store.faxes_of, job.id)]
         try:
-            document = await asyncio.to_thread(self._build, job, recipients)
-            name = f"{job.id}{extension(document.content_type)}"
-            path = DataDir(self.config.data.dir).documents / name
-            await asyncio.to_thread(write_atomic, path, document.data)
+            document = await self._build(job, recipients)
+        except WorkersStopped:
+            # The daemon is stopping: the job is taken up again at the next start, as if this
+            # pickup had never happened.
+            await self.db.run(claims.give_back, JOBS, job.id)
+            return
+        except WorkerDied as exc:
+            if job.attempts + 1 >= self.config.queue.max_pickups:
+                error = f"{exc}, {job.attempts + 1} times on this document"
+                logger.error("job.failed", stage="prepare", reason="worker_died", error=error)
+                await self.db.run(store.fail_job, job.id, error, self.schedule.clock())
+                return
+            await defer_job(
+                self.db,
+                self.schedule,
+                job,
+                stage="prepare",
+                error=f"prepare: {exc}",
+                expired_text="the document could not be prepared",
+            )
+            return
         except DocumentError as exc:
             # The SMTP handler validated this message before answering 250, so this is rare
             # (a changed limit or template since); the sender is told through the report.
@@ -95,38 +117,23 @@ class PrepareWorker(QueueWorker):
             JobState.RECEIVED,
             JobState.PREPARED,
             now=self.schedule.clock(),
-            document_path=path,
+            document_path=document.path,
             document_type=document.content_type,
             pages=document.pages,
         )
         if moved:
             logger.info("job.prepared", pages=document.pages, content_type=document.content_type)
 
-    def _build(self, job: Job, recipients: list[str]) -> Document:
-        raw = self.spool.read(job.spool_path)
-        # The PDFs made of its office files at DATA are in the spool beside the message.
-        faxable = to_faxable(
-            extract(raw, convertible=CONVERTIBLE),
-            office=self.office,
-            paper=self.config.fax.paper,
-            max_pages=self.config.fax.max_pages,
-            known=self.spool.read_converted(job.spool_path),
-        )
-        extracted = faxable.extracted
-        context = CoverContext(
+    async def _build(self, job: Job, recipients: list[str]) -> Prepared:
+        return await self.documents.prepare(
+            job_id=job.id,
+            spool=self.spool,
+            spool_path=job.spool_path,
+            documents_dir=DataDir(self.config.data.dir).documents,
             sender=job.sender,
             recipient=", ".join(pretty(number) for number in recipients),
-            # The job's: for mail to the shared address, the Subject without its numbers.
             subject=job.subject,
-            body=extracted.body_text,
-            pages=0,
-            date=datetime.fromtimestamp(job.created_at, UTC),
-        )
-        return assemble(
-            extracted,
-            paper=self.config.fax.paper,
-            max_pages=self.config.fax.max_pages,
+            created_at=job.created_at,
             cover=self.config.cover.for_message(job.cover, job.cover_template),
-            cover_context=context,
-            templates_dir=self.config.templates.dir,
+            office=self.office,
         )

@@ -128,6 +128,11 @@ class Runner:
         for event in self._wakeups.values():
             event.set()
 
+    def request_stop(self) -> None:
+        """No worker starts another round from now on; `stop()` then waits for the rounds
+        running (for a caller that must cut those rounds short in between)."""
+        self._stopping.set()
+
     async def stop(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (a grace period)
         """Let each worker finish its current round, then end; cancel past `timeout`."""
         if not self._tasks:

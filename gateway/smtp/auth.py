@@ -155,6 +155,18 @@ class AuthThrottle:
         # Set (and replaced) whenever a check ends: waiting attempts look again.
         self._changed = asyncio.Event()
 
+    def reconfigure(self, max_failures: int, lockout: float, *, account_max_failures: int) -> None:
+        """SIGHUP: new limits from the next attempt on; the failures and lockouts counted so
+        far stay (a reload must not be a way to reset a guesser's count). The window follows
+        the lockout, as at start."""
+        self.max_failures = max_failures
+        self.lockout = lockout
+        self.window = lockout
+        for failures, limit in ((self._clients, max_failures), (self._users, account_max_failures)):
+            failures.max_failures = limit
+            failures.lockout = lockout
+            failures.window = lockout
+
     @property
     def _failures(self) -> dict[str, deque[float]]:
         return self._clients.failures
@@ -233,6 +245,11 @@ class SmtpAuth:
         # spool and the store use too: bound the checks running at once; the rest queue.
         self._checks = asyncio.Semaphore(max_checks)
         self.refusals = Tally("smtp.auth_refused", "smtp.auth_refusals", level="info")
+
+    def reconfigure(self, max_checks: int) -> None:
+        """SIGHUP: at most `max_checks` checks at once for the attempts admitted from now on
+        (checks already running finish under the old bound)."""
+        self._checks = asyncio.Semaphore(max_checks)
 
     def locked(self, server: SMTP) -> bool:
         return self.throttle.locked(peer_of(server))

@@ -20,10 +20,9 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 from gateway import log
 from gateway.config import Config
 from gateway.datadir import DataDir
-from gateway.document import assemble, mime
-from gateway.document.conversion import CONVERTIBLE, Faxable, to_faxable
 from gateway.document.mime import DocumentError
 from gateway.document.office import ConversionBusy, OfficeConverter
+from gateway.document.workers import Checked, DocumentWorkers, WorkerDied, WorkersStopped
 from gateway.failpoints import failpoint
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
@@ -50,6 +49,7 @@ _DOCUMENT_REPLIES: dict[str, tuple[str, Reason]] = {
     "unsupported": ("554 5.6.0", Reason.UNSUPPORTED),
     "corrupt": ("554 5.6.0", Reason.CORRUPT),
     "too_many_pages": ("554 5.3.4", Reason.TOO_MANY_PAGES),
+    "too_costly": ("554 5.3.4", Reason.TOO_COSTLY),
     "malformed": ("554 5.6.0", Reason.MALFORMED),
 }
 
@@ -87,6 +87,7 @@ class FaxHandler:
         spool: Spool,
         wake: Callable[[], None],
         *,
+        documents: DocumentWorkers,
         auth: SmtpAuth | None = None,
         metrics: Metrics | None = None,
         renderer: MailRenderer | None = None,
@@ -94,6 +95,7 @@ class FaxHandler:
     ) -> None:
         self.config = config
         self.office = office or OfficeConverter(config.documents)
+        self.documents = documents
         self.metrics = metrics
         # Renders the explanation of a refused shared-address message (None: none is mailed).
         self.renderer = renderer
@@ -264,23 +266,21 @@ class FaxHandler:
             open_for_user=lambda user: self._open_numbers(lambda other: other.auth_user == user),
         )
 
-    async def _read_subject(
-        self, transaction: Transaction, extracted: mime.Extracted
-    ) -> Refusal | mime.Extracted:
+    async def _read_subject(self, transaction: Transaction, checked: Checked) -> Refusal | Checked:
         """Mail to the shared address: take the Subject's numbers as RCPT would take them;
-        the refusal, or `extracted` with the rest of the Subject as its subject."""
-        transaction.subject = extracted.subject
-        transaction.message_id = extracted.message_id
+        the refusal, or `checked` with the rest of the Subject as its subject."""
+        transaction.subject = checked.subject
+        transaction.message_id = checked.message_id
         async with self.daily_limit.lock:
             outcome = await subject.take_numbers(
-                extracted.subject,
+                checked.subject,
                 transaction.numbers,
                 policy=self.policy,
                 config=self.config,
                 over_limit=lambda: self._over_limit(transaction),
             )
         transaction.refused_numbers = outcome.refused
-        return outcome.refusal or replace(extracted, subject=outcome.rest)
+        return outcome.refusal or replace(checked, subject=outcome.rest)
 
     def _open_numbers(self, same: Callable[[Transaction], bool]) -> int:
         """Faxes accepted in the open transactions `same` picks, not yet in the store."""
@@ -352,29 +352,25 @@ class FaxHandler:
             if self._storage_short(2 * len(raw)):
                 refusal = Refusal(Reason.NO_STORAGE, replies.INSUFFICIENT_STORAGE)
                 return self._refuse("data", refusal, server, sender=transaction.sender)
+            # In a worker process with a memory and time budget (gateway/document/workers.py):
+            # a message that costs too much to read is refused, not allowed to take the daemon.
             try:
-                extracted = await asyncio.to_thread(mime.extract, raw, convertible=CONVERTIBLE)
+                settings = message_settings(self.config, transaction.sender, transaction.options)
+                # Office files are converted now, before the 250, so a file LibreOffice cannot
+                # read is refused naming it; the PDFs are spooled with the message.
+                checked = await self.documents.check(
+                    raw,
+                    cover=self.config.cover.for_message(settings.cover, settings.cover_template),
+                    office=self.office,
+                )
                 if transaction.subject_addressed:
-                    read = await self._read_subject(transaction, extracted)
+                    read = await self._read_subject(transaction, checked)
                     if isinstance(read, Refusal):
                         refused = [n.written for n in transaction.refused_numbers]
                         return self._refuse(
                             "data", read, server, sender=transaction.sender, refused=refused
                         )
-                    extracted = read
-                # Office files are converted now, before the 250, so a file LibreOffice cannot
-                # read is refused naming it; the PDFs are spooled with the message.
-                faxable = await asyncio.to_thread(self._faxable, extracted)
-                extracted = faxable.extracted
-                settings = message_settings(self.config, transaction.sender, transaction.options)
-                pages = await asyncio.to_thread(
-                    assemble.validate,
-                    extracted,
-                    max_pages=self.config.fax.max_pages,
-                    cover=self.config.cover.for_message(settings.cover, settings.cover_template),
-                    paper=self.config.fax.paper,
-                    templates_dir=self.config.templates.dir,
-                )
+                    checked = read
             except DocumentError as exc:
                 code, reason = _DOCUMENT_REPLIES.get(exc.kind, ("554 5.6.0", Reason.MALFORMED))
                 refusal = Refusal(reason, replies.document_rejected(code, str(exc)))
@@ -384,12 +380,14 @@ class FaxHandler:
                 return self._refuse(
                     "data", refusal, server, sender=transaction.sender, why=str(exc)
                 )
+            except (WorkerDied, WorkersStopped) as exc:
+                # Not the message's fault as far as we know: the client tries again later.
+                logger.warning("smtp.document_check_failed", error=str(exc))
+                return replies.TEMPORARY_FAILURE
             ip = peer_of(server)
             client = str(ip) if ip is not None else None
             transaction.accepting = True
-            accept = asyncio.ensure_future(
-                self._accept(transaction, raw, extracted, pages, client, faxable.converted)
-            )
+            accept = asyncio.ensure_future(self._accept(transaction, raw, checked, client))
         except Exception:
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
             return replies.TEMPORARY_FAILURE
@@ -405,10 +403,8 @@ class FaxHandler:
         self,
         transaction: Transaction,
         raw: bytes,
-        extracted: mime.Extracted,
-        pages: int,
+        checked: Checked,
         client: str | None,
-        converted: dict[int, bytes],
     ) -> str:
         """Spool, commit, wake: the reply, 250 with the job id, or 4xx after logging why not.
 
@@ -416,13 +412,13 @@ class FaxHandler:
         failed, the client was told 451 (452 for a full disk) and nothing of it will be faxed.
         """
         try:
-            resent = await self._resent_job(transaction, extracted)
+            resent = await self._resent_job(transaction, checked)
             if resent is not None:
                 return self._resend(transaction, resent)
             job_id = new_job_id()
             with log.bound(job=job_id):
                 spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
-                for index, pdf in converted.items():
+                for index, pdf in checked.converted.items():
                     await asyncio.to_thread(self.spool.write_converted, job_id, index, pdf)
                 failpoint("after_spool")
                 sender = transaction.sender.lower()
@@ -432,8 +428,8 @@ class FaxHandler:
                     sender=sender,
                     auth_user=transaction.auth_user,
                     client_address=client,
-                    subject=extracted.subject or "",
-                    message_id=extracted.message_id or "",
+                    subject=checked.subject or "",
+                    message_id=checked.message_id or "",
                     from_number=settings.from_number,
                     spool_path=spool_path,
                     recipients=tuple(transaction.numbers),
@@ -444,7 +440,7 @@ class FaxHandler:
                 )
                 async with self.daily_limit.lock:
                     # Again under the lock: two copies of one message in parallel sessions.
-                    resent = await self._resent_job(transaction, extracted)
+                    resent = await self._resent_job(transaction, checked)
                     if resent is None:
                         await self.db.run(create_job, job)
                     transaction.open = False
@@ -457,7 +453,7 @@ class FaxHandler:
                     sender=sender,
                     user=transaction.auth_user,
                     recipients=list(transaction.numbers),
-                    pages=pages,
+                    pages=checked.pages,
                     size=len(raw),
                     client=client,
                 )
@@ -490,24 +486,16 @@ class FaxHandler:
         finally:
             transaction.open = False
 
-    def _faxable(self, extracted: mime.Extracted) -> Faxable:
-        return to_faxable(
-            extracted,
-            office=self.office,
-            paper=self.config.fax.paper,
-            max_pages=self.config.fax.max_pages,
-        )
-
-    async def _resent_job(self, transaction: Transaction, extracted: mime.Extracted) -> str | None:
+    async def _resent_job(self, transaction: Transaction, checked: Checked) -> str | None:
         """The job this message already became, if the client is resending it (same sender,
         Message-ID and recipients within smtp.dedupe_window_seconds)."""
         window = self.config.smtp.dedupe_window_seconds
-        if window <= 0 or not extracted.message_id:
+        if window <= 0 or not checked.message_id:
             return None
         return await self.db.run(
             find_resent_job,
             transaction.sender,
-            extracted.message_id,
+            checked.message_id,
             tuple(transaction.numbers),
             time.time() - window,
         )

@@ -40,6 +40,7 @@ class Reason(enum.StrEnum):
     # the numbers in the Subject of the shared address (smtp.subject_address)
     NO_SUBJECT_NUMBER = "no_subject_number"
     SUBJECT_NUMBERS_REFUSED = "subject_numbers_refused"
+    TOO_COSTLY = "too_costly"
     INTERNAL_ERROR = "internal_error"
     NO_STORAGE = "no_storage"
     BUSY = "busy"

@@ -28,6 +28,7 @@ from aiosmtpd.smtp import SMTP
 from gateway import log
 from gateway.config import Address, Config, ConfigError
 from gateway.document.office import OfficeConverter
+from gateway.document.workers import DocumentWorkers
 from gateway.mailout.templates import MailRenderer
 from gateway.ops import fds
 from gateway.ops.flood import Tally
@@ -296,11 +297,16 @@ class SmtpServer:
         metrics: Metrics | None = None,
         renderer: MailRenderer | None = None,
         office: OfficeConverter | None = None,
+        documents: DocumentWorkers | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
-        the store writes of the messages that finished."""
+        the store writes of the messages that finished. `documents`: the daemon's document
+        workers, which read each message at DATA; without them the server starts and stops
+        workers of its own."""
         self.config = config
+        self._own_documents = documents is None
+        self.documents = documents if documents is not None else DocumentWorkers(config)
         self.drain_timeout = (
             drain_timeout
             if drain_timeout is not None
@@ -363,11 +369,14 @@ class SmtpServer:
         self._library_log = _quiet_library_log()
         if self.renderer is None:
             self.renderer = await asyncio.to_thread(MailRenderer, self.config.templates.dir)
+        if self._own_documents:
+            await self.documents.start()
         self.handler = FaxHandler(
             self.config,
             self.db,
             self.spool,
             self.wake,
+            documents=self.documents,
             auth=auth,
             metrics=self.metrics,
             renderer=self.renderer,
@@ -427,7 +436,8 @@ class SmtpServer:
         )
 
     async def reload(self, config: Config) -> None:
-        """SIGHUP: apply a new configuration's policy (senders, networks, limits) and users.
+        """SIGHUP: apply a new configuration's policy (senders, networks, limits, AUTH limits)
+        and users.
 
         The new rules apply from each session's next command; listen addresses, TLS files and
         the users file's path need a restart.
@@ -438,6 +448,17 @@ class SmtpServer:
         self.connections.max_per_client = limits.max_per_client
         if self.handler is not None:
             self.handler.reconfigure(config)
+            auth = self.handler.auth
+            if auth is not None:
+                smtp = config.smtp
+                auth.throttle.reconfigure(
+                    smtp.auth_max_failures,
+                    smtp.auth_lockout_seconds,
+                    account_max_failures=smtp.auth_account_max_failures,
+                )
+                auth.reconfigure(smtp.auth_max_concurrent_checks)
+        if self._own_documents:
+            self.documents.reconfigure(config)
         await self.reload_users()
 
     async def reload_users(self) -> None:
@@ -470,6 +491,8 @@ class SmtpServer:
                 session.abort()
         if self.handler is not None:
             await self.handler.drain()
+        if self._own_documents:
+            await self.documents.stop()
         # Closed transports call connection_lost on the next loop iterations.
         while self._sessions:
             self._sessions_changed.clear()

@@ -136,3 +136,15 @@ def release_claims(
             )
             released += cursor.rowcount
     return released
+
+
+def give_back(conn: sqlite3.Connection, queue: QueueTable, row_id: Any) -> bool:
+    """Undo this process's claim of one row that it did not work on (it is stopping): the
+    pickup the claim counted is taken back and the row is nobody's, due as it was."""
+    with transaction(conn):
+        cursor = conn.execute(
+            f"UPDATE {queue.table} SET {queue.pickups} = max({queue.pickups} - 1, 0),"
+            f" {queue.owner} = NULL WHERE id = ? AND {queue.owner} = ?",
+            (row_id, BOOT_ID),
+        )
+    return cursor.rowcount == 1

@@ -18,6 +18,7 @@ from pathlib import Path
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config
 from gateway.datadir import DataDir
+from gateway.document.workers import DocumentWorkers
 from gateway.ops.httpd import HttpServer, create_app
 from gateway.outbound.prepare import PrepareWorker
 from gateway.outbound.submit import SubmitWorker
@@ -60,8 +61,9 @@ class Pipeline:
         self.storage = create_storage(config, self.app)
         self.http = HttpServer(self.app, config.http.listen)
         self.client = VoxtelesysClient.from_config(config.voxtelesys)
+        self.documents = DocumentWorkers(config)
         self.workers = [
-            PrepareWorker(config=config, db=self.db, spool=self.spool),
+            PrepareWorker(config=config, db=self.db, spool=self.spool, documents=self.documents),
             UploadWorker(config=config, db=self.db, storage=self.storage),
             SubmitWorker(config=config, db=self.db, client=self.client, storage=self.storage),
         ]
@@ -69,8 +71,10 @@ class Pipeline:
     async def start(self) -> None:
         await self.db.open()
         await self.http.start()
+        await self.documents.start()
 
     async def stop(self) -> None:
+        await self.documents.stop()
         await self.client.close()
         await self.http.stop()
         await asyncio.to_thread(self.db.close)

@@ -1,0 +1,467 @@
+"""Document work in worker processes with a memory and a time budget: the daemon's side.
+
+The SMTP handler's DATA check (`check`), the prepare stage (`prepare`) and the inbound worker's
+conversion of a received fax (`inbound`: TIFF to PDF, page-1 preview) hand the document to a
+worker process (gateway/document/isolated.py) instead of reading it on the daemon's threads.
+A document that would take the daemon's memory or time costs a worker instead:
+
+- memory: the worker runs under RLIMIT_AS = `documents.worker_memory_mb`; an allocation past
+  it fails there, and the caller gets DocumentError(kind="too_costly"), a permanent refusal
+  (`554 5.3.4` at DATA, a failed job with the reason in its report at prepare);
+- time: past `documents.worker_timeout_seconds` the worker is killed (SIGKILL) and the caller
+  gets the same kind of DocumentError;
+- stop: `stop()` kills every worker at once, so a parse in progress never holds the daemon's
+  shutdown; calls in flight and later ones raise WorkersStopped (prepare gives its claim back);
+- a worker that dies for another reason (a signal: the kernel's OOM killer, a crash in a C
+  library) raises WorkerDied, which is transient: DATA answers 451, prepare defers and fails
+  the job only when it happened `queue.max_pickups` times.
+
+Never a daemon crash, never a pickup charged by the crash guard. Workers are started with
+`subprocess` semantics that keep them from outliving the daemon: close_fds (they hold none of
+its descriptors, its stderr or a test's pipe included), stdin and stdout pipes for requests and
+answers, stderr to /dev/null, and in the child PR_SET_PDEATHSIG plus an exit at stdin's end.
+PR_SET_PDEATHSIG follows the *thread* that forked, so workers are started from the event
+loop's thread, which lives as long as the daemon.
+
+One worker serves one request at a time and then waits for the next (Python and its imports
+cost ~0.5 s of CPU to start, too much to pay per message). Workers are started as callers
+need them; callers are bounded already (smtp.max_concurrent_data DATA checks, one prepare at
+a time), so the pool is too: at most that many stay waiting, and those idle for IDLE_SECONDS
+end, down to one (each costs ~80 MB while it waits). A worker whose memory stays above a
+quarter of its budget after a request exits after answering, giving back what that document
+cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gateway
+from gateway import log
+from gateway.config import Config, CoverConfig
+from gateway.document import wire
+from gateway.document.cover import CoverTemplateError
+from gateway.document.mime import TOO_COSTLY, Attachment, DocumentError
+from gateway.document.office import OfficeConverter
+from gateway.mailout.privacy import PrivacyError
+from gateway.store.inbound import InboundFax
+from gateway.store.spool import Spool
+
+logger = log.get_logger(__name__)
+
+# A waiting worker unused this long ends (all but one): a burst's workers do not stay forever.
+IDLE_SECONDS = 60.0
+# How long a worker told to end (its stdin closed) may take before it is killed.
+_EXIT_GRACE_SECONDS = 5.0
+_MODULE = "gateway.document.isolated"
+
+
+class WorkerDied(Exception):
+    """A worker process ended without answering, not by our hand (transient: try again)."""
+
+    transient = True
+
+
+class WorkersStopped(Exception):
+    """The daemon is stopping: no document work is done any more."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the DATA check learnt: the headers the job keeps, and the fax's page count."""
+
+    subject: str
+    message_id: str
+    pages: int
+    # The PDFs LibreOffice made of its office files, by attachment index (spooled with it).
+    converted: dict[int, bytes] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Converted:
+    """An inbound fax's files to mail, (filename, content type, bytes) each, and its page-1
+    preview as (content id, content type, bytes), or None."""
+
+    attachments: list[tuple[str, str, bytes]]
+    preview: tuple[str, str, bytes] | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The document a job faxes, written durably by the worker."""
+
+    path: Path
+    content_type: str
+    pages: int
+
+
+def _settings(config: Config, cover: CoverConfig | None = None) -> dict[str, Any]:
+    templates = config.templates.dir
+    return {
+        "max_pages": config.fax.max_pages,
+        "paper": config.fax.paper,
+        "cover": (cover or config.cover).model_dump(mode="json"),
+        "templates_dir": str(templates) if templates else None,
+        "convert_office": config.documents.convert_office,
+    }
+
+
+def _child_environment() -> dict[str, str]:
+    # The worker must run this very code, whatever sys.path the interpreter would build on its
+    # own (a checkout run with PYTHONPATH, an installed package).
+    root = str(Path(gateway.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _how_it_ended(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def _relog(events: list[dict[str, Any]], **context: Any) -> None:
+    """Log here what the worker logged while it worked (a conversion that failed, say)."""
+    for event in events:
+        fields = dict(event)
+        name = str(fields.pop("event", "document.worker_log"))
+        level = str(fields.pop("level", "info"))
+        method = getattr(logger, level, None) if level in _LEVELS else None
+        (method or logger.info)(
+            name, **{**fields, **{f"worker_{k}": v for k, v in context.items()}}
+        )
+
+
+_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.killed = False
+        self.idle_since = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def exchange(
+        self, header: dict[str, Any], blobs: list[bytes]
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(wire.encode(header, blobs))
+        await stdin.drain()
+        return await wire.read_frame_async(stdout)
+
+    async def kill(self) -> None:
+        self.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+
+    async def close(self) -> None:
+        """Tell the worker to end (its stdin ends) and reap it; killed if it lingers."""
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), _EXIT_GRACE_SECONDS)
+        except TimeoutError:
+            await self.kill()
+
+
+class DocumentWorkers:
+    """The daemon's document worker processes (a component: `start()`, `stop()`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._stopping = False
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def keep_idle(self) -> int:
+        """Workers that may wait for work: one per caller that may come at once."""
+        return self.config.smtp.max_concurrent_data + 1
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes alive now (for tests and the status of a stop)."""
+        return [w.pid for w in [*self._idle, *self._busy] if w.process.returncode is None]
+
+    async def start(self) -> None:
+        """Start one worker ahead, so the first message does not wait for it."""
+        self._stopping = False
+        try:
+            self._idle.append(await self._spawn())
+        except OSError as exc:  # no processes or memory left now: the next call tries again
+            logger.warning("document.worker_start_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def stop(self) -> None:
+        """Kill every worker now; calls in flight raise WorkersStopped."""
+        self._stopping = True
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
+        workers = [*self._idle, *self._busy]
+        self._idle.clear()
+        busy = len(self._busy)
+        await asyncio.gather(*(w.kill() for w in workers), return_exceptions=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        if busy:
+            logger.warning("document.work_stopped", workers=busy)
+
+    def reconfigure(self, config: Config) -> None:
+        """SIGHUP: the new settings from the next request on; the memory budget for workers
+        started from now on (idle ones end now if it changed)."""
+        changed = config.documents != self.config.documents
+        self.config = config
+        if changed:
+            idle, self._idle = self._idle, []
+            for worker in idle:
+                self._close_later(worker)
+
+    def _close_later(self, worker: _Worker) -> None:
+        task = asyncio.ensure_future(worker.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _trim(self) -> None:
+        """End the workers that waited IDLE_SECONDS for nothing, all but one."""
+        self._trim_timer = None
+        now = asyncio.get_running_loop().time()
+        keep = [w for w in self._idle if now - w.idle_since < IDLE_SECONDS] or self._idle[-1:]
+        for worker in self._idle:
+            if worker not in keep:
+                self._close_later(worker)
+        self._idle = keep
+        if len(self._idle) > 1:
+            self._trim_timer = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._trim)
+
+    async def check(
+        self,
+        raw: bytes,
+        *,
+        cover: CoverConfig | None = None,
+        office: OfficeConverter | None = None,
+    ) -> Checked:
+        """The DATA check in a worker: DocumentError if the message cannot be faxed (with
+        `cover`, the message's own cover settings), ConversionBusy when LibreOffice had no
+        slot in time."""
+        header = {"task": "check", "settings": _settings(self.config, cover)}
+        answer, converted = await self._converting(header, [raw], {}, office)
+        return Checked(
+            subject=str(answer["subject"]),
+            message_id=str(answer["message_id"]),
+            pages=int(answer["pages"]),
+            converted=converted,
+        )
+
+    async def prepare(
+        self,
+        *,
+        job_id: str,
+        spool: Spool,
+        spool_path: Path,
+        documents_dir: Path,
+        sender: str,
+        recipient: str,
+        subject: str,
+        created_at: float,
+        cover: CoverConfig | None = None,
+        office: OfficeConverter | None = None,
+    ) -> Prepared:
+        """Build a job's document in a worker and have it written to documents_dir (`cover`:
+        the job's own cover settings; `subject`, the job's, is the cover page's)."""
+        header = {
+            "task": "prepare",
+            "settings": _settings(self.config, cover),
+            "job_id": job_id,
+            "spool_dir": str(spool.root),
+            "spool_path": str(spool_path),
+            "documents_dir": str(documents_dir),
+            "sender": sender,
+            "recipient": recipient,
+            "subject": subject,
+            "created_at": created_at,
+        }
+        # The PDFs made at DATA are in the spool; one missing (a message spooled by an older
+        # version) is made now and kept there too.
+        known = await asyncio.to_thread(spool.read_converted, spool_path)
+        answer, converted = await self._converting(header, [], known, office)
+        for index in converted.keys() - known.keys():
+            await asyncio.to_thread(spool.write_converted, job_id, index, converted[index])
+        return Prepared(
+            path=Path(answer["path"]),
+            content_type=str(answer["content_type"]),
+            pages=int(answer["pages"]),
+        )
+
+    async def _converting(
+        self,
+        header: dict[str, Any],
+        blobs: list[bytes],
+        known: dict[int, bytes],
+        office: OfficeConverter | None,
+    ) -> tuple[dict[str, Any], dict[int, bytes]]:
+        """Run a task whose message may hold office files. LibreOffice runs here, not in the
+        worker (its address space alone exceeds a worker's budget; it has its own time limit
+        and slots): the worker names the office files it has no PDF of, they are converted
+        in a thread, and the task runs again with the PDFs. The PDFs are returned."""
+        known = dict(known)
+        office = office or OfficeConverter(self.config.documents)
+        for _ in range(2):
+            indices = sorted(known)
+            answer, wanted = await self._run(
+                {**header, "known": indices}, [*blobs, *(known[i] for i in indices)]
+            )
+            if "convert" not in answer:
+                return answer, known
+            for (index, filename, content_type), data in zip(
+                answer["convert"], wanted, strict=True
+            ):
+                attachment = Attachment(filename, content_type, data)
+                known[int(index)] = await asyncio.to_thread(office.convert, attachment)
+        raise WorkerDied("the worker asked again for conversions it was given")
+
+    async def inbound(
+        self,
+        fax: InboundFax,
+        data: bytes,
+        *,
+        files: bool = True,
+        pdf_only: bool = False,
+        preview: bool = True,
+    ) -> Converted:
+        """An inbound fax's files to mail (`files`; only a PDF with `pdf_only`) and its page-1
+        preview (`preview`), made in a worker; PrivacyError when `pdf_only` cannot be met."""
+        inbound = self.config.inbound
+        header = {
+            "task": "inbound",
+            "fax": dataclasses.asdict(fax),
+            "attach_format": inbound.attach_format,
+            "max_pages": inbound.max_pages,
+            "files": files,
+            "pdf_only": pdf_only,
+            "preview": preview,
+        }
+        answer, blobs = await self._run(header, [data])
+        if "privacy_error" in answer:
+            raise PrivacyError(str(answer["privacy_error"]))
+        names = [(str(name), str(kind)) for name, kind in answer["attachments"]]
+        files = [(name, kind, blob) for (name, kind), blob in zip(names, blobs, strict=False)]
+        preview = answer["preview"]
+        shown = (str(preview[0]), str(preview[1]), blobs[len(names)]) if preview else None
+        return Converted(attachments=files, preview=shown)
+
+    async def _spawn(self) -> _Worker:
+        budget = self.config.documents.worker_memory_mb * 1024 * 1024
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            _MODULE,
+            str(budget),
+            str(os.getpid()),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            close_fds=True,
+            env=_child_environment(),
+        )
+        return _Worker(process)
+
+    async def _run(
+        self, header: dict[str, Any], blobs: list[bytes]
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        if self._stopping:
+            raise WorkersStopped("the gateway is stopping")
+        worker = self._waiting() or await self._spawn()
+        self._busy.add(worker)
+        timeout = self.config.documents.worker_timeout_seconds
+        task = header["task"]
+        try:
+            answer, results = await asyncio.wait_for(worker.exchange(header, blobs), timeout)
+        except TimeoutError:
+            await worker.kill()
+            logger.warning("document.worker_killed", task=task, pid=worker.pid, timeout=timeout)
+            raise DocumentError(
+                f"reading the document took longer than {timeout:g} seconds", kind=TOO_COSTLY
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError, wire.WireError) as exc:
+            if not worker.killed:
+                await worker.kill()  # a broken answer: make sure it is gone, then reap it
+            if self._stopping:
+                raise WorkersStopped("the gateway is stopping") from None
+            ended = _how_it_ended(worker.process.returncode)
+            logger.warning(
+                "document.worker_died", task=task, pid=worker.pid, ended=ended, error=repr(exc)
+            )
+            raise WorkerDied(f"the document worker process ended ({ended})") from None
+        except BaseException:
+            # Cancelled (the daemon's stop gave up waiting): the work dies with the wait.
+            if worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+            raise
+        finally:
+            self._busy.discard(worker)
+        await self._release(worker, recycle=bool(answer.get("recycle")))
+        _relog(answer.get("log") or [], task=task, pid=worker.pid)
+        error = answer.get("error")
+        if error is not None:
+            raise self._error(error)
+        return answer, results
+
+    def _waiting(self) -> _Worker | None:
+        """The worker that waited least long, skipping any that ended meanwhile (killed while
+        idle): those are not a failure of the next message."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.process.returncode is None:
+                return worker
+        return None
+
+    async def _release(self, worker: _Worker, *, recycle: bool) -> None:
+        if recycle or self._stopping or len(self._idle) >= self.keep_idle:
+            await worker.close()
+            return
+        loop = asyncio.get_running_loop()
+        worker.idle_since = loop.time()
+        self._idle.append(worker)
+        if len(self._idle) > 1 and self._trim_timer is None:
+            self._trim_timer = loop.call_later(IDLE_SECONDS, self._trim)
+
+    def _error(self, error: dict[str, Any]) -> Exception:
+        kind = error.get("kind")
+        message = str(error.get("message", ""))
+        if kind == "document":
+            return DocumentError(message, kind=str(error["document_kind"]))
+        if kind == "cover_template":
+            return CoverTemplateError(message)
+        if kind == "memory":
+            budget = self.config.documents.worker_memory_mb
+            return DocumentError(
+                f"reading the document needs more than {budget} MB of memory", kind=TOO_COSTLY
+            )
+        if kind == "os":
+            return OSError(
+                error.get("errno"), error.get("strerror") or message, error.get("filename")
+            )
+        return RuntimeError(f"document worker: {error.get('type', 'error')}: {message}")
