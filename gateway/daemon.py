@@ -44,8 +44,8 @@ from gateway.outbound.upload import UploadWorker
 from gateway.queue.runner import QueueWorker, Runner
 from gateway.smtp.server import SmtpServer
 from gateway.storage import create_storage
-from gateway.store import Database
 from gateway.store import jobs as job_store
+from gateway.store.backend import create_database
 from gateway.store.claims import release_claims
 from gateway.store.events import EVENTS
 from gateway.store.faxes import REPORTS, SUBMITS
@@ -79,7 +79,7 @@ class Gateway:
         self.config_path = config_path
         data = DataDir(config.data.dir)
         make_private_dirs(data.root)  # 0700 if it is new: it holds faxes and signed links
-        self.db = Database(data.store)
+        self.db = create_database(config)
         self.spool = Spool(data.spool)
         self.outbox_dir = data.outbox
         self.metrics = Metrics()
@@ -171,10 +171,12 @@ class Gateway:
             await asyncio.to_thread(self.spool.remove, path)
         if orphans:
             logger.warning("spool.orphans_removed", count=len(orphans))
-        # Claims a dead predecessor left (kill -9 mid-send, a crash mid-step) are due now.
-        released = await self.db.run(release_claims, QUEUES, time.time())
-        if released:
-            logger.warning("claims.released", count=released)
+        # Claims a dead predecessor left (kill -9 mid-send, a crash mid-step) are due now. On a
+        # shared store the other nodes' claims are alive: theirs come free by their leases.
+        if not self.db.shared:
+            released = await self.db.run(release_claims, QUEUES, time.time())
+            if released:
+                logger.warning("claims.released", count=released)
         await self.http.start()
         await self.runner.start()
         await self.smtp.start()

@@ -109,6 +109,9 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 class Database:
     """The store of one gateway: a file in data.dir, a connection, and the thread it lives on."""
 
+    # Whether other gateway nodes may use this store at the same time (store/postgres.py).
+    shared = False
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
