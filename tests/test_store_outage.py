@@ -8,7 +8,10 @@ the same process takes mail again and finishes the work, without a restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import shutil
 import smtplib
 import time
 from collections.abc import Iterator
@@ -51,10 +54,9 @@ def own_postgres() -> Iterator[PostgresServer]:
     try:
         yield server
     finally:
-        try:
+        with contextlib.suppress(Exception):
             server.stop()
-        except Exception:
-            pass
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 def fax_mail(subject: str) -> EmailMessage:
@@ -97,8 +99,6 @@ async def test_store_down_is_451_and_500_and_named_then_work_resumes(
 ) -> None:
     """With PostgreSQL stopped: SMTP 451 4.3.0, webhook 500, /readyz 503 naming the store; once
     it is started again the same process accepts mail and the fax is delivered and reported."""
-    import asyncio
-
     overrides = {
         "store": {
             "backend": "postgresql",
