@@ -41,6 +41,7 @@ from gateway.outbound.prepare import PrepareWorker
 from gateway.outbound.reports import Reporter, ReportsWorker
 from gateway.outbound.submit import SubmitWorker
 from gateway.outbound.upload import UploadWorker
+from gateway.queue.once import OnceOnly
 from gateway.queue.runner import QueueWorker, Runner
 from gateway.smtp.server import SmtpServer
 from gateway.storage import create_storage
@@ -101,10 +102,10 @@ class Gateway:
             scan_interval=config.queue.scan_interval_seconds,
             stop_timeout=0.8 * config.queue.shutdown_timeout_seconds,
         )
-        self.smtp = SmtpServer(config, self.db, self.spool, self.runner.wake, metrics=self.metrics)
+        self.smtp = SmtpServer(config, self.db, self.spool, self._wake, metrics=self.metrics)
         self._routes()
 
-    def _workers(self) -> list[QueueWorker]:
+    def _workers(self) -> list[QueueWorker | OnceOnly]:
         config, db, wake = self.config, self.db, self._wake
         common = {"config": config, "db": db}
         self.reports = ReportsWorker(
@@ -136,12 +137,14 @@ class Gateway:
             self.reports,
             self.inbound,
             self.outbox,
-            self.reconciler,
-            CleanupWorker(**common, storage=self.storage, spool=self.spool),
+            # Once for all nodes sharing the store, on one of them at a time.
+            OnceOnly(self.reconciler, db),
+            OnceOnly(CleanupWorker(**common, storage=self.storage, spool=self.spool), db),
         ]
 
     def _wake(self) -> None:
         self.runner.wake()
+        self.db.wake_others()  # nodes sharing the store (PostgreSQL: NOTIFY)
 
     def _routes(self) -> None:
         config = self.config
@@ -179,6 +182,7 @@ class Gateway:
                 logger.warning("claims.released", count=released)
         await self.http.start()
         await self.runner.start()
+        self.db.listen_for_wakes(self.runner.wake)
         await self.smtp.start()
         await self._report_dependencies()
 

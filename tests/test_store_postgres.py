@@ -8,6 +8,7 @@ of every message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -248,6 +249,51 @@ def test_a_broken_unique_key_is_an_integrity_error(
         assert conn.execute("SELECT count(*) FROM meta").fetchone()[0] == 0
     finally:
         db.close()
+
+
+# -- between nodes -----------------------------------------------------------------------------
+
+
+async def test_a_wake_up_on_one_node_wakes_the_other_not_itself(
+    postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    """Node A's wake_others reaches node B's listener at once (no scan), and not A's own."""
+    dsn = postgres_server.dsn(postgres_schema)
+    a, b = await PostgresDatabase(dsn).open(), await PostgresDatabase(dsn).open()
+    woken: dict[str, asyncio.Event] = {"a": asyncio.Event(), "b": asyncio.Event()}
+    try:
+        a.listen_for_wakes(woken["a"].set)
+        b.listen_for_wakes(woken["b"].set)
+        # Each listener wakes once on (re)connecting, for work that came while it was away.
+        await asyncio.wait_for(woken["a"].wait(), 10)
+        await asyncio.wait_for(woken["b"].wait(), 10)
+        woken["a"].clear()
+        woken["b"].clear()
+        a.wake_others()
+        await asyncio.wait_for(woken["b"].wait(), 5)
+        await asyncio.sleep(1.5)  # a listener's poll; A's own NOTIFY must not have woken A
+        assert not woken["a"].is_set()
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_once_only_work_runs_on_one_node_and_moves_when_it_dies(
+    postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    """The first node to ask runs the once-only work; the other does not until the first is
+    gone (its session ended), then it does."""
+    dsn = postgres_server.dsn(postgres_schema)
+    a, b = await PostgresDatabase(dsn).open(), await PostgresDatabase(dsn).open()
+    try:
+        assert await a.runs_once_only()
+        assert not await b.runs_once_only()
+        assert await a.runs_once_only()  # still A's
+        a.close()
+        assert await b.runs_once_only()
+    finally:
+        a.close()
+        b.close()
 
 
 # -- configuration ---------------------------------------------------------------------------------

@@ -145,6 +145,18 @@ class Database:
         """The same for command-line tools, which have no loop."""
         return self._executor.submit(partial(fn, self.conn, *args, **kwargs)).result()
 
+    # -- other nodes: a SQLite store has none (a shared store: store/postgres.py) -------------
+
+    def wake_others(self) -> None:
+        """Tell the other nodes' workers there is work: no one to tell."""
+
+    def listen_for_wakes(self, wake: Callable[[], None]) -> None:
+        """Call `wake` when another node says there is work: none will."""
+
+    async def runs_once_only(self) -> bool:
+        """Whether this node does the work one node does for all (gateway/queue/once.py)."""
+        return True
+
     def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None

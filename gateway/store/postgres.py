@@ -41,6 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway import log
 from gateway.store import dialect
+from gateway.store.cluster import OnceOnlyLock, WakeChannel
 from gateway.store.db import Database, StoreError, _split, transaction
 from gateway.store.schema import MIGRATIONS
 
@@ -232,6 +233,9 @@ class PostgresDatabase(Database):
             name="store",
         )
         self._opened = False
+        self._wakes = WakeChannel(dsn, connect_timeout)
+        self._once_only = OnceOnlyLock(dsn, connect_timeout)
+        self._wake_pending = False
 
     @property
     def where(self) -> str:
@@ -300,7 +304,30 @@ class PostgresDatabase(Database):
     ) -> T:
         return self._executor.submit(partial(self._call, fn, *args, **kwargs)).result()
 
+    # -- other nodes (store/cluster.py) -------------------------------------------------------
+
+    def wake_others(self) -> None:
+        """NOTIFY the other nodes, off the loop; wake-ups asked for while one is on its way
+        ride along with it."""
+        if self._wake_pending or not self._opened:
+            return
+        self._wake_pending = True
+        self._executor.submit(self._send_wake)
+
+    def _send_wake(self) -> None:
+        self._wake_pending = False
+        self._wakes.notify()
+
+    def listen_for_wakes(self, wake: Callable[[], None]) -> None:
+        self._wakes.listen(asyncio.get_running_loop(), wake)
+
+    async def runs_once_only(self) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._once_only.held)
+
     def close(self) -> None:
+        self._wakes.close()
+        self._once_only.close()
         for raw in getattr(self, "_borrowed", []):
             self._pool.putconn(raw)
         self._borrowed = []
