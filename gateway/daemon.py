@@ -238,7 +238,7 @@ class Gateway:
             return
         restart_needed = [
             section
-            for section in ("http", "storage", "data", "voxtelesys")
+            for section in ("http", "storage", "data", "voxtelesys", "store")
             if getattr(new, section) != getattr(self.config, section)
         ]
         if (

@@ -106,9 +106,13 @@ def _rows(cursor: Any) -> Callable[[Sequence[Any]], Row]:
 def _as_sqlite_error(exc: psycopg.Error) -> sqlite3.Error:
     """The DB-API exception of the same kind, as the callers know them (see the docstring)."""
     kind: type[sqlite3.Error]
+    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+        # Waited past lock_timeout or statement_timeout: SQLite's "database is locked", which
+        # queue.schedule.resource_error defers without charging the item a pickup.
+        return sqlite3.OperationalError(f"postgresql: store locked: {exc}".strip())
     if isinstance(exc, psycopg.IntegrityError):
         kind = sqlite3.IntegrityError
-    elif isinstance(exc, psycopg.OperationalError | psycopg.errors.LockNotAvailable):
+    elif isinstance(exc, psycopg.OperationalError):
         kind = sqlite3.OperationalError
     elif isinstance(exc, psycopg.ProgrammingError):
         kind = sqlite3.ProgrammingError
@@ -180,7 +184,13 @@ class PgConnection:
 
     def _begin(self) -> PgCursor:
         self._run("BEGIN", ())
-        return self._run(f"SELECT pg_advisory_xact_lock(%s, {_SCHEMA_KEY})", (WRITE_LOCK,))
+        try:
+            return self._run(f"SELECT pg_advisory_xact_lock(%s, {_SCHEMA_KEY})", (WRITE_LOCK,))
+        except sqlite3.Error:
+            # Not inside the caller's try yet: the transaction is ours to end.
+            if not self.raw.broken:
+                self._run("ROLLBACK", ())
+            raise
 
     def _run(self, sql: str, parameters: Sequence[Any]) -> PgCursor:
         try:
