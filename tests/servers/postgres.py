@@ -68,6 +68,8 @@ class PostgresServer:
     port: int
     password: str
     user: pwd.struct_passwd | None
+    # fsync and synchronous commit on (a benchmark's server), or off (the tests').
+    durable: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -101,9 +103,10 @@ class PostgresServer:
     def start(self) -> None:
         options = (
             f"-c listen_addresses={HOST} -c port={self.port} -c unix_socket_directories=''"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=200"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin_dir / "pg_ctl"),
             "-D",
@@ -135,13 +138,16 @@ class PostgresServer:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(bin_dir: Path) -> PostgresServer:
+def start_server(
+    bin_dir: Path, *, durable: bool = False, under: Path | None = None
+) -> PostgresServer:
+    """A new server in a temporary directory (under `under`, else $TMPDIR), running."""
     from tests.conftest import free_port
 
     user = _server_user()
-    root = Path(tempfile.mkdtemp(prefix="faxgw-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="faxgw-pg-", dir=under))
     password = secrets.token_hex(12)
-    server = PostgresServer(bin_dir, root, free_port(), password, user)
+    server = PostgresServer(bin_dir, root, free_port(), password, user, durable)
     pwfile = root / "pwfile"
     pwfile.write_text(password)
     if user is not None:
