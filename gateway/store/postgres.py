@@ -238,7 +238,6 @@ class PostgresDatabase(Database):
             },
             configure=self._configure,
             timeout=connect_timeout,
-            reconnect_timeout=0,  # keep trying for as long as the server is away
             open=False,
             name="store",
         )
