@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import aiohttp
+import aiosmtplib
 import pytest
 
 from gateway.store import jobs
@@ -136,3 +137,82 @@ async def test_store_down_is_451_and_500_and_named_then_work_resumes(
         assert len(done) == 1
         status, body = await http("GET", f"{base}/readyz")
         assert json.loads(body)["checks"]["store"] == "ok"
+
+
+OUTAGE_SECONDS = 20.0
+TRAFFIC_SECONDS = 3.0
+
+
+async def test_twenty_seconds_without_postgresql_under_traffic_lose_and_double_nothing(
+    gateway: GatewayFactory,
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    own_postgres: PostgresServer,
+) -> None:
+    """Mail sent without pause while PostgreSQL is stopped for 20 s: every message answered 250
+    becomes exactly one fax, and no job is faxed twice; the others were answered 4xx."""
+    overrides = {
+        "store": {
+            "backend": "postgresql",
+            "dsn": own_postgres.dsn(),
+            "connect_timeout_seconds": 2,
+            "statement_timeout_seconds": 5,
+        }
+    }
+    async with gateway(overrides) as gw:
+        accepted: list[str] = []
+        refused: list[int] = []
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            n = 0
+            while not stop.is_set() and n < 2000:
+                n += 1
+                try:
+                    errors, reply = await aiosmtplib.send(
+                        fax_mail(f"m{n}"), hostname="127.0.0.1", port=gw.smtp.port, timeout=30
+                    )
+                except aiosmtplib.SMTPRecipientsRefused as exc:  # at RCPT (the daily limit)
+                    codes = [r.code for r in exc.recipients]
+                    assert all(400 <= code < 500 for code in codes), codes
+                    refused.extend(codes)
+                    await asyncio.sleep(0.2)
+                    continue
+                except aiosmtplib.SMTPResponseException as exc:  # at DATA
+                    assert 400 <= exc.code < 500, (exc.code, exc.message)
+                    refused.append(exc.code)
+                    await asyncio.sleep(0.2)
+                    continue
+                assert not errors
+                accepted.append(reply.rsplit(" ", 1)[1])
+
+        sending = asyncio.create_task(traffic())
+        await asyncio.sleep(TRAFFIC_SECONDS)
+        await asyncio.to_thread(own_postgres.stop)
+        before = len(accepted)
+        await asyncio.sleep(OUTAGE_SECONDS)
+        await asyncio.to_thread(own_postgres.start)
+        during = len(accepted)
+
+        async def accepting_again() -> bool:
+            return len(accepted) > during
+
+        await until(accepting_again, 30)
+        await asyncio.sleep(TRAFFIC_SECONDS)
+        stop.set()
+        await asyncio.wait_for(sending, 60)
+        assert before > 0 and refused, "the traffic did not span the outage"
+
+        async def all_done() -> bool:
+            listed = await gw.db.run(jobs.list_jobs, None, 5000)
+            final = {j.id for j in listed if j.state == JobState.DONE}
+            return set(accepted) <= final
+
+        await until(all_done, 120)
+        stored = {j.id for j in await gw.db.run(jobs.list_jobs, None, 5000)}
+        assert set(accepted) <= stored, "a message answered 250 was lost"
+        outbound = [f for f in sandbox.faxes() if f["direction"] == "outbound"]
+        # One fax per job, never two: each job's document URL is its own.
+        urls = [f["url"] for f in outbound]
+        assert len(urls) == len(set(urls)), "a job was faxed twice"
+        assert len(outbound) == len(stored)

@@ -238,6 +238,11 @@ class PostgresDatabase(Database):
             },
             configure=self._configure,
             timeout=connect_timeout,
+            # A failed connect is retried for this long in the background, then given up; the
+            # next call that needs a connection tries again at once. So a server that was away
+            # for minutes is used again on the first call after it is back, not after the
+            # pool's backoff has grown to minutes.
+            reconnect_timeout=connect_timeout,
             open=False,
             name="store",
         )
