@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.store.db import connect
 from gateway.store.events import events_of, record_event
 from gateway.store.faxes import faxes_of
@@ -15,6 +17,8 @@ from gateway.store.schema import MIGRATIONS
 from tests.conftest import cli_env, run_cli
 from tests.servers.postgres import PostgresServer
 from tests.store_rows import T0, make_job, submit, to_uploaded
+
+pytestmark = pytest.mark.slow  # subprocesses
 
 
 def _sqlite_store(data_dir: Path) -> tuple[str, int]:
