@@ -1,11 +1,13 @@
-"""SMTP acceptance on the PostgreSQL store, one node and two, beside the SQLite store.
+"""SMTP acceptance and webhooks on the PostgreSQL store, one node and two, beside SQLite.
 
 The gateway's `SmtpServer` as in the `smtp` benchmark (1-page PDF, workers not running), with
 its store on a PostgreSQL server started for the round with fsync and synchronous commit on
 (a 250 means committed on the server's disk, as it does with SQLite's synchronous=FULL). One
 node: one SmtpServer and its store. Two nodes: two SmtpServers, each with its own store pool
 and spool, on the same database, the clients split between them. The baseline is the same
-server on SQLite. The server's data directory is a temp dir under $TMPDIR, like the work dir.
+server on SQLite. Webhooks: the gateway's webhook endpoint (token, shape, the events row, then
+200) on its HTTP server, each POST a new (fax, status), from 8 concurrent clients. The
+server's data directory is a temp dir under $TMPDIR, like the work dir.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from gateway.callbacks.webhook import add_routes as add_webhook_routes
+from gateway.config import Address
+from gateway.ops.httpd import HttpServer, create_app
 from gateway.smtp.server import SmtpServer
 from gateway.store.backend import create_database
 from gateway.store.spool import Spool
 from tests.bench.acceptance import CLIENTS, WARM_UP, messages, send_all
 from tests.bench.common import Result, bench_config
+from tests.conftest import BASE_CONFIG
 from tests.servers.postgres import _bin_dir, start_server
 
 
@@ -61,12 +69,67 @@ async def rate(work: Path, mails: list[bytes], store: dict[str, Any], nodes: int
             await asyncio.to_thread(db.close)
 
 
+WEBHOOK_CLIENTS = 8
+
+
+async def webhook_rate(work: Path, count: int, store: dict[str, Any], nodes: int) -> float:
+    """Webhooks a second `nodes` endpoints on one store answer 200 (each stored first)."""
+    servers: list[HttpServer] = []
+    stores = []
+    try:
+        for node in range(nodes):
+            config = bench_config(work / f"hooks-{node}", {"store": store} if store else {})
+            db = await create_database(config).open()
+            stores.append(db)
+            app = create_app()
+            add_webhook_routes(app, config=config, db=db, wake=lambda: None)
+            server = HttpServer(app, Address("127.0.0.1", 0))
+            await server.start()
+            servers.append(server)
+        token = BASE_CONFIG["http"]["webhook_token"]
+        urls = [f"http://127.0.0.1:{s.port}/webhooks/fax/{token}" for s in servers]
+        async with aiohttp.ClientSession() as session:
+
+            async def post(numbers: range) -> None:
+                for n in numbers:
+                    payload = {**_WEBHOOK, "id": f"bench-{n:08d}"}
+                    async with session.post(urls[n % nodes], json=payload) as response:
+                        if response.status != 200:
+                            raise RuntimeError(f"webhook answered {response.status}")
+
+            await post(range(-WARM_UP, 0))
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(post(range(i, count, WEBHOOK_CLIENTS)) for i in range(WEBHOOK_CLIENTS))
+            )
+            return count / (time.perf_counter() - started)
+    finally:
+        for server in servers:
+            await server.stop()
+        for db in stores:
+            await asyncio.to_thread(db.close)
+
+
+_WEBHOOK: dict[str, Any] = {
+    "type": "fax",
+    "direction": "outbound",
+    "to": "15556667777",
+    "from": "15556668888",
+    "status": "delivered",
+    "time": "2024-06-19T15:38:17.140Z",
+    "pages": "3",
+}
+
+
 def _jobs(conn: Any) -> int:
     return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
 
 
 def title(count: int) -> str:
-    return f"SMTP acceptance on PostgreSQL, {count} messages with a 1-page PDF, {CLIENTS} clients"
+    return (
+        f"The PostgreSQL store: {count} messages with a 1-page PDF ({CLIENTS} clients),"
+        f" {count} webhooks ({WEBHOOK_CLIENTS} clients)"
+    )
 
 
 async def run(work: Path, count: int) -> list[Result]:
@@ -83,6 +146,12 @@ async def run(work: Path, count: int) -> list[Result]:
             conn.execute("DROP SCHEMA public CASCADE")
             conn.execute("CREATE SCHEMA public")
         two = await rate(work / "pg-2", mails, dsn, 2)
+        hooks_sqlite = await webhook_rate(work / "sqlite", count, {}, 1)
+        hooks_one = await webhook_rate(work / "pg-1", count, dsn, 1)
+        with contextlib.closing(server.connect()) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        hooks_two = await webhook_rate(work / "pg-2", count, dsn, 2)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(server.stop)
@@ -105,5 +174,23 @@ async def run(work: Path, count: int) -> list[Result]:
             gateway=two,
             meaning="{ratio}x SQLite's cost per 250 with two nodes on one store",
             **common,
+        ),
+        Result(
+            what="webhook stored, PostgreSQL, one node",
+            unit="hooks/s",
+            gateway=hooks_one,
+            baseline=hooks_sqlite,
+            baseline_name="the same on SQLite",
+            higher_is_better=True,
+            meaning="each 200 costs {ratio}x SQLite's",
+        ),
+        Result(
+            what="webhook stored, PostgreSQL, two nodes",
+            unit="hooks/s",
+            gateway=hooks_two,
+            baseline=hooks_sqlite,
+            baseline_name="the same on SQLite",
+            higher_is_better=True,
+            meaning="{ratio}x SQLite's cost per 200 with two nodes on one store",
         ),
     ]
