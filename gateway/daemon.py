@@ -66,6 +66,18 @@ QUEUES = (JOBS, SUBMITS, REPORTS, EVENTS, INBOUND, OUTBOX)
 _STALE_TEMP_SECONDS = 3600
 
 
+def _older_than(paths: list[Path], seconds: float) -> list[Path]:
+    cutoff = time.time() - seconds
+    old: list[Path] = []
+    for path in paths:
+        try:
+            if path.stat().st_mtime < cutoff:
+                old.append(path)
+        except FileNotFoundError:
+            continue
+    return old
+
+
 class Component(Protocol):
     async def start(self) -> None: ...
 
@@ -197,8 +209,12 @@ class Gateway:
 
     async def _orphaned_spool_files(self) -> list[Path]:
         """Spooled messages with no job row (before the SMTP server starts: none is being
-        written now)."""
+        written now). On a shared store another node may share this data.dir and be between
+        spooling a message and committing its job right now: there only files older than the
+        stale-temp age count as orphans."""
         paths = await asyncio.to_thread(self.spool.messages)
+        if self.db.shared:
+            paths = await asyncio.to_thread(_older_than, paths, _STALE_TEMP_SECONDS)
         if not paths:
             return []
         known = await self.db.run(job_store.existing_job_ids, [p.stem for p in paths])
