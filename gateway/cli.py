@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "gateway.commands.status",
     "gateway.commands.faxlist",
     "gateway.commands.queue",
+    "gateway.commands.store",
     "gateway.commands.sandbox",
     "gateway.commands.demo",
 ]

@@ -43,11 +43,12 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "VOXTELESYS_API_KEY": ("voxtelesys", "api_key"),
     "FAXGW_WEBHOOK_TOKEN": ("http", "webhook_token"),
     "FAXGW_RELAY_PASSWORD": ("relay", "password"),
+    "FAXGW_STORE_DSN": ("store", "dsn"),
 }
 
 
 # Keys whose values are secrets (SecretStr): never shown in a problem.
-_SECRET_KEYS = frozenset({"api_key", "webhook_token", "metrics_token", "password"})
+_SECRET_KEYS = frozenset({"api_key", "webhook_token", "metrics_token", "password", "dsn"})
 
 
 class ConfigError(Exception):
@@ -658,6 +659,58 @@ class QueueConfig(Section):
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
 
 
+class StoreConfig(Section):
+    """Where the queues live: SQLite in data.dir (one node), or a PostgreSQL server that
+    several nodes share (docs/cluster.md)."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    # postgresql://user:password@host:port/database?sslmode=... (or libpq's key=value form);
+    # a secret as a whole, since it may carry the password (also from FAXGW_STORE_DSN).
+    dsn: SecretStr | None = None
+    # How long a node's claim on a queue item keeps the other nodes off it; a node that died
+    # mid-step leaves its items to the others after this long (postgresql only: one SQLite
+    # process takes back a dead predecessor's claims at start-up).
+    lease_seconds: float = Field(default=60.0, gt=0)
+    pool_size: int = Field(default=4, ge=1, le=64)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    statement_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _dsn_for_postgresql(self) -> StoreConfig:
+        if self.backend == "postgresql":
+            if self.dsn is None or not self.dsn.get_secret_value().strip():
+                raise ValueError(
+                    'backend "postgresql" needs store.dsn (or FAXGW_STORE_DSN), e.g.'
+                    ' "postgresql://fax-gateway@db.example.com/fax-gateway"'
+                )
+            _check_dsn(self.dsn.get_secret_value())
+        return self
+
+    @property
+    def dsn_password(self) -> str | None:
+        """The password inside the DSN, if it has one (for the log redactor)."""
+        if self.dsn is None:
+            return None
+        from psycopg import conninfo
+
+        try:
+            return conninfo.conninfo_to_dict(self.dsn.get_secret_value()).get("password")
+        except Exception:
+            return None
+
+
+def _check_dsn(dsn: str) -> None:
+    """A DSN libpq can parse; the problem is said without repeating the DSN (its password)."""
+    from psycopg import ProgrammingError, conninfo
+
+    if "://" in dsn and not dsn.startswith(("postgresql://", "postgres://")):
+        raise ValueError("store.dsn must be a postgresql:// URL or libpq key=value pairs")
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except ProgrammingError:
+        raise ValueError("store.dsn is not a DSN libpq can read") from None
+
+
 class UiConfig(Section):
     """The status pages under /ui/ on the gateway's HTTP server (gateway/ui/)."""
 
@@ -706,6 +759,7 @@ class Config(Section):
     templates: TemplatesConfig = TemplatesConfig()
     queue: QueueConfig = QueueConfig()
     ui: UiConfig = UiConfig()
+    store: StoreConfig = StoreConfig()
     senders: dict[str, SenderConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -745,7 +799,11 @@ class Config(Section):
         values += [s for s in (self.relay.password, self.http.metrics_token) if s is not None]
         privacy = [self.notify, self.inbound, *self.inbound.routes.values(), *self.senders.values()]
         values += [p.password for p in privacy if p.password is not None]
-        return [s.get_secret_value() for s in values if s.get_secret_value()]
+        if self.store.dsn is not None:
+            values.append(self.store.dsn)
+        found = [s.get_secret_value() for s in values if s.get_secret_value()]
+        password = self.store.dsn_password
+        return [*found, password] if password else found
 
 
 def resolve_path(cli_path: str | Path | None, env: Mapping[str, str] | None = None) -> Path:

@@ -57,9 +57,13 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def config_data(tmp_path: Path) -> dict[str, Any]:
-    """A minimal valid configuration as a dict, with data.dir under tmp_path."""
-    return merge(BASE_CONFIG, {"data": {"dir": str(tmp_path / "data")}})
+def config_data(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A minimal valid configuration as a dict, with data.dir under tmp_path (and, in a test
+    run once per store backend, that backend's store: tests/servers/postgres.py)."""
+    data = merge(BASE_CONFIG, {"data": {"dir": str(tmp_path / "data")}})
+    if "store_backend" in request.fixturenames:
+        data = merge(data, request.getfixturevalue("store_backend").config_override())
+    return data
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from gateway.outbound.reports import Reporter, ReportsWorker
 from gateway.queue.backoff import RetryPolicy
 from gateway.queue.runner import run_until_idle
 from gateway.store import Database
+from gateway.store.backend import create_database
 from gateway.store.faxes import begin_submit, faxes_of, get_fax, mark_submitted
 from gateway.store.jobs import advance, create_job, get_job
 from gateway.store.records import Fax, Job, JobState, NewJob, new_job_id
@@ -141,7 +142,7 @@ def harness_config(
 async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[Harness]:
     """The fax-to-email half of a gateway on `config`: store, HTTP server, workers."""
     clock = clock or Clock()
-    db = await Database(config.data.dir / "store.db").open()
+    db = await create_database(config).open()
     client = VoxtelesysClient.from_config(config.voxtelesys, retry=RetryPolicy.never())
     renderer = MailRenderer(config.templates.dir)
     outbox_dir = config.data.dir / "outbox"

@@ -22,6 +22,9 @@ from tests.servers.gateway import GatewayFactory
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
 
+# The whole daemon, once on each store backend (PostgreSQL: one node).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 
 def fax_mail(
     to: str | list[str], *attachments: tuple[bytes, str, str], subject: str = "Hi"

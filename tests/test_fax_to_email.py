@@ -1,7 +1,8 @@
 """Fax to email end to end: sandbox carrier -> webhook server -> workers -> capturing relay.
 
 Everything is real: the sandbox carrier in its thread, the webhook endpoint on an aiohttp
-server on a free port, SQLite, the outbox and an aiosmtpd relay. Workers are run until idle
+server on a free port, the store (once on SQLite, once on PostgreSQL), the outbox and an
+aiosmtpd relay. Workers are run until idle
 instead of waiting; time-based retries move a shared clock forward instead of sleeping.
 
 The `Harness` (tests/harness.py) is also used by the other fax-to-email test modules.
@@ -37,6 +38,8 @@ from tests.helpers import (
 )
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
+
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 async def webhooks_answered(sandbox: Sandbox, fax_id: str, count: int = 1) -> None:

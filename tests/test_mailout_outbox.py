@@ -17,6 +17,7 @@ from gateway.mailout.relay import create_relay
 from gateway.store import Database
 from gateway.store import outbox as store
 from gateway.store.outbox import OutboxState
+from tests.servers.postgres import StoreBackend
 from tests.servers.relay import CapturingRelay, RelayFactory
 
 ConfigFactory = Callable[..., Config]
@@ -43,9 +44,12 @@ class Lowest:
         return a
 
 
+pytestmark = pytest.mark.usefixtures("store_backend")
+
+
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database(tmp_path / "store.db").open()
+async def db(tmp_path: Path, store_backend: StoreBackend) -> AsyncIterator[Database]:
+    database = await store_backend.database(tmp_path).open()
     yield database
     database.close()
 
@@ -262,11 +266,14 @@ async def test_relay_down_then_back_delivers_exactly_once(
 
 
 async def test_deferred_mail_survives_a_restart(
-    make_config: ConfigFactory, relay_server: CapturingRelay, clock: Clock, tmp_path: Path
+    make_config: ConfigFactory,
+    relay_server: CapturingRelay,
+    clock: Clock,
+    tmp_path: Path,
+    store_backend: StoreBackend,
 ) -> None:
-    """Deferred with the relay down; a new Database and worker on the same file send it."""
-    path = tmp_path / "store.db"
-    first = await Database(path).open()
+    """Deferred with the relay down; a new Database and worker on the same store send it."""
+    first = await store_backend.database(tmp_path).open()
     try:
         await queue(first, tmp_path / "outbox", clock)
         relay_server.go_down()
@@ -274,7 +281,7 @@ async def test_deferred_mail_survives_a_restart(
     finally:
         first.close()
     relay_server.come_up()
-    second = await Database(path).open()
+    second = await store_backend.database(tmp_path).open()
     try:
         worker = worker_for(second, make_config, relay_server, clock)
         assert await worker.run_once() == 0  # the backoff is remembered across the restart

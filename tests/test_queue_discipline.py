@@ -48,6 +48,7 @@ from gateway.queue.schedule import crash_message
 from gateway.storage.local import LocalStorage
 from gateway.store import Database
 from gateway.store import outbox as outbox_store
+from gateway.store.backend import create_database
 from gateway.store.events import claim_events, defer_event, events_of, record_event
 from gateway.store.faxes import (
     begin_submit,
@@ -68,14 +69,18 @@ from gateway.store.inbound import (
     get_inbound,
 )
 from gateway.store.jobs import advance, claim_jobs, create_job, defer_job, fail_job, get_job
+from gateway.store.postgres import PostgresDatabase
 from gateway.store.records import Fax, FaxState, Job, JobState, NewJob, new_job_id
 from tests import samples
 from tests.helpers import CALLER, DELIVERS, FROM_NUMBER, OUR_FAX_LINE, until
+from tests.servers.postgres import StoreBackend
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
 from tests.store_rows import T0, make_job, to_uploaded
 
 T = TypeVar("T")
+
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 # Due 1.5-2 s after a failure; the scan alone would look again only after a minute.
 QUEUE = {"min_backoff_seconds": 1.5, "max_backoff_seconds": 2.0, "scan_interval_seconds": 60.0}
@@ -154,7 +159,7 @@ def open_store() -> Iterator[Callable[[Config], Awaitable[Database]]]:
     opened: list[Database] = []
 
     async def open_(config: Config) -> Database:
-        db = await Database(DataDir(config.data.dir).store).open()
+        db = await create_database(config).open()
         opened.append(db)
         return db
 
@@ -797,21 +802,25 @@ CASES = [Jobs(), Faxes(), Events(), Reports(), Inbound(), Outbox()]
 
 
 async def reopen(db: Database) -> Database:
-    """What a restart (or a crash) does to the store: closed, opened again from the file."""
+    """What a restart (or a crash) does to the store: closed, opened again (from the file, or
+    the same PostgreSQL schema)."""
     db.close()
+    if isinstance(db, PostgresDatabase):
+        return await PostgresDatabase(db.dsn).open()
     return await Database(db.path).open()
 
 
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "store.db"
+def store(tmp_path: Path, store_backend: StoreBackend) -> Database:
+    """The test's store, not opened yet."""
+    return store_backend.database(tmp_path / "data")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-async def test_a_restart_keeps_attempts_and_due_time(case: Case, store_path: Path) -> None:
+async def test_a_restart_keeps_attempts_and_due_time(case: Case, store: Database) -> None:
     """A deferred item has the same attempts and due time after a restart, and is claimed at
     its due time, not a moment before."""
-    db = await Database(store_path).open()
+    db = await store.open()
     try:
         item = await db.run(case.make)
         assert await db.run(case.claim, T0) == [item]
@@ -829,12 +838,12 @@ async def test_a_restart_keeps_attempts_and_due_time(case: Case, store_path: Pat
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 async def test_pickups_survive_crashes_until_the_item_is_held(
-    case: Case, store_path: Path, make_config: Callable[..., Config]
+    case: Case, store: Database, make_config: Callable[..., Config]
 ) -> None:
     """Each claim that ends in a crash (no outcome, store reopened) keeps its pickup, and after
     max_pickups of them the next claim holds the item instead of taking it."""
     config = make_config({"queue": {"max_pickups": MAX_PICKUPS}})
-    db = await Database(store_path).open()
+    db = await store.open()
     try:
         item = await db.run(case.make)
         for crash in range(1, MAX_PICKUPS + 1):

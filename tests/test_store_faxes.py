@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,15 @@ from gateway.store.faxes import (
 )
 from gateway.store.jobs import jobs_to_clean, mark_document_deleted
 from gateway.store.records import FaxState, JobState
-from tests.store_rows import NUMBERS, T0, fax, job, make_job, store_conn, submit, to_uploaded
+from tests.servers.postgres import StoreBackend
+from tests.store_rows import NUMBERS, T0, fax, job, make_job, submit, to_uploaded
+
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    yield from store_conn(tmp_path)
+def conn(tmp_path: Path, store_backend: StoreBackend) -> sqlite3.Connection:
+    return store_backend.connect(tmp_path)
 
 
 # -- the submit stage --------------------------------------------------------------------------

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from gateway.carrier.status import Outcome
-from gateway.store import Database
 from gateway.store.db import _split, connect
 from gateway.store.faxes import (
     begin_submit,
@@ -36,12 +34,15 @@ from gateway.store.jobs import (
 )
 from gateway.store.records import FaxState, JobState, new_job_id
 from gateway.store.schema import MIGRATIONS
-from tests.store_rows import NUMBERS, T0, fax, job, make_job, store_conn, submit, to_uploaded
+from tests.servers.postgres import StoreBackend
+from tests.store_rows import NUMBERS, T0, fax, job, make_job, submit, to_uploaded
+
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    yield from store_conn(tmp_path)
+def conn(tmp_path: Path, store_backend: StoreBackend) -> sqlite3.Connection:
+    return store_backend.connect(tmp_path)
 
 
 # -- creating ---------------------------------------------------------------------------------
@@ -299,10 +300,11 @@ def test_queue_depth_and_list_jobs(conn: sqlite3.Connection) -> None:
 # -- durability --------------------------------------------------------------------------------
 
 
-def test_everything_is_still_there_after_reopening(tmp_path: Path) -> None:
-    """A restart (closing and reopening the file) finds every job and fax as it was."""
-    path = tmp_path / "store.db"
-    conn = connect(path)
+def test_everything_is_still_there_after_reopening(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
+    """A restart (closing and reopening the store) finds every job and fax as it was."""
+    conn = store_backend.connect(tmp_path)
     job_id = make_job(conn)
     to_uploaded(conn, job_id)
     first = faxes_of(conn, job_id)[0]
@@ -311,7 +313,7 @@ def test_everything_is_still_there_after_reopening(tmp_path: Path) -> None:
     before = (job(conn, job_id), faxes_of(conn, job_id))
     conn.close()
 
-    conn = connect(path)
+    conn = store_backend.connect(tmp_path)
     try:
         assert (job(conn, job_id), faxes_of(conn, job_id)) == before
         claimed = claim_faxes(conn, now=T0 + 20)
@@ -321,11 +323,12 @@ def test_everything_is_still_there_after_reopening(tmp_path: Path) -> None:
         conn.close()
 
 
-async def test_concurrent_creates_while_a_reader_lists(tmp_path: Path) -> None:
+async def test_concurrent_creates_while_a_reader_lists(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
     """Jobs created from many tasks are all stored; a second reader never sees half a job."""
-    path = tmp_path / "store.db"
-    writer = await Database(path).open()
-    reader = await Database(path).open()
+    writer = await store_backend.database(tmp_path).open()
+    reader = await store_backend.database(tmp_path).open()
     done = asyncio.Event()
     seen: list[int] = []
 

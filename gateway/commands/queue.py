@@ -38,6 +38,7 @@ from gateway.store import Database
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as jobs_store
 from gateway.store import outbox as outbox_store
+from gateway.store.backend import create_database
 from gateway.store.db import StoreError
 from gateway.store.inbound import InboundFax, InboundState, get_inbound, inbound_by_carrier_id
 from gateway.store.outbox import OutboxState
@@ -197,6 +198,9 @@ def _whole_number(text: str) -> int:
 def open_store(config: Config) -> Iterator[Database]:
     """The gateway's store, which must exist already: a typo in data.dir must not make a new,
     empty one that then shows an empty queue."""
+    if config.store.backend != "sqlite":
+        yield from _open_shared_store(config)
+        return
     path = DataDir(config.data.dir).store
     if not path.is_file():
         raise UserError(
@@ -216,6 +220,22 @@ def open_store(config: Config) -> Iterator[Database]:
     except sqlite3.Error as exc:
         # Locked past the busy timeout, read-only, corrupt: say so, no traceback.
         raise UserError(f"the store {path} failed: {exc}") from None
+    finally:
+        db.close()
+
+
+def _open_shared_store(config: Config) -> Iterator[Database]:
+    db = create_database(config)
+    where = getattr(db, "where", config.store.backend)
+    try:
+        db.open_sync()
+    except (StoreError, sqlite3.Error, OSError) as exc:
+        db.close()
+        raise UserError(f"cannot open the store at {where}: {exc}") from None
+    try:
+        yield db
+    except sqlite3.Error as exc:
+        raise UserError(f"the store at {where} failed: {exc}") from None
     finally:
         db.close()
 

@@ -12,6 +12,15 @@ being converted). A claim names its owner, `BOOT_ID`, the id of the process that
 a process dies mid-step, the next one takes back its predecessor's claims at start-up
 (`release_claims`) instead of waiting out their leases; the pickups they counted stay, so a step
 that kills the process still ends held after queue.max_pickups restarts.
+
+On a store several nodes share (PostgreSQL: the connection carries `lease_seconds`), a claim
+also writes a lease, `lease_until`: until then the row is the claiming process's, and a claim
+by any other process passes it by (a claim is live while its pickups are unfinished and its
+lease runs). A node that dies mid-step is not there to release anything at a restart; its
+rows come free when their leases run out, and the next claim counts one more pickup on them,
+so the crash guard still holds them after queue.max_pickups interruptions, on whichever nodes.
+Claims are made inside the store's write transaction, which writers on every node take in
+turn (store/postgres.py), so two nodes never claim one row at the same moment.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ class QueueTable:
     pickups: str = "pickups"
     touched: str | None = "updated_at"  # set to the claim's time, where the table has one
     owner: str = "claimed_by"  # the boot id of the process that claimed the row
+    lease: str = "lease_until"  # shared stores: until when the claim keeps other nodes off
 
 
 # This process's id in the claims it makes: one per start of the gateway.
@@ -48,6 +58,12 @@ class Claimed:
 
 def no_lease(_pickups: int) -> float:
     return 0.0
+
+
+def shared_lease(conn: Any) -> float | None:
+    """The lease a claim takes on a store other nodes share; None on a store of one process."""
+    seconds = getattr(conn, "lease_seconds", None)
+    return None if seconds is None else float(seconds)
 
 
 def claim(
@@ -72,10 +88,20 @@ def claim(
     count a try when it starts, as Postfix counts a delivery before making it).
     """
     table, due, pickups = queue.table, queue.due, queue.pickups
+    shared = shared_lease(conn)
+    others = ""
+    other_params: tuple[Any, ...] = ()
+    if shared is not None:
+        # Not a row another process claimed and still works on.
+        others = (
+            f" AND NOT ({table}.{pickups} > 0 AND coalesce({table}.{queue.lease}, 0) > ?"
+            f" AND coalesce({table}.{queue.owner}, '') != ?)"
+        )
+        other_params = (now, owner)
     rows = conn.execute(
         f"SELECT {table}.* FROM {source or table} WHERE ({where}) AND {table}.{due} <= ?"
-        f" ORDER BY {order or f'{table}.{due}, {table}.id'} LIMIT ?",
-        (*params, now, limit),
+        f"{others} ORDER BY {order or f'{table}.{due}, {table}.id'} LIMIT ?",
+        (*params, now, *other_params, limit),
     ).fetchall()
     claimed: list[sqlite3.Row] = []
     held: list[sqlite3.Row] = []
@@ -95,6 +121,9 @@ def claim(
         if pushed > 0:
             assignments.append(f"{due} = ?")
             values.append(now + pushed)
+        if shared is not None:
+            assignments.append(f"{queue.lease} = ?")
+            values.append(now + max(shared, pushed))
         claimed.append(
             conn.execute(
                 f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ? RETURNING *",

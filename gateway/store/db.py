@@ -109,6 +109,9 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 class Database:
     """The store of one gateway: a file in data.dir, a connection, and the thread it lives on."""
 
+    # Whether other gateway nodes may use this store at the same time (store/postgres.py).
+    shared = False
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -141,6 +144,18 @@ class Database:
     ) -> T:
         """The same for command-line tools, which have no loop."""
         return self._executor.submit(partial(fn, self.conn, *args, **kwargs)).result()
+
+    # -- other nodes: a SQLite store has none (a shared store: store/postgres.py) -------------
+
+    def wake_others(self) -> None:
+        """Tell the other nodes' workers there is work: no one to tell."""
+
+    def listen_for_wakes(self, wake: Callable[[], None]) -> None:
+        """Call `wake` when another node says there is work: none will."""
+
+    async def runs_once_only(self) -> bool:
+        """Whether this node does the work one node does for all (gateway/queue/once.py)."""
+        return True
 
     def close(self) -> None:
         if self._conn is not None:

@@ -84,7 +84,7 @@ def record_or_reopen_event(
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (carrier_id, status) DO UPDATE SET"
             " processed_at = NULL, attempts = 0, pickups = 0, next_attempt_at = 0, error = NULL,"
             " payload = excluded.payload"
-            " WHERE processed_at IS NOT NULL",
+            " WHERE events.processed_at IS NOT NULL",
             (
                 carrier_id,
                 normalize_status(status),

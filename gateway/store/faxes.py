@@ -359,6 +359,7 @@ REPORTS = QueueTable(
     pickups="report_pickups",
     touched=None,
     owner="report_claimed_by",
+    lease="report_lease_until",
 )
 
 

@@ -199,4 +199,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE faxes ADD COLUMN resubmits INTEGER NOT NULL DEFAULT 0
     """,
+    # 11: a claim's lease, for stores several nodes share (PostgreSQL): until `lease_until` the
+    # node that claimed a row (claimed_by) has it, and other nodes leave it alone; after that
+    # (the node died mid-step) any node may claim it again, its pickups still counted.
+    """
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    ALTER TABLE faxes ADD COLUMN lease_until REAL;
+    ALTER TABLE faxes ADD COLUMN report_lease_until REAL;
+    ALTER TABLE events ADD COLUMN lease_until REAL;
+    ALTER TABLE inbound ADD COLUMN lease_until REAL;
+    ALTER TABLE outbox ADD COLUMN lease_until REAL
+    """,
 ]

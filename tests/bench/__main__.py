@@ -19,10 +19,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.bench import acceptance, assembly, pipeline, store
+from tests.bench import acceptance, assembly, cluster, pipeline, store
 from tests.bench.common import Result, median_of, production_logging, report, table
 
-BENCHMARKS = ("smtp", "assembly", "pipeline", "store")
+BENCHMARKS = ("smtp", "assembly", "pipeline", "store", "postgresql")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -78,6 +78,12 @@ def chosen_benchmarks(args: argparse.Namespace) -> list[tuple[str, str, Benchmar
             return await asyncio.to_thread(store.run, work, args.store_jobs)
 
         found.append(("store", store.title(args.store_jobs), jobs))
+    if "postgresql" in chosen:
+
+        async def shared(work: Path) -> list[Result]:
+            return await cluster.run(work, args.messages)
+
+        found.append(("postgresql", cluster.title(args.messages), shared))
     return found
 
 

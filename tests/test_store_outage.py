@@ -1,0 +1,218 @@
+"""A PostgreSQL store that goes away under a running gateway, and comes back.
+
+The gateway runs on a PostgreSQL server of its own (this test stops it, so not the session's).
+While it is down nothing is answered as if it were stored: SMTP says 451 4.3.0 (the client keeps
+the message), a webhook gets 500 (the carrier retries), /readyz names the store. When it is back
+the same process takes mail again and finishes the work, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import smtplib
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+import pytest
+
+from gateway.store import jobs
+from gateway.store.records import JobState
+from tests import samples
+from tests.helpers import until
+from tests.servers.gateway import GatewayFactory
+from tests.servers.postgres import PostgresServer, _bin_dir, start_server
+from tests.servers.relay import CapturingRelay
+from tests.servers.sandbox import Sandbox
+
+pytestmark = pytest.mark.slow
+
+WEBHOOK: dict[str, Any] = {
+    "type": "fax",
+    "id": "4f778644-6e11-48f2-99eb-a32e4e1a5748",
+    "direction": "outbound",
+    "to": "15556667777",
+    "from": "15556668888",
+    "status": "delivered",
+    "time": "2024-06-19T15:38:17.140Z",
+    "pages": "3",
+}
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for this test alone (it is stopped and started again)."""
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (install the Debian package postgresql)")
+    server = start_server(bin_dir)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+def fax_mail(subject: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "alice@example.com"
+    message["To"] = "12015550123@fax.local"
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{subject}@example.com>"
+    message.set_content("Please see the attached document.")
+    message.add_attachment(samples.pdf(1), "application", "pdf", filename="a.pdf")
+    return message
+
+
+def smtp_reply(port: int, message: EmailMessage) -> tuple[int, str]:
+    """Send one message; the reply to its DATA (or to whatever refused it before)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        try:
+            client.send_message(message)
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code, exc.smtp_error.decode()
+        except smtplib.SMTPRecipientsRefused as exc:
+            [(code, text)] = exc.recipients.values()
+            return code, text.decode()
+        return 250, "queued"
+
+
+async def http(method: str, url: str, payload: Any = None) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, json=payload) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_store_down_is_451_and_500_and_named_then_work_resumes(
+    gateway: GatewayFactory,
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    own_postgres: PostgresServer,
+) -> None:
+    """With PostgreSQL stopped: SMTP 451 4.3.0, webhook 500, /readyz 503 naming the store; once
+    it is started again the same process accepts mail and the fax is delivered and reported."""
+    overrides = {
+        "store": {
+            "backend": "postgresql",
+            "dsn": own_postgres.dsn(),
+            "connect_timeout_seconds": 2,
+            "statement_timeout_seconds": 5,
+        }
+    }
+    async with gateway(overrides) as gw:
+        base = gw.config.http.public_url
+        hook = f"{base}/webhooks/fax/{gw.config.http.webhook_token.get_secret_value()}"
+        await asyncio.to_thread(own_postgres.stop)
+        started = time.monotonic()
+        code, text = await asyncio.to_thread(smtp_reply, gw.smtp.port, fax_mail("down"))
+        assert code == 451 and text.startswith("4.3.0"), (code, text)
+        assert time.monotonic() - started < 30
+        status, _ = await http("POST", hook, WEBHOOK)
+        assert status == 500
+        status, body = await http("GET", f"{base}/readyz")
+        assert status == 503
+        assert json.loads(body)["checks"]["store"] != "ok"
+
+        await asyncio.to_thread(own_postgres.start)
+
+        async def accepted() -> bool:
+            code, _ = await asyncio.to_thread(smtp_reply, gw.smtp.port, fax_mail("back"))
+            return code == 250
+
+        await until(accepted, 30)
+        status, _ = await http("POST", hook, WEBHOOK)
+        assert status == 200
+        [report] = await relay_server.wait_for(1, timeout=60)
+        assert "delivered" in str(report.message["Subject"])
+        done = [j for j in await gw.db.run(jobs.list_jobs, None, 10) if j.state == JobState.DONE]
+        assert len(done) == 1
+        status, body = await http("GET", f"{base}/readyz")
+        assert json.loads(body)["checks"]["store"] == "ok"
+
+
+OUTAGE_SECONDS = 20.0
+TRAFFIC_SECONDS = 3.0
+
+
+async def test_twenty_seconds_without_postgresql_under_traffic_lose_and_double_nothing(
+    gateway: GatewayFactory,
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    own_postgres: PostgresServer,
+) -> None:
+    """Mail sent without pause while PostgreSQL is stopped for 20 s: every message answered 250
+    becomes exactly one fax, and no job is faxed twice; the others were answered 4xx."""
+    overrides = {
+        "store": {
+            "backend": "postgresql",
+            "dsn": own_postgres.dsn(),
+            "connect_timeout_seconds": 2,
+            "statement_timeout_seconds": 5,
+        }
+    }
+    async with gateway(overrides) as gw:
+        accepted: list[str] = []
+        refused: list[int] = []
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            n = 0
+            while not stop.is_set() and n < 2000:
+                n += 1
+                try:
+                    errors, reply = await aiosmtplib.send(
+                        fax_mail(f"m{n}"), hostname="127.0.0.1", port=gw.smtp.port, timeout=30
+                    )
+                except aiosmtplib.SMTPRecipientsRefused as exc:  # at RCPT (the daily limit)
+                    codes = [r.code for r in exc.recipients]
+                    assert all(400 <= code < 500 for code in codes), codes
+                    refused.extend(codes)
+                    await asyncio.sleep(0.2)
+                    continue
+                except aiosmtplib.SMTPResponseException as exc:  # at DATA
+                    assert 400 <= exc.code < 500, (exc.code, exc.message)
+                    refused.append(exc.code)
+                    await asyncio.sleep(0.2)
+                    continue
+                assert not errors
+                accepted.append(reply.rsplit(" ", 1)[1])
+
+        sending = asyncio.create_task(traffic())
+        await asyncio.sleep(TRAFFIC_SECONDS)
+        await asyncio.to_thread(own_postgres.stop)
+        before = len(accepted)
+        await asyncio.sleep(OUTAGE_SECONDS)
+        await asyncio.to_thread(own_postgres.start)
+        during = len(accepted)
+
+        async def accepting_again() -> bool:
+            return len(accepted) > during
+
+        await until(accepting_again, 30)
+        await asyncio.sleep(TRAFFIC_SECONDS)
+        stop.set()
+        await asyncio.wait_for(sending, 60)
+        assert before > 0 and refused, "the traffic did not span the outage"
+
+        async def all_done() -> bool:
+            listed = await gw.db.run(jobs.list_jobs, None, 5000)
+            final = {j.id for j in listed if j.state == JobState.DONE}
+            return set(accepted) <= final
+
+        await until(all_done, 120)
+        stored = {j.id for j in await gw.db.run(jobs.list_jobs, None, 5000)}
+        assert set(accepted) <= stored, "a message answered 250 was lost"
+        outbound = [f for f in sandbox.faxes() if f["direction"] == "outbound"]
+        # One fax per job, never two: each job's document URL is its own.
+        urls = [f["url"] for f in outbound]
+        assert len(urls) == len(set(urls)), "a job was faxed twice"
+        assert len(outbound) == len(stored)
