@@ -25,6 +25,7 @@ from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
 from gateway.datadir import DataDir
+from gateway.document.handover import Handover
 from gateway.fsutil import make_private_dirs
 from gateway.inbound.worker import InboundWorker
 from gateway.mailout.outbox import OutboxWorker
@@ -95,13 +96,21 @@ class Gateway:
         self.storage = create_storage(config, self.http_app)
         self.relay = create_relay(config)
         self.renderer = MailRenderer(config.templates.dir)
+        self.handover = Handover()
         self.workers = self._workers()
         self.runner = Runner(
             self.workers,
             scan_interval=config.queue.scan_interval_seconds,
             stop_timeout=0.8 * config.queue.shutdown_timeout_seconds,
         )
-        self.smtp = SmtpServer(config, self.db, self.spool, self.runner.wake, metrics=self.metrics)
+        self.smtp = SmtpServer(
+            config,
+            self.db,
+            self.spool,
+            self.runner.wake,
+            metrics=self.metrics,
+            handover=self.handover,
+        )
         self._routes()
 
     def _workers(self) -> list[QueueWorker]:
@@ -129,7 +138,7 @@ class Gateway:
         self.reconciler = Reconciler(**common, client=self.client, wake=wake, metrics=self.metrics)
         self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
         return [
-            PrepareWorker(**common, spool=self.spool),
+            PrepareWorker(**common, spool=self.spool, handover=self.handover),
             UploadWorker(**common, storage=self.storage),
             SubmitWorker(**common, client=self.client, storage=self.storage, metrics=self.metrics),
             self.events,

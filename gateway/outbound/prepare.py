@@ -11,6 +11,7 @@ from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document.assemble import Document, assemble
 from gateway.document.cover import CoverContext
+from gateway.document.handover import Handover
 from gateway.document.kinds import extension
 from gateway.document.mime import DocumentError, extract
 from gateway.fsutil import write_atomic
@@ -37,9 +38,11 @@ class PrepareWorker(QueueWorker):
         db: Database,
         clock: Clock = time.time,
         spool: Spool,
+        handover: Handover | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.spool = spool
+        self.handover = handover
 
     async def next_due(self) -> float | None:
         return await self.db.run(store.next_job_due, JobState.RECEIVED)
@@ -98,8 +101,10 @@ class PrepareWorker(QueueWorker):
             logger.info("job.prepared", pages=document.pages, content_type=document.content_type)
 
     def _build(self, job: Job, recipients: list[str]) -> Document:
-        raw = self.spool.read(job.spool_path)
-        extracted = extract(raw)
+        # The SMTP handler's extraction when this process accepted the message; the same
+        # function on the spooled bytes otherwise (a restart, an evicted entry).
+        taken = self.handover.take(job.id) if self.handover is not None else None
+        extracted = taken if taken is not None else extract(self.spool.read(job.spool_path))
         context = CoverContext(
             sender=job.sender,
             recipient=", ".join(pretty(number) for number in recipients),

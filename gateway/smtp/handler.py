@@ -21,6 +21,7 @@ from gateway import log
 from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document import assemble, mime
+from gateway.document.handover import Handover
 from gateway.document.mime import DocumentError
 from gateway.failpoints import failpoint
 from gateway.ops.metrics import Metrics
@@ -75,8 +76,11 @@ class FaxHandler:
         *,
         auth: SmtpAuth | None = None,
         metrics: Metrics | None = None,
+        handover: Handover | None = None,
     ) -> None:
         self.config = config
+        # What each accepted message's extraction found, for prepare (not parsed twice).
+        self.handover = handover
         self.metrics = metrics
         self.db = db
         self.spool = spool
@@ -348,6 +352,8 @@ class FaxHandler:
                 if resent is not None:
                     await asyncio.to_thread(self.spool.remove, spool_path)
                     return self._resend(transaction, resent)
+                if self.handover is not None:
+                    self.handover.keep(job_id, extracted)
                 logger.info(
                     "smtp.accepted",
                     reason=Reason.ACCEPTED,

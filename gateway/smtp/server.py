@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway import log
 from gateway.config import Address, Config, ConfigError
+from gateway.document.handover import Handover
 from gateway.ops import fds
 from gateway.ops.flood import Tally
 from gateway.ops.metrics import Metrics
@@ -292,6 +293,7 @@ class SmtpServer:
         *,
         drain_timeout: float | None = None,
         metrics: Metrics | None = None,
+        handover: Handover | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
@@ -305,6 +307,7 @@ class SmtpServer:
         self.db = db
         self.spool = spool
         self.metrics = metrics
+        self.handover = handover
         self.wake = wake
         self.users: Users | None = None
         self.handler: FaxHandler | None = None
@@ -355,7 +358,13 @@ class SmtpServer:
                 logger.info("smtp.users_loaded", users=count)
         self._library_log = _quiet_library_log()
         self.handler = FaxHandler(
-            self.config, self.db, self.spool, self.wake, auth=auth, metrics=self.metrics
+            self.config,
+            self.db,
+            self.spool,
+            self.wake,
+            auth=auth,
+            metrics=self.metrics,
+            handover=self.handover,
         )
         # socket.getfqdn() may ask DNS: once, off the loop, not per connection as aiosmtpd would.
         hostname = smtp.hostname or await asyncio.to_thread(socket.getfqdn)
