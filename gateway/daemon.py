@@ -48,6 +48,7 @@ from gateway.storage import create_storage
 from gateway.store import Database
 from gateway.store import jobs as job_store
 from gateway.store.claims import release_claims
+from gateway.store.commit import GroupCommit
 from gateway.store.events import EVENTS
 from gateway.store.faxes import REPORTS, SUBMITS
 from gateway.store.inbound import INBOUND
@@ -97,6 +98,8 @@ class Gateway:
         self.relay = create_relay(config)
         self.renderer = MailRenderer(config.templates.dir)
         self.handover = Handover()
+        # One group committer for the store: job rows at DATA and webhook events share batches.
+        self.commits = GroupCommit(self.db)
         self.workers = self._workers()
         self.runner = Runner(
             self.workers,
@@ -110,6 +113,7 @@ class Gateway:
             self.runner.wake,
             metrics=self.metrics,
             handover=self.handover,
+            commits=self.commits,
         )
         self._routes()
 
@@ -155,7 +159,12 @@ class Gateway:
     def _routes(self) -> None:
         config = self.config
         self.webhooks = add_webhook_routes(
-            self.http_app, config=config, db=self.db, wake=self._wake, metrics=self.metrics
+            self.http_app,
+            config=config,
+            db=self.db,
+            wake=self._wake,
+            metrics=self.metrics,
+            commits=self.commits,
         )
         token = config.http.metrics_token
         add_metrics_routes(self.http_app, self.metrics, token.get_secret_value() if token else None)

@@ -38,6 +38,7 @@ from gateway.smtp.handler import FaxHandler
 from gateway.smtp.policy import client_ip
 from gateway.smtp.users import Users, UsersFileError
 from gateway.store import Database
+from gateway.store.commit import GroupCommit
 from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
@@ -294,6 +295,7 @@ class SmtpServer:
         drain_timeout: float | None = None,
         metrics: Metrics | None = None,
         handover: Handover | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
@@ -308,6 +310,7 @@ class SmtpServer:
         self.spool = spool
         self.metrics = metrics
         self.handover = handover
+        self.commits = commits
         self.wake = wake
         self.users: Users | None = None
         self.handler: FaxHandler | None = None
@@ -365,6 +368,7 @@ class SmtpServer:
             auth=auth,
             metrics=self.metrics,
             handover=self.handover,
+            commits=self.commits,
         )
         # socket.getfqdn() may ask DNS: once, off the loop, not per connection as aiosmtpd would.
         hostname = smtp.hostname or await asyncio.to_thread(socket.getfqdn)
