@@ -296,15 +296,8 @@ class FaxHandler:
                 refusal = Refusal(Reason.NO_STORAGE, replies.INSUFFICIENT_STORAGE)
                 return self._refuse("data", refusal, server, sender=transaction.sender)
             try:
-                extracted = await asyncio.to_thread(mime.extract, raw)
-                pages = await asyncio.to_thread(
-                    assemble.validate,
-                    extracted,
-                    max_pages=self.config.fax.max_pages,
-                    cover=self.config.cover,
-                    paper=self.config.fax.paper,
-                    templates_dir=self.config.templates.dir,
-                )
+                # One trip to a thread for both: each hop costs more than a small mail's parse.
+                extracted, pages = await asyncio.to_thread(self._read_document, raw)
             except DocumentError as exc:
                 code, reason = _DOCUMENT_REPLIES.get(exc.kind, ("554 5.6.0", Reason.MALFORMED))
                 refusal = Refusal(reason, replies.document_rejected(code, str(exc)))
@@ -323,6 +316,19 @@ class FaxHandler:
         self._commits.add(accept)
         accept.add_done_callback(self._commits.discard)
         return await asyncio.shield(accept)
+
+    def _read_document(self, raw: bytes) -> tuple[mime.Extracted, int]:
+        """What the message offers to fax and the pages it makes, or DocumentError."""
+        config = self.config
+        extracted = mime.extract(raw)
+        pages = assemble.validate(
+            extracted,
+            max_pages=config.fax.max_pages,
+            cover=config.cover,
+            paper=config.fax.paper,
+            templates_dir=config.templates.dir,
+        )
+        return extracted, pages
 
     async def _accept(
         self,
