@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from tests.bench import acceptance, assembly, pipeline, store, whole
+from tests.bench import acceptance, assembly, commit, pipeline, store, whole
 from tests.bench.common import Result, median_of, production_logging, report, table
 
 # In-process benchmarks of one part each, then the whole daemon as a subprocess (whole.py).
-PARTS = ("smtp", "assembly", "pipeline", "store")
+PARTS = ("smtp", "assembly", "pipeline", "store", "commit")
 BENCHMARKS = PARTS + tuple(whole.FIGURES)
 
 
@@ -89,6 +89,12 @@ def chosen_benchmarks(args: argparse.Namespace) -> list[tuple[str, str, Benchmar
             return await asyncio.to_thread(store.run, work, args.store_jobs)
 
         found.append(("store", store.title(args.store_jobs), jobs))
+    if "commit" in chosen:
+
+        async def grouped(work: Path) -> list[Result]:
+            return await commit.run(work, args.store_jobs)
+
+        found.append(("commit", commit.title(args.store_jobs), grouped))
     return found
 
 
