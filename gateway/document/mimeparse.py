@@ -50,9 +50,11 @@ def _token(nonce: str, number: int) -> str:
     return f"faxgw-body-{nonce}-{number}."
 
 
-def _cut(raw: bytes, nonce: str) -> tuple[bytes, list[bytes]]:
-    """`raw` with whole lines of each large leaf body replaced by a token; the bodies cut."""
-    cuts: list[bytes] = []
+def _cut(raw: bytes, nonce: str) -> tuple[bytes, list[memoryview]]:
+    """`raw` with whole lines of each large leaf body replaced by a token; the bodies cut
+    (views into `raw`, not copies: a 10 MB attachment is 14 MB of base64)."""
+    view = memoryview(raw)
+    cuts: list[memoryview] = []
     pieces: list[bytes] = []
     start = 0  # where the current stretch (from one "--" line to the next) begins
     done = 0  # how much of raw is already in pieces
@@ -62,7 +64,7 @@ def _cut(raw: bytes, nonce: str) -> tuple[bytes, list[bytes]]:
             if cut is not None:
                 cut_start, cut_end = cut
                 pieces += [raw[done:cut_start], _token(nonce, len(cuts)).encode()]
-                cuts.append(raw[cut_start:cut_end])
+                cuts.append(view[cut_start:cut_end])
                 done = cut_end
         start = end + 1
     if not cuts:
@@ -111,7 +113,7 @@ def _leaf_lines(raw: bytes, start: int, end: int) -> tuple[int, int] | None:
     return cut_start, cut_end
 
 
-def _restore(message: Message, nonce: str, cuts: list[bytes]) -> bool:
+def _restore(message: Message, nonce: str, cuts: list[memoryview]) -> bool:
     """Put every cut back where its token is; False unless every token is found once, in the
     payload of a leaf (anywhere else, the parser read those lines in another state)."""
     marker = f"faxgw-body-{nonce}-"
@@ -128,7 +130,7 @@ def _restore(message: Message, nonce: str, cuts: list[bytes]) -> bool:
             return False
         seen.update(numbers)
         part._payload = tokens.sub(
-            lambda match: cuts[int(match.group(1))].decode("ascii", "surrogateescape"), payload
+            lambda match: str(cuts[int(match.group(1))], "ascii", "surrogateescape"), payload
         )
     return len(seen) == len(cuts) and _nowhere_else(message, marker)
 
