@@ -23,7 +23,6 @@ processes of their own (tests/bench/baselines.py), measured in the same run:
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import statistics
 import time
@@ -67,7 +66,7 @@ class Sizes:
 
 
 FULL = Sizes(3, 300, 30, 1000, 200, 5000, 50, 20, 10 * MB, (100, 10_000, 100_000))
-QUICK = Sizes(1, 40, 5, 100, 30, 500, 8, 20, 1 * MB, (100, 1_000, 10_000))
+QUICK = Sizes(1, 30, 4, 60, 20, 300, 5, 20, 1 * MB, (100, 2_000))
 
 
 def _iso(text: str) -> float:
@@ -430,11 +429,7 @@ def pickup_ms(path: Path, jobs: int, tries: int = 20) -> float:
 
 async def memory(work: Path, sizes: Sizes) -> list[Result]:
     results = []
-    document = os.urandom(sizes.big_size - 2000)
-    mails = [
-        samples.mail(samples.attachment(samples.pdf(1) + document, f"big-{n}.pdf"))
-        for n in range(sizes.big_messages)
-    ]
+    mails = load.mails(sizes.big_messages, load.sized_pdf(sizes.big_size), tag="big-")
     in_flight = sum(len(m) for m in mails)
     with Daemon(work / "memory-data") as daemon:
         await load.send(daemon.smtp_port, load.mails(5, load.sized_pdf(10_000)), 5)
