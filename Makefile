@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all fuzz lint format clean bench system-packages
+.PHONY: demo test test-all fuzz lint format clean bench bench-quick system-packages
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -67,6 +67,10 @@ format: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.bench
+
+# A small version of every benchmark, in under a minute: to see that they run, not to quote.
+bench-quick: $(VENV)/.installed-test
+	$(BIN)/python -m tests.bench --quick
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -56,6 +56,7 @@ from gateway.storage import S3Storage, create_storage
 from gateway.store import jobs as job_store
 from gateway.store.backend import create_database
 from gateway.store.claims import release_claims
+from gateway.store.commit import GroupCommit
 from gateway.store.events import EVENTS
 from gateway.store.faxes import REPORTS, SUBMITS
 from gateway.store.inbound import INBOUND
@@ -121,6 +122,9 @@ class Gateway:
         self.archive = Archive(self.storage if isinstance(self.storage, S3Storage) else None)
         self.office = OfficeConverter(config.documents)
         self.documents = DocumentWorkers(config)
+        # One group committer for the store: job rows at DATA and webhook events share batches
+        # (one transaction, one fsync of SQLite's WAL or PostgreSQL's commit).
+        self.commits = GroupCommit(self.db)
         self.workers = self._workers()
         self.runner = Runner(
             self.workers,
@@ -136,6 +140,7 @@ class Gateway:
             renderer=self.renderer,
             office=self.office,
             documents=self.documents,
+            commits=self.commits,
         )
         self._routes()
 
@@ -194,7 +199,12 @@ class Gateway:
     def _routes(self) -> None:
         config = self.config
         self.webhooks = add_webhook_routes(
-            self.http_app, config=config, db=self.db, wake=self._wake, metrics=self.metrics
+            self.http_app,
+            config=config,
+            db=self.db,
+            wake=self._wake,
+            metrics=self.metrics,
+            commits=self.commits,
         )
         token = config.http.metrics_token
         add_metrics_routes(self.http_app, self.metrics, token.get_secret_value() if token else None)

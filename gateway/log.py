@@ -51,17 +51,31 @@ _PATTERNS = [
 ]
 
 
+# Every pattern at once, to find in one scan the (most) values that none of them touches: a log
+# line's values were scanned six times each, ~4% of the daemon's CPU under load.
+_ANY_PATTERN = re.compile(
+    "|".join(
+        f"(?i:{p.pattern[4:]})" if p.pattern.startswith("(?i)") else f"(?:{p.pattern})"
+        for p in _PATTERNS
+    )
+)
+_by_length: list[str] = []  # _secrets, longest first (a secret inside another goes second)
+
+
 def register_secrets(values: Iterable[str]) -> None:
     """Values that must never be logged, whatever key or message they hide in."""
     for value in values:
         if value and len(value) >= 4:
             _secrets.add(value)
+    _by_length[:] = sorted(_secrets, key=len, reverse=True)
 
 
 def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _by_length:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    if _ANY_PATTERN.search(text) is None:
+        return text
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
     return text

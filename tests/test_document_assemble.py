@@ -446,3 +446,30 @@ def test_owner_locked_pdf_merges() -> None:
     document = assemble(mail, paper="letter", max_pages=10, cover=NO_COVER)
     assert document.pages == 3
     assert not PdfReader(io.BytesIO(document.data)).is_encrypted
+
+
+def test_validate_takes_the_page_count_from_the_page_tree_root() -> None:
+    """validate reads a PDF's /Count without reading its pages: 2,000 pages refused in a
+    fraction of the time counting them one by one takes."""
+    data = samples.pdf(2000)
+    mail = extracted(Attachment("big.pdf", "application/pdf", data))
+    started = time.perf_counter()
+    with pytest.raises(DocumentError) as caught:
+        validate(mail, max_pages=50, cover=NO_COVER)
+    declared = time.perf_counter() - started
+    assert caught.value.kind == "too_many_pages"
+    assert "2000 pages" in str(caught.value)
+    started = time.perf_counter()
+    assert count_pages(data, "application/pdf") == 2000  # every page object read
+    assert declared < (time.perf_counter() - started) / 2
+
+
+def test_a_pdf_whose_root_understates_its_pages_is_never_built_past_the_limit() -> None:
+    """A root /Count of 2 on 3 real pages passes validate with 2, and assemble refuses it."""
+    lying = samples.pdf(3).replace(b"/Count 3", b"/Count 2")
+    mail = extracted(Attachment("scan.pdf", "application/pdf", lying))
+    assert validate(mail, max_pages=2, cover=NO_COVER) == 2
+    with pytest.raises(DocumentError) as caught:
+        assemble(mail, paper="letter", max_pages=2, cover=NO_COVER)
+    assert caught.value.kind == "too_many_pages"
+    assert assemble(mail, paper="letter", max_pages=3, cover=NO_COVER).pages == 3

@@ -1,4 +1,5 @@
-"""The prepare stage (gateway/outbound/prepare.py): a full disk defers the job, never holds it."""
+"""The prepare stage (gateway/outbound/prepare.py): a full disk defers the job, never holds it;
+what the SMTP handler extracted is used instead of parsing the spool again."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ the webhook's only password: a wrong or missing one answers 404, as if nothing w
 
 The handler never talks to the carrier or the relay. It stores the event in `events` (unique on
 fax id and status, so the carrier's retries of one event are stored once), answers 200 once the
-row is committed, and wakes the events worker. If the row cannot be stored it answers 500, so
+row is committed (with the other writes of that moment: store/commit.py), and wakes the events
+worker. If the row cannot be stored it answers 500, so
 the carrier tries again rather than the event being lost.
 """
 
@@ -27,7 +28,8 @@ from gateway import log
 from gateway.carrier.models import MAX_NESTING, CarrierFax, PayloadError, unflatten_query
 from gateway.config import Config
 from gateway.store import Database
-from gateway.store.events import normalize_status, record_event
+from gateway.store.commit import GroupCommit
+from gateway.store.events import insert_event, normalize_status
 
 logger = log.get_logger(__name__)
 
@@ -73,10 +75,11 @@ def add_routes(
     db: Database,
     wake: Callable[[], None],
     metrics: WebhookMetrics | None = None,
+    commits: GroupCommit | None = None,
 ) -> WebhookEndpoint:
     """Add the webhook route (GET and POST) to `app`; the endpoint, whose `config` a reload
     replaces."""
-    endpoint = WebhookEndpoint(config=config, db=db, wake=wake, metrics=metrics)
+    endpoint = WebhookEndpoint(config=config, db=db, wake=wake, metrics=metrics, commits=commits)
     app.router.add_route("POST", ROUTE, endpoint.handle)
     app.router.add_route("GET", ROUTE, endpoint.handle)
     return endpoint
@@ -90,9 +93,12 @@ class WebhookEndpoint:
         db: Database,
         wake: Callable[[], None],
         metrics: WebhookMetrics | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         self.config = config
         self.db = db
+        # Events arriving together are committed together: one fsync, then each 200.
+        self.commits = commits or GroupCommit(db)
         self.wake = wake
         self.metrics = metrics
         self._token = config.http.webhook_token.get_secret_value().encode()
@@ -142,8 +148,8 @@ class WebhookEndpoint:
 
         with log.bound(carrier_id=carrier_id):
             try:
-                event_id = await self.db.run(
-                    record_event, carrier_id, status, direction, payload, time.time()
+                event_id = await self.commits.run(
+                    insert_event, carrier_id, status, direction, payload, time.time()
                 )
             except Exception:
                 # 5xx makes the carrier deliver the webhook again later.

@@ -35,7 +35,8 @@ from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
 from gateway.smtp.subject import RefusedNumber
 from gateway.store import Database
-from gateway.store.jobs import create_job, find_resent_job
+from gateway.store.commit import GroupCommit
+from gateway.store.jobs import find_resent_job, insert_job_unless_resent
 from gateway.store.records import NewJob, new_job_id
 from gateway.store.spool import Spool
 
@@ -75,6 +76,9 @@ class Transaction:
     open: bool = True
     # Its message is being spooled and committed (the outcome closes it, not the session).
     accepting: bool = False
+    # The job its message is being committed as: counted from memory, not from the store,
+    # until the transaction is closed (under the daily limit's lock).
+    job_id: str | None = None
 
 
 class FaxHandler:
@@ -92,10 +96,13 @@ class FaxHandler:
         metrics: Metrics | None = None,
         renderer: MailRenderer | None = None,
         office: OfficeConverter | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         self.config = config
         self.office = office or OfficeConverter(config.documents)
         self.documents = documents
+        # Job rows are committed in groups (shared with the webhook endpoint in the daemon).
+        self.commits = commits or GroupCommit(db)
         self.metrics = metrics
         # Renders the explanation of a refused shared-address message (None: none is mailed).
         self.renderer = renderer
@@ -110,9 +117,10 @@ class FaxHandler:
             weakref.WeakKeyDictionary()
         )
         self._commits: set[asyncio.Task[str | None]] = set()
-        # Held while the daily limit is checked and a recipient taken, and while a job row is
-        # committed: a check then sees each accepted fax exactly once, in the store or in an
-        # open transaction, however many sessions of one sender run side by side.
+        # Held while the daily limit is checked and a recipient taken, and while a transaction
+        # whose job was committed is closed: a check then sees each accepted fax exactly once,
+        # from memory while its transaction is open (its job, if being committed, left out of
+        # the store's count), from the store once closed, however many sessions run at once.
         self.daily_limit = DailyLimit(db)
         self.document_slots = asyncio.Semaphore(config.smtp.max_concurrent_data)
 
@@ -264,6 +272,7 @@ class FaxHandler:
                 lambda other: other.sender.lower() == sender
             ),
             open_for_user=lambda user: self._open_numbers(lambda other: other.auth_user == user),
+            committing=self._committing(),
         )
 
     async def _read_subject(self, transaction: Transaction, checked: Checked) -> Refusal | Checked:
@@ -289,6 +298,14 @@ class FaxHandler:
             for other in list(self._transactions.values())
             if other.open and same(other)
         )
+
+    def _committing(self) -> list[str]:
+        """Job ids of the open transactions whose rows are being committed."""
+        return [
+            other.job_id
+            for other in list(self._transactions.values())
+            if other.open and other.job_id is not None
+        ]
 
     def forget(self, envelope: Envelope | None) -> None:
         """The session of `envelope` ended: its transaction no longer holds any of the limit.
@@ -438,11 +455,14 @@ class FaxHandler:
                     resolution=settings.resolution,
                     notify=settings.notify,
                 )
+                # The row goes in with the other writes of this moment (one transaction, one
+                # fsync); the resend check runs again in that transaction, so two copies of
+                # one message in parallel sessions make one job.
+                transaction.job_id = job_id
+                resent = await self.commits.run(
+                    insert_job_unless_resent, job, self._dedupe_since(checked)
+                )
                 async with self.daily_limit.lock:
-                    # Again under the lock: two copies of one message in parallel sessions.
-                    resent = await self._resent_job(transaction, checked)
-                    if resent is None:
-                        await self.db.run(create_job, job)
                     transaction.open = False
                 if resent is not None:
                     await asyncio.to_thread(self.spool.remove, spool_path)
@@ -489,16 +509,24 @@ class FaxHandler:
     async def _resent_job(self, transaction: Transaction, checked: Checked) -> str | None:
         """The job this message already became, if the client is resending it (same sender,
         Message-ID and recipients within smtp.dedupe_window_seconds)."""
-        window = self.config.smtp.dedupe_window_seconds
-        if window <= 0 or not checked.message_id:
+        since = self._dedupe_since(checked)
+        if since is None:
             return None
         return await self.db.run(
             find_resent_job,
             transaction.sender,
             checked.message_id,
             tuple(transaction.numbers),
-            time.time() - window,
+            since,
         )
+
+    def _dedupe_since(self, checked: Checked) -> float | None:
+        """Since when a queued job with this Message-ID makes this message a resend; None
+        when resends are not looked for."""
+        window = self.config.smtp.dedupe_window_seconds
+        if window <= 0 or not checked.message_id:
+            return None
+        return time.time() - window
 
     def _resend(self, transaction: Transaction, job_id: str) -> str:
         """The answer to a resent message: 250 with the first job's id, and nothing faxed."""

@@ -40,6 +40,7 @@ from gateway.smtp.handler import FaxHandler
 from gateway.smtp.policy import client_ip
 from gateway.smtp.users import Users, UsersFileError
 from gateway.store import Database
+from gateway.store.commit import GroupCommit
 from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
@@ -298,6 +299,7 @@ class SmtpServer:
         renderer: MailRenderer | None = None,
         office: OfficeConverter | None = None,
         documents: DocumentWorkers | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
@@ -316,6 +318,7 @@ class SmtpServer:
         self.spool = spool
         self.metrics = metrics
         self.office = office
+        self.commits = commits
         self.wake = wake
         # The daemon's (reloaded on SIGHUP with the others); without one, start() makes its own.
         self.renderer = renderer
@@ -381,6 +384,7 @@ class SmtpServer:
             metrics=self.metrics,
             renderer=self.renderer,
             office=self.office,
+            commits=self.commits,
         )
         # socket.getfqdn() may ask DNS: once, off the loop, not per connection as aiosmtpd would.
         hostname = smtp.hostname or await asyncio.to_thread(socket.getfqdn)

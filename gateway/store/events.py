@@ -50,18 +50,30 @@ def record_event(
 ) -> int | None:
     """Store an event; its row id, or None when the same (fax, status) is already stored."""
     with transaction(conn):
-        cursor = conn.execute(
-            "INSERT INTO events (carrier_id, status, direction, payload, received_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (carrier_id, status) DO NOTHING",
-            (
-                carrier_id,
-                normalize_status(status),
-                direction.strip().lower(),
-                json.dumps(payload, sort_keys=True),
-                now,
-            ),
-        )
-        return cursor.lastrowid if cursor.rowcount == 1 else None
+        return insert_event(conn, carrier_id, status, direction, payload, now)
+
+
+def insert_event(
+    conn: sqlite3.Connection,
+    carrier_id: str,
+    status: str,
+    direction: str,
+    payload: dict[str, Any],
+    now: float,
+) -> int | None:
+    """record_event inside the caller's transaction (store/commit.py)."""
+    cursor = conn.execute(
+        "INSERT INTO events (carrier_id, status, direction, payload, received_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (carrier_id, status) DO NOTHING",
+        (
+            carrier_id,
+            normalize_status(status),
+            direction.strip().lower(),
+            json.dumps(payload, sort_keys=True),
+            now,
+        ),
+    )
+    return cursor.lastrowid if cursor.rowcount == 1 else None
 
 
 def record_or_reopen_event(

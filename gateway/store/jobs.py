@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,13 @@ def _now(now: float | None) -> float:
 
 
 def create_job(conn: sqlite3.Connection, job: NewJob, now: float | None = None) -> None:
-    """The job (received) and one pending fax per recipient, in one transaction.
+    """The job (received) and one pending fax per recipient, in one transaction."""
+    with transaction(conn):
+        insert_job(conn, job, now)
+
+
+def insert_job(conn: sqlite3.Connection, job: NewJob, now: float | None = None) -> None:
+    """create_job's statements, inside the caller's transaction (store/commit.py).
 
     A number given twice (two spellings of one fax number) is one fax: refusing the message
     with an integrity error would only make the client retry it forever.
@@ -68,54 +75,66 @@ def create_job(conn: sqlite3.Connection, job: NewJob, now: float | None = None) 
     if not recipients:
         raise ValueError(f"job {job.id} has no recipients")
     now = _now(now)
-    with transaction(conn):
-        conn.execute(
-            "INSERT INTO jobs (id, state, created_at, updated_at, sender, auth_user,"
-            " client_address, subject, message_id, from_number, spool_path,"
-            " cover, cover_template, resolution, notify)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job.id,
-                JobState.RECEIVED,
-                now,
-                now,
-                job.sender.lower(),
-                job.auth_user,
-                job.client_address,
-                job.subject,
-                job.message_id,
-                job.from_number,
-                str(job.spool_path),
-                None if job.cover is None else int(job.cover),
-                job.cover_template,
-                job.resolution,
-                job.notify,
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO faxes (job_id, recipient, state, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(job.id, number, FaxState.PENDING, now, now) for number in recipients],
-        )
+    conn.execute(
+        "INSERT INTO jobs (id, state, created_at, updated_at, sender, auth_user,"
+        " client_address, subject, message_id, from_number, spool_path,"
+        " cover, cover_template, resolution, notify)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job.id,
+            JobState.RECEIVED,
+            now,
+            now,
+            job.sender.lower(),
+            job.auth_user,
+            job.client_address,
+            job.subject,
+            job.message_id,
+            job.from_number,
+            str(job.spool_path),
+            None if job.cover is None else int(job.cover),
+            job.cover_template,
+            job.resolution,
+            job.notify,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO faxes (job_id, recipient, state, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(job.id, number, FaxState.PENDING, now, now) for number in recipients],
+    )
 
 
-def faxes_sent_since(conn: sqlite3.Connection, sender: str, since: float) -> int:
-    """Faxes of `sender`'s jobs created at or after `since`, cancelled ones not counted."""
+def faxes_sent_since(
+    conn: sqlite3.Connection, sender: str, since: float, exclude_jobs: Collection[str] = ()
+) -> int:
+    """Faxes of `sender`'s jobs created at or after `since`, cancelled ones not counted, nor
+    those of `exclude_jobs` (jobs being committed, which the caller counts itself)."""
+    excluded, values = _excluded(exclude_jobs)
     row = conn.execute(
         "SELECT count(*) FROM faxes JOIN jobs ON jobs.id = faxes.job_id"
-        " WHERE jobs.sender = ? AND jobs.created_at >= ? AND faxes.state != ?",
-        (sender.lower(), since, FaxState.CANCELLED),
+        " WHERE jobs.sender = ? AND jobs.created_at >= ? AND faxes.state != ?" + excluded,
+        (sender.lower(), since, FaxState.CANCELLED, *values),
     ).fetchone()
     return int(row[0])
 
 
-def faxes_sent_by_user_since(conn: sqlite3.Connection, auth_user: str, since: float) -> int:
+def _excluded(job_ids: Collection[str]) -> tuple[str, tuple[str, ...]]:
+    if not job_ids:
+        return "", ()
+    return f" AND jobs.id NOT IN ({','.join('?' * len(job_ids))})", tuple(job_ids)
+
+
+def faxes_sent_by_user_since(
+    conn: sqlite3.Connection, auth_user: str, since: float, exclude_jobs: Collection[str] = ()
+) -> int:
     """Faxes of jobs submitted under login `auth_user` at or after `since`, cancelled ones not
-    counted."""
+    counted, nor those of `exclude_jobs`."""
+    excluded, values = _excluded(exclude_jobs)
     row = conn.execute(
         "SELECT count(*) FROM faxes JOIN jobs ON jobs.id = faxes.job_id"
-        " WHERE jobs.auth_user = ? AND jobs.created_at >= ? AND faxes.state != ?",
-        (auth_user, since, FaxState.CANCELLED),
+        " WHERE jobs.auth_user = ? AND jobs.created_at >= ? AND faxes.state != ?" + excluded,
+        (auth_user, since, FaxState.CANCELLED, *values),
     ).fetchone()
     return int(row[0])
 
@@ -143,6 +162,20 @@ def find_resent_job(
         ).fetchall()
         if sorted({number["recipient"] for number in numbers}) == wanted:
             return str(row["id"])
+    return None
+
+
+def insert_job_unless_resent(
+    conn: sqlite3.Connection, job: NewJob, resent_since: float | None, now: float | None = None
+) -> str | None:
+    """Inside the caller's transaction: the id of the job this message already became (same
+    sender, Message-ID and recipients since `resent_since`), or insert `job` and return None.
+    Check and insert in one transaction, so two copies in parallel sessions make one job."""
+    if resent_since is not None:
+        resent = find_resent_job(conn, job.sender, job.message_id, job.recipients, resent_since)
+        if resent is not None:
+            return resent
+    insert_job(conn, job, now)
     return None
 
 

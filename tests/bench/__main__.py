@@ -17,12 +17,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
-from tests.bench import acceptance, assembly, cluster, pipeline, store
+from tests.bench import acceptance, assembly, cluster, commit, pipeline, store, whole
 from tests.bench.common import Result, median_of, production_logging, report, table
 
-BENCHMARKS = ("smtp", "assembly", "pipeline", "store", "postgresql")
+# In-process benchmarks of one part each (postgresql: accept and webhook rates on a shared
+# store, one and two nodes), then the whole daemon as a subprocess (whole.py).
+PARTS = ("smtp", "assembly", "pipeline", "store", "commit", "postgresql")
+BENCHMARKS = PARTS + tuple(whole.FIGURES)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -35,7 +39,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=BENCHMARKS, action="append", help="run only these (repeatable)"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small version of each (make bench-quick): one round, small counts",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.messages, args.iterations, args.jobs, args.store_jobs = 24, 5, 10, 100
+        args.rounds = 1
     for name in ("messages", "iterations", "jobs", "store_jobs", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -51,7 +63,7 @@ Benchmark = Callable[[Path], Awaitable[list[Result]]]
 
 def chosen_benchmarks(args: argparse.Namespace) -> list[tuple[str, str, Benchmark]]:
     """(name, title, the benchmark) for each one to run, in order."""
-    chosen = args.only or BENCHMARKS
+    chosen = args.only or PARTS
     found: list[tuple[str, str, Benchmark]] = []
     if "smtp" in chosen:
         for pages in (1, 20):
@@ -84,10 +96,37 @@ def chosen_benchmarks(args: argparse.Namespace) -> list[tuple[str, str, Benchmar
             return await cluster.run(work, args.messages)
 
         found.append(("postgresql", cluster.title(args.messages), shared))
+    if "commit" in chosen:
+
+        async def grouped(work: Path) -> list[Result]:
+            return await commit.run(work, args.store_jobs)
+
+        found.append(("commit", commit.title(args.store_jobs), grouped))
     return found
 
 
+async def run_whole(args: argparse.Namespace, work: Path) -> list[Result]:
+    """The whole-daemon figures: each runs its own rounds (a daemon start is costly)."""
+    sizes = whole.QUICK if args.quick else replace(whole.FULL, rounds=min(args.rounds, 3))
+    results: list[Result] = []
+    for name, figure in whole.FIGURES.items():
+        if args.only and name not in args.only:
+            continue
+        say(f"whole daemon: {name}")
+        directory = work / f"whole-{name}"
+        directory.mkdir()
+        for result in await figure(directory, sizes):
+            report(result)
+            results.append(result)
+    return results
+
+
 async def run_all(args: argparse.Namespace, work: Path) -> list[Result]:
+    results = await run_parts(args, work)
+    return results + await run_whole(args, work)
+
+
+async def run_parts(args: argparse.Namespace, work: Path) -> list[Result]:
     results: list[Result] = []
     for name, title, benchmark in chosen_benchmarks(args):
         say(f"{title}, {args.rounds} rounds")

@@ -34,8 +34,9 @@ class Result:
     baseline: float
     baseline_name: str
     higher_is_better: bool
-    meaning: str  # one line; "{ratio}" is replaced by the ratio, formatted
+    meaning: str  # one line; "{ratio}" and "{share}" (1 / ratio) are replaced, formatted
     ratios: tuple[float, ...] = ()  # each round's ratio, when this is a median of rounds
+    target: str = ""  # what the issue asks of this figure, when it asks something
 
     @property
     def ratio(self) -> float:
@@ -44,7 +45,8 @@ class Result:
         return self.gateway / self.baseline
 
     def explain(self) -> str:
-        return self.meaning.replace("{ratio}", f"{self.ratio:.1f}")
+        share = f"{1 / self.ratio:.2f}x" if self.ratio else "-"
+        return self.meaning.replace("{ratio}", f"{self.ratio:.1f}").replace("{share}", share)
 
 
 def median_of(rounds: list[list[Result]]) -> list[Result]:
@@ -84,6 +86,8 @@ def report(result: Result) -> None:
     print(f"    gateway   {figure(result.gateway):>10} {result.unit}")
     print(f"    baseline  {figure(result.baseline):>10} {result.unit}  ({result.baseline_name})")
     print(f"    ratio     {result.ratio:>10.1f}x  {result.explain()}")
+    if result.target:
+        print(f"    target    {result.target}")
     if len(result.ratios) > 1:
         low, high = min(result.ratios), max(result.ratios)
         print(
@@ -96,13 +100,13 @@ def table(results: list[Result]) -> str:
     width = max(len(r.what) for r in results)
     lines = [
         f"{'benchmark':<{width}}  {'gateway':>10}  {'baseline':>10}  {'unit':<7}  {'ratio':>6}"
-        f"  {'spread':>11}",
-        "-" * (width + 56),
+        f"  {'spread':>11}  target",
+        "-" * (width + 72),
     ]
     for r in results:
         lines.append(
             f"{r.what:<{width}}  {figure(r.gateway):>10}  {figure(r.baseline):>10}  "
-            f"{r.unit:<7}  {r.ratio:>5.1f}x  {_spread(r):>11}"
+            f"{r.unit:<7}  {r.ratio:>5.1f}x  {_spread(r):>11}  {r.target}".rstrip()
         )
     return "\n".join(lines)
 
