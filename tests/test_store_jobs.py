@@ -62,6 +62,16 @@ def test_create_job_with_three_recipients(conn: sqlite3.Connection) -> None:
     assert all(f.submit_attempts == 0 and f.carrier_id is None for f in faxes)
 
 
+def test_advance_records_when_a_job_was_prepared_and_uploaded(conn: sqlite3.Connection) -> None:
+    """prepared_at and uploaded_at are the moments advance moved the job into each state (the
+    status pages' timeline dates those steps by them); a new job has neither."""
+    job_id = make_job(conn)
+    assert (job(conn, job_id).prepared_at, job(conn, job_id).uploaded_at) == (None, None)
+    to_uploaded(conn, job_id)
+    moved = job(conn, job_id)
+    assert (moved.prepared_at, moved.uploaded_at) == (T0 + 1, T0 + 2)
+
+
 def test_create_job_is_one_transaction(conn: sqlite3.Connection) -> None:
     """When a fax row cannot be inserted, the job row is not there either."""
     with pytest.raises(sqlite3.IntegrityError):

@@ -305,8 +305,14 @@ def advance(
     if unknown:
         raise ValueError(f"advance cannot set {sorted(unknown)}")
     values = {k: str(v) if isinstance(v, Path) else v for k, v in columns.items()}
-    assignments = "".join(f", {name} = ?" for name in values)
     now = _now(now)
+    # The moment each step was reached, for the status pages' timeline.
+    stamp = {JobState.PREPARED: "prepared_at", JobState.UPLOADED: "uploaded_at"}.get(
+        JobState(to_state)
+    )
+    if stamp is not None:
+        values[stamp] = now
+    assignments = "".join(f", {name} = ?" for name in values)
     with transaction(conn):
         cursor = conn.execute(
             "UPDATE jobs SET state = ?, attempts = 0, pickups = 0, next_attempt_at = 0,"

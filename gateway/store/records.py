@@ -107,6 +107,8 @@ class Job:
     error: str | None
     stored_deleted_at: float | None  # the stored copy (storage, for the carrier) is gone
     files_removed_at: float | None = None  # the spool file and the assembled document are gone
+    prepared_at: float | None = None  # when the job entered "prepared" (None: before migration 12)
+    uploaded_at: float | None = None  # when the job entered "uploaded"
     # As in NewJob (None too for jobs from before the migration that added them).
     cover: bool | None = None
     cover_template: str | None = None

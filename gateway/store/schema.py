@@ -210,4 +210,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE inbound ADD COLUMN lease_until REAL;
     ALTER TABLE outbox ADD COLUMN lease_until REAL
     """,
+    # 12: when a job was prepared and uploaded, for the timeline of the status pages (set by
+    # jobs.advance as the job enters each state; NULL for jobs from before).
+    """
+    ALTER TABLE jobs ADD COLUMN prepared_at REAL;
+    ALTER TABLE jobs ADD COLUMN uploaded_at REAL
+    """,
 ]

@@ -3,8 +3,8 @@
 The store has no journal of its own: each row keeps the time of the steps it records
 (a job's creation, a fax's POST and outcome, each webhook in `events`, each mail in `outbox`)
 and the last error and attempt count of the step under way. The timeline is built from those;
-a step whose time no column records (a job's preparation) is dated by its document file when
-the file is still there.
+jobs record when they were prepared and uploaded (`prepared_at`, `uploaded_at`); a job from
+before those columns is dated by its document file when the file is still there.
 """
 # XXX: only the latest retry reason of a stage is stored; earlier reasons of the same stage
 # are not, so the timeline shows the attempt count with the last reason only. A journal table
@@ -80,9 +80,12 @@ def job_timeline(conn: sqlite3.Connection, job: Job, faxes: list[Fax]) -> list[E
     prepared = job.pages is not None or job.document_path is not None
     if prepared:
         pages = f"{job.pages} page(s)" if job.pages is not None else ""
-        entries.append(Entry(_mtime(job.document_path), "prepared", pages))
+        when = job.prepared_at if job.prepared_at is not None else _mtime(job.document_path)
+        entries.append(Entry(when, "prepared", pages))
     if job.storage_key is not None or job.document_url is not None:
-        entries.append(Entry(None, "uploaded", "the carrier fetches it from a signed link"))
+        entries.append(
+            Entry(job.uploaded_at, "uploaded", "the carrier fetches it from a signed link")
+        )
     for fax in faxes:
         who = pretty(fax.recipient)
         if fax.submitted_at is not None:
