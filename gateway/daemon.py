@@ -29,6 +29,7 @@ from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
 from gateway.datadir import DataDir
+from gateway.document.fence import hidden_paths
 from gateway.document.office import OfficeConverter
 from gateway.document.workers import DocumentWorkers
 from gateway.fsutil import make_private_dirs
@@ -119,7 +120,7 @@ class Gateway:
         self.relay = create_relay(config)
         self.renderer = MailRenderer(config.templates.dir)
         self.archive = Archive(self.storage if isinstance(self.storage, S3Storage) else None)
-        self.office = OfficeConverter(config.documents)
+        self.office = OfficeConverter.for_gateway(config, config_path)
         self.documents = DocumentWorkers(config)
         self.workers = self._workers()
         self.runner = Runner(
@@ -358,7 +359,7 @@ class Gateway:
     def _reconfigure(self, new: Config) -> None:
         """Hand a reloaded configuration to every part that reads it while running: each
         reads its settings (and its schedule) from `config` when it needs them."""
-        self.office.reconfigure(new.documents)
+        self.office.reconfigure(new.documents, hidden_paths(new, self.config_path))
         for worker in self.workers:
             worker.config = new
         self.reporter.config = new

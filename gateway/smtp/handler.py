@@ -94,7 +94,7 @@ class FaxHandler:
         office: OfficeConverter | None = None,
     ) -> None:
         self.config = config
-        self.office = office or OfficeConverter(config.documents)
+        self.office = office or OfficeConverter.for_gateway(config)
         self.documents = documents
         self.metrics = metrics
         # Renders the explanation of a refused shared-address message (None: none is mailed).
