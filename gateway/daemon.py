@@ -208,6 +208,8 @@ class Gateway:
                 db=self.db,
                 spool=self.spool,
                 wake=self._wake,
+                documents=self.documents,
+                office=self.office,
                 health=self.health,
                 daily_limit=lambda: self.smtp.handler.daily_limit if self.smtp.handler else None,
             )
