@@ -386,11 +386,12 @@ class Reporter:
         return await self.report(job, fax, kind=QUEUED)
 
     async def retry(self, fax: Fax) -> bool:
-        """The interim report (notify.on_retry) for a fax waiting to be resubmitted."""
-        if not self.config.notify.on_retry or fax.final:
+        """The interim report (notify.on_retry, or the job's `+notify=all`) for a fax waiting
+        to be resubmitted."""
+        if fax.final:
             return False
         job = await self.db.run(get_job, fax.job_id)
-        if job is None:
+        if job is None or not wanted(self.config, RETRY, job):
             return False
         return await self.report(job, fax, kind=RETRY)
 
