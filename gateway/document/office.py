@@ -10,14 +10,15 @@ so it is off unless `documents.convert_office` is on, and each conversion runs
   one file with macros switched off, so no state, no macro and no recovery data survives from
   one document to the next, and two conversions never share a profile (LibreOffice refuses to
   run twice on one profile anyway);
-- without network: in a new network namespace (`unshare --net --mount --map-root-user`, which
+- without network: in a new network namespace (`unshare --net`, with `--map-root-user`, which
   needs unprivileged user namespaces) that has no interface but a loopback that is down, so a
   linked image, an OLE link or an HTML page cannot fetch anything or reach anything on our side;
-- without other people's files: in a new mount namespace too, where fence.py hides data.dir,
-  the configuration and every path it names, /root, /home and the temp directory, so a
-  `file://` link reads nothing of theirs; and with links never updated on loading (the
-  profile's link-update mode). A machine where these namespaces cannot be made counts as one
-  without the converter: the file is refused rather than converted with network or files;
+- without other people's files: in a new mount namespace too (`--mount`), where fence.py
+  hides data.dir, the configuration and every path it names, /root, /home and the temp
+  directory, so a `file://` link reads nothing of theirs; and with links never updated on
+  loading (the profile's link-update mode). A machine where these namespaces cannot be made
+  counts as one without the converter: the file is refused rather than converted with network
+  or files;
 - with each file it writes bounded by `documents.convert_max_output_mb` (RLIMIT_FSIZE), so a
   document cannot fill the disk: LibreOffice fails to write a larger PDF, and the file is
   refused like one it cannot read (a larger picture inside a document is left out);
@@ -44,13 +45,7 @@ from gateway import log
 from gateway.config import Config, DocumentsConfig
 from gateway.document.fence import SCRIPT, hidden_paths, mount_words
 from gateway.document.kinds import extension, office_bytes_match, office_name
-from gateway.document.mime import (
-    CORRUPT,
-    UNSUPPORTED,
-    Attachment,
-    DocumentError,
-    one_line_ascii,
-)
+from gateway.document.mime import CORRUPT, UNSUPPORTED, Attachment, DocumentError, one_line_ascii
 
 logger = log.get_logger(__name__)
 
