@@ -555,6 +555,12 @@ class DocumentsConfig(Section):
     convert_office: bool = False
     convert_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     max_concurrent_conversions: int = Field(default=2, ge=1, le=32)
+    # Office files one message may carry: more are refused (554 5.6.0), not each given
+    # LibreOffice's time.
+    max_office_files: int = Field(default=5, ge=1, le=100)
+    # The largest file LibreOffice may write (RLIMIT_FSIZE): a document whose PDF would be
+    # larger is refused (554 5.6.0).
+    convert_max_output_mb: int = Field(default=100, ge=1, le=4096)
     # The LibreOffice program: a name looked up in PATH, or an absolute path.
     libreoffice: str = Field(default="soffice", min_length=1)
 

@@ -29,6 +29,7 @@ from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config, ConfigError, load_config
 from gateway.datadir import DataDir
+from gateway.document.fence import hidden_paths
 from gateway.document.office import OfficeConverter
 from gateway.document.workers import DocumentWorkers
 from gateway.fsutil import make_private_dirs
@@ -120,7 +121,7 @@ class Gateway:
         self.relay = create_relay(config)
         self.renderer = MailRenderer(config.templates.dir)
         self.archive = Archive(self.storage if isinstance(self.storage, S3Storage) else None)
-        self.office = OfficeConverter(config.documents)
+        self.office = OfficeConverter.for_gateway(config, config_path)
         self.documents = DocumentWorkers(config)
         # One group committer for the store: job rows at DATA and webhook events share batches
         # (one transaction, one fsync of SQLite's WAL or PostgreSQL's commit).
@@ -217,6 +218,8 @@ class Gateway:
                 db=self.db,
                 spool=self.spool,
                 wake=self._wake,
+                documents=self.documents,
+                office=self.office,
                 health=self.health,
                 daily_limit=lambda: self.smtp.handler.daily_limit if self.smtp.handler else None,
             )
@@ -368,7 +371,7 @@ class Gateway:
     def _reconfigure(self, new: Config) -> None:
         """Hand a reloaded configuration to every part that reads it while running: each
         reads its settings (and its schedule) from `config` when it needs them."""
-        self.office.reconfigure(new.documents)
+        self.office.reconfigure(new.documents, hidden_paths(new, self.config_path))
         for worker in self.workers:
             worker.config = new
         self.reporter.config = new

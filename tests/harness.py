@@ -76,6 +76,7 @@ class Harness:
         sender: str = "alice@example.com",
         message_id: str = "<original-1@mail.example.com>",
         pages: int = 2,
+        notify: str | None = None,
     ) -> tuple[Job, Fax]:
         """An outbound fax through the jobs API, POSTed to the sandbox, recorded submitted."""
         job_id = new_job_id()
@@ -94,6 +95,7 @@ class Harness:
             from_number=FROM_NUMBER,
             spool_path=path,
             recipients=(to,),
+            notify=notify,
         )
         await self.db.run(create_job, new)
         await self.db.run(

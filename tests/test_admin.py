@@ -93,6 +93,39 @@ async def test_the_admin_gets_a_blind_copy_of_every_failure_report_and_of_no_oth
     assert ADMIN not in delivered.rcpt_tos
 
 
+@pytest.mark.parametrize(
+    ("notify", "job"),
+    [
+        ({}, {"notify": "none"}),
+        ({"on_failure": False}, {}),
+        ({}, {"sender": "not an address"}),
+    ],
+    ids=["+notify=none", "on_failure=false", "unusable sender"],
+)
+async def test_the_admin_gets_every_failure_even_when_the_sender_gets_no_report(
+    make_config: Callable[..., Config],
+    sandbox: Sandbox,
+    relay_server: CapturingRelay,
+    notify: dict[str, Any],
+    job: dict[str, Any],
+) -> None:
+    """With no report for the sender (their +notify=none, notify.on_failure off, or no usable
+    address), notify.admin still gets the failure report, alone, once."""
+    config = harness_config(
+        make_config, sandbox, relay_server, {"notify": {"admin": [ADMIN], **notify}}
+    )
+    async with running(config, Clock()) as harness:
+        sandbox.set_webhook(harness.webhook_url)
+        _job, busy = await harness.submit(BUSY, subject="Contract", **job)
+        await webhooks_answered(sandbox, busy.carrier_id or "")
+        await harness.settle()
+        await harness.settle()  # nothing more: the copy is queued once
+    [copy] = relay_server.messages
+    assert copy.rcpt_tos == (ADMIN,)
+    assert "failed" in subject_of(copy.message) and "Contract" in subject_of(copy.message)
+    assert str(copy.message["To"]) == ADMIN
+
+
 async def test_every_dead_letter_is_told_once_with_why(start_inbound: Callable[..., Any]) -> None:
     """A fax whose document cannot be fetched is a dead letter; the admin gets one mail saying
     why, however often the worker looks; dying again after a requeue is a new mail."""

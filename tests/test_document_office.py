@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import http.server
 import io
+import random
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from pypdf import PdfReader
 
-from gateway.config import DocumentsConfig
+from gateway.config import Config, DocumentsConfig
 from gateway.document.conversion import CONVERTIBLE, to_faxable
 from gateway.document.kinds import PDF
 from gateway.document.mime import CORRUPT, UNSUPPORTED, Attachment, DocumentError, extract
@@ -130,12 +133,86 @@ def test_conversion_has_no_network(web_server: tuple[str, list[str]]) -> None:
     assert asked == []
 
 
+def image_count(pdf: bytes) -> int:
+    """The image XObjects on the PDF's pages."""
+    count = 0
+    for page in PdfReader(io.BytesIO(pdf)).pages:
+        objects = (page.get("/Resources") or {}).get("/XObject") or {}
+        count += sum(1 for o in objects.values() if o.get_object().get("/Subtype") == "/Image")
+    return count
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 60), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+@needs_libreoffice
+def test_conversion_reads_none_of_the_gateways_files(
+    tmp_path: Path, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file:// image in data.dir, in the inbound archive or in another conversion's temp
+    directory is not read into the PDF; the same image at a harmless path is."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    config = make_config(
+        {"documents": {"convert_office": True}, "inbound": {"archive_dir": str(tmp_path / "a")}}
+    )
+    places = {
+        "harmless": tmp_path / "public",
+        "data.dir": config.data.dir / "inbound",
+        "archive": tmp_path / "a" / "2026",
+        "temp": tmp_path / "tmp" / "faxgw-convert-another",
+    }
+    for place in places.values():
+        place.mkdir(parents=True)
+        (place / "face.png").write_bytes(png())
+    office = OfficeConverter.for_gateway(config)
+    shown = {}
+    for name, place in places.items():
+        page = office_files.html(f"Image from {name}", image_url=(place / "face.png").as_uri())
+        pdf = office.convert(Attachment("page.html", office_files.HTML, page))
+        assert f"Image from {name}" in text_of(pdf)
+        shown[name] = image_count(pdf) > 0
+    assert shown == {"harmless": True, "data.dir": False, "archive": False, "temp": False}
+
+
+def jpegs_docx(count: int) -> bytes:
+    """A Word file of `count` noise pictures (~320 kB each, which JPEG cannot shrink)."""
+    import docx as python_docx
+
+    document = python_docx.Document()
+    document.add_paragraph("Pictures")
+    noise = random.Random(7)
+    for _ in range(count):
+        picture = Image.frombytes("RGB", (600, 600), noise.randbytes(600 * 600 * 3))
+        buffer = io.BytesIO()
+        picture.save(buffer, "JPEG", quality=90)
+        document.add_picture(io.BytesIO(buffer.getvalue()))
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+@needs_libreoffice
+def test_files_libreoffice_writes_are_bounded() -> None:
+    """With documents.convert_max_output_mb = 1 a document whose PDF is ~1.4 MB is refused
+    (LibreOffice cannot write it: RLIMIT_FSIZE); with the default it converts."""
+    document = Attachment("pictures.docx", office_files.DOCX, jpegs_docx(5))
+    assert len(converter().convert(document)) > 1024 * 1024
+    with pytest.raises(DocumentError) as caught:
+        converter(convert_max_output_mb=1).convert(document)
+    assert str(caught.value) == (
+        "pictures.docx: LibreOffice could not convert this Word file to PDF"
+    )
+
+
 @needs_libreoffice
 def test_profile_is_thrown_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each conversion's profile and files live in a temp dir that is gone afterwards."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    import tempfile
-
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     converter().convert(Attachment("memo.rtf", office_files.RTF, office_files.rtf()))
     assert list(tmp_path.iterdir()) == []

@@ -192,6 +192,22 @@ async def test_a_purge_removes_what_is_finished_and_old_and_nothing_else(store: 
     )
 
 
+async def test_a_live_jobs_converted_pdfs_are_kept_with_its_message(store: Store) -> None:
+    """The PDFs LibreOffice made of a live job's office files (spool/<job>.<n>.pdf) stay as
+    long as its message does, however old; an old one whose message no row names goes."""
+    spool = Spool(store.data.spool)
+    job_id = store.job(OLD, final=False)
+    converted = spool.write_converted(job_id, 0, b"%PDF-1.4\n")
+    stray = spool.write_converted(new_job_id(OLD), 1, b"%PDF-1.4\n")
+    for path in (spool.path_for(job_id), converted, stray):
+        os.utime(path, (OLD, OLD))
+    counts = await purge(store.db, store.config, older_than=30 * DAY, now=NOW)
+    assert counts["files"] == 1
+    assert spool.path_for(job_id).exists() and converted.exists()
+    assert not stray.exists()
+    assert spool.read_converted(spool.path_for(job_id)) == {0: b"%PDF-1.4\n"}
+
+
 async def test_the_daily_purge_runs_once_a_day_across_restarts_and_is_counted(
     store: Store,
 ) -> None:

@@ -71,6 +71,7 @@ class Reports:
         subject: str = "Quarterly report",
         sender: str = "alice@example.com",
         submit: bool = True,
+        notify: str | None = None,
     ) -> tuple[Job, Fax]:
         """A job with one fax, uploaded (and submitted with a made-up carrier id)."""
         job_id = new_job_id()
@@ -87,6 +88,7 @@ class Reports:
             from_number="+12015550100",
             spool_path=path,
             recipients=(to,),
+            notify=notify,
         )
         await self.db.run(create_job, new)
         await self.db.run(
@@ -283,6 +285,44 @@ async def test_queued_report_once_when_asked_for(start_reports: Callable[..., An
     [message] = await reports.settle()
     assert subject_of(message) == "Fax to +1 201-555-0123 queued, 3 pages (Re: Quarterly report)"
     assert attachments(message) == []
+
+
+@pytest.mark.parametrize(
+    ("on_retry", "notify", "told"),
+    [
+        (False, "all", True),
+        (True, None, True),
+        (True, "none", False),
+        (True, "failure", False),
+        (False, None, False),
+    ],
+)
+async def test_the_interim_retry_report_follows_the_jobs_notify_first(
+    start_reports: Callable[..., Any], on_retry: bool, notify: str | None, told: bool
+) -> None:
+    """The "will try again" report of a fax waiting to be resubmitted follows the job's
+    `+notify=` before notify.on_retry, as every other kind does: `all` gets it with the
+    switch off, `none` and `failure` do not with it on."""
+    reports = await start_reports(
+        {"notify": {"on_retry": on_retry}, "fax": {"resubmit_attempts": 1}}
+    )
+    _job, fax = await reports.job(notify=notify)
+    result = await reports.db.run(
+        record_carrier_status, fax.carrier_id or "", "failed", Outcome.FAILED, 1, 95, 2, 5109,
+        FAX_ERRORS.get(5109), None, 1, 60.0,
+    )  # fmt: skip
+    assert result is not None
+    waiting, _final = result
+    assert not waiting.final and waiting.resubmits == 1
+    reporter = Reporter(
+        config=reports.config,
+        db=reports.db,
+        renderer=reports.renderer,
+        outbox_dir=reports.config.data.dir / "outbox",
+    )
+    assert await reporter.retry(waiting) is told
+    messages = await reports.settle()
+    assert ["will try again at" in subject_of(m) for m in messages] == ([True] if told else [])
 
 
 async def test_a_fax_failed_before_submission_gets_the_same_failure_report(

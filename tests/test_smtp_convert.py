@@ -102,6 +102,26 @@ async def test_missing_libreoffice_refuses_naming_the_converter(smtp: Callable[.
     assert accepted.job_id
 
 
+async def test_more_office_files_than_the_limit_are_refused_naming_it(
+    smtp: Callable[..., Any],
+) -> None:
+    """A message with more office files than documents.max_office_files is refused with
+    554 5.6.0 naming the limit, before LibreOffice runs for any (none is installed here)."""
+    settings = {"documents": {**MISSING["documents"], "max_office_files": 2}}
+    files = [
+        samples.attachment(office_files.docx(), f"part{n}.docx", office_files.DOCX)
+        for n in range(3)
+    ]
+    async with smtp(settings) as gw:
+        outcome = await asend(gw.port, samples.mail(*files))
+        assert await gw.jobs() == []
+    assert outcome.data == (
+        554,
+        "5.6.0 the message has 3 office files; at most 2 are converted per message"
+        " (documents.max_office_files)",
+    )
+
+
 async def test_office_file_is_unsupported_when_conversion_is_off(
     smtp: Callable[..., Any],
 ) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from email import message_from_bytes
+from email import policy as email_policy
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +319,14 @@ async def test_download_is_for_admins_and_logged(make_config: MakeConfig, overri
         assert line["user"] == ADMIN and line["job_id"] == job_id
 
 
-async def _send(site: Site, form_id: str, number: str, document: bytes) -> Any:
+async def _send(
+    site: Site,
+    form_id: str,
+    number: str,
+    document: bytes,
+    filename: str = "contract.pdf",
+    content_type: str = "application/pdf",
+) -> Any:
     token = await site.token("/ui/send")
     data = FormData()
     data.add_field("csrf", token)
@@ -325,7 +334,7 @@ async def _send(site: Site, form_id: str, number: str, document: bytes) -> Any:
     data.add_field("number", number)
     data.add_field("subject", "Signed contract")
     data.add_field("cover", "Please sign page 2.")
-    data.add_field("document", document, filename="contract.pdf", content_type="application/pdf")
+    data.add_field("document", document, filename=filename, content_type=content_type)
     return await site.client.post("/ui/send", data=data, allow_redirects=False)
 
 
@@ -345,6 +354,27 @@ async def test_send_from_the_browser_queues_a_job_once(
         assert site.wakes
         again = await _send(site, form_id, "(201) 555-0123", samples.pdf(2))
         assert again.headers["Location"] == first.headers["Location"]
+
+
+async def test_send_takes_a_text_file_as_a_mail_would(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """A .txt upload passes the same DATA check as mail (text becomes pages) and is queued; the
+    form names text among the files it takes."""
+    async with running_site(make_config, overrides) as site:
+        await site.login(VIEWER)
+        form = await (await site.client.get("/ui/send")).text()
+        assert "PDF, TIFF, PNG, JPEG or text" in form and ".txt" in form
+        notes = b"Line one of the notes\nLine two\n" * 40
+        sent = await _send(site, "T" * 24, "+12015550123", notes, "notes.txt", "text/plain")
+        assert sent.status == 303, await sent.text()
+        job_id = sent.headers["Location"].split("/")[3].split("?")[0]
+        job = await site.db.run(get_job, job_id)
+        assert job is not None
+        spooled = message_from_bytes(job.spool_path.read_bytes(), policy=email_policy.default)
+        [part] = spooled.iter_attachments()  # type: ignore[attr-defined]
+        assert (part.get_filename(), part.get_content_type()) == ("notes.txt", "text/plain")
+        assert part.get_payload(decode=True) == notes
 
 
 async def test_send_refusals_are_the_mail_policys(make_config: MakeConfig, overrides: dict) -> None:

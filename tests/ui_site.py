@@ -1,7 +1,8 @@
 """The status pages on a real aiohttp server over loopback, for the fast UI tests.
 
-A store, a spool and the /ui/ sub-app as the daemon mounts it (gateway/ui/app.py add_ui), with
-a users file of one admin and two viewers; `login()` goes through the real login form.
+A store, a spool, document workers and the /ui/ sub-app as the daemon mounts it
+(gateway/ui/app.py add_ui), with a users file of one admin and two viewers; `login()` goes
+through the real login form.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config import Config
+from gateway.document.office import OfficeConverter
+from gateway.document.workers import DocumentWorkers
 from gateway.ops.httpd import create_app
 from gateway.smtp.users import hash_password, write_users
 from gateway.store import Database
@@ -89,12 +92,15 @@ async def running_site(
     db = await Database(config.data.dir / "store.db").open()
     wakes: list[int] = []
     app = create_app()
+    documents = DocumentWorkers(config)
     ui = add_ui(
         app,
         config=config,
         db=db,
         spool=Spool(config.data.dir / "spool"),
         wake=lambda: wakes.append(1),
+        documents=documents,
+        office=OfficeConverter.for_gateway(config),
     )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
@@ -102,4 +108,5 @@ async def running_site(
         yield Site(ui=ui, client=client, db=db, config=config, wakes=wakes)
     finally:
         await client.close()
+        await documents.stop()
         db.close()

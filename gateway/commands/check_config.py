@@ -121,7 +121,7 @@ def missing_programs(config: Config) -> list[str]:
     """Programs the configuration needs that this machine lacks, one line each."""
     if not config.documents.convert_office:
         return []
-    reason = OfficeConverter(config.documents).missing()
+    reason = OfficeConverter.for_gateway(config).missing()
     if reason is None:
         return []
     return [

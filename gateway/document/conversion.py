@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gateway.document.kinds import OFFICE_TYPES, PDF, TEXT
-from gateway.document.mime import Attachment, Extracted
+from gateway.document.mime import UNSUPPORTED, Attachment, DocumentError, Extracted
 from gateway.document.office import OfficeConverter
 from gateway.document.text import text_to_pdf
 
@@ -42,6 +42,18 @@ class Faxable:
 def needs_libreoffice(extracted: Extracted) -> bool:
     """Whether any attachment is an office file."""
     return any(a.content_type in OFFICE_TYPES for a in extracted.attachments)
+
+
+def check_office_count(extracted: Extracted, limit: int) -> None:
+    """Refuse a message with more office files than `limit` (documents.max_office_files): each
+    costs a LibreOffice run, so a message cannot ask for hundreds of them."""
+    count = sum(1 for a in extracted.attachments if a.content_type in OFFICE_TYPES)
+    if count > limit:
+        raise DocumentError(
+            f"the message has {count} office files; at most {limit} are converted per message"
+            " (documents.max_office_files)",
+            kind=UNSUPPORTED,
+        )
 
 
 def to_faxable(

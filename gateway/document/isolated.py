@@ -113,7 +113,7 @@ def _faxable(header: dict[str, Any], raw: bytes, known_blobs: list[bytes]) -> An
     still to convert: `("convert", answer, blobs)` for the daemon, which runs LibreOffice
     (gateway/document/workers.py `_converting`)."""
     from gateway.config import DocumentsConfig
-    from gateway.document.conversion import CONVERTIBLE, to_faxable
+    from gateway.document.conversion import CONVERTIBLE, check_office_count, to_faxable
     from gateway.document.kinds import OFFICE_TYPES
     from gateway.document.mime import extract
     from gateway.document.office import OfficeConverter
@@ -123,6 +123,7 @@ def _faxable(header: dict[str, Any], raw: bytes, known_blobs: list[bytes]) -> An
     extracted = extract(raw, convertible=CONVERTIBLE)
     office_on = bool(settings.get("convert_office"))
     if office_on:
+        check_office_count(extracted, int(settings["max_office_files"]))
         missing = [
             (index, attachment)
             for index, attachment in enumerate(extracted.attachments)

@@ -10,11 +10,18 @@ so it is off unless `documents.convert_office` is on, and each conversion runs
   one file with macros switched off, so no state, no macro and no recovery data survives from
   one document to the next, and two conversions never share a profile (LibreOffice refuses to
   run twice on one profile anyway);
-- without network: in a new network namespace (`unshare --net --map-root-user`, which needs
-  unprivileged user namespaces) that has no interface but a loopback that is down, so a linked
-  image, an OLE link or an HTML page cannot fetch anything or reach anything on our side. A
-  machine where that namespace cannot be made counts as one without the converter: the file
-  is refused rather than converted with network;
+- without network: in a new network namespace (`unshare --net`, with `--map-root-user`, which
+  needs unprivileged user namespaces) that has no interface but a loopback that is down, so a
+  linked image, an OLE link or an HTML page cannot fetch anything or reach anything on our side;
+- without other people's files: in a new mount namespace too (`--mount`), where fence.py
+  hides data.dir, the configuration and every path it names, /root, /home and the temp
+  directory, so a `file://` link reads nothing of theirs; and with links never updated on
+  loading (the profile's link-update mode). A machine where these namespaces cannot be made
+  counts as one without the converter: the file is refused rather than converted with network
+  or files;
+- with each file it writes bounded by `documents.convert_max_output_mb` (RLIMIT_FSIZE), so a
+  document cannot fill the disk: LibreOffice fails to write a larger PDF, and the file is
+  refused like one it cannot read (a larger picture inside a document is left out);
 - at most `documents.max_concurrent_conversions` at once (a slot is waited for at most the
   timeout; then `ConversionBusy`, which SMTP answers with 451).
 
@@ -31,17 +38,20 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import log
-from gateway.config import DocumentsConfig
+from gateway.config import Config, DocumentsConfig
+from gateway.document.fence import SCRIPT, hidden_paths, mount_words
 from gateway.document.kinds import extension, office_bytes_match, office_name
 from gateway.document.mime import CORRUPT, UNSUPPORTED, Attachment, DocumentError, one_line_ascii
 
 logger = log.get_logger(__name__)
 
-# What makes the network namespace: no interface but a loopback that is down.
-UNSHARE = ("unshare", "--net", "--map-root-user", "--")
+# What makes the namespaces: a network with no interface but a loopback that is down, and
+# mounts of its own (fence.py).
+UNSHARE = ("unshare", "--net", "--mount", "--map-root-user", "--")
 _PROBE_TIMEOUT_SECONDS = 10.0
 
 # Macros off, whatever the document asks: "very high" security and no execution at all.
@@ -51,8 +61,12 @@ _PROFILE_SETTINGS = """<?xml version="1.0" encoding="UTF-8"?>
 <item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="MacroSecurityLevel" oor:op="fuse"><value>3</value></prop></item>
 <item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="DisableMacrosExecution" oor:op="fuse"><value>true</value></prop></item>
 <item oor:path="/org.openoffice.Office.Common/Security"><prop oor:name="BlockUntrustedRefererLinks" oor:op="fuse"><value>true</value></prop></item>
+<item oor:path="/org.openoffice.Office.Writer/Content/Update"><prop oor:name="Link" oor:op="fuse"><value>0</value></prop></item>
+<item oor:path="/org.openoffice.Office.Calc/Content/Update"><prop oor:name="Link" oor:op="fuse"><value>1</value></prop></item>
 </oor:items>
 """  # noqa: E501
+# Links never updated on loading: 0 is "never" for Writer (SwLinkUpdateMode), 1 for Calc
+# (ScLkUpdMode); a linked section or sheet then shows what the file was saved with.
 
 
 class ConversionBusy(Exception):
@@ -62,17 +76,27 @@ class ConversionBusy(Exception):
 class OfficeConverter:
     """Runs LibreOffice for one gateway; shared by the SMTP handler and the prepare worker."""
 
-    def __init__(self, config: DocumentsConfig) -> None:
+    def __init__(self, config: DocumentsConfig, *, hidden: Sequence[Path] = ()) -> None:
         self.config = config
+        # The gateway's own paths a conversion must not see (fence.hidden_paths), beside the
+        # ones every conversion hides.
+        self.hidden = tuple(hidden)
         self._slots = threading.BoundedSemaphore(config.max_concurrent_conversions)
+
+    @classmethod
+    def for_gateway(cls, config: Config, config_path: Path | None = None) -> OfficeConverter:
+        """The converter of a gateway on `config` (read from `config_path`, if from a file)."""
+        return cls(config.documents, hidden=hidden_paths(config, config_path))
 
     @property
     def enabled(self) -> bool:
         return self.config.convert_office
 
-    def reconfigure(self, config: DocumentsConfig) -> None:
+    def reconfigure(self, config: DocumentsConfig, hidden: Sequence[Path] | None = None) -> None:
         """A reloaded configuration (SIGHUP); the number of slots stays until a restart."""
         self.config = config
+        if hidden is not None:
+            self.hidden = tuple(hidden)
 
     def program(self) -> str | None:
         """The LibreOffice executable's path, or None if it cannot be found."""
@@ -85,7 +109,7 @@ class OfficeConverter:
                 f"the converter LibreOffice ({self.config.libreoffice!r}) is not installed on"
                 " the gateway"
             )
-        return _namespace_missing()
+        return self._namespace_missing()
 
     def convert(self, attachment: Attachment) -> bytes:
         """The PDF LibreOffice makes of `attachment`; DocumentError naming it if it cannot."""
@@ -117,7 +141,7 @@ class OfficeConverter:
             out = root / "out"
             out.mkdir()
             command = [
-                *UNSHARE,
+                *self._fenced(root, program),
                 program,
                 f"-env:UserInstallation={profile.as_uri()}",
                 "--headless",
@@ -174,31 +198,49 @@ class OfficeConverter:
             logger.info("document.converted", file=label, size=len(data))
             return data
 
+    @property
+    def _output_limit(self) -> int:
+        return self.config.convert_max_output_mb * 1024 * 1024
+
+    def _fenced(self, root: Path, program: str) -> list[str]:
+        """The command before LibreOffice's own: its namespaces, what fence.py hides in them
+        (`root`, the work directory, stays in view), and the size limit of its files."""
+        words = mount_words(self.hidden, program)
+        blocks = str(self._output_limit // 512)
+        return [*UNSHARE, "sh", "-c", SCRIPT, "sh", str(root), blocks, *words, "--"]
+
+    def _namespace_missing(self) -> str | None:
+        """Why the namespaces of a conversion cannot be made here; None when they can."""
+        if shutil.which(UNSHARE[0]) is None:
+            return (
+                "unshare (util-linux) is not installed, so LibreOffice cannot run without"
+                " network and without the gateway's files"
+            )
+        program = self.program() or "soffice"
+        try:
+            with tempfile.TemporaryDirectory(prefix="faxgw-convert-") as temp:
+                root = Path(temp)
+                (root / "profile").mkdir()
+                done = subprocess.run(
+                    [*self._fenced(root, program), "true"],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=_PROBE_TIMEOUT_SECONDS,
+                    check=False,
+                )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"no private namespaces for LibreOffice: {exc}"
+        if done.returncode != 0:
+            said = one_line_ascii(done.stderr.decode("utf-8", "replace"), limit=200)
+            return (
+                "no private namespaces for LibreOffice (unshare --net --mount --map-root-user"
+                f" and its mounts failed: {said or done.returncode}); user, network and mount"
+                " namespaces must be allowed"
+            )
+        return None
+
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-def _namespace_missing() -> str | None:
-    """Why no network namespace can be made for a conversion; None when one can."""
-    if shutil.which(UNSHARE[0]) is None:
-        return "unshare (util-linux) is not installed, so LibreOffice cannot run without network"
-    try:
-        done = subprocess.run(
-            [*UNSHARE, "true"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=_PROBE_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"no network namespace for LibreOffice: {exc}"
-    if done.returncode != 0:
-        said = one_line_ascii(done.stderr.decode("utf-8", "replace"), limit=200)
-        return (
-            "no network namespace for LibreOffice (unshare --net --map-root-user failed:"
-            f" {said or done.returncode}); user namespaces must be allowed"
-        )
-    return None

@@ -111,6 +111,7 @@ def _settings(config: Config, cover: CoverConfig | None = None) -> dict[str, Any
         "cover": (cover or config.cover).model_dump(mode="json"),
         "templates_dir": str(templates) if templates else None,
         "convert_office": config.documents.convert_office,
+        "max_office_files": config.documents.max_office_files,
     }
 
 
@@ -326,7 +327,7 @@ class DocumentWorkers:
         and slots): the worker names the office files it has no PDF of, they are converted
         in a thread, and the task runs again with the PDFs. The PDFs are returned."""
         known = dict(known)
-        office = office or OfficeConverter(self.config.documents)
+        office = office or OfficeConverter.for_gateway(self.config)
         for _ in range(2):
             indices = sorted(known)
             answer, wanted = await self._run(

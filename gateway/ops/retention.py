@@ -32,6 +32,7 @@ from gateway.queue.schedule import Clock
 from gateway.store import Database
 from gateway.store.meta import get_meta, set_meta
 from gateway.store.retention import KINDS, purge_rows, referenced_files
+from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
 
@@ -90,14 +91,17 @@ def _remove(data: DataDir, paths: Iterable[Path], dry_run: bool) -> int:
 
 
 def _sweep(data: DataDir, older_than: float, kept: set[Path], dry_run: bool) -> int:
-    """Remove files no row names, older than `older_than`, from the gateway's own folders."""
+    """Remove files no row names, older than `older_than`, from the gateway's own folders. A
+    spooled message's converted attachments (Spool.write_converted) go with it, not before."""
     swept = 0
     for folder in (data.spool, data.documents, data.inbound, data.dead_letter, data.outbox):
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
+            if path in kept or (folder == data.spool and Spool.message_of(path) in kept):
+                continue
             try:
-                if not path.is_file() or path.stat().st_mtime >= older_than or path in kept:
+                if not path.is_file() or path.stat().st_mtime >= older_than:
                     continue
             except FileNotFoundError:
                 continue

@@ -48,7 +48,7 @@ class PrepareWorker(QueueWorker):
         super().__init__(config=config, db=db, clock=clock)
         self.spool = spool
         self.documents = documents
-        self.office = office or OfficeConverter(config.documents)
+        self.office = office or OfficeConverter.for_gateway(config)
 
     async def next_due(self) -> float | None:
         return await self.db.run(store.next_job_due, JobState.RECEIVED)

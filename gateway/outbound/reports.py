@@ -13,7 +13,8 @@ A message's `+notify=none|failure|all` address option (the job's `notify`) overr
 switches for its faxes: no report, failures only, or every kind.
 
 A report goes to the envelope sender of the original message (notify.cc in copy, and for a
-failure notify.admin in blind copy: on the envelope only), threads under
+failure notify.admin in blind copy: on the envelope only; a failure the sender is not told of,
+by their settings or for want of a usable address, goes to notify.admin alone), threads under
 it (In-Reply-To/References = its Message-ID), keeps the user's subject in its own, and attaches
 the faxed document as PDF unless notify.attach_document is off, and (delivered and failed) the
 transmission report of gateway/outbound/transmission.py unless notify.transmission_report is
@@ -119,32 +120,62 @@ async def report_fax(
     """Queue the report on `fax` (kind from its state unless given); True if queued just now.
 
     False when notify settings do not want it, there is nobody to send it to, or it was queued
-    before.
+    before. A failure the sender gets no report of still goes to notify.admin, alone
+    (`admin_report_key`); otherwise the administrator is a blind copy of the sender's.
     """
     kind = kind or outcome_kind(fax)
-    if kind is None or not wanted(config, kind, job):
+    if kind is None:
         return False
-    key = report_key(fax, kind)
-    # Cheap check first: no document read, no rendering for a report already queued.
+    if wanted(config, kind, job):
+        key = report_key(fax, kind)
+        # Cheap check first: no document read, no rendering for a report already queued.
+        if await mail_status(db, key) is not None:
+            return False
+        to, cc = report_recipients(config, job)
+        if to:
+            copies = blind_copies(config, kind, [*to, *cc])
+            return await _queue_report(
+                db, config, renderer, outbox_dir, job, fax, kind, key, to, cc, copies
+            )
+        logger.warning("report.no_recipient", fax_id=fax.id, job_id=job.id, sender=job.sender)
+    # No report for the sender (their +notify, the notify.on_* switch, no usable address):
+    # notify.admin still gets its copy of a failure, alone, under a key of its own.
+    admin = blind_copies(config, kind, [])
+    if not admin:
+        return False
+    key = admin_report_key(fax, kind)
     if await mail_status(db, key) is not None:
         return False
-    to, cc = report_recipients(config, job)
-    if not to:
-        logger.warning("report.no_recipient", fax_id=fax.id, job_id=job.id, sender=job.sender)
-        return False
+    return await _queue_report(db, config, renderer, outbox_dir, job, fax, kind, key, admin, [], [])
+
+
+def admin_report_key(fax: Fax, kind: str) -> str:
+    """The outbox key of notify.admin's copy of a report the sender does not get."""
+    return f"{report_key(fax, kind)}:admin"
+
+
+async def _queue_report(
+    db: Database,
+    config: Config,
+    renderer: MailRenderer,
+    outbox_dir: Path,
+    job: Job,
+    fax: Fax,
+    kind: str,
+    key: str,
+    to: list[str],
+    cc: list[str],
+    blind: list[str],
+) -> bool:
     message = await asyncio.to_thread(compose_report, config, renderer, job, fax, kind, to, cc)
-    recipients = [*to, *cc]
     queued = await queue_mail(
-        db,
-        outbox_dir,
-        key=key,
-        kind=kind,
-        message=message,
-        recipients=[*recipients, *blind_copies(config, kind, recipients)],
+        db, outbox_dir, key=key, kind=kind, message=message, recipients=[*to, *cc, *blind]
     )
     if queued:
         attach = report_privacy(config, job.sender).attach
-        logger.info("report.queued", kind=kind, fax_id=fax.id, job_id=job.id, attach=attach)
+        logger.info(
+            "report.queued", kind=kind, fax_id=fax.id, job_id=job.id, attach=attach, key=key
+        )
     return queued
 
 
@@ -355,11 +386,12 @@ class Reporter:
         return await self.report(job, fax, kind=QUEUED)
 
     async def retry(self, fax: Fax) -> bool:
-        """The interim report (notify.on_retry) for a fax waiting to be resubmitted."""
-        if not self.config.notify.on_retry or fax.final:
+        """The interim report (notify.on_retry, or the job's `+notify=all`) for a fax waiting
+        to be resubmitted."""
+        if fax.final:
             return False
         job = await self.db.run(get_job, fax.job_id)
-        if job is None:
+        if job is None or not wanted(self.config, RETRY, job):
             return False
         return await self.report(job, fax, kind=RETRY)
 

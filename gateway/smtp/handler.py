@@ -99,7 +99,7 @@ class FaxHandler:
         commits: GroupCommit | None = None,
     ) -> None:
         self.config = config
-        self.office = office or OfficeConverter(config.documents)
+        self.office = office or OfficeConverter.for_gateway(config)
         self.documents = documents
         # Job rows are committed in groups (shared with the webhook endpoint in the daemon).
         self.commits = commits or GroupCommit(db)

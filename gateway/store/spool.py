@@ -71,6 +71,15 @@ class Spool:
         """Keep a converted attachment beside the job's message, durably, like `write`."""
         return self._write_once(self.converted_path(job_id, index), data)
 
+    @staticmethod
+    def message_of(path: Path) -> Path | None:
+        """The message a converted attachment (`<job id>.<n>.pdf`) was made from, beside it;
+        None for any other file."""
+        stem, dot, index = path.name.removesuffix(CONVERTED_SUFFIX).rpartition(".")
+        if not path.name.endswith(CONVERTED_SUFFIX) or not dot or not stem or not index.isdigit():
+            return None
+        return path.with_name(f"{stem}{SUFFIX}")
+
     def read_converted(self, message: Path) -> dict[int, bytes]:
         """The converted attachments kept beside `message`, by attachment index."""
         found: dict[int, bytes] = {}

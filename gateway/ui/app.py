@@ -25,6 +25,8 @@ from aiohttp import web
 
 from gateway import log
 from gateway.config import Config
+from gateway.document.office import OfficeConverter
+from gateway.document.workers import DocumentWorkers
 from gateway.ops.health import Health
 from gateway.smtp.limits import DailyLimit
 from gateway.storage.secret import load_or_create_secret
@@ -142,6 +144,8 @@ def add_ui(
     db: Database,
     spool: Spool,
     wake: Callable[[], None],
+    documents: DocumentWorkers,
+    office: OfficeConverter,
     health: Health | None = None,
     daily_limit: Callable[[], DailyLimit | None] | None = None,
 ) -> Ui:
@@ -162,7 +166,9 @@ def add_ui(
         logins=logins,
         pages=Pages(),
         actions=Actions(config, db, wake),
-        sender=WebSender(config, db, spool, wake, daily_limit=daily_limit),
+        sender=WebSender(
+            config, db, spool, wake, documents=documents, office=office, daily_limit=daily_limit
+        ),
     )
 
     async def to_overview(_request: web.Request) -> web.Response:

@@ -4,9 +4,10 @@ The form's file and cover text become a mail message, From the logged-in user, t
 `<number>@<smtp.domain>`, with the cover text as its body (it shows on the cover page when
 covers are enabled, as a mail's body does). That message then takes the path of SMTP DATA:
 relay policy for the sender (RelayPolicy.check_mail, as an authenticated login), the number
-and toll-fraud rules (check_number), the daily limit, the document checks (mime.extract,
-assemble.validate), free space; then spool (fsync), create_job (commit), wake. The workers
-cannot tell it from mail.
+and toll-fraud rules (check_number), the daily limit, free space, and the DATA check itself
+(DocumentWorkers.check in a document worker: text and, with documents.convert_office, office
+files become PDF, LibreOffice's PDFs spooled beside the message); then spool (fsync),
+create_job (commit), wake. The workers cannot tell it from mail.
 
 Each form carries a one-time id that becomes the message's Message-ID, so a form sent twice
 (a double click, a reload) is found by the SMTP resend check and queued once.
@@ -26,9 +27,11 @@ from email.utils import formatdate
 from gateway import log
 from gateway.config import Config
 from gateway.datadir import DataDir
-from gateway.document import assemble, mime
 from gateway.document.kinds import sniff
 from gateway.document.mime import DocumentError
+from gateway.document.office import ConversionBusy, OfficeConverter
+from gateway.document.workers import DocumentWorkers, WorkerDied, WorkersStopped
+from gateway.smtp import replies
 from gateway.smtp.limits import DailyLimit
 from gateway.smtp.options import MessageOptions, message_settings
 from gateway.smtp.policy import IPAddress, RelayPolicy
@@ -100,12 +103,18 @@ class WebSender:
         spool: Spool,
         wake: Callable[[], None],
         *,
+        documents: DocumentWorkers,
+        office: OfficeConverter,
         daily_limit: Callable[[], DailyLimit | None] | None = None,
     ) -> None:
         self.config = config
         self.db = db
         self.spool = spool
         self.wake = wake
+        # The daemon's, shared with the SMTP handler: one DATA check, one set of LibreOffice
+        # slots for both ways in.
+        self.documents = documents
+        self.office = office
         self._own_limit = DailyLimit(db)
         # The SMTP handler's, once it exists: one lock for both ways in, so mail and the
         # browser cannot pass a sender's limit together.
@@ -128,7 +137,7 @@ class WebSender:
         # The sender's own settings ([senders]: from number, cover), as for a mail of theirs.
         settings = message_settings(config, sender, MessageOptions())
         if not upload.data:
-            return Sent(None, "Choose a file to fax (PDF, TIFF, PNG or JPEG).", parsed)
+            return Sent(None, "Choose a file to fax.", parsed)
         if not _FORM_ID.match(upload.form_id):
             return Sent(None, "The form is stale; open it again.", parsed)
         message_id = f"<{upload.form_id}@{MESSAGE_ID_DOMAIN}>"
@@ -138,17 +147,20 @@ class WebSender:
         if _short_of_space(config, 2 * len(raw)):
             return Sent(None, "The gateway is short of disk space; try again later.", parsed)
         try:
-            extracted = await asyncio.to_thread(mime.extract, raw)
-            await asyncio.to_thread(
-                assemble.validate,
-                extracted,
-                max_pages=config.fax.max_pages,
+            checked = await self.documents.check(
+                raw,
                 cover=config.cover.for_message(settings.cover, settings.cover_template),
-                paper=config.fax.paper,
-                templates_dir=config.templates.dir,
+                office=self.office,
             )
         except DocumentError as exc:
             return Sent(None, str(exc), parsed)
+        except ConversionBusy as exc:
+            logger.warning("ui.document_check_busy", sender=sender, why=str(exc))
+            return Sent(None, plain(replies.BUSY), parsed)
+        except (WorkerDied, WorkersStopped) as exc:
+            # Not the document's fault as far as we know: the user may send it again.
+            logger.warning("ui.document_check_failed", error=str(exc))
+            return Sent(None, plain(replies.TEMPORARY_FAILURE), parsed)
         limit = config.limits.faxes_per_sender_per_day
         daily = self._limit()
         async with daily.lock:
@@ -175,7 +187,7 @@ class WebSender:
                 sender=sender,
                 auth_user=user,
                 client_address=str(ip) if ip is not None else None,
-                subject=extracted.subject or "",
+                subject=checked.subject or "",
                 message_id=message_id,
                 from_number=settings.from_number,
                 cover=settings.cover,
@@ -184,8 +196,10 @@ class WebSender:
                 recipients=(parsed,),
             )
             try:
+                for index, pdf in checked.converted.items():
+                    await asyncio.to_thread(self.spool.write_converted, job_id, index, pdf)
                 await self.db.run(create_job, job)
-            except BaseException:
+            except BaseException:  # the message and its PDFs go: no row names them
                 await asyncio.to_thread(self.spool.remove, spool_path)
                 raise
         logger.info(

@@ -33,6 +33,7 @@ def _form(
         problem=problem,
         values=values or {},
         sender=session_of(request).user,
+        office=ui_of(request).config.documents.convert_office,
     )
 
 
