@@ -350,14 +350,16 @@ class DocumentWorkers:
         files: bool = True,
         pdf_only: bool = False,
         preview: bool = True,
+        attach_format: str | None = None,
     ) -> Converted:
-        """An inbound fax's files to mail (`files`; only a PDF with `pdf_only`) and its page-1
-        preview (`preview`), made in a worker; PrivacyError when `pdf_only` cannot be met."""
+        """An inbound fax's files to mail (`files`, in `attach_format`, by default
+        inbound.attach_format; only a PDF with `pdf_only`) and its page-1 preview (`preview`),
+        made in a worker; PrivacyError when `pdf_only` cannot be met."""
         inbound = self.config.inbound
         header = {
             "task": "inbound",
             "fax": dataclasses.asdict(fax),
-            "attach_format": inbound.attach_format,
+            "attach_format": attach_format or inbound.attach_format,
             "max_pages": inbound.max_pages,
             "files": files,
             "pdf_only": pdf_only,

@@ -20,17 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway import log
 from gateway.config import InboundConfig
 from gateway.document import kinds
-from gateway.document.convert import tiff_to_pdf
 from gateway.fsutil import write_atomic
 from gateway.inbound.compose import fax_moment, shown_number
 from gateway.inbound.files import stored_name
 from gateway.storage.s3 import S3Storage
 from gateway.store.inbound import InboundFax
-
-logger = log.get_logger(__name__)
 
 SIDECAR = ".json"
 
@@ -54,18 +50,6 @@ def sidecar(fax: InboundFax, recipients: Sequence[str], document: str) -> dict[s
     }
 
 
-def as_pdf(data: bytes) -> tuple[bytes, str]:
-    """The received document as PDF, and its content type. A TIFF that will not convert is
-    archived as it came (a copy of what was received beats none). Blocking."""
-    if kinds.sniff(data) == kinds.TIFF:
-        try:
-            return tiff_to_pdf(data), kinds.PDF
-        except Exception as exc:
-            logger.warning("archive.convert_failed", error=f"{type(exc).__name__}: {exc}")
-            return data, kinds.TIFF
-    return data, kinds.sniff(data) or kinds.PDF
-
-
 class Archive:
     """Where archived faxes go: a folder, objects in the storage bucket, or both."""
 
@@ -77,11 +61,16 @@ class Archive:
         return settings.archive_dir is not None or settings.archive_s3_prefix is not None
 
     async def keep(
-        self, settings: InboundConfig, fax: InboundFax, data: bytes, recipients: Sequence[str]
+        self,
+        settings: InboundConfig,
+        fax: InboundFax,
+        document: bytes,
+        content_type: str,
+        recipients: Sequence[str],
     ) -> list[str]:
-        """Write the fax's copy and sidecar everywhere configured; where they went. Raises
-        OSError or StorageError (the step is retried)."""
-        document, content_type = await asyncio.to_thread(as_pdf, data)
+        """Write the fax's copy (`document`, as PDF where it could be made one) and sidecar
+        everywhere configured; where they went. Raises OSError or StorageError (the step is
+        retried)."""
         name = archive_name(fax)
         filename = name + kinds.extension(content_type)
         meta = sidecar(fax, recipients, filename.rsplit("/", 1)[-1])

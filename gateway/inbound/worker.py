@@ -257,7 +257,15 @@ class InboundWorker(QueueWorker):
             if path is None:
                 raise FileNotFoundError(f"stored document {fax.file_path} is missing")
             data = await asyncio.to_thread(path.read_bytes)
-            places = await self.archive.keep(self.config.inbound, fax, data, recipients)
+            # The copy is a PDF, made in a document worker like the mail's (a TIFF that will
+            # not convert, or of more than inbound.max_pages, is archived as it came).
+            converted = await self.documents.inbound(
+                fax, data, files=True, preview=False, attach_format="pdf"
+            )
+            _name, content_type, document = converted.attachments[0]
+            places = await self.archive.keep(
+                self.config.inbound, fax, document, content_type, recipients
+            )
         except Exception as exc:
             # Retried like a mail that could not be built (same attempts, same dead letter).
             return await self._mail_failed(fax, exc, step="archive")
