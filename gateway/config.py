@@ -594,14 +594,16 @@ class NotifyConfig(PrivacySection):
     attach_document: bool = True
     cc: tuple[EmailAddress, ...] = ()
     # The administrator's copy (gateway/admin/): a blind copy of every failure report, a mail
-    # for every dead letter and held job, and a daily summary at summary_time (HH:MM, UTC).
+    # for every dead letter and held job, and a daily summary at summary_time (HH:MM, in
+    # `timezone`).
     admin: tuple[EmailAddress, ...] = ()
     summary_time: str = "07:00"
     # How delivery reports carry the document and the transmission report (senders may differ).
     attach: AttachMode = ATTACH_PDF
     # A fax machine's confirmation page (PDF) with every delivered or failed report.
     transmission_report: bool = True
-    # The zone its date and time are printed in (IANA name: "America/New_York").
+    # The zone the transmission report's date and time are printed in, and summary_time is
+    # read in (IANA name: "America/New_York").
     timezone: str = "UTC"
 
     @field_validator("summary_time")
@@ -616,7 +618,7 @@ class NotifyConfig(PrivacySection):
 
     @property
     def summary_minutes(self) -> int:
-        """summary_time as minutes after midnight (UTC)."""
+        """summary_time as minutes after midnight (in `timezone`)."""
         hours, _, minutes = self.summary_time.partition(":")
         return int(hours) * 60 + int(minutes)
 

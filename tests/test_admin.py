@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.admin.copies import AdminCopiesWorker
-from gateway.admin.summary import LAST_DAY, SummaryWorker
+from gateway.admin.summary import LAST_DAY, SummaryWorker, latest_moment, moment_on
 from gateway.config import Config
 from gateway.inbound.files import requeue_dead_letter
 from gateway.mailout.templates import MailRenderer
@@ -301,3 +301,20 @@ async def test_the_daemon_archives_inbound_faxes_and_tells_the_admin(
         assert len(relay_server.messages) == 2
         assert sorted(p.suffix for p in archive.rglob("*") if p.is_file()) == [".json", ".pdf"]
         assert await gw.db.run(get_meta, LAST_DAY) is not None
+
+
+def test_summary_time_is_read_in_the_notify_time_zone_across_a_clock_change(
+    make_config: Callable[..., Config],
+) -> None:
+    """07:00 in America/New_York is 12:00 UTC in winter and 11:00 UTC in summer; the day the
+    clocks change has 23 hours between two summaries."""
+    config = make_config({"notify": {"timezone": "America/New_York", "summary_time": "07:00"}})
+    # 2026-03-08: daylight saving time starts in the United States at 02:00.
+    moment = latest_moment(config, datetime(2026, 3, 8, 11, 30, tzinfo=UTC).timestamp())
+    assert moment.astimezone(UTC) == datetime(2026, 3, 8, 11, 0, tzinfo=UTC)
+    before = moment_on(config, moment.date() - timedelta(days=1))
+    assert before.astimezone(UTC) == datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
+    assert moment.timestamp() - before.timestamp() == 23 * 3600
+    # Before the morning's moment, the latest is yesterday's.
+    early = latest_moment(config, datetime(2026, 3, 8, 10, 59, tzinfo=UTC).timestamp())
+    assert early == before

@@ -45,7 +45,7 @@ from gateway.store.faxes import (
     mark_submitted,
     record_carrier_status,
 )
-from gateway.store.jobs import advance, cancel_job, create_job, get_job
+from gateway.store.jobs import advance, cancel_job, create_job, fail_job, get_job, retry_job
 from gateway.store.outbox import list_messages
 from gateway.store.records import Fax, FaxState, Job, JobState, NewJob, new_job_id
 from tests import samples
@@ -345,6 +345,22 @@ async def test_a_fax_failed_before_submission_gets_the_same_failure_report(
         "fax-to-12015550123.pdf",
         "transmission-report-12015550123.pdf",
     ]
+
+
+async def test_a_fax_that_fails_again_after_an_operators_retry_is_reported_again(
+    reports: Reports,
+) -> None:
+    """Each round an operator's retry starts has its own failure report (not deduped away)."""
+    job, fax = await reports.job(submit=False)
+    assert await reports.db.run(fail_job, job.id, "the carrier could not be reached")
+    assert len(await reports.settle()) == 1
+    assert await reports.db.run(retry_job, job.id) is not None
+    again = await reports.db.run(get_fax, fax.id)
+    assert again.state is FaxState.PENDING and again.rounds == 1
+    assert await reports.db.run(fail_job, job.id, "the carrier could not be reached")
+    first, second = await reports.settle()
+    assert subject_of(first) == subject_of(second)
+    assert first["Message-ID"] != second["Message-ID"]
 
 
 async def test_a_cancelled_fax_is_not_reported(reports: Reports) -> None:

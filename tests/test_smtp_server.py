@@ -21,10 +21,13 @@ import structlog
 import trustme
 
 from gateway.config import Config, ConfigError
+from gateway.document.office import OfficeConverter
+from gateway.document.workers import DocumentWorkers
 from gateway.smtp.server import SmtpServer
 from gateway.smtp.users import hash_password
 from gateway.store import Database
 from gateway.store.spool import Spool
+from gateway.ui.send import Upload, WebSender
 from tests import samples
 
 CLIENT_NAME = "client.example"
@@ -446,6 +449,46 @@ async def test_daily_limit_holds_across_parallel_sessions(smtp: Callable[..., An
                 await raw.close()
         faxes = sum(len(job["recipients"]) for job in await gw.jobs())
     assert faxes == 3
+
+
+async def test_the_browsers_send_counts_the_senders_open_smtp_transactions(
+    smtp: Callable[..., Any],
+) -> None:
+    """A fax sent from the status pages passes no daily limit that open SMTP transactions of
+    the same sender have already reached; once they are reset, it goes."""
+    async with smtp({"limits": {"faxes_per_sender_per_day": 2}}) as gw:
+        config = gw.server.config
+        documents = DocumentWorkers(config)
+        sender = WebSender(
+            config,
+            gw.db,
+            gw.spool,
+            lambda: None,
+            documents=documents,
+            office=OfficeConverter.for_gateway(config),
+            daily_limit=lambda: gw.server.handler.daily_limit,
+        )
+        raw = await Raw.connect(gw.port)
+        try:
+            await raw.command(f"EHLO {CLIENT_NAME}")
+            await raw.command(f"MAIL FROM:<{SENDER}>")
+            for number in ("12015550130", "12015550131"):
+                assert (await raw.command(f"RCPT TO:<{number}@fax.local>"))[0].startswith("250")
+
+            def upload(form_id: str) -> Upload:
+                return Upload(
+                    "+12015550132", "a.pdf", "application/pdf", samples.pdf(1), "", "", form_id
+                )
+
+            refused = await sender.send(SENDER, None, upload("A" * 24))
+            assert refused.job_id is None and "4.7.1" not in (refused.problem or "")
+            assert (refused.problem or "").startswith("Daily limit of 2 faxes reached")
+            await raw.command("RSET")
+            sent = await sender.send(SENDER, None, upload("B" * 24))
+            assert sent.job_id is not None, sent.problem
+        finally:
+            await raw.close()
+            await documents.stop()
 
 
 async def test_an_abandoned_transaction_stops_counting_toward_the_limit(

@@ -3,6 +3,8 @@ actions, search and sending from the browser (tests/test_ui_browser.py drives Ch
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from gateway.store.records import JobState, NewJob, new_job_id
 from gateway.ui.app import reconfigure
 from gateway.ui.context import PUBLIC, marks_of
 from gateway.ui.queries import Scope
-from gateway.ui.thumbnail import may_show_thumbnail, thumbnail
+from gateway.ui.thumbnail import Thumbnails, may_show_thumbnail
 from tests import samples
 from tests.conftest import ROOT, cli_env, merge
 from tests.servers.gateway import GatewayFactory
@@ -440,11 +442,34 @@ async def test_thumbnail_follows_the_privacy_mode(tmp_path: Path) -> None:
     """Page 1 renders for a fax kept as "pdf"; never for "encrypted-pdf" or "none"."""
     path = tmp_path / "doc.pdf"
     path.write_bytes(samples.pdf(1))
-    png = await thumbnail(path, "application/pdf", "pdf")
+    thumbnails = Thumbnails()
+    png = await thumbnails.thumbnail(path, "application/pdf", "pdf")
     assert png is not None and png.startswith(b"\x89PNG")
     assert not may_show_thumbnail("encrypted-pdf") and not may_show_thumbnail("none")
-    assert await thumbnail(path, "application/pdf", "encrypted-pdf") is None
-    assert await thumbnail(tmp_path / "gone.pdf", "application/pdf", "pdf") is None
+    assert await thumbnails.thumbnail(path, "application/pdf", "encrypted-pdf") is None
+    assert await thumbnails.thumbnail(tmp_path / "gone.pdf", "application/pdf", "pdf") is None
+
+
+async def test_thumbnails_render_once_per_file_version_and_keep_only_the_last_few(
+    tmp_path: Path,
+) -> None:
+    """Many requests for one page render it once; a changed file renders anew; the oldest
+    pictures are forgotten past the cache size."""
+    paths = [tmp_path / f"doc{n}.pdf" for n in range(3)]
+    for path in paths:
+        path.write_bytes(samples.pdf(1))
+    thumbnails = Thumbnails(cached=2)
+    pictures = await asyncio.gather(
+        *(thumbnails.thumbnail(paths[0], None, "pdf") for _ in range(20))
+    )
+    assert all(p is not None and p is pictures[0] for p in pictures)  # one render, shared
+    paths[0].write_bytes(samples.pdf(2))
+    os.utime(paths[0], ns=(1, 1))
+    changed = await thumbnails.thumbnail(paths[0], None, "pdf")
+    assert changed is not None and changed is not pictures[0]
+    await thumbnails.thumbnail(paths[1], None, "pdf")
+    await thumbnails.thumbnail(paths[2], None, "pdf")
+    assert len(thumbnails._pictures) == 2
 
 
 def test_ui_needs_a_users_file(make_config: MakeConfig) -> None:

@@ -1,6 +1,9 @@
-"""The daily summary to notify.admin at notify.summary_time (UTC): one short mail a day.
+"""The daily summary to notify.admin at notify.summary_time: one short mail a day.
 
-It covers the day before the summary moment: faxes out (delivered, failed, pages) and in,
+The time is read in notify.timezone (07:00 is seven in the morning where the administrator
+is, summer and winter alike); the day it covers runs from the moment of the day before.
+
+It covers that day: faxes out (delivered, failed, pages) and in,
 failures by code with their descriptions, the senders with the most faxes, the queues as they
 are, and the dead letters. The day it was last sent is kept in the store's meta table
 (`summary.last_day`) and the mail is queued under `summary:<day>`, so it goes out once a day
@@ -11,7 +14,8 @@ comes back, never a backlog.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 
 from gateway import log
@@ -32,11 +36,17 @@ KIND = "summary"
 DAY = timedelta(days=1)
 
 
+def moment_on(config: Config, day: date) -> datetime:
+    """The summary moment of `day`: notify.summary_time on that date in notify.timezone."""
+    hours, minutes = divmod(config.notify.summary_minutes, 60)
+    return datetime.combine(day, clock_time(hours, minutes), tzinfo=config.notify.zone)
+
+
 def latest_moment(config: Config, now: float) -> datetime:
     """The most recent summary moment at or before `now`."""
-    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    moment = today + timedelta(minutes=config.notify.summary_minutes)
-    return moment if moment.timestamp() <= now else moment - DAY
+    today = datetime.fromtimestamp(now, config.notify.zone).date()
+    moment = moment_on(config, today)
+    return moment if moment.timestamp() <= now else moment_on(config, today - DAY)
 
 
 def summary_context(numbers: DayNumbers, moment: datetime) -> dict[str, object]:
@@ -89,7 +99,7 @@ class SummaryWorker(QueueWorker):
         moment = latest_moment(self.config, self.clock())
         last = await self.db.run(get_meta, LAST_DAY)
         if last == moment.date().isoformat():
-            return (moment + DAY).timestamp()
+            return moment_on(self.config, moment.date() + DAY).timestamp()
         return moment.timestamp()
 
     async def run_once(self) -> int:
@@ -99,8 +109,8 @@ class SummaryWorker(QueueWorker):
         day = moment.date().isoformat()
         if await self.db.run(get_meta, LAST_DAY) == day:
             return 0
-        end = moment.timestamp()
-        numbers = await self.db.run(day_numbers, end - DAY.total_seconds(), end)
+        start = moment_on(self.config, moment.date() - DAY).timestamp()
+        numbers = await self.db.run(day_numbers, start, moment.timestamp())
         context = summary_context(numbers, moment)
         queued = await queue_admin_mail(
             self.db,

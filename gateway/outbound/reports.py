@@ -101,10 +101,14 @@ def wanted(config: Config, kind: str, job: Job | None = None) -> bool:
 
 
 def report_key(fax: Fax, kind: str) -> str:
-    """The outbox key of a report: one per fax and kind, and one per resubmission for retry."""
+    """The outbox key of a report: one per fax and kind, one per resubmission for retry, and
+    anew for each round an operator's retry starts (a fax that fails again is reported again)."""
+    key = f"report:{fax.id}:{kind}"
     if kind == RETRY:
-        return f"report:{fax.id}:{kind}:{fax.resubmits}"
-    return f"report:{fax.id}:{kind}"
+        key += f":{fax.resubmits}"
+    if fax.rounds:
+        key += f":round{fax.rounds}"
+    return key
 
 
 async def report_fax(

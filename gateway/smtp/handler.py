@@ -121,7 +121,7 @@ class FaxHandler:
         # whose job was committed is closed: a check then sees each accepted fax exactly once,
         # from memory while its transaction is open (its job, if being committed, left out of
         # the store's count), from the store once closed, however many sessions run at once.
-        self.daily_limit = DailyLimit(db)
+        self.daily_limit = DailyLimit(db, open_work=self)
         self.document_slots = asyncio.Semaphore(config.smtp.max_concurrent_data)
 
     def reconfigure(self, config: Config) -> None:
@@ -268,11 +268,6 @@ class FaxHandler:
             sender=transaction.sender,
             user=transaction.auth_user,
             limit=self.config.limits.faxes_per_sender_per_day,
-            open_for_sender=lambda sender: self._open_numbers(
-                lambda other: other.sender.lower() == sender
-            ),
-            open_for_user=lambda user: self._open_numbers(lambda other: other.auth_user == user),
-            committing=self._committing(),
         )
 
     async def _read_subject(self, transaction: Transaction, checked: Checked) -> Refusal | Checked:
@@ -299,7 +294,15 @@ class FaxHandler:
             if other.open and same(other)
         )
 
-    def _committing(self) -> list[str]:
+    def open_for_sender(self, sender: str) -> int:
+        """Numbers the open transactions of `sender` (lower case) took (limits.OpenWork)."""
+        return self._open_numbers(lambda other: other.sender.lower() == sender)
+
+    def open_for_user(self, user: str) -> int:
+        """Numbers the open transactions of login `user` took (limits.OpenWork)."""
+        return self._open_numbers(lambda other: other.auth_user == user)
+
+    def committing(self) -> list[str]:
         """Job ids of the open transactions whose rows are being committed."""
         return [
             other.job_id

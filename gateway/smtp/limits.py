@@ -5,7 +5,9 @@ numbers the sender's other open SMTP transactions already took, so parallel sess
 the limit cannot pass it together. A login that is not an address may name any allowed sender:
 its own count keeps one stolen password from faxing without end under ever new senders.
 
-Callers hold `lock` from the check until the number is taken into the transaction, and while
+The open transactions are the SMTP handler's (`OpenWork`, given when the limit is made); every
+other way in (the status pages' send form) checks through the same object and so counts them
+too. Callers hold `lock` from the check until the number is taken into the transaction, and while
 they close a transaction whose job was committed. A job being committed (its row may or may
 not be in the store yet: store/commit.py batches the commits) is counted from memory only: the
 check leaves its id out of the store's count until the transaction is closed.
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.smtp import replies
 from gateway.smtp.policy import Refusal
@@ -33,34 +36,54 @@ class OverLimit:
     sent: int  # faxes counted against the limit, for the log
 
 
-class DailyLimit:
-    """faxes_per_sender_per_day for one SMTP server, shared by all its sessions."""
+class OpenWork(Protocol):
+    """Faxes taken by transactions still open, not yet (or not surely) in the store."""
 
-    def __init__(self, db: Database) -> None:
+    def open_for_sender(self, sender: str) -> int:
+        """Numbers the open transactions of `sender` (lower case) took."""
+        ...
+
+    def open_for_user(self, user: str) -> int:
+        """Numbers the open transactions of login `user` took."""
+        ...
+
+    def committing(self) -> Collection[str]:
+        """Job ids of the open transactions whose rows are being committed."""
+        ...
+
+
+class _NoOpenWork:
+    def open_for_sender(self, sender: str) -> int:
+        return 0
+
+    def open_for_user(self, user: str) -> int:
+        return 0
+
+    def committing(self) -> Collection[str]:
+        return ()
+
+
+class DailyLimit:
+    """faxes_per_sender_per_day for one gateway, shared by all its SMTP sessions and its
+    status pages; `open_work` are the SMTP handler's open transactions."""
+
+    def __init__(self, db: Database, open_work: OpenWork | None = None) -> None:
         self.db = db
+        self.open_work: OpenWork = open_work or _NoOpenWork()
         self.lock = asyncio.Lock()
 
-    async def check(
-        self,
-        *,
-        sender: str,
-        user: str | None,
-        limit: int,
-        open_for_sender: Callable[[str], int],
-        open_for_user: Callable[[str], int],
-        committing: Collection[str] = (),
-    ) -> OverLimit | None:
+    async def check(self, *, sender: str, user: str | None, limit: int) -> OverLimit | None:
         """Whether one more fax for `sender` (logged in as `user`) passes `limit`; call it
-        holding `lock`. `open_for_*` count the numbers of open transactions, this one's too;
-        `committing` are the job ids of the open ones whose rows are being committed."""
+        holding `lock`. The numbers of open transactions count, the caller's own too."""
         since = time.time() - DAY_SECONDS
         lowered = sender.lower()
+        committing = self.open_work.committing()
         sent = await self.db.run(faxes_sent_since, lowered, since, committing)
-        sent += open_for_sender(lowered)
+        sent += self.open_work.open_for_sender(lowered)
         reply = replies.daily_limit(sender, limit)
         if sent < limit and user is not None and user.lower() != lowered:
             sent = await self.db.run(faxes_sent_by_user_since, user, since, committing)
-            sent += open_for_user(user)
+            sent += self.open_work.open_for_user(user)
             reply = replies.daily_limit_user(user, limit)
         if sent >= limit:
             return OverLimit(Refusal(Reason.DAILY_LIMIT, reply), sent)

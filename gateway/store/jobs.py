@@ -516,7 +516,8 @@ def retry_job(
             "UPDATE faxes SET state = ?, error_code = NULL, error_description = NULL,"
             " pickups = 0, next_attempt_at = 0, submitted_at = NULL, finished_at = NULL,"
             " reported_at = NULL, report_attempts = 0, report_pickups = 0, report_due_at = 0,"
-            " report_error = NULL, updated_at = ? WHERE job_id = ? AND state IN (?, ?)",
+            " report_error = NULL, rounds = rounds + 1, updated_at = ?"
+            " WHERE job_id = ? AND state IN (?, ?)",
             (FaxState.PENDING, now, job_id, FaxState.FAILED, FaxState.HELD),
         )
         stage = _stage_to_resume(conn, job, now)

@@ -158,6 +158,8 @@ class Fax:
     # Times the fax failed on the line and was put back to pending to be sent again
     # (fax.resubmit_attempts); it has been tried resubmits + 1 times.
     resubmits: int = 0
+    # Times an operator sent the failed or held fax back to pending (jobs.retry_job).
+    rounds: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Fax:

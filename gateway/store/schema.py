@@ -216,4 +216,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN prepared_at REAL;
     ALTER TABLE jobs ADD COLUMN uploaded_at REAL
     """,
+    # 13: operator retries (`fax-gateway queue retry`, the status page's Retry) of a failed or
+    # held fax: each round's reports are mails of their own (their outbox keys name the round),
+    # so a fax that fails again after a retry is reported again.
+    """
+    ALTER TABLE faxes ADD COLUMN rounds INTEGER NOT NULL DEFAULT 0
+    """,
 ]

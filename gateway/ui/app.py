@@ -49,6 +49,7 @@ from gateway.ui.context import (
 from gateway.ui.render import Pages
 from gateway.ui.send import WebSender
 from gateway.ui.session import LOGIN_COOKIE, SESSION_COOKIE, Sessions, Signer
+from gateway.ui.thumbnail import Thumbnails
 
 logger = log.get_logger(__name__)
 
@@ -169,6 +170,7 @@ def add_ui(
         sender=WebSender(
             config, db, spool, wake, documents=documents, office=office, daily_limit=daily_limit
         ),
+        thumbnails=Thumbnails(),
     )
 
     async def to_overview(_request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from gateway.ui.queries import Scope, scope_for
 from gateway.ui.render import Pages
 from gateway.ui.send import WebSender
 from gateway.ui.session import SESSION_COOKIE, Session, Sessions
+from gateway.ui.thumbnail import Thumbnails
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,6 +39,7 @@ class Ui:
     pages: Pages
     actions: Actions
     sender: WebSender
+    thumbnails: Thumbnails
 
 
 UI = web.AppKey("faxgw.ui", Ui)

@@ -164,16 +164,10 @@ class WebSender:
         limit = config.limits.faxes_per_sender_per_day
         daily = self._limit()
         async with daily.lock:
-            # XXX: numbers of SMTP transactions still open for this sender (not yet committed)
-            # are not counted here; the SMTP side counts ours once committed.
+            # The SMTP side's open transactions count here (the shared limit's open work);
+            # ours is committed before the lock is let go, so the SMTP side sees it stored.
             if limit > 0:
-                over = await daily.check(
-                    sender=sender,
-                    user=user,
-                    limit=limit,
-                    open_for_sender=lambda _s: 0,
-                    open_for_user=lambda _u: 0,
-                )
+                over = await daily.check(sender=sender, user=user, limit=limit)
                 if over is not None:
                     return Sent(None, plain(over.refusal.reply), parsed)
             since = time.time() - max(config.smtp.dedupe_window_seconds, 86400)

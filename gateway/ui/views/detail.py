@@ -107,14 +107,18 @@ def _png(data: bytes | None) -> web.Response:
 async def job_thumbnail(request: web.Request) -> web.StreamResponse:
     job = await load_job(request)
     return _png(
-        await thumbnail.thumbnail(job_document(job), job.document_type, privacy_mode(request, job))
+        await ui_of(request).thumbnails.thumbnail(
+            job_document(job), job.document_type, privacy_mode(request, job)
+        )
     )
 
 
 async def inbound_thumbnail(request: web.Request) -> web.StreamResponse:
     fax = await load_inbound(request)
     return _png(
-        await thumbnail.thumbnail(inbound_document(request, fax), None, privacy_mode(request, fax))
+        await ui_of(request).thumbnails.thumbnail(
+            inbound_document(request, fax), None, privacy_mode(request, fax)
+        )
     )
 
 
