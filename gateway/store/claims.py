@@ -19,8 +19,11 @@ by any other process passes it by (a claim is live while its pickups are unfinis
 lease runs). A node that dies mid-step is not there to release anything at a restart; its
 rows come free when their leases run out, and the next claim counts one more pickup on them,
 so the crash guard still holds them after queue.max_pickups interruptions, on whichever nodes.
-Claims are made inside the store's write transaction, which writers on every node take in
-turn (store/postgres.py), so two nodes never claim one row at the same moment.
+A claim runs in a transaction of its own, `transaction(conn, row_locks=True)`. In SQLite that
+is the one writer's; on PostgreSQL the claim's SELECT locks the rows it returns, FOR UPDATE
+SKIP LOCKED (store/dialect.py), so two nodes claiming at the same moment take different rows
+side by side, never one row twice (the argument: store/postgres.py). Such a transaction writes
+only rows it has locked: a claim's rows, and any other through `lock_row`.
 
 A claim made during a worker's round (queue/runner.py, `round_of_claims`) is noted in the
 round. A store on a server can be lost mid-step (PostgreSQL restarting): the step cannot record
@@ -42,6 +45,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.store import dialect
 from gateway.store.db import transaction
 
 
@@ -117,6 +121,34 @@ def no_lease(_pickups: int) -> float:
     return 0.0
 
 
+def locks_rows(conn: Any) -> bool:
+    """Whether `conn` locks rows (PostgreSQL): a claim then locks what it takes, and passes
+    over rows another transaction has locked. SQLite's one writer has every row."""
+    return getattr(conn, "backend", "sqlite") == "postgresql"
+
+
+def lock_row(conn: sqlite3.Connection, table: str, row_id: Any) -> bool:
+    """Lock one more row in a claim's transaction, without waiting: False if another
+    transaction has it this instant (its writer works on it; the caller leaves it for later)."""
+    if not locks_rows(conn):
+        return True
+    row = conn.execute(
+        f"SELECT id FROM {table} WHERE id = ?{dialect.skip_locked(table)}", (row_id,)
+    ).fetchone()
+    return row is not None
+
+
+def unclaim(conn: sqlite3.Connection, queue: QueueTable, row_id: Any, now: float) -> None:
+    """Take back, in the claim's own transaction, the claim of a row found not to be work
+    after all: its pickup uncounted, due now at the latest, nobody's."""
+    conn.execute(
+        f"UPDATE {queue.table} SET {queue.pickups} = max({queue.pickups} - 1, 0),"
+        f" {queue.due} = min({queue.due}, ?), {queue.owner} = NULL, {queue.lease} = NULL"
+        " WHERE id = ?",
+        (now, row_id),
+    )
+
+
 def shared_lease(conn: Any) -> float | None:
     """The lease a claim takes on a store other nodes share; None on a store of one process."""
     seconds = getattr(conn, "lease_seconds", None)
@@ -155,9 +187,14 @@ def claim(
             f" AND coalesce({table}.{queue.owner}, '') != ?)"
         )
         other_params = (now, owner)
+    # Row locks (PostgreSQL): the rows returned are this transaction's until it ends, and a row
+    # another claim holds this instant is passed over, not waited for. Read committed
+    # re-checks `where` on the newest version of each row it locks, so a row claimed (or
+    # finished) and committed meanwhile is not taken again.
+    locks = dialect.skip_locked(table) if locks_rows(conn) else ""
     rows = conn.execute(
         f"SELECT {table}.* FROM {source or table} WHERE ({where}) AND {table}.{due} <= ?"
-        f"{others} ORDER BY {order or f'{table}.{due}, {table}.id'} LIMIT ?",
+        f"{others} ORDER BY {order or f'{table}.{due}, {table}.id'} LIMIT ?{locks}",
         (*params, now, *other_params, limit),
     ).fetchall()
     claimed: list[sqlite3.Row] = []

@@ -104,9 +104,20 @@ def _split(script: str) -> Iterator[str]:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Nested use is a bug."""
-    conn.execute("BEGIN IMMEDIATE")
+def transaction(
+    conn: sqlite3.Connection, *, row_locks: bool = False
+) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Nested use is a bug.
+
+    `row_locks`: the transaction locks every row it reads to decide what to write, and writes
+    no other (a claim: store/claims.py). SQLite admits one writer at a time all the same; a
+    store on a server lets such transactions run side by side (store/postgres.py).
+    """
+    begin = getattr(conn, "begin_row_locked", None) if row_locks else None
+    if begin is not None:
+        begin()
+    else:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:

@@ -6,15 +6,43 @@ they are handed a `PgConnection`, which speaks like the sqlite3.Connection they 
 (`execute` with `?` placeholders, rows readable by name and by index, `rowcount`, `lastrowid`)
 and translates their SQL once (store/dialect.py).
 
-Transactions keep SQLite's meaning. The store's transactions read, then write (claim a due row,
-settle a job from its faxes' states), and were written for SQLite, where `BEGIN IMMEDIATE`
-admits one writer at a time. Here the same statement begins a transaction and takes the store's
-write lock, a transaction-level advisory lock, so writers on every node take turns exactly as
-they do in one SQLite file, whatever isolation level the server defaults to. Reads outside a
-transaction see what is committed, as in WAL mode. A write transaction is a few statements of
-well under a millisecond each: one writer at a time is ample for fax traffic, and it makes the
-cross-node cases (two nodes claiming one row, two webhooks settling one job) the ones the SQLite
-store already gets right.
+Transactions keep SQLite's meaning. The store's transactions read, then write (settle a job
+from its faxes' states, apply a carrier status to the fax it names), and were written for
+SQLite, where `BEGIN IMMEDIATE` admits one writer at a time. Here the same statement begins a
+transaction and takes the store's write lock, a transaction-level advisory lock, so those
+writers on every node take turns exactly as they do in one SQLite file, whatever isolation
+level the server defaults to. Reads outside a transaction see what is committed, as in WAL
+mode. A write transaction is a few statements of well under a millisecond each.
+
+Claims alone run side by side (`transaction(conn, row_locks=True)`: `begin_row_locked`, no
+store lock). Why that is safe under READ COMMITTED, and why the others keep the lock:
+
+- A claim's SELECT ends FOR UPDATE SKIP LOCKED (store/claims.py, dialect.skip_locked): each
+  row it returns is locked until its commit, and a row locked by another transaction is
+  passed over, not waited for. A row another claim committed meanwhile is locked in its
+  newest version, on which PostgreSQL evaluates the claim's WHERE again, so a row claimed
+  (pickups and lease written) or finished since the statement began is not taken again.
+  Two claims therefore never take one row, and the pickup count each writes is computed
+  from a version no one else can change before it commits.
+- A claim writes only rows it has locked: the claimed and the held rows, and a held fax's job,
+  which it locks first without waiting (`claims.lock_row`; held at the next claim if another
+  transaction has it). So a claim never waits for a lock while holding one: no deadlock.
+- What a claim reads without locking is a fax's job through the submit queue's join (the
+  lock is the fax's). PostgreSQL may then pair the locked fax with the job as the statement
+  first saw it, so claim_faxes reads the job again and gives the claim back if it is no
+  longer uploaded or submitted: every claim is one the serial order could have made.
+- The locked writers still serialise among themselves, and claims do not disturb them: a
+  claim changes only a row's discipline (pickups, owner, lease, attempts, due) and, for an
+  item it holds, the state of a row waiting for its stage (and of its job) to held. A locked
+  writer that reads a row before writing it either guards the write in its UPDATE (`WHERE
+  state = ?`, `pickups > 0`), which PostgreSQL evaluates on the newest version after waiting
+  for the claim's row lock, or acts only on rows in states no claim takes (a submitted fax, a
+  final one).
+- The others cannot drop the lock: many read several rows and write another from what they
+  read (settle_job counts a job's faxes and sets the job; two webhooks finishing the last two
+  faxes of one job would, under READ COMMITTED, each see the other's fax unfinished, and
+  the job would never be done). Locking the rows each reads would work too, but it is not
+  needed: what two nodes do at the same moment, and the benchmark measures, is claim.
 
 Errors come out as the DB-API exceptions the rest of the gateway already handles (sqlite3's:
 IntegrityError for a broken unique key, OperationalError for a server that is down or a lock or
@@ -124,9 +152,15 @@ def _as_sqlite_error(exc: psycopg.Error, broken: bool = False) -> sqlite3.Error:
         # The server is down or restarting, or the link to it broke: transient, and the
         # runner hands back the claims of the round (store/claims.py).
         return StoreUnavailable(f"postgresql: store unreachable: {exc}".strip())
-    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
-        # Waited past lock_timeout or statement_timeout: SQLite's "database is locked", which
-        # queue.schedule.resource_error defers without charging the item a pickup.
+    if isinstance(
+        exc,
+        psycopg.errors.LockNotAvailable
+        | psycopg.errors.QueryCanceled
+        | psycopg.errors.TransactionRollback,
+    ):
+        # Waited past lock_timeout or statement_timeout, or rolled back by the server to end a
+        # deadlock: SQLite's "database is locked", which queue.schedule.resource_error defers
+        # without charging the item a pickup.
         return sqlite3.OperationalError(f"postgresql: store locked: {exc}".strip())
     if isinstance(exc, psycopg.IntegrityError):
         kind = sqlite3.IntegrityError
@@ -211,6 +245,11 @@ class PgConnection:
         except psycopg.Error as exc:
             raise _as_sqlite_error(exc, self._gone) from exc
         return PgCursor(self, cursor)
+
+    def begin_row_locked(self) -> None:
+        """BEGIN a transaction that locks the rows it works on itself (db.transaction's
+        `row_locks`, a claim): it does not take the store's write lock (the docstring)."""
+        self._run("BEGIN", ())
 
     def _begin(self) -> PgCursor:
         self._run("BEGIN", ())
