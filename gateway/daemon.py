@@ -131,6 +131,7 @@ class Gateway:
             self.workers,
             scan_interval=config.queue.scan_interval_seconds,
             stop_timeout=0.8 * config.queue.shutdown_timeout_seconds,
+            db=self.db,
         )
         self.smtp = SmtpServer(
             config,

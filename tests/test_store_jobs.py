@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.carrier.status import Outcome
+from gateway.store.claims import hand_back, round_of_claims, store_lost
 from gateway.store.db import _split, connect
 from gateway.store.faxes import (
     begin_submit,
@@ -391,3 +392,28 @@ def test_jobs_from_before_the_settings_migration_keep_the_configurations(
         conn.close()
     assert job is not None
     assert (job.cover, job.cover_template, job.resolution, job.notify) == (None, None, None, None)
+
+
+def test_a_round_the_store_was_lost_under_hands_back_only_its_unfinished_claims(
+    conn: sqlite3.Connection,
+) -> None:
+    """Claims of a round the store was lost under go back (pickup uncounted, due as before the
+    submit lease) unless their step recorded an outcome; a round that kept its store hands
+    nothing back."""
+    job_id = make_job(conn)
+    to_uploaded(conn, job_id)
+    before = {f.id: f.next_attempt_at for f in faxes_of(conn, job_id)}
+    with round_of_claims() as kept:
+        [(first, _)] = claim_faxes(conn, now=T0 + 10, limit=1, lease=300.0)
+    assert kept.interrupted() == []
+    assert fax(conn, first.id).pickups == 1  # left leased: nothing was lost under it
+    with round_of_claims() as lost:
+        claimed = claim_faxes(conn, now=T0 + 10, limit=2, lease=300.0)
+        store_lost()
+    [(done, _), (cut_short, _)] = claimed
+    submit(conn, done.id, "carrier-1", now=T0 + 11)
+    assert hand_back(conn, lost.interrupted()) == 1
+    back = fax(conn, cut_short.id)
+    assert back.pickups == 0 and back.next_attempt_at == before[cut_short.id]
+    assert fax(conn, done.id).state is FaxState.SUBMITTED
+    assert [f.id for f, _ in claim_faxes(conn, now=T0 + 12)] == [cut_short.id]

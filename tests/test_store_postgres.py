@@ -12,14 +12,18 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway import log
 from gateway.config import ConfigError, config_from_dict
+from gateway.queue.runner import Runner
 from gateway.store import dialect
+from gateway.store import outbox as outbox_store
 from gateway.store import postgres as pg_store
 from gateway.store.claims import claim
 from gateway.store.db import transaction
@@ -148,7 +152,7 @@ def test_a_sqlite_style_table_rebuild_migrates_and_ids_go_on(
 
 
 def _claim_outbox(conn: Any, owner: str, now: float, limit: int = 1) -> tuple[list[int], list[int]]:
-    with transaction(conn):
+    with transaction(conn, row_locks=True):
         found = claim(
             conn, OUTBOX, where="state = ?", params=("pending",), now=now, limit=limit,
             max_pickups=3, count_attempt=True, owner=owner,
@@ -235,6 +239,90 @@ def test_two_nodes_claiming_at_once_never_take_the_same_row(
     finally:
         for db in nodes.values():
             db.close()
+
+
+def test_a_claim_under_way_on_one_connection_does_not_hold_up_another(
+    postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    """While node A's claim transaction is still open, node B's claim takes the next due row at
+    once (FOR UPDATE SKIP LOCKED, no store-wide lock), never A's; once A commits, its lease keeps
+    the others off its row."""
+    dsn = postgres_server.dsn(postgres_schema)
+    node_a = PostgresDatabase(dsn).open_sync()
+    # Waiting for a lock fails B's claim in 2 s: a claim that had to wait for A's would fail.
+    node_b = PostgresDatabase(dsn, statement_timeout=2).open_sync()
+    try:
+        first, second, third = node_a.run_sync(_queued, 3)
+        conn = node_a.connection()
+        with transaction(conn, row_locks=True):  # type: ignore[arg-type]
+            found = claim(
+                conn, OUTBOX, where="state = ?", params=("pending",), now=T0 + 1, limit=1,
+                max_pickups=3, owner="node-a",
+            )  # fmt: skip
+            assert [row["id"] for row in found.rows] == [first]
+            started = time.monotonic()
+            assert node_b.run_sync(_claim_outbox, "node-b", T0 + 1) == ([second], [])
+            assert time.monotonic() - started < 1.5, "B waited for A's transaction"
+        # A third node finds A's and B's rows leased: the third is the only one it may take.
+        assert node_b.run_sync(_claim_outbox, "node-c", T0 + 2, 3) == ([third], [])
+        message = node_a.run_sync(get_message, first)
+        assert message is not None and message.pickups == 1
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+def _lose_connection(conn: PgConnection) -> None:
+    """What a server restart does to a step's connection: the server ends its session."""
+    conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+class OutboxStep:
+    """A step of the outbox's kind: claims a due mail with a 600 s lease and sends it; on its
+    first pickup the store's connection is lost before the outcome is recorded."""
+
+    name = "outbox-step"
+
+    def __init__(self, db: PostgresDatabase) -> None:
+        self.db = db
+        self.claimed: list[int] = []
+        self.sent = asyncio.Event()
+
+    async def run_once(self) -> int:
+        claimed = await self.db.run(outbox_store.claim_due, time.time(), 1, 600.0)
+        for message in claimed:
+            self.claimed.append(message.id)
+            if len(self.claimed) == 1:
+                await self.db.run(_lose_connection)
+            await self.db.run(mark_sent, message.id)
+            self.sent.set()
+        return len(claimed)
+
+
+async def test_a_step_the_store_was_lost_under_is_taken_up_again_at_once(
+    postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    """A claim whose step lost its store connection mid-step is handed back by the runner once
+    the store answers (pickup uncounted, due as before), so the same process takes it up again
+    within seconds instead of after its 600 s lease."""
+    db = await PostgresDatabase(postgres_server.dsn(postgres_schema)).open()
+    runner: Runner | None = None
+    try:
+        [item] = await db.run(_queued, 1)
+        step = OutboxStep(db)
+        runner = Runner([step], scan_interval=0.1, error_pause=0.05, db=db)
+        with capture_logs() as logs:
+            await runner.start()
+            await asyncio.wait_for(step.sent.wait(), 10)
+        assert step.claimed == [item, item]
+        message = await db.run(get_message, item)
+        assert message is not None and message.state == "sent" and message.pickups == 0
+        handed = [e for e in logs if e["event"] == "claims.handed_back"]
+        assert [(e["claims"], e["handed"]) for e in handed] == [(1, 1)]
+    finally:
+        if runner is not None:
+            await runner.stop()
+        db.close()
 
 
 def test_a_broken_unique_key_is_an_integrity_error(

@@ -31,6 +31,7 @@ from gateway.storage.base import DocumentMissing, Storage, StorageError
 from gateway.store import Database
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
+from gateway.store.db import StoreUnavailable
 from gateway.store.records import Fax, Job, JobState
 
 logger = log.get_logger(__name__)
@@ -72,13 +73,19 @@ class SubmitWorker(QueueWorker):
         try:
             while True:
                 while len(running) < slots:
-                    claimed = await self.db.run(
-                        fax_store.claim_faxes,
-                        self.schedule.clock(),
-                        CLAIM_BATCH,
-                        self.config.queue.max_pickups,
-                        self.lease,
-                    )
+                    try:
+                        claimed = await self.db.run(
+                            fax_store.claim_faxes,
+                            self.schedule.clock(),
+                            CLAIM_BATCH,
+                            self.config.queue.max_pickups,
+                            self.lease,
+                        )
+                    except Exception:
+                        # The store failed (it may be down): the POSTs under way finish first,
+                        # a POST cut short would leave its outcome unknown.
+                        await asyncio.gather(*running, return_exceptions=True)
+                        raise
                     if not claimed:
                         break
                     for fax, job in claimed:
@@ -87,9 +94,10 @@ class SubmitWorker(QueueWorker):
                 if not running:
                     return started
                 _done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            # Stopping (or a store failure): the POSTs under way are cut short; their pickups
-            # stay counted, which is what the crash guard is for.
+        except asyncio.CancelledError:
+            # Stopping: the POSTs under way are cut short; their pickups stay counted, which is
+            # what the crash guard is for, and their leases keep them until they have surely
+            # ended at the carrier.
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
@@ -98,13 +106,20 @@ class SubmitWorker(QueueWorker):
     @property
     def lease(self) -> float:
         """How long a fax being submitted is not claimed again: longer than a POST with the
-        client's own retries can take. A dead process's claims are released at start-up."""
+        client's own retries can take. A dead process's claims are released at start-up; a
+        claim whose step a store outage interrupted is handed back when the store returns
+        (queue/runner.py), the POST it may have made found by its URL."""
         return _LEASE_TIMEOUTS * self.config.voxtelesys.timeout_seconds
 
     async def _one(self, fax: Fax, job: Job) -> None:
         with log.bound(job_id=job.id, fax_id=fax.id, to=fax.recipient):
             try:
                 await self._submit(fax, job)
+            except StoreUnavailable as exc:
+                # The store went away mid-step (a POST may have been made): the runner hands
+                # the claim back once it is there again, and the next pickup looks for it.
+                logger.warning("fax.submit_interrupted", error=str(exc))
+                return
             except Exception:
                 # A bug or a surprise: logged, and the fax's pickup stays counted (the guard
                 # holds it after queue.max_pickups); the other POSTs go on.

@@ -13,6 +13,13 @@ A worker that raises is logged with its traceback and called again after a pause
 with each consecutive failure, within bounds: it never dies and never spins. Stopping lets the
 current `run_once` finish (each is a safe point: a step is committed or not started) and
 cancels only past the timeout. Tests use `run_until_idle` instead of sleeping.
+
+Each call of `run_once` is a round of claims (store/claims.py): the claims it makes are noted,
+and when the store was lost under the round (PostgreSQL restarting mid-step) they are handed
+back before the worker's next round, once the store answers again. Every step a store outage
+cut short is so taken up again at once by its own process, whichever worker it was and whatever
+lease its claim took, instead of after that lease; a round is over, so none of its steps still
+runs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from gateway.config import Config
 from gateway.queue.backoff import Random, backoff_delay
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
+from gateway.store.claims import Taken, hand_back, round_of_claims
 
 logger = log.get_logger(__name__)
 
@@ -90,7 +98,10 @@ class Runner:
         stop_timeout: float = 10.0,
         error_pause: float = 1.0,
         max_error_pause: float = 60.0,
+        db: Database | None = None,
     ) -> None:
+        """`db`: the store the workers claim from, where a round a store outage interrupted
+        hands its claims back (None: rounds are not noted)."""
         names = [worker.name for worker in workers]
         if len(set(names)) != len(names):
             raise ValueError(f"worker names must be unique: {names}")
@@ -101,6 +112,7 @@ class Runner:
         self.stop_timeout = stop_timeout
         self.error_pause = error_pause
         self.max_error_pause = max(max_error_pause, error_pause)
+        self.db = db
         self._wakeups = {worker.name: asyncio.Event() for worker in self.workers}
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -167,12 +179,19 @@ class Runner:
         log.bind(worker=worker.name)
         wakeup = self._wakeups[worker.name]
         failures = 0
+        interrupted: list[Taken] = []
         while not self._stopping.is_set():
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
             try:
-                # int(): a worker returning something else is a bug to log, not to die of.
-                handled = int(await worker.run_once())
+                # Raises while the store is still away: the worker pauses as for any failure.
+                interrupted = await self._hand_back(interrupted)
+                with round_of_claims() as round_:
+                    try:
+                        # int(): a worker returning something else is a bug to log, not to die of.
+                        handled = int(await worker.run_once())
+                    finally:
+                        interrupted = round_.interrupted()
             except Exception:
                 failures += 1
                 pause = backoff_delay(failures, self.error_pause, self.max_error_pause)
@@ -181,6 +200,8 @@ class Runner:
                 await self._wait(self._stopping, pause)
                 continue
             failures = 0
+            if interrupted:
+                continue  # handed back before anything else (or a pause, if still away)
             if handled > 0:
                 # What one stage finished is the next stage's work (a prepared job, a queued
                 # report mail): the others look now rather than at their next scan.
@@ -191,6 +212,19 @@ class Runner:
                 await asyncio.sleep(0)
                 continue
             await self._wait_any(wakeup, await self._idle_seconds(worker))
+        if interrupted:
+            # Stopping: a last try, so that another node need not wait out the leases.
+            with contextlib.suppress(Exception):
+                await self._hand_back(interrupted)
+
+    async def _hand_back(self, interrupted: list[Taken]) -> list[Taken]:
+        """Hand back the claims of a round the store was lost under; what is left to hand
+        back (nothing: it raises while the store is away)."""
+        if not interrupted or self.db is None:
+            return []
+        handed = await self.db.run(hand_back, interrupted)
+        logger.warning("claims.handed_back", claims=len(interrupted), handed=handed)
+        return []
 
     async def _idle_seconds(self, worker: Worker) -> float:
         """How long `worker` may sleep: until its earliest due item, at most a scan interval."""

@@ -19,18 +19,33 @@ by any other process passes it by (a claim is live while its pickups are unfinis
 lease runs). A node that dies mid-step is not there to release anything at a restart; its
 rows come free when their leases run out, and the next claim counts one more pickup on them,
 so the crash guard still holds them after queue.max_pickups interruptions, on whichever nodes.
-Claims are made inside the store's write transaction, which writers on every node take in
-turn (store/postgres.py), so two nodes never claim one row at the same moment.
+A claim runs in a transaction of its own, `transaction(conn, row_locks=True)`. In SQLite that
+is the one writer's; on PostgreSQL the claim's SELECT locks the rows it returns, FOR UPDATE
+SKIP LOCKED (store/dialect.py), so two nodes claiming at the same moment take different rows
+side by side, never one row twice (the argument: store/postgres.py). Such a transaction writes
+only rows it has locked: a claim's rows, and any other through `lock_row`.
+
+A claim made during a worker's round (queue/runner.py, `round_of_claims`) is noted in the
+round. A store on a server can be lost mid-step (PostgreSQL restarting): the step cannot record
+its outcome, and its claim would keep the row for the claim's lease, from its own process too.
+A round that met such an outage (`store_lost`) ends with its claims handed back (`hand_back`,
+once the store answers again): each row still exactly as its claim left it gets the pickup
+back and its due time from before the claim, as if the pickup had not happened, so the next
+round takes it up at once. The outage is the store's, not the item's: the crash guard does not
+count it. A step that had finished (an outcome recorded) changed its row, and is left alone.
 """
 
 from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.store import dialect
 from gateway.store.db import transaction
 
 
@@ -56,8 +71,82 @@ class Claimed:
     held: list[sqlite3.Row]  # pickups at the limit: for the caller to hold
 
 
+@dataclass(frozen=True)
+class Taken:
+    """One row a claim took, as the claim left it (a hand-back changes it only if it still is)."""
+
+    queue: QueueTable
+    row_id: Any
+    owner: str
+    pickups: int  # the count the claim wrote
+    due: float  # the due time the claim left
+    due_before: float  # the due time before the claim
+
+
+@dataclass
+class Round:
+    """The claims one round of a worker made, and whether the store was lost under it."""
+
+    taken: list[Taken] = field(default_factory=list)
+    store_lost: bool = False
+
+    def interrupted(self) -> list[Taken]:
+        """The claims to hand back: all of them if the store was lost during the round (those
+        whose steps finished no longer match, and are left as they are)."""
+        return list(self.taken) if self.store_lost else []
+
+
+_ROUND: ContextVar[Round | None] = ContextVar("gateway_claims_round", default=None)
+
+
+@contextmanager
+def round_of_claims() -> Iterator[Round]:
+    """Note the claims made in this context (and the tasks and store calls it starts)."""
+    current = Round()
+    token = _ROUND.set(current)
+    try:
+        yield current
+    finally:
+        _ROUND.reset(token)
+
+
+def store_lost() -> None:
+    """A store call of the current round met an outage (store/postgres.py says so)."""
+    current = _ROUND.get()
+    if current is not None:
+        current.store_lost = True
+
+
 def no_lease(_pickups: int) -> float:
     return 0.0
+
+
+def locks_rows(conn: Any) -> bool:
+    """Whether `conn` locks rows (PostgreSQL): a claim then locks what it takes, and passes
+    over rows another transaction has locked. SQLite's one writer has every row."""
+    return getattr(conn, "backend", "sqlite") == "postgresql"
+
+
+def lock_row(conn: sqlite3.Connection, table: str, row_id: Any) -> bool:
+    """Lock one more row in a claim's transaction, without waiting: False if another
+    transaction has it this instant (its writer works on it; the caller leaves it for later)."""
+    if not locks_rows(conn):
+        return True
+    row = conn.execute(
+        f"SELECT id FROM {table} WHERE id = ?{dialect.skip_locked(table)}", (row_id,)
+    ).fetchone()
+    return row is not None
+
+
+def unclaim(conn: sqlite3.Connection, queue: QueueTable, row_id: Any, now: float) -> None:
+    """Take back, in the claim's own transaction, the claim of a row found not to be work
+    after all: its pickup uncounted, due now at the latest, nobody's."""
+    conn.execute(
+        f"UPDATE {queue.table} SET {queue.pickups} = max({queue.pickups} - 1, 0),"
+        f" {queue.due} = min({queue.due}, ?), {queue.owner} = NULL, {queue.lease} = NULL"
+        " WHERE id = ?",
+        (now, row_id),
+    )
 
 
 def shared_lease(conn: Any) -> float | None:
@@ -98,9 +187,14 @@ def claim(
             f" AND coalesce({table}.{queue.owner}, '') != ?)"
         )
         other_params = (now, owner)
+    # Row locks (PostgreSQL): the rows returned are this transaction's until it ends, and a row
+    # another claim holds this instant is passed over, not waited for. Read committed
+    # re-checks `where` on the newest version of each row it locks, so a row claimed (or
+    # finished) and committed meanwhile is not taken again.
+    locks = dialect.skip_locked(table) if locks_rows(conn) else ""
     rows = conn.execute(
         f"SELECT {table}.* FROM {source or table} WHERE ({where}) AND {table}.{due} <= ?"
-        f"{others} ORDER BY {order or f'{table}.{due}, {table}.id'} LIMIT ?",
+        f"{others} ORDER BY {order or f'{table}.{due}, {table}.id'} LIMIT ?{locks}",
         (*params, now, *other_params, limit),
     ).fetchall()
     claimed: list[sqlite3.Row] = []
@@ -124,12 +218,16 @@ def claim(
         if shared is not None:
             assignments.append(f"{queue.lease} = ?")
             values.append(now + max(shared, pushed))
-        claimed.append(
-            conn.execute(
-                f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ? RETURNING *",
-                (*values, row["id"]),
-            ).fetchone()
-        )
+        taken = conn.execute(
+            f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ? RETURNING *",
+            (*values, row["id"]),
+        ).fetchone()
+        claimed.append(taken)
+        current = _ROUND.get()
+        if current is not None:
+            current.taken.append(
+                Taken(queue, row["id"], owner, taken[pickups], taken[due], row[due])
+            )
     return Claimed(claimed, held)
 
 
@@ -177,3 +275,21 @@ def give_back(conn: sqlite3.Connection, queue: QueueTable, row_id: Any) -> bool:
             (row_id, BOOT_ID),
         )
     return cursor.rowcount == 1
+
+
+def hand_back(conn: sqlite3.Connection, taken: Sequence[Taken]) -> int:
+    """Undo claims whose steps a store outage interrupted (see the module docstring): each row
+    still as its claim left it gets its pickup back, its due time from before the claim, and
+    no owner or lease; how many were."""
+    handed = 0
+    with transaction(conn):
+        for claim_ in taken:
+            queue = claim_.queue
+            cursor = conn.execute(
+                f"UPDATE {queue.table} SET {queue.pickups} = {queue.pickups} - 1,"
+                f" {queue.due} = ?, {queue.owner} = NULL, {queue.lease} = NULL"
+                f" WHERE id = ? AND {queue.owner} = ? AND {queue.pickups} = ? AND {queue.due} = ?",
+                (claim_.due_before, claim_.row_id, claim_.owner, claim_.pickups, claim_.due),
+            )
+            handed += cursor.rowcount
+    return handed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sqlite3
 import stat
@@ -25,6 +26,14 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     """The store could not be used (disk full, corrupt file, wrong schema version)."""
+
+
+class StoreUnavailable(sqlite3.OperationalError):
+    """The store's server could not be reached, or the connection to it broke mid-call (down,
+    restarting, the network): transient, and whether the call's last COMMIT took effect may be
+    unknown. An OperationalError, so every caller that answers 451 or 500 on one still does;
+    the runner (queue/runner.py) hands back the claims of a round that met one. Only a store
+    on a server raises it (store/postgres.py)."""
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -95,9 +104,20 @@ def _split(script: str) -> Iterator[str]:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Nested use is a bug."""
-    conn.execute("BEGIN IMMEDIATE")
+def transaction(
+    conn: sqlite3.Connection, *, row_locks: bool = False
+) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Nested use is a bug.
+
+    `row_locks`: the transaction locks every row it reads to decide what to write, and writes
+    no other (a claim: store/claims.py). SQLite admits one writer at a time all the same; a
+    store on a server lets such transactions run side by side (store/postgres.py).
+    """
+    begin = getattr(conn, "begin_row_locked", None) if row_locks else None
+    if begin is not None:
+        begin()
+    else:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:
@@ -142,9 +162,11 @@ class Database:
     async def run(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run `fn(conn, ...)` on the store's thread without blocking the loop."""
+        """Run `fn(conn, ...)` on the store's thread without blocking the loop (in a copy of
+        the caller's context, as asyncio.to_thread: store/claims.py notes a worker's claims)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, self.conn, *args, **kwargs))
+        call = partial(fn, self.conn, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, contextvars.copy_context().run, call)
 
     def run_sync(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs

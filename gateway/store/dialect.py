@@ -19,6 +19,10 @@ What changes:
 Anything else is passed on as written: the SQL the store uses (ON CONFLICT ... DO NOTHING /
 DO UPDATE, RETURNING, partial indexes, ALTER TABLE ... ADD COLUMN) is common to both. A new
 migration that sticks to that common part needs nothing here.
+
+One clause exists only here: `skip_locked`, which a claim's SELECT ends with on PostgreSQL
+(store/claims.py), so that claims on several connections take different rows side by side.
+SQLite, one writer at a time, has no row locks and no such clause.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ _TABLE_OPTIONS = re.compile(
     r"\)\s*(WITHOUT\s+ROWID|STRICT)(\s*,\s*(WITHOUT\s+ROWID|STRICT))*\s*(;?)\s*$", re.IGNORECASE
 )
 _SCALAR = {"min": "least", "max": "greatest"}
+
+
+def skip_locked(table: str) -> str:
+    """The end of a SELECT that locks the rows of `table` it returns until the transaction
+    ends, passing over rows another transaction has locked (PostgreSQL only)."""
+    return f" FOR UPDATE OF {table} SKIP LOCKED"
 
 
 @lru_cache(maxsize=2048)

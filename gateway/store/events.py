@@ -155,7 +155,7 @@ def claim_events(
     """(claimed, held): unprocessed events due at `now` in arrival order, each with a pickup
     counted; those whose applying was interrupted `max_pickups` times are set aside instead
     (processed, with the reason as their error: the reconciler still covers their fax)."""
-    with transaction(conn):
+    with transaction(conn, row_locks=True):
         claimed = claim(
             conn,
             EVENTS,

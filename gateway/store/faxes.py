@@ -21,7 +21,7 @@ from gateway.carrier.faxerrors import resubmittable
 from gateway.carrier.status import Outcome
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
-from gateway.store.claims import QueueTable, claim, next_due
+from gateway.store.claims import QueueTable, claim, lock_row, next_due, unclaim
 from gateway.store.db import transaction
 from gateway.store.jobs import all_final, fax_counts, get_job
 from gateway.store.records import FINAL, Fax, FaxState, Job, JobState
@@ -32,6 +32,7 @@ log = get_logger(__name__)
 SUBMITS = QueueTable("faxes")
 _WITH_JOBS = "faxes JOIN jobs ON jobs.id = faxes.job_id"
 _SUBMITTABLE = "faxes.state = ? AND jobs.state IN (?, ?)"
+_SUBMITTING = (JobState.UPLOADED, JobState.SUBMITTED)
 _UNREPORTED = "reported_at IS NULL AND state IN (?, ?, ?)"
 
 
@@ -76,7 +77,7 @@ def claim_faxes(
     """
     now = _now(now)
     held: list[tuple[int, str, int]] = []
-    with transaction(conn):
+    with transaction(conn, row_locks=True):
         found = claim(
             conn,
             SUBMITS,
@@ -93,6 +94,8 @@ def claim_faxes(
             fax = Fax.from_row(row)
             if fax.job_id in held_jobs:
                 continue
+            if not lock_row(conn, "jobs", fax.job_id):
+                continue  # another transaction is changing the job: held at the next claim
             message = crash_message(fax.pickups, f"submitting the fax to {fax.recipient}")
             conn.execute(
                 "UPDATE faxes SET state = ?, error_description = ?, updated_at = ? WHERE id = ?",
@@ -108,9 +111,11 @@ def claim_faxes(
         for row in found.rows:
             fax = Fax.from_row(row)
             job = get_job(conn, fax.job_id)
-            if job is None or fax.job_id in held_jobs:
-                # Its job was held just now because of a sibling: this pickup never started.
-                conn.execute("UPDATE faxes SET pickups = pickups - 1 WHERE id = ?", (fax.id,))
+            if job is None or fax.job_id in held_jobs or job.state not in _SUBMITTING:
+                # Its job was held just now because of a sibling, or (PostgreSQL, where the
+                # claim locks the fax and not its job) left uploaded since the claim read it:
+                # this pickup never started.
+                unclaim(conn, SUBMITS, fax.id, now)
                 continue
             claimed.append((fax, job))
     for fax_id, job_id, pickups in held:
@@ -383,7 +388,7 @@ def claim_reports(
     """(claimed, held): final faxes not yet reported whose report is due, each with a pickup
     counted; those whose report kept interrupting the process are marked reported with the
     reason as `report_error` (their outcome is in the store and the queue tools)."""
-    with transaction(conn):
+    with transaction(conn, row_locks=True):
         claimed = claim(
             conn,
             REPORTS,

@@ -114,7 +114,7 @@ def claim_inbound(
     step records an outcome; held ones were interrupted `max_pickups` times, for the worker to
     dead-letter."""
     states = tuple(InboundState(s) for s in (state if isinstance(state, tuple) else (state,)))
-    with transaction(conn):
+    with transaction(conn, row_locks=True):
         claimed = claim(
             conn,
             INBOUND,

@@ -245,7 +245,7 @@ def claim_jobs(
     if state not in PIPELINE:
         raise ValueError(f"jobs in state {state} are not work for a stage")
     now = _now(now)
-    with transaction(conn):
+    with transaction(conn, row_locks=True):
         claimed = claim(
             conn,
             JOBS,

@@ -113,7 +113,7 @@ def claim_due(
 
     A message whose sends were interrupted `max_pickups` times is held instead (logged).
     """
-    with transaction(conn):
+    with transaction(conn, row_locks=True):
         claimed = claim(
             conn,
             OUTBOX,

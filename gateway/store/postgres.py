@@ -6,15 +6,43 @@ they are handed a `PgConnection`, which speaks like the sqlite3.Connection they 
 (`execute` with `?` placeholders, rows readable by name and by index, `rowcount`, `lastrowid`)
 and translates their SQL once (store/dialect.py).
 
-Transactions keep SQLite's meaning. The store's transactions read, then write (claim a due row,
-settle a job from its faxes' states), and were written for SQLite, where `BEGIN IMMEDIATE`
-admits one writer at a time. Here the same statement begins a transaction and takes the store's
-write lock, a transaction-level advisory lock, so writers on every node take turns exactly as
-they do in one SQLite file, whatever isolation level the server defaults to. Reads outside a
-transaction see what is committed, as in WAL mode. A write transaction is a few statements of
-well under a millisecond each: one writer at a time is ample for fax traffic, and it makes the
-cross-node cases (two nodes claiming one row, two webhooks settling one job) the ones the SQLite
-store already gets right.
+Transactions keep SQLite's meaning. The store's transactions read, then write (settle a job
+from its faxes' states, apply a carrier status to the fax it names), and were written for
+SQLite, where `BEGIN IMMEDIATE` admits one writer at a time. Here the same statement begins a
+transaction and takes the store's write lock, a transaction-level advisory lock, so those
+writers on every node take turns exactly as they do in one SQLite file, whatever isolation
+level the server defaults to. Reads outside a transaction see what is committed, as in WAL
+mode. A write transaction is a few statements of well under a millisecond each.
+
+Claims alone run side by side (`transaction(conn, row_locks=True)`: `begin_row_locked`, no
+store lock). Why that is safe under READ COMMITTED, and why the others keep the lock:
+
+- A claim's SELECT ends FOR UPDATE SKIP LOCKED (store/claims.py, dialect.skip_locked): each
+  row it returns is locked until its commit, and a row locked by another transaction is
+  passed over, not waited for. A row another claim committed meanwhile is locked in its
+  newest version, on which PostgreSQL evaluates the claim's WHERE again, so a row claimed
+  (pickups and lease written) or finished since the statement began is not taken again.
+  Two claims therefore never take one row, and the pickup count each writes is computed
+  from a version no one else can change before it commits.
+- A claim writes only rows it has locked: the claimed and the held rows, and a held fax's job,
+  which it locks first without waiting (`claims.lock_row`; held at the next claim if another
+  transaction has it). So a claim never waits for a lock while holding one: no deadlock.
+- What a claim reads without locking is a fax's job through the submit queue's join (the
+  lock is the fax's). PostgreSQL may then pair the locked fax with the job as the statement
+  first saw it, so claim_faxes reads the job again and gives the claim back if it is no
+  longer uploaded or submitted: every claim is one the serial order could have made.
+- The locked writers still serialise among themselves, and claims do not disturb them: a
+  claim changes only a row's discipline (pickups, owner, lease, attempts, due) and, for an
+  item it holds, the state of a row waiting for its stage (and of its job) to held. A locked
+  writer that reads a row before writing it either guards the write in its UPDATE (`WHERE
+  state = ?`, `pickups > 0`), which PostgreSQL evaluates on the newest version after waiting
+  for the claim's row lock, or acts only on rows in states no claim takes (a submitted fax, a
+  final one).
+- The others cannot drop the lock: many read several rows and write another from what they
+  read (settle_job counts a job's faxes and sets the job; two webhooks finishing the last two
+  faxes of one job would, under READ COMMITTED, each see the other's fax unfinished, and
+  the job would never be done). Locking the rows each reads would work too, but it is not
+  needed: what two nodes do at the same moment, and the benchmark measures, is claim.
 
 Errors come out as the DB-API exceptions the rest of the gateway already handles (sqlite3's:
 IntegrityError for a broken unique key, OperationalError for a server that is down or a lock or
@@ -28,6 +56,7 @@ timeout, and the pool a connect timeout: a server that is down fails a call with
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,12 +66,13 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 import psycopg.errors
 from psycopg import conninfo
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway import log
-from gateway.store import dialect
+from gateway.store import claims, dialect
 from gateway.store.cluster import OnceOnlyLock, WakeChannel
-from gateway.store.db import Database, StoreError, _split, transaction
+from gateway.store.db import Database, StoreError, StoreUnavailable, _split, transaction
 from gateway.store.schema import MIGRATIONS
 
 logger = log.get_logger(__name__)
@@ -103,12 +133,34 @@ def _rows(cursor: Any) -> Callable[[Sequence[Any]], Row]:
     return lambda values: Row(values, index)
 
 
-def _as_sqlite_error(exc: psycopg.Error) -> sqlite3.Error:
-    """The DB-API exception of the same kind, as the callers know them (see the docstring)."""
+# SQLSTATEs that say the server went away: class 08 (connection exception) and the operator's
+# shutdowns (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now).
+_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _lost(exc: psycopg.Error, broken: bool) -> bool:
+    """Whether `exc` means the store's server is out of reach, not that the call was wrong."""
+    state = exc.sqlstate or ""
+    return broken or state.startswith("08") or state in _GONE
+
+
+def _as_sqlite_error(exc: psycopg.Error, broken: bool = False) -> sqlite3.Error:
+    """The DB-API exception of the same kind, as the callers know them (see the docstring);
+    `broken`: the connection did not survive the call."""
     kind: type[sqlite3.Error]
-    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
-        # Waited past lock_timeout or statement_timeout: SQLite's "database is locked", which
-        # queue.schedule.resource_error defers without charging the item a pickup.
+    if _lost(exc, broken):
+        # The server is down or restarting, or the link to it broke: transient, and the
+        # runner hands back the claims of the round (store/claims.py).
+        return StoreUnavailable(f"postgresql: store unreachable: {exc}".strip())
+    if isinstance(
+        exc,
+        psycopg.errors.LockNotAvailable
+        | psycopg.errors.QueryCanceled
+        | psycopg.errors.TransactionRollback,
+    ):
+        # Waited past lock_timeout or statement_timeout, or rolled back by the server to end a
+        # deadlock: SQLite's "database is locked", which queue.schedule.resource_error defers
+        # without charging the item a pickup.
         return sqlite3.OperationalError(f"postgresql: store locked: {exc}".strip())
     if isinstance(exc, psycopg.IntegrityError):
         kind = sqlite3.IntegrityError
@@ -119,7 +171,7 @@ def _as_sqlite_error(exc: psycopg.Error) -> sqlite3.Error:
     elif isinstance(exc, psycopg.DataError):
         kind = sqlite3.DataError
     elif isinstance(exc, psycopg.InterfaceError):
-        kind = sqlite3.OperationalError  # a connection that broke under us
+        return StoreUnavailable(f"postgresql: {exc}".strip())  # a connection that broke
     else:
         kind = sqlite3.DatabaseError
     return kind(f"postgresql: {exc}".strip())
@@ -128,13 +180,13 @@ def _as_sqlite_error(exc: psycopg.Error) -> sqlite3.Error:
 class PgCursor:
     """What `PgConnection.execute` returns: the parts of sqlite3.Cursor the store uses."""
 
-    def __init__(self, connection: PgConnection, cursor: psycopg.Cursor[Row]) -> None:
+    def __init__(self, connection: PgConnection, cursor: psycopg.Cursor[Row] | None) -> None:
         self._connection = connection
-        self._cursor = cursor
+        self._cursor = cursor  # None: a statement that did not reach the server
 
     @property
     def rowcount(self) -> int:
-        return self._cursor.rowcount
+        return -1 if self._cursor is None else self._cursor.rowcount
 
     @property
     def lastrowid(self) -> int | None:
@@ -143,12 +195,12 @@ class PgCursor:
         return None if row is None else int(row[0])
 
     def fetchone(self) -> Row | None:
-        if self._cursor.description is None:
+        if self._cursor is None or self._cursor.description is None:
             return None
         return self._cursor.fetchone()
 
     def fetchall(self) -> list[Row]:
-        if self._cursor.description is None:
+        if self._cursor is None or self._cursor.description is None:
             return []
         return self._cursor.fetchall()
 
@@ -170,17 +222,34 @@ class PgConnection:
         command = sql.strip().upper()
         if command == "BEGIN IMMEDIATE":
             return self._begin()
-        if command == "ROLLBACK" and self.raw.broken:
-            return PgCursor(self, self.raw.cursor())  # nothing to roll back on a dead link
+        if command == "ROLLBACK" and self._gone:
+            return PgCursor(self, None)  # nothing to roll back on a dead link
         return self._run(dialect.query(sql), parameters)
 
+    @property
+    def _gone(self) -> bool:
+        return self.raw.broken or self.raw.closed
+
+    @property
+    def in_transaction(self) -> bool:
+        """As sqlite3.Connection's: a transaction is open (db.transaction rolls it back after
+        a failed COMMIT). A connection that broke has none left."""
+        if self._gone:
+            return False
+        return self.raw.info.transaction_status != TransactionStatus.IDLE
+
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]]) -> PgCursor:
-        cursor = self.raw.cursor()
         try:
+            cursor = self.raw.cursor()
             cursor.executemany(dialect.query(sql), seq_of_parameters)  # type: ignore[arg-type]
         except psycopg.Error as exc:
-            raise _as_sqlite_error(exc) from exc
+            raise _as_sqlite_error(exc, self._gone) from exc
         return PgCursor(self, cursor)
+
+    def begin_row_locked(self) -> None:
+        """BEGIN a transaction that locks the rows it works on itself (db.transaction's
+        `row_locks`, a claim): it does not take the store's write lock (the docstring)."""
+        self._run("BEGIN", ())
 
     def _begin(self) -> PgCursor:
         self._run("BEGIN", ())
@@ -188,7 +257,7 @@ class PgConnection:
             return self._run(f"SELECT pg_advisory_xact_lock(%s, {_SCHEMA_KEY})", (WRITE_LOCK,))
         except sqlite3.Error:
             # Not inside the caller's try yet: the transaction is ours to end.
-            if not self.raw.broken:
+            if not self._gone:
                 self._run("ROLLBACK", ())
             raise
 
@@ -196,7 +265,7 @@ class PgConnection:
         try:
             cursor = self.raw.execute(sql, tuple(parameters))  # type: ignore[call-overload]
         except psycopg.Error as exc:
-            raise _as_sqlite_error(exc) from exc
+            raise _as_sqlite_error(exc, self._gone) from exc
         return PgCursor(self, cursor)
 
     def close(self) -> None:
@@ -303,15 +372,25 @@ class PostgresDatabase(Database):
             with self._pool.connection() as raw:
                 return fn(PgConnection(raw, lease_seconds=self.lease_seconds), *args, **kwargs)
         except PoolTimeout:
-            raise sqlite3.OperationalError(
+            raise StoreUnavailable(
                 f"postgresql: no connection to the store at {self.where} (is the server up?)"
             ) from None
+        except psycopg.Error as exc:
+            # Raised by the pool or the connection outside PgConnection's own translation
+            # (returning a connection that broke): a link to the server that failed.
+            raise _as_sqlite_error(exc, broken=True) from exc
 
     async def run(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(self._call, fn, *args, **kwargs))
+        call = partial(self._call, fn, *args, **kwargs)
+        try:
+            # In a copy of the caller's context, as the SQLite store's run.
+            return await loop.run_in_executor(self._executor, contextvars.copy_context().run, call)
+        except StoreUnavailable:
+            claims.store_lost()  # the caller's round hands its claims back (store/claims.py)
+            raise
 
     def run_sync(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs

@@ -6,8 +6,13 @@ its store on a PostgreSQL server started for the round with fsync and synchronou
 node: one SmtpServer and its store. Two nodes: two SmtpServers, each with its own store pool
 and spool, on the same database, the clients split between them. The baseline is the same
 server on SQLite. Webhooks: the gateway's webhook endpoint (token, shape, the events row, then
-200) on its HTTP server, each POST a new (fax, status), from 8 concurrent clients. The
-server's data directory is a temp dir under $TMPDIR, like the work dir.
+200) on its HTTP server, each POST a new (fax, status), from 8 concurrent clients. Claims:
+the outbox's claim (store/claims.py, a lease so nothing is taken twice) followed by its outcome
+(`mark_sent`), from 4 concurrent claimers per node, as the submit worker's POST slots claim;
+on PostgreSQL with FOR UPDATE SKIP LOCKED, no store-wide lock (what the gateway does), beside
+the same claims taking the store's write lock as every other transaction does (what it did
+before), and beside SQLite. The server's data directory is a temp dir under $TMPDIR, like the
+work dir.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from gateway.config import Address
 from gateway.ops.httpd import HttpServer, create_app
 from gateway.smtp.server import SmtpServer
 from gateway.store.backend import create_database
+from gateway.store.claims import claim
+from gateway.store.db import Database, transaction
+from gateway.store.outbox import OUTBOX, OutboxState, enqueue, mark_sent
+from gateway.store.postgres import PostgresDatabase
 from gateway.store.spool import Spool
 from tests.bench.acceptance import CLIENTS, WARM_UP, messages, send_all
 from tests.bench.common import Result, bench_config
@@ -110,6 +119,67 @@ async def webhook_rate(work: Path, count: int, store: dict[str, Any], nodes: int
             await asyncio.to_thread(db.close)
 
 
+CLAIMERS = 4
+
+
+def _fill(conn: Any, count: int) -> None:
+    for n in range(count):
+        enqueue(conn, key=f"bench:{n}", kind="delivered", recipients=["a@example.com"],
+                message_path=Path(f"/outbox/{n}.eml"), now=time.time() - 1)  # fmt: skip
+
+
+def _claim_one(conn: Any, owner: str, row_locks: bool) -> int:
+    """One claim of the next due mail and its outcome; 1, or 0 when none was left."""
+    now = time.time()
+    with transaction(conn, row_locks=row_locks):
+        found = claim(
+            conn, OUTBOX, where="state = ?", params=(OutboxState.PENDING,), now=now, limit=1,
+            max_pickups=3, lease=lambda _pickups: 600.0, count_attempt=True, owner=owner,
+        )  # fmt: skip
+    for row in found.rows:
+        mark_sent(conn, row["id"], now)
+    return len(found.rows)
+
+
+def _sent(conn: Any) -> tuple[int, int]:
+    row = conn.execute("SELECT count(*), max(attempts) FROM outbox WHERE state = 'sent'")
+    count, attempts = row.fetchone()
+    return int(count), int(attempts or 0)
+
+
+async def claim_rate(
+    work: Path, count: int, dsn: str | None, nodes: int, row_locks: bool = True
+) -> float:
+    """Claims (each with its outcome) a second `nodes` nodes make on one store, CLAIMERS each."""
+    stores: list[Database] = []
+    try:
+        for _node in range(nodes):
+            if dsn is None:
+                stores.append(await Database(work / "claims.db").open())
+            else:
+                stores.append(await PostgresDatabase(dsn, pool_size=CLAIMERS).open())
+        await stores[0].run(_fill, count + WARM_UP)
+        for _ in range(WARM_UP):
+            await stores[0].run(_claim_one, "node-0", row_locks)
+
+        async def claimer(db: Database, owner: str) -> None:
+            while await db.run(_claim_one, owner, row_locks):
+                pass
+
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(claimer(db, f"node-{n}") for n, db in enumerate(stores) for _ in range(CLAIMERS))
+        )
+        elapsed = time.perf_counter() - started
+        sent, attempts = await stores[0].run(_sent)
+        if sent != count + WARM_UP or attempts != 1:
+            raise RuntimeError(f"{count + WARM_UP} mails, {sent} sent, a claim made {attempts}")
+        return count / elapsed
+    finally:
+        for db in stores:
+            await asyncio.to_thread(db.close)
+
+
 _WEBHOOK: dict[str, Any] = {
     "type": "fax",
     "direction": "outbound",
@@ -128,7 +198,8 @@ def _jobs(conn: Any) -> int:
 def title(count: int) -> str:
     return (
         f"The PostgreSQL store: {count} messages with a 1-page PDF ({CLIENTS} clients),"
-        f" {count} webhooks ({WEBHOOK_CLIENTS} clients)"
+        f" {count} webhooks ({WEBHOOK_CLIENTS} clients), {2 * count} claims ({CLAIMERS} claimers"
+        " a node)"
     )
 
 
@@ -152,6 +223,16 @@ async def run(work: Path, count: int) -> list[Result]:
             conn.execute("DROP SCHEMA public CASCADE")
             conn.execute("CREATE SCHEMA public")
         hooks_two = await webhook_rate(work / "pg-2", count, dsn, 2)
+        claims_sqlite = await claim_rate(work / "claims-sqlite", 2 * count, None, 1)
+        claims: dict[tuple[int, bool], float] = {}
+        for nodes in (1, 2):
+            for row_locks in (True, False):
+                schema = f"claims_{nodes}_{'rows' if row_locks else 'store'}"
+                with contextlib.closing(server.connect()) as conn:
+                    conn.execute(f"CREATE SCHEMA {schema}")
+                claims[nodes, row_locks] = await claim_rate(
+                    work, 2 * count, server.dsn(schema), nodes, row_locks
+                )
     finally:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(server.stop)
@@ -192,5 +273,32 @@ async def run(work: Path, count: int) -> list[Result]:
             baseline_name="the same on SQLite",
             higher_is_better=True,
             meaning="{ratio}x SQLite's cost per 200 with two nodes on one store",
+        ),
+        Result(
+            what="claims + outcome, PostgreSQL, one node",
+            unit="claims/s",
+            gateway=claims[1, True],
+            baseline=claims[1, False],
+            baseline_name="the same under the store-wide lock",
+            higher_is_better=True,
+            meaning="SKIP LOCKED: each claim costs {ratio}x the serialised one",
+        ),
+        Result(
+            what="claims + outcome, PostgreSQL, two nodes",
+            unit="claims/s",
+            gateway=claims[2, True],
+            baseline=claims[2, False],
+            baseline_name="the same under the store-wide lock",
+            higher_is_better=True,
+            meaning="SKIP LOCKED: each claim costs {ratio}x the serialised one",
+        ),
+        Result(
+            what="claims + outcome, PostgreSQL, two nodes (SQLite: one)",
+            unit="claims/s",
+            gateway=claims[2, True],
+            baseline=claims_sqlite,
+            baseline_name="one node on SQLite",
+            higher_is_better=True,
+            meaning="two nodes on PostgreSQL: {ratio}x SQLite's cost per claim",
         ),
     ]
