@@ -216,4 +216,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN prepared_at REAL;
     ALTER TABLE jobs ADD COLUMN uploaded_at REAL
     """,
+    # 13 (issue 13, shared durability): the shared copy of each data.dir file a row names, for
+    # stores several nodes share (gateway/store/blobs.py): `name` is "<folder>/<file name>",
+    # written in the transaction that makes the row. SQLite's stays empty (its files are the
+    # truth, in data.dir).
+    """
+    CREATE TABLE blobs (
+        name TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
 ]
