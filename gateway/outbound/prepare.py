@@ -8,8 +8,8 @@ the step to prepared (gateway/store/blobs.py). Shared rather than made again whe
 missing: its cover page has the moment it was made, and the copy the carrier fetched and the
 one a report attaches must be the same document. A document past the worker's memory or time
 budget fails the job (its sender is told why); a worker that died otherwise defers it, and
-fails it once that happened queue.max_pickups times; a stop gives the claim back uncounted. None of these is a crash of
-the daemon, so none is charged to the crash guard.
+fails it once that happened queue.max_pickups times; a stop gives the claim back uncounted.
+None of these is a crash of the daemon, so none is charged to the crash guard.
 """
 
 from __future__ import annotations
