@@ -14,7 +14,7 @@ from gateway.config import Config
 from gateway.mailout.message import RenderedMail, build_message
 from gateway.mailout.outbox import OutboxWorker, message_path_for, queue_mail
 from gateway.mailout.relay import create_relay
-from gateway.store import Database
+from gateway.store import Database, blobs
 from gateway.store import outbox as store
 from gateway.store.outbox import OutboxState
 from tests.servers.postgres import StoreBackend
@@ -400,7 +400,9 @@ async def test_missing_message_file_is_dead(
     """A row whose message file vanished cannot ever be sent: dead at once, not retried."""
     outbox_dir = tmp_path / "outbox"
     await queue(db, outbox_dir, clock)
-    message_path_for(outbox_dir, "report:fax-1:delivered").unlink()
+    path = message_path_for(outbox_dir, "report:fax-1:delivered")
+    path.unlink()
+    await db.run(blobs.forget, [path])  # and its shared copy, where the store keeps one
     await run_until_idle(worker_for(db, make_config, relay_server, clock))
     dead = await only(db)
     assert dead.state == OutboxState.DEAD and "missing" in (dead.error or "")

@@ -456,10 +456,11 @@ class InboundWorker(QueueWorker):
         if fax.file_path is None:
             return None
         files = SharedFiles.of(self.config, self.db)
-        found = await asyncio.to_thread(locate, files.local(Path(fax.file_path)), self.config)
+        recorded = Path(fax.file_path)
+        found = await asyncio.to_thread(lambda: locate(files.local(recorded), self.config))
         if found is None and fetch and files.shared:
             # Stored by another node: this node's copy, from the store.
-            fetched = await files.fetch(Path(fax.file_path))
+            fetched = await files.fetch(recorded)
             found = fetched if fetched.exists() else None
         return found
 

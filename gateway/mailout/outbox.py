@@ -260,7 +260,8 @@ class OutboxWorker(QueueWorker):
         if self.metrics is not None:
             self.metrics.mail_sent.labels(kind=message.kind).inc()
         # The relay has it; a failed or dead message keeps its file for a requeue.
-        path = SharedFiles.of(self.config, self.db).local(message.message_path)
+        files = SharedFiles.of(self.config, self.db)
+        path = await asyncio.to_thread(files.local, message.message_path)
         await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def _failed(self, message: OutboxMessage, error: str) -> None:

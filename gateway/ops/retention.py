@@ -63,9 +63,10 @@ async def purge(
         data = DataDir(config.data.dir)
         # This node's copies of what rows name (another node's path, on a shared store).
         files = SharedFiles.of(config, db)
-        purged.files = [files.local(path) for path in purged.files]
+        purged.files = await asyncio.to_thread(lambda: [files.local(p) for p in purged.files])
         removed = await asyncio.to_thread(_remove, data, purged.files, dry_run)
-        kept = {files.local(path) for path in await db.run(referenced_files)}
+        named = await db.run(referenced_files)
+        kept = await asyncio.to_thread(lambda: {files.local(path) for path in named})
         swept = await asyncio.to_thread(
             _sweep, data, min(cutoff, now - SWEEP_MIN_AGE), kept | set(purged.files), dry_run
         )

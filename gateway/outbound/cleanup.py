@@ -83,10 +83,11 @@ class CleanupWorker(QueueWorker):
                 # shared copies are gone (mark_document_deleted, gateway/store/blobs.py).
                 files = SharedFiles.of(self.config, self.db)
                 if job.document_path is not None:
-                    document = files.local(job.document_path)
+                    document = await asyncio.to_thread(files.local, job.document_path)
                     await asyncio.to_thread(document.unlink, missing_ok=True)
                 try:
-                    await asyncio.to_thread(self.spool.remove, files.local(job.spool_path))
+                    spooled = await asyncio.to_thread(files.local, job.spool_path)
+                    await asyncio.to_thread(self.spool.remove, spooled)
                 except SpoolError as exc:
                     # A row whose message is not in our spool (a moved data.dir, a tampered
                     # row): that file is not ours to delete; the job stays for an operator.

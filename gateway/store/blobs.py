@@ -194,10 +194,13 @@ class SharedFiles:
         return self.db.shared
 
     def local(self, path: Path) -> Path:
-        """Where this node keeps the file a row names (unchanged on SQLite: the row's path;
-        and for a path outside the shared folders, which the callers' own checks refuse)."""
+        """Where this node has the file a row names: the row's path if it is there (always on
+        SQLite; on a shared store, where this node wrote it, or a data.dir several nodes mount
+        at one path), else the same folder and name under this node's data.dir. A path outside
+        the shared folders is left as it is, for the callers' own checks to refuse. Blocking
+        (one stat) on a shared store."""
         path = Path(path)
-        if not self.shared:
+        if not self.shared or path.exists():
             return path
         try:
             name_of(path)
@@ -208,8 +211,10 @@ class SharedFiles:
     async def fetch(self, path: Path) -> Path:
         """The local path of `path`, written from the store first if this node lacks it (the
         path may still not exist: the file is gone everywhere)."""
-        local = self.local(path)
-        if not self.shared or await asyncio.to_thread(local.exists):
+        if not self.shared:
+            return Path(path)
+        local = await asyncio.to_thread(self.local, path)
+        if await asyncio.to_thread(local.exists):
             return local
         copies = await self.db.run(read, local)
         if copies:
