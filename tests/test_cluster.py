@@ -1,7 +1,7 @@
 """Two gateway processes on one PostgreSQL store and one S3 bucket; one is killed mid-flow.
 
-Both nodes share the data.dir (the one two-node set-up docs/cluster.md calls safe while the
-files are not in the store yet), each with its own SMTP and HTTP port. Messages go to both
+Each node has its own data.dir (the files rows name are shared through the store,
+gateway/store/blobs.py) and its own SMTP and HTTP port. Messages go to both
 nodes' SMTP ports; the carrier's webhooks go to node B. Node A is killed with SIGKILL while the
 work is under way; the messages it had not answered are sent to B, as an MTA with both nodes as
 next hops would. B must finish everything: each 250 exactly one fax per recipient, each fax
@@ -121,13 +121,15 @@ def node_config(
     postgres_schema: str,
     write_config: Callable[..., Path],
 ) -> Callable[[str], tuple[Path, dict[str, Any]]]:
-    """make(name): the configuration file of one node (shared data.dir, store and bucket)."""
+    """make(name): the configuration file of one node (its own data.dir; shared store and
+    bucket)."""
 
     def make(name: str) -> tuple[Path, dict[str, Any]]:
         http_port = free_port()
         data = merge(
             config_data,
             {
+                "data": {"dir": f"{config_data['data']['dir']}-{name}"},
                 "smtp": {"listen": f"127.0.0.1:{free_port()}"},
                 "http": {
                     "listen": f"127.0.0.1:{http_port}",

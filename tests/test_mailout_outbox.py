@@ -115,7 +115,7 @@ async def test_queued_mail_is_sent_once_and_its_file_removed(
     tmp_path: Path,
 ) -> None:
     """queue_mail writes the file, then the row; the worker sends it and cleans up."""
-    outbox_dir = tmp_path / "outbox"
+    outbox_dir = tmp_path / "data" / "outbox"  # data.dir's, where the worker's node keeps it
     assert await queue(db, outbox_dir, clock)
     path = message_path_for(outbox_dir, "report:fax-1:delivered")
     assert path.exists() and (await only(db)).message_path == path
@@ -142,7 +142,7 @@ async def test_same_key_queued_twice_is_sent_once(
     tmp_path: Path,
 ) -> None:
     """A notification queued again (retried webhook, replay) goes out once."""
-    outbox_dir = tmp_path / "outbox"
+    outbox_dir = tmp_path / "data" / "outbox"  # data.dir's, where the worker's node keeps it
     assert await queue(db, outbox_dir, clock)
     assert not await queue(db, outbox_dir, clock, message=mail("Second rendering"))
     worker = worker_for(db, make_config, relay_server, clock)

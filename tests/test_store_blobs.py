@@ -112,13 +112,20 @@ async def test_another_node_fetches_the_message_into_its_own_data_dir(
         assert fetched == recorded and not fetched.exists()
 
 
-async def test_a_node_reads_its_own_file_without_the_store(db: Database, tmp_path: Path) -> None:
-    """Where the row's path exists on this node it is used as it is (nothing fetched)."""
+async def test_a_node_reads_its_own_copy_without_the_store(db: Database, tmp_path: Path) -> None:
+    """The node that wrote a file reads its own copy (the store is not asked: even a copy
+    gone from the store is still read there), and another node never reads the first node's
+    data.dir, even on one machine: it makes its own copy."""
     spool = Spool(DataDir(tmp_path / "a").spool)
     await accept(db, spool, "job1")
-    files = SharedFiles(tmp_path / "b", db)
-    assert await files.fetch(spool.path_for("job1")) == spool.path_for("job1")
-    assert not (tmp_path / "b").exists()
+    recorded = spool.path_for("job1")
+    other = await SharedFiles(tmp_path / "b", db).fetch(recorded)
+    await db.run(blobs.forget, [recorded])
+    assert await SharedFiles(tmp_path / "a", db).fetch(recorded) == recorded
+    if db.shared:
+        assert other == tmp_path / "b" / "spool" / "job1.eml" and other.read_bytes() == MESSAGE
+    else:
+        assert other == recorded
 
 
 async def test_cleanup_forgets_the_message_its_pdfs_and_the_document(

@@ -194,13 +194,12 @@ class SharedFiles:
         return self.db.shared
 
     def local(self, path: Path) -> Path:
-        """Where this node has the file a row names: the row's path if it is there (always on
-        SQLite; on a shared store, where this node wrote it, or a data.dir several nodes mount
-        at one path), else the same folder and name under this node's data.dir. A path outside
-        the shared folders is left as it is, for the callers' own checks to refuse. Blocking
-        (one stat) on a shared store."""
+        """Where this node keeps the file a row names: on SQLite the row's path; on a shared
+        store the same folder and name under this node's data.dir (the row may have been
+        written by another node, whose data.dir is its own). A path outside the shared folders
+        is left as it is, for the callers' own checks to refuse."""
         path = Path(path)
-        if not self.shared or path.exists():
+        if not self.shared:
             return path
         try:
             name_of(path)
