@@ -85,7 +85,7 @@ async def test_a_failed_write_leaves_no_shared_copy(db: Database, tmp_path: Path
         blobs.put(conn, [(spool.path_for("job2"), MESSAGE)])  # type: ignore[arg-type]
         job_store.insert_job(conn, new_job(spool, "job1"))  # type: ignore[arg-type]
 
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         await GroupCommit(db).run(put_then_fail)
     assert not await db.run(blobs.held, spool.path_for("job2"))
     assert await db.run(blobs.held, spool.path_for("job1")) == db.shared
