@@ -2,7 +2,8 @@
 
 The outbox owns its table: other stages queue mail with `queue_mail` (the rendered message is
 written durably, then a row with the caller's idempotency key is committed, so a queued mail
-survives a crash and a notification queued twice goes out once) and ask after it with
+survives a crash and a notification queued twice goes out once; on a store nodes share, the
+message goes into the store in that same transaction, gateway/store/blobs.py) and ask after it with
 `mail_status`, `give_up_mail` and `requeue_mail`; none of them writes outbox rows itself.
 `OutboxWorker` owns every transition after queueing:
 

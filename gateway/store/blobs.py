@@ -28,7 +28,8 @@ are one family: read, written and deleted together.
 
 Why PostgreSQL and not the S3 bucket: in the same transaction as the row there is nothing to
 order and nothing to sweep (a bucket would need the object first, then the row, and a sweep for
-objects whose row never came); and it measured faster: see docs/benchmarks.md ("shared files").
+objects whose row never came); and it measured faster: see docs/benchmarks.md ("Where a shared
+store keeps a message before the 250").
 Bounded in size by `smtp.max_message_size` and `inbound.max_download_bytes`.
 """
 
