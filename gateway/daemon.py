@@ -39,7 +39,6 @@ from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
 from gateway.mailout.templates import MailRenderer
 from gateway.ops import fds, sdnotify
-from gateway.ops import workingcopies as working_copies
 from gateway.ops.flood import LoopErrors
 from gateway.ops.health import Health, store_check
 from gateway.ops.httpd import HttpServer, create_app
@@ -230,18 +229,16 @@ class Gateway:
         if removed:
             logger.warning("spool.stale_temp_removed", count=removed)
         # A process killed between spooling a message and committing its job leaves the file
-        # alone: its client never got a 250 and sends it again, so the file is nobody's.
+        # alone: its client never got a 250 and sends it again, so the file is nobody's. On a
+        # shared store such a file has no shared copy either (one transaction makes both): it
+        # goes with this node's other working copies the store no longer holds, by the
+        # WorkingCopiesWorker's first round (at start, then hourly).
         if not self.db.shared:
             orphans = await self._orphaned_spool_files()
             for path in orphans:
                 await asyncio.to_thread(self.spool.remove, path)
             if orphans:
                 logger.warning("spool.orphans_removed", count=len(orphans))
-        else:
-            # On a shared store a file whose row was never committed has no shared copy
-            # either (one transaction makes both): it goes with this node's other working
-            # copies the store no longer holds, once older than any commit in progress.
-            await working_copies.sweep(self.config, self.db, time.time())
         # Claims a dead predecessor left (kill -9 mid-send, a crash mid-step) are due now. On a
         # shared store the other nodes' claims are alive: theirs come free by their leases.
         if not self.db.shared:
