@@ -45,6 +45,7 @@ from gateway.ops.httpd import HttpServer, create_app
 from gateway.ops.metrics import Metrics
 from gateway.ops.metrics import add_routes as add_metrics_routes
 from gateway.ops.retention import RetentionWorker
+from gateway.ops.workingcopies import WorkingCopiesWorker
 from gateway.outbound.cleanup import CleanupWorker
 from gateway.outbound.prepare import PrepareWorker
 from gateway.outbound.reports import Reporter, ReportsWorker
@@ -76,18 +77,6 @@ QUEUES = (JOBS, SUBMITS, REPORTS, EVENTS, INBOUND, OUTBOX)
 
 # Spool temp files older than this at start-up are leftovers of a crash mid-write.
 _STALE_TEMP_SECONDS = 3600
-
-
-def _older_than(paths: list[Path], seconds: float) -> list[Path]:
-    cutoff = time.time() - seconds
-    old: list[Path] = []
-    for path in paths:
-        try:
-            if path.stat().st_mtime < cutoff:
-                old.append(path)
-        except FileNotFoundError:
-            continue
-    return old
 
 
 class Component(Protocol):
@@ -192,6 +181,8 @@ class Gateway:
                 SummaryWorker(**common, renderer=self.renderer, outbox_dir=self.outbox_dir), db
             ),
             OnceOnly(RetentionWorker(**common, archive=self.archive, metrics=self.metrics), db),
+            # Every node's own: its copies of shared files the store no longer holds.
+            *([WorkingCopiesWorker(**common)] if db.shared else []),
         ]
 
     def _wake(self) -> None:
@@ -239,27 +230,22 @@ class Gateway:
         if removed:
             logger.warning("spool.stale_temp_removed", count=removed)
         # A process killed between spooling a message and committing its job leaves the file
-        # alone: its client never got a 250 and sends it again, so the file is nobody's.
-        orphans = await self._orphaned_spool_files()
-        for path in orphans:
-            await asyncio.to_thread(self.spool.remove, path)
-        if orphans:
-            logger.warning("spool.orphans_removed", count=len(orphans))
+        # alone: its client never got a 250 and sends it again, so the file is nobody's. On a
+        # shared store such a file has no shared copy either (one transaction makes both): it
+        # goes with this node's other working copies the store no longer holds, by the
+        # WorkingCopiesWorker's first round (at start, then hourly).
+        if not self.db.shared:
+            orphans = await self._orphaned_spool_files()
+            for path in orphans:
+                await asyncio.to_thread(self.spool.remove, path)
+            if orphans:
+                logger.warning("spool.orphans_removed", count=len(orphans))
         # Claims a dead predecessor left (kill -9 mid-send, a crash mid-step) are due now. On a
         # shared store the other nodes' claims are alive: theirs come free by their leases.
         if not self.db.shared:
             released = await self.db.run(release_claims, QUEUES, time.time())
             if released:
                 logger.warning("claims.released", count=released)
-        else:
-            # XXX issue 13 ("shared durability before 250") is not done: rows are shared, the
-            # files they name are not. Said at every start, so no one runs two nodes unaware.
-            logger.warning(
-                "store.files_not_shared",
-                data_dir=str(self.config.data.dir),
-                detail="messages, documents, mails and inbound faxes are files in this node's"
-                " data.dir: a second active node needs the same data.dir (docs/cluster.md)",
-            )
         await self.http.start()
         await self.documents.start()
         await self.runner.start()
@@ -269,12 +255,8 @@ class Gateway:
 
     async def _orphaned_spool_files(self) -> list[Path]:
         """Spooled messages with no job row (before the SMTP server starts: none is being
-        written now). On a shared store another node may share this data.dir and be between
-        spooling a message and committing its job right now: there only files older than the
-        stale-temp age count as orphans."""
+        written now; SQLite's store is this process's alone)."""
         paths = await asyncio.to_thread(self.spool.messages)
-        if self.db.shared:
-            paths = await asyncio.to_thread(_older_than, paths, _STALE_TEMP_SECONDS)
         if not paths:
             return []
         known = await self.db.run(job_store.existing_job_ids, [p.stem for p in paths])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.commands import check_config
+from gateway.config import config_from_dict
 from tests.conftest import ROOT, cli_env, free_port, merge, run_cli
 
 
@@ -31,6 +32,20 @@ def test_check_config_problems(
     assert "smtp.listen: 'nowhere' is not an address" in result.stderr
     assert "smtp.typo: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_config_refuses_local_storage_on_a_shared_store(
+    write_config: Callable[..., Path], config_data: dict[str, Any]
+) -> None:
+    """PostgreSQL with local storage exits 2 naming both keys (the carrier's GET may reach the
+    node without the document); the same store with S3 passes."""
+    store = {"store": {"backend": "postgresql", "dsn": "postgresql://gw@db.invalid/gw"}}
+    local = merge(config_data, {**store, "storage": {"backend": "local"}})
+    result = run_cli("check-config", "--config", str(write_config(local)))
+    assert result.returncode == 2
+    assert 'store.backend = "postgresql" with storage.backend = "local"' in result.stderr
+    s3 = merge(config_data, {**store, "storage": {"backend": "s3", "bucket": "faxes"}})
+    assert check_config.cluster_problems(config_from_dict(s3, env={})) == []
 
 
 def test_check_config_from_environment(

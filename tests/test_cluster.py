@@ -1,7 +1,7 @@
 """Two gateway processes on one PostgreSQL store and one S3 bucket; one is killed mid-flow.
 
-Both nodes share the data.dir (the one two-node set-up docs/cluster.md calls safe while the
-files are not in the store yet), each with its own SMTP and HTTP port. Mail goes to both nodes'
+Each node has its own data.dir (the files rows name are shared through the store,
+gateway/store/blobs.py) and its own SMTP and HTTP port. Mail goes to both nodes'
 SMTP ports (FAXGW_CLUSTER_MESSAGES messages, 200 by default, one recipient each), from several
 clients at once; the carrier's webhooks reach both nodes through one URL, a round-robin proxy
 in front of the two webhook ports that passes a refused or failed request on to the other
@@ -154,13 +154,15 @@ def node_config(
     postgres_schema: str,
     write_config: Callable[..., Path],
 ) -> Callable[[str], tuple[Path, dict[str, Any]]]:
-    """make(name): the configuration file of one node (shared data.dir, store and bucket)."""
+    """make(name): the configuration file of one node (its own data.dir; shared store and
+    bucket)."""
 
     def make(name: str) -> tuple[Path, dict[str, Any]]:
         http_port = free_port()
         data = merge(
             config_data,
             {
+                "data": {"dir": f"{config_data['data']['dir']}-{name}"},
                 "smtp": {"listen": f"127.0.0.1:{free_port()}"},
                 "http": {
                     "listen": f"127.0.0.1:{http_port}",

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from gateway.datadir import DataDir
+from gateway.fsutil import write_atomic
 from gateway.store.db import connect
 from gateway.store.events import events_of, record_event
 from gateway.store.faxes import faxes_of
@@ -14,6 +16,7 @@ from gateway.store.jobs import get_job
 from gateway.store.outbox import enqueue, list_messages
 from gateway.store.postgres import PostgresDatabase
 from gateway.store.schema import MIGRATIONS
+from gateway.store.spool import Spool
 from tests.conftest import cli_env, run_cli
 from tests.servers.postgres import PostgresServer
 from tests.store_rows import T0, make_job, submit, to_uploaded
@@ -101,3 +104,39 @@ def test_migrate_brings_the_configured_postgresql_store_to_this_schema(
             (postgres_schema,),
         )}  # fmt: skip
     assert {"jobs", "faxes", "events", "inbound", "outbox", "meta", "schema_version"} <= tables
+
+
+def test_export_carries_the_files_of_unfinished_work_into_the_store(
+    config_data: dict[str, Any],
+    write_config: Any,
+    postgres_server: PostgresServer,
+    postgres_schema: str,
+) -> None:
+    """A queued job's message and converted PDF and a pending mail's file become shared copies;
+    a file no row names stays behind."""
+    data = DataDir(Path(config_data["data"]["dir"]))
+    spool = Spool(data.spool)
+    conn = connect(data.store)
+    try:
+        job_id = make_job(conn)
+        conn.execute("UPDATE jobs SET spool_path = ?", (str(spool.path_for(job_id)),))
+        enqueue(conn, key="report:1:delivered", kind="delivered", recipients=["a@example.com"],
+                message_path=data.outbox / "a.eml", now=T0)  # fmt: skip
+    finally:
+        conn.close()
+    spool.write(job_id, b"Subject: x\r\n\r\nmessage")
+    spool.write_converted(job_id, 0, b"%PDF converted")
+    write_atomic(data.outbox / "a.eml", b"Subject: report\r\n\r\n")
+    write_atomic(data.outbox / "stray.eml", b"nobody's")
+    env = cli_env(FAXGW_STORE_DSN=postgres_server.dsn(postgres_schema))
+    path = write_config(config_data)
+    result = run_cli("store", "export", "--to", "postgresql", "--config", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "blobs: 3 rows" in result.stdout
+    with postgres_server.connect(postgres_schema) as pg:
+        rows = pg.execute("SELECT name, data FROM blobs ORDER BY name").fetchall()
+    assert rows == [
+        ("outbox/a.eml", b"Subject: report\r\n\r\n"),
+        (f"spool/{job_id}.0.pdf", b"%PDF converted"),
+        (f"spool/{job_id}.eml", b"Subject: x\r\n\r\nmessage"),
+    ]

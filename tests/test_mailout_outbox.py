@@ -14,7 +14,7 @@ from gateway.config import Config
 from gateway.mailout.message import RenderedMail, build_message
 from gateway.mailout.outbox import OutboxWorker, message_path_for, queue_mail
 from gateway.mailout.relay import create_relay
-from gateway.store import Database
+from gateway.store import Database, blobs
 from gateway.store import outbox as store
 from gateway.store.outbox import OutboxState
 from tests.servers.postgres import StoreBackend
@@ -115,7 +115,7 @@ async def test_queued_mail_is_sent_once_and_its_file_removed(
     tmp_path: Path,
 ) -> None:
     """queue_mail writes the file, then the row; the worker sends it and cleans up."""
-    outbox_dir = tmp_path / "outbox"
+    outbox_dir = tmp_path / "data" / "outbox"  # data.dir's, where the worker's node keeps it
     assert await queue(db, outbox_dir, clock)
     path = message_path_for(outbox_dir, "report:fax-1:delivered")
     assert path.exists() and (await only(db)).message_path == path
@@ -142,7 +142,7 @@ async def test_same_key_queued_twice_is_sent_once(
     tmp_path: Path,
 ) -> None:
     """A notification queued again (retried webhook, replay) goes out once."""
-    outbox_dir = tmp_path / "outbox"
+    outbox_dir = tmp_path / "data" / "outbox"  # data.dir's, where the worker's node keeps it
     assert await queue(db, outbox_dir, clock)
     assert not await queue(db, outbox_dir, clock, message=mail("Second rendering"))
     worker = worker_for(db, make_config, relay_server, clock)
@@ -400,7 +400,9 @@ async def test_missing_message_file_is_dead(
     """A row whose message file vanished cannot ever be sent: dead at once, not retried."""
     outbox_dir = tmp_path / "outbox"
     await queue(db, outbox_dir, clock)
-    message_path_for(outbox_dir, "report:fax-1:delivered").unlink()
+    path = message_path_for(outbox_dir, "report:fax-1:delivered")
+    path.unlink()
+    await db.run(blobs.forget, [path])  # and its shared copy, where the store keeps one
     await run_until_idle(worker_for(db, make_config, relay_server, clock))
     dead = await only(db)
     assert dead.state == OutboxState.DEAD and "missing" in (dead.error or "")

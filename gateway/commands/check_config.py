@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     # Warnings do not fail the check (a lab may mean it); they are printed whatever the verdict.
     for line in warnings(config):
         print(f"warning: {line}", file=sys.stderr)
-    missing = missing_programs(config)
+    missing = cluster_problems(config) + missing_programs(config)
     if missing:
         for line in missing:
             print(line, file=sys.stderr)
@@ -115,6 +115,21 @@ def _cover_template_problems(config: Config) -> list[str]:
         except CoverTemplateError as exc:
             found.append(f'senders."{sender}".cover_template: {exc}')
     return found
+
+
+def cluster_problems(config: Config) -> list[str]:
+    """What nodes sharing a store cannot do, one line each."""
+    if config.store.backend == "postgresql" and config.storage.backend == "local":
+        # Decided: refused rather than served from the store's copy on a miss. The carrier's
+        # GET reaches whichever node nginx picks, and media/ is one node's disk; the bucket
+        # every node shares is what a cluster has anyway (docs/cluster.md).
+        return [
+            'store.backend = "postgresql" with storage.backend = "local": local storage'
+            " serves the carrier's documents from one node's media/ folder, and the carrier's"
+            ' request may reach another node; use storage.backend = "s3" with one bucket for'
+            " every node sharing the store"
+        ]
+    return []
 
 
 def missing_programs(config: Config) -> list[str]:

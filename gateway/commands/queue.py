@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from gateway import log
@@ -34,7 +35,7 @@ from gateway.inbound.archive import Archive
 from gateway.inbound.files import list_dead_letters, requeue_dead_letter
 from gateway.ops import retention
 from gateway.storage import S3Storage, create_storage
-from gateway.store import Database
+from gateway.store import Database, blobs
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as jobs_store
 from gateway.store import outbox as outbox_store
@@ -318,16 +319,21 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def restart_stage(job: Job) -> JobState | None:
+def restart_stage(conn: sqlite3.Connection, job: Job) -> JobState | None:
     """The stage a retry must restart from because the document is gone, or None.
 
-    retry_job trusts the job's columns; only here is the disk looked at. A job without its
-    document (never made, or removed) is prepared from its spooled message, which must then
-    still be there, or the retry would only fail again.
+    retry_job trusts the job's columns; only here is the disk looked at (and, where nodes
+    share the store, the store's copy: another node's file). A job without its document
+    (never made, or removed) is prepared from its spooled message, which must then still be
+    there, or the retry would only fail again.
     """
-    if job.document_path is not None and job.document_path.is_file():
+
+    def have(path: Path) -> bool:
+        return path.is_file() or blobs.held(conn, path)
+
+    if job.document_path is not None and have(job.document_path):
         return None
-    if not job.spool_path.is_file():
+    if not have(job.spool_path):
         raise UserError(
             f"job {job.id} cannot be retried: its message ({job.spool_path}) is gone and it "
             "has no document (cleaned up after it finished?); ask the sender to send it again"
@@ -341,7 +347,7 @@ def run_retry(args: argparse.Namespace) -> int:
         job, _ = _job(db, args.job)
         if job.state not in RETRYABLE:
             raise UserError(_not_retryable(job))
-        restart_from = restart_stage(job)
+        restart_from = db.run_sync(restart_stage, job)
         stage = db.run_sync(jobs_store.retry_job, job.id, restart_from=restart_from)
         if stage is None:
             changed, _ = _job(db, job.id)

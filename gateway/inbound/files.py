@@ -17,8 +17,9 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document import kinds
-from gateway.fsutil import fsync_dir, make_private_dirs
+from gateway.fsutil import fsync_dir, make_private_dirs, write_atomic
 from gateway.mailout.outbox import requeue_mail
+from gateway.store import blobs
 from gateway.store.inbound import InboundFax, InboundState, get_inbound, inbound_in_state, revive
 
 
@@ -100,6 +101,10 @@ def requeue_dead_letter(
     source = recorded if recorded.exists() else data.dead_letter / recorded.name
     if not source.exists():
         source = data.inbound / recorded.name
+    if not source.exists():
+        # Kept by another node sharing the store: this node's copy, from the store.
+        for _name, copy in blobs.read(conn, recorded):
+            write_atomic(source, copy)
     if not source.exists():
         raise FileNotFoundError(f"the file of inbound fax {inbound_id} ({recorded}) is missing")
     path = move_durably(source, data.inbound)

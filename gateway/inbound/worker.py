@@ -64,6 +64,7 @@ from gateway.ops.metrics import Metrics
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import Clock, crash_message, resource_error
 from gateway.store import Database
+from gateway.store.blobs import SharedFiles
 from gateway.store.inbound import (
     InboundFax,
     InboundState,
@@ -205,7 +206,8 @@ class InboundWorker(QueueWorker):
                 raise
             return await self._short_of_resources(fax, f"storing the document: {exc}")
         failpoint("after_download")
-        await self.db.run(mark_stored, fax.id, str(path), self.clock())
+        # With the document itself where nodes share the store (store/blobs.py).
+        await self.db.run(mark_stored, fax.id, str(path), self.clock(), files=[(path, media.data)])
         failpoint("after_inbound_stored")
         logger.info(
             "inbound.stored", bytes=len(media.data), content_type=content_type, path=str(path)
@@ -428,7 +430,7 @@ class InboundWorker(QueueWorker):
         return 1
 
     async def _delivered(self, fax: InboundFax) -> None:
-        path = await self._locate(fax)
+        path = await self._locate(fax, fetch=False)
         if path is not None:
             await asyncio.to_thread(remove_durably, path)
         await self.db.run(set_file_path, fax.id, None, self.clock())
@@ -450,10 +452,17 @@ class InboundWorker(QueueWorker):
         )
         self._count("dead")
 
-    async def _locate(self, fax: InboundFax) -> Path | None:
+    async def _locate(self, fax: InboundFax, *, fetch: bool = True) -> Path | None:
         if fax.file_path is None:
             return None
-        return await asyncio.to_thread(locate, Path(fax.file_path), self.config)
+        files = SharedFiles.of(self.config, self.db)
+        recorded = Path(fax.file_path)
+        found = await asyncio.to_thread(lambda: locate(files.local(recorded), self.config))
+        if found is None and fetch and files.shared:
+            # Stored by another node: this node's copy, from the store.
+            fetched = await files.fetch(recorded)
+            found = fetched if fetched.exists() else None
+        return found
 
     def _count(self, status: str) -> None:
         if self.metrics is not None:

@@ -2,7 +2,8 @@
 
 The outbox owns its table: other stages queue mail with `queue_mail` (the rendered message is
 written durably, then a row with the caller's idempotency key is committed, so a queued mail
-survives a crash and a notification queued twice goes out once) and ask after it with
+survives a crash and a notification queued twice goes out once; on a store nodes share, the
+message goes into the store in that same transaction, gateway/store/blobs.py) and ask after it with
 `mail_status`, `give_up_mail` and `requeue_mail`; none of them writes outbox rows itself.
 `OutboxWorker` owns every transition after queueing:
 
@@ -39,8 +40,9 @@ from gateway.ops.metrics import Metrics
 from gateway.queue.backoff import Random
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import EXPIRED, Clock
-from gateway.store import Database
+from gateway.store import Database, blobs
 from gateway.store import outbox as store
+from gateway.store.blobs import SharedFiles
 from gateway.store.outbox import OutboxMessage, OutboxState
 
 logger = log.get_logger(__name__)
@@ -85,7 +87,8 @@ async def queue_mail(
     # Two concurrent calls for one key both get here; both write an equivalent rendering of
     # the same notification to the same path (atomic replace), and the unique key lets one
     # row in.
-    await asyncio.to_thread(_write_message, path, message)
+    data = await asyncio.to_thread(_write_message, path, message)
+    # On a store nodes share, the message goes into it with the row (store/blobs.py).
     return await db.run(
         store.enqueue,
         key=key,
@@ -93,6 +96,7 @@ async def queue_mail(
         recipients=rcpts,
         message_path=path,
         now=time.time() if now is None else now,
+        files=[(path, data)],
     )
 
 
@@ -119,10 +123,11 @@ async def requeue_mail_anew(
     entry = await db.run(store.get_by_key, key)
     if entry is None or entry.state is OutboxState.SENT:
         return False
-    if entry.state is OutboxState.PENDING and entry.message_path.exists():
+    if entry.state is OutboxState.PENDING and await db.run(blobs.present, entry.message_path):
         return False
-    await asyncio.to_thread(_write_message, message_path_for(outbox_dir, key), message)
-    return await db.run(store.requeue_key, key)
+    path = message_path_for(outbox_dir, key)
+    data = await asyncio.to_thread(_write_message, path, message)
+    return await db.run(store.requeue_key, key, files=[(path, data)])
 
 
 def requeue_mail(conn: sqlite3.Connection, key: str, now: float | None = None) -> bool:
@@ -131,9 +136,11 @@ def requeue_mail(conn: sqlite3.Connection, key: str, now: float | None = None) -
     return store.requeue_key(conn, key, now)
 
 
-def _write_message(path: Path, message: EmailMessage) -> None:
+def _write_message(path: Path, message: EmailMessage) -> bytes:
     # policy.SMTP: CRLF line endings, the form the message takes on the wire (an .eml file).
-    write_atomic(path, message.as_bytes(policy=policy.SMTP))
+    data = message.as_bytes(policy=policy.SMTP)
+    write_atomic(path, data)
+    return data
 
 
 def _read_message(path: Path) -> EmailMessage:
@@ -205,7 +212,9 @@ class OutboxWorker(QueueWorker):
     async def _deliver(self, message: OutboxMessage) -> RelayError | None:
         """Try one message; the error if the relay as a whole is unavailable, else None."""
         try:
-            email = await asyncio.to_thread(_read_message, message.message_path)
+            # This node's copy, or the store's where nodes share it (another node queued it).
+            path = await SharedFiles.of(self.config, self.db).fetch(message.message_path)
+            email = await asyncio.to_thread(_read_message, path)
         except FileNotFoundError:
             await self._give_up(message, f"message file {message.message_path} is missing")
             return None
@@ -252,7 +261,9 @@ class OutboxWorker(QueueWorker):
         if self.metrics is not None:
             self.metrics.mail_sent.labels(kind=message.kind).inc()
         # The relay has it; a failed or dead message keeps its file for a requeue.
-        await asyncio.to_thread(message.message_path.unlink, missing_ok=True)
+        files = SharedFiles.of(self.config, self.db)
+        path = await asyncio.to_thread(files.local, message.message_path)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def _failed(self, message: OutboxMessage, error: str) -> None:
         await self.db.run(store.mark_failed, message.id, error, self.clock())

@@ -30,6 +30,7 @@ from gateway.ops.metrics import Metrics
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import Clock
 from gateway.store import Database
+from gateway.store.blobs import SharedFiles
 from gateway.store.meta import get_meta, set_meta
 from gateway.store.retention import KINDS, purge_rows, referenced_files
 from gateway.store.spool import Spool
@@ -60,8 +61,12 @@ async def purge(
         purged = await db.run(purge_rows, cutoff, dry_run=dry_run)
         counts.update(purged.counts)
         data = DataDir(config.data.dir)
+        # This node's copies of what rows name (another node's path, on a shared store).
+        files = SharedFiles.of(config, db)
+        purged.files = await asyncio.to_thread(lambda: [files.local(p) for p in purged.files])
         removed = await asyncio.to_thread(_remove, data, purged.files, dry_run)
-        kept = await db.run(referenced_files)
+        named = await db.run(referenced_files)
+        kept = await asyncio.to_thread(lambda: {files.local(path) for path in named})
         swept = await asyncio.to_thread(
             _sweep, data, min(cutoff, now - SWEEP_MIN_AGE), kept | set(purged.files), dry_run
         )

@@ -21,6 +21,7 @@ from gateway.queue.schedule import Clock
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
+from gateway.store.blobs import SharedFiles
 from gateway.store.records import Job
 from gateway.store.spool import Spool, SpoolError
 
@@ -78,10 +79,15 @@ class CleanupWorker(QueueWorker):
                         # it being gone now, and an outage must not be hammered.
                         await self._defer(job, f"storage: {exc}")
                         continue
+                # This node's copies; other nodes' go by their own sweep once the store's
+                # shared copies are gone (mark_document_deleted, gateway/store/blobs.py).
+                files = SharedFiles.of(self.config, self.db)
                 if job.document_path is not None:
-                    await asyncio.to_thread(job.document_path.unlink, missing_ok=True)
+                    document = await asyncio.to_thread(files.local, job.document_path)
+                    await asyncio.to_thread(document.unlink, missing_ok=True)
                 try:
-                    await asyncio.to_thread(self.spool.remove, job.spool_path)
+                    spooled = await asyncio.to_thread(files.local, job.spool_path)
+                    await asyncio.to_thread(self.spool.remove, spooled)
                 except SpoolError as exc:
                     # A row whose message is not in our spool (a moved data.dir, a tampered
                     # row): that file is not ours to delete; the job stays for an operator.

@@ -2,10 +2,14 @@
 
 The work itself runs in a document worker process (gateway/document/workers.py), which reads
 the spool file and writes data.dir/documents/<job id>.<ext>; this stage only moves the job on
-by the outcome. A document past the worker's memory or time budget fails the job (its sender
-is told why); a worker that died otherwise defers it, and fails it once that happened
-queue.max_pickups times; a stop gives the claim back uncounted. None of these is a crash of
-the daemon, so none is charged to the crash guard.
+by the outcome. On a store nodes share, the message is read through this node's working copy
+(fetched from the store if another node accepted it) and the document is kept in the store with
+the step to prepared (gateway/store/blobs.py). Shared rather than made again where it is
+missing: its cover page has the moment it was made, and the copy the carrier fetched and the
+one a report attaches must be the same document. A document past the worker's memory or time
+budget fails the job (its sender is told why); a worker that died otherwise defers it, and
+fails it once that happened queue.max_pickups times; a stop gives the claim back uncounted.
+None of these is a crash of the daemon, so none is charged to the crash guard.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
 from gateway.store import Database, claims
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
+from gateway.store.blobs import SharedFiles
 from gateway.store.jobs import JOBS
 from gateway.store.records import Job, JobState
 from gateway.store.spool import Spool
@@ -111,12 +116,14 @@ class PrepareWorker(QueueWorker):
                 expired_text="the document could not be prepared",
             )
             return
+        shared = await SharedFiles.of(self.config, self.db).share([document.path])
         moved = await self.db.run(
             store.advance,
             job.id,
             JobState.RECEIVED,
             JobState.PREPARED,
             now=self.schedule.clock(),
+            files=shared,
             document_path=document.path,
             document_type=document.content_type,
             pages=document.pages,
@@ -128,7 +135,7 @@ class PrepareWorker(QueueWorker):
         return await self.documents.prepare(
             job_id=job.id,
             spool=self.spool,
-            spool_path=job.spool_path,
+            spool_path=await SharedFiles.of(self.config, self.db).fetch(job.spool_path),
             documents_dir=DataDir(self.config.data.dir).documents,
             sender=job.sender,
             recipient=", ".join(pretty(number) for number in recipients),

@@ -31,6 +31,7 @@ which is a no-op, and the stored document is not cleaned before that mark.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import unicodedata
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ from gateway.outbound.transmission import transmission_attachment
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
+from gateway.store.blobs import SharedFiles
 from gateway.store.faxes import claim_reports, defer_report, mark_reported, next_report_due
 from gateway.store.jobs import get_job
 from gateway.store.records import Fax, FaxState, Job
@@ -171,6 +173,10 @@ async def _queue_report(
     cc: list[str],
     blind: list[str],
 ) -> bool:
+    if job.document_path is not None and kind not in (QUEUED, RETRY):
+        # The document this node has, or the store's copy of it (another node prepared it).
+        local = await SharedFiles.of(config, db).fetch(job.document_path)
+        job = dataclasses.replace(job, document_path=local)
     message = await asyncio.to_thread(compose_report, config, renderer, job, fax, kind, to, cc)
     queued = await queue_mail(
         db, outbox_dir, key=key, kind=kind, message=message, recipients=[*to, *cc, *blind]

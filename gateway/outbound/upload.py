@@ -14,6 +14,7 @@ from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
+from gateway.store.blobs import SharedFiles
 from gateway.store.records import Job, JobState
 
 logger = log.get_logger(__name__)
@@ -52,7 +53,8 @@ class UploadWorker(QueueWorker):
     async def _upload(self, job: Job) -> None:
         assert job.document_path is not None and job.document_type is not None
         try:
-            data = await asyncio.to_thread(job.document_path.read_bytes)
+            path = await SharedFiles.of(self.config, self.db).fetch(job.document_path)
+            data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
             if not resource_error(exc):
                 raise

@@ -462,8 +462,14 @@ class FaxHandler:
                 # fsync); the resend check runs again in that transaction, so two copies of
                 # one message in parallel sessions make one job.
                 transaction.job_id = job_id
+                # With the message and its PDFs: on a store nodes share, their shared copies
+                # are committed with the row (store/blobs.py), the same one commit.
+                files = [(spool_path, raw)] + [
+                    (self.spool.converted_path(job_id, index), pdf)
+                    for index, pdf in checked.converted.items()
+                ]
                 resent = await self.commits.run(
-                    insert_job_unless_resent, job, self._dedupe_since(checked)
+                    insert_job_unless_resent, job, self._dedupe_since(checked), files=files
                 )
                 async with self.daily_limit.lock:
                     transaction.open = False

@@ -3,16 +3,20 @@
 For moving a gateway onto PostgreSQL while it is stopped: both stores are migrated to this
 program's schema first (so their tables are the same), every row of every table is copied in
 one PostgreSQL transaction (all or nothing), ids included, and the identity sequences are moved
-past the copied ids. Paths in the rows (spool, documents, outbox) still name files in the
-exporting node's data.dir: start the first PostgreSQL node on that data.dir.
+past the copied ids. The files of unfinished work (the messages and documents of jobs not
+cleaned up, outbox mails, received faxes) go into the store in the same transaction, as
+their shared copies (gateway/store/blobs.py), so any node can carry on with them; the rows'
+paths still name the exporting node's data.dir, which every node reads as its own.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
+from gateway.store import blobs
 from gateway.store.db import StoreError, transaction
 from gateway.store.postgres import VERSION_TABLE, PgConnection, reset_identities
+from gateway.store.retention import referenced_files
 
 _BATCH = 500
 
@@ -48,5 +52,12 @@ def copy_store(source: sqlite3.Connection, target: PgConnection) -> dict[str, in
                 target.executemany(insert, [tuple(row) for row in batch])
                 count += len(batch)
             copied[table] = count
+        # One file at a time: a queue of large messages is never all in memory.
+        carried = 0
+        for path in sorted(referenced_files(source)):
+            files = blobs.read_local([path])
+            blobs.put(target, files)  # type: ignore[arg-type]
+            carried += len(files)
+        copied["blobs"] = carried
         reset_identities(target)
     return copied

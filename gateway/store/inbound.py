@@ -18,10 +18,12 @@ document that kills the process is not tried again at once, nor forever.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.store import blobs
+from gateway.store.blobs import File
 from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
 
@@ -145,14 +147,22 @@ def inbound_in_state(conn: sqlite3.Connection, state: InboundState) -> list[Inbo
     return [_inbound(row) for row in rows]
 
 
-def mark_stored(conn: sqlite3.Connection, inbound_id: int, file_path: str, now: float) -> None:
-    """The document is durably on disk; the mail step starts with a fresh attempt count."""
+def mark_stored(
+    conn: sqlite3.Connection,
+    inbound_id: int,
+    file_path: str,
+    now: float,
+    files: Sequence[File] = (),
+) -> None:
+    """The document is durably on disk (and `files`, the document, in the store where it keeps
+    shared copies); the mail step starts with a fresh attempt count."""
     with transaction(conn):
         conn.execute(
             "UPDATE inbound SET state = ?, file_path = ?, attempts = 0, pickups = 0,"
             " next_attempt_at = 0, error = NULL, updated_at = ? WHERE id = ?",
             (InboundState.STORED, file_path, now, inbound_id),
         )
+        blobs.put(conn, files, now)
 
 
 def mark_archived(conn: sqlite3.Connection, inbound_id: int, now: float) -> None:
@@ -200,8 +210,15 @@ def defer_inbound(
 def set_file_path(
     conn: sqlite3.Connection, inbound_id: int, file_path: str | None, now: float
 ) -> None:
-    """The document moved (dead letter, requeue) or was removed after its mail went out."""
+    """The document moved (dead letter, requeue) or was removed after its mail went out
+    (None: its shared copy goes too)."""
     with transaction(conn):
+        if file_path is None and blobs.shares_files(conn):
+            row = conn.execute(
+                "SELECT file_path FROM inbound WHERE id = ?", (inbound_id,)
+            ).fetchone()
+            if row is not None:
+                blobs.forget(conn, [row["file_path"]])
         conn.execute(
             "UPDATE inbound SET file_path = ?, updated_at = ? WHERE id = ?",
             (file_path, now, inbound_id),

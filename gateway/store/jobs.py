@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
+from gateway.store import blobs
+from gateway.store.blobs import File
 from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
 from gateway.store.records import (
@@ -59,13 +61,18 @@ def _now(now: float | None) -> float:
 # -- accepting mail --------------------------------------------------------------------------------
 
 
-def create_job(conn: sqlite3.Connection, job: NewJob, now: float | None = None) -> None:
-    """The job (received) and one pending fax per recipient, in one transaction."""
+def create_job(
+    conn: sqlite3.Connection, job: NewJob, now: float | None = None, files: Sequence[File] = ()
+) -> None:
+    """The job (received) and one pending fax per recipient, in one transaction (with the
+    shared copies of `files`, its message and converted PDFs, on a store that keeps them)."""
     with transaction(conn):
-        insert_job(conn, job, now)
+        insert_job(conn, job, now, files)
 
 
-def insert_job(conn: sqlite3.Connection, job: NewJob, now: float | None = None) -> None:
+def insert_job(
+    conn: sqlite3.Connection, job: NewJob, now: float | None = None, files: Sequence[File] = ()
+) -> None:
     """create_job's statements, inside the caller's transaction (store/commit.py).
 
     A number given twice (two spellings of one fax number) is one fax: refusing the message
@@ -103,6 +110,7 @@ def insert_job(conn: sqlite3.Connection, job: NewJob, now: float | None = None) 
         " VALUES (?, ?, ?, ?, ?)",
         [(job.id, number, FaxState.PENDING, now, now) for number in recipients],
     )
+    blobs.put(conn, files, now)
 
 
 def faxes_sent_since(
@@ -166,7 +174,11 @@ def find_resent_job(
 
 
 def insert_job_unless_resent(
-    conn: sqlite3.Connection, job: NewJob, resent_since: float | None, now: float | None = None
+    conn: sqlite3.Connection,
+    job: NewJob,
+    resent_since: float | None,
+    now: float | None = None,
+    files: Sequence[File] = (),
 ) -> str | None:
     """Inside the caller's transaction: the id of the job this message already became (same
     sender, Message-ID and recipients since `resent_since`), or insert `job` and return None.
@@ -175,7 +187,7 @@ def insert_job_unless_resent(
         resent = find_resent_job(conn, job.sender, job.message_id, job.recipients, resent_since)
         if resent is not None:
             return resent
-    insert_job(conn, job, now)
+    insert_job(conn, job, now, files)
     return None
 
 
@@ -294,12 +306,14 @@ def advance(
     to_state: JobState,
     *,
     now: float | None = None,
+    files: Sequence[File] = (),
     **columns: Any,
 ) -> bool:
     """Move a job on if it is still in `from_state`; False when it no longer was.
 
     The new stage starts fresh: attempts, pickups, next attempt and error are reset, and
-    `columns` (document_path=..., document_url=...) are set in the same statement.
+    `columns` (document_path=..., document_url=...) are set in the same statement; `files`
+    (the prepared document) are kept in the store in the same transaction if the job moved.
     """
     unknown = set(columns) - _ADVANCE_COLUMNS
     if unknown:
@@ -319,7 +333,10 @@ def advance(
             f" error = NULL, updated_at = ?{assignments} WHERE id = ? AND state = ?",
             (JobState(to_state), now, *values.values(), job_id, JobState(from_state)),
         )
-    return cursor.rowcount == 1
+        moved = cursor.rowcount == 1
+        if moved:
+            blobs.put(conn, files, now)
+    return moved
 
 
 def defer_job(
@@ -469,9 +486,15 @@ def mark_stored_copy_deleted(conn: sqlite3.Connection, job_id: str, now: float) 
 
 
 def mark_document_deleted(conn: sqlite3.Connection, job_id: str, now: float | None = None) -> None:
-    """The job's stored document and its local files are gone."""
+    """The job's stored document and its local files are gone (their shared copies too)."""
     now = _now(now)
     with transaction(conn):
+        if blobs.shares_files(conn):
+            row = conn.execute(
+                "SELECT spool_path, document_path FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is not None:
+                blobs.forget(conn, (row["spool_path"], row["document_path"]))
         conn.execute(
             "UPDATE jobs SET stored_deleted_at = coalesce(stored_deleted_at, ?),"
             " files_removed_at = ?, updated_at = ? WHERE id = ?",

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
+from gateway.store import blobs
+from gateway.store.blobs import File
 from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
 
@@ -78,8 +80,10 @@ def enqueue(
     recipients: Sequence[str],
     message_path: Path,
     now: float | None = None,
+    files: Sequence[File] = (),
 ) -> bool:
-    """Record a mail to send; False (and nothing changed) if `key` was queued before."""
+    """Record a mail to send; False (and nothing changed) if `key` was queued before. `files`
+    (the message) are kept in the store with the row, where it keeps shared copies."""
     if not recipients:
         raise ValueError("a mail needs at least one recipient")
     at = _now(now)
@@ -99,7 +103,10 @@ def enqueue(
                 at,
             ),
         )
-        return cursor.rowcount == 1
+        queued = cursor.rowcount == 1
+        if queued:
+            blobs.put(conn, files, at)
+        return queued
 
 
 def claim_due(
@@ -143,9 +150,16 @@ def claim_due(
 def mark_sent(
     conn: sqlite3.Connection, message_id: int, now: float | None = None, error: str | None = None
 ) -> None:
-    """The relay took the message. `error` notes recipients it refused for good, if any."""
+    """The relay took the message. `error` notes recipients it refused for good, if any.
+    Its shared copy goes in the same transaction: the recipient has the mail."""
     at = _now(now)
     with transaction(conn):
+        if blobs.shares_files(conn):
+            row = conn.execute(
+                "SELECT message_path FROM outbox WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is not None:
+                blobs.forget(conn, [row["message_path"]])
         conn.execute(
             "UPDATE outbox SET state = ?, sent_at = ?, updated_at = ?, error = ?, pickups = 0"
             " WHERE id = ?",
@@ -211,8 +225,11 @@ def _finish(
         )
 
 
-def requeue(conn: sqlite3.Connection, message_id: int, now: float | None = None) -> bool:
+def requeue(
+    conn: sqlite3.Connection, message_id: int, now: float | None = None, files: Sequence[File] = ()
+) -> bool:
     """Make a failed, dead or deferred message due now; False if there is no such message.
+    `files`: the message written anew, kept in the store with the change.
 
     Like Postfix's `postsuper -r`, a requeued message starts over: attempts and the lifetime
     count from now, or a dead message would die again at its first temporary failure.
@@ -224,7 +241,10 @@ def requeue(conn: sqlite3.Connection, message_id: int, now: float | None = None)
             " created_at = ?, updated_at = ? WHERE id = ? AND state != ?",
             (OutboxState.PENDING, at, at, at, message_id, OutboxState.SENT),
         )
-        return cursor.rowcount == 1
+        requeued = cursor.rowcount == 1
+        if requeued:
+            blobs.put(conn, files, at)
+        return requeued
 
 
 def give_up(conn: sqlite3.Connection, key: str, error: str, now: float | None = None) -> bool:
@@ -241,14 +261,17 @@ def give_up(conn: sqlite3.Connection, key: str, error: str, now: float | None = 
     return cursor.rowcount == 1
 
 
-def requeue_key(conn: sqlite3.Connection, key: str, now: float | None = None) -> bool:
-    """`requeue` for the mail queued under `key`, if its message file is still there."""
+def requeue_key(
+    conn: sqlite3.Connection, key: str, now: float | None = None, files: Sequence[File] = ()
+) -> bool:
+    """`requeue` for the mail queued under `key`, if its message file is still there (or is
+    `files`, written anew)."""
     message = get_by_key(conn, key)
     if message is None or message.state is OutboxState.SENT:
         return False
-    if not message.message_path.exists():
+    if not files and not blobs.present(conn, message.message_path):
         return False
-    return requeue(conn, message.id, now)
+    return requeue(conn, message.id, now, files)
 
 
 def get_message(conn: sqlite3.Connection, message_id: int) -> OutboxMessage | None:

@@ -212,6 +212,8 @@ class PgConnection:
     """A pooled psycopg connection (autocommit) in the shape of sqlite3.Connection."""
 
     backend = "postgresql"
+    # Other nodes need the files rows name: their shared copies are kept (store/blobs.py).
+    shares_files = True
 
     def __init__(self, raw: psycopg.Connection[Row], *, lease_seconds: float) -> None:
         self.raw = raw

@@ -21,6 +21,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.store import blobs
 from gateway.store.db import transaction
 from gateway.store.inbound import InboundState
 from gateway.store.outbox import OutboxState
@@ -80,6 +81,7 @@ def purge_rows(conn: sqlite3.Connection, cutoff: float, *, dry_run: bool = False
         purged.files += [Path(row["file_path"]) for row in dead if row["file_path"]]
         if dry_run:
             return purged
+        blobs.forget(conn, purged.files)  # the shared copies, where the store keeps them
         conn.execute(
             f"DELETE FROM faxes WHERE job_id IN (SELECT id FROM jobs WHERE {_JOBS})", job_params
         )

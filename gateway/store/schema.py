@@ -222,4 +222,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE faxes ADD COLUMN rounds INTEGER NOT NULL DEFAULT 0
     """,
+    # 14 (issue 13, shared durability): the shared copy of each data.dir file a row names, for
+    # stores several nodes share (gateway/store/blobs.py): `name` is "<folder>/<file name>",
+    # written in the transaction that makes the row. SQLite's stays empty (its files are the
+    # truth, in data.dir).
+    """
+    CREATE TABLE blobs (
+        name TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
 ]

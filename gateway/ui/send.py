@@ -192,7 +192,11 @@ class WebSender:
             try:
                 for index, pdf in checked.converted.items():
                     await asyncio.to_thread(self.spool.write_converted, job_id, index, pdf)
-                await self.db.run(create_job, job)
+                files = [(spool_path, raw)] + [
+                    (self.spool.converted_path(job_id, index), pdf)
+                    for index, pdf in checked.converted.items()
+                ]
+                await self.db.run(create_job, job, files=files)
             except BaseException:  # the message and its PDFs go: no row names them
                 await asyncio.to_thread(self.spool.remove, spool_path)
                 raise

@@ -20,12 +20,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from tests.bench import acceptance, assembly, cluster, commit, pipeline, store, whole
+from tests.bench import acceptance, assembly, cluster, commit, pipeline, sharedfiles, store, whole
 from tests.bench.common import Result, median_of, production_logging, report, table
 
 # In-process benchmarks of one part each (postgresql: accept and webhook rates on a shared
-# store, one and two nodes), then the whole daemon as a subprocess (whole.py).
-PARTS = ("smtp", "assembly", "pipeline", "store", "commit", "postgresql")
+# store, one and two nodes; shared: where that store keeps a message, bytea or an S3 PUT), then
+# the whole daemon as a subprocess (whole.py).
+PARTS = ("smtp", "assembly", "pipeline", "store", "commit", "postgresql", "shared")
 BENCHMARKS = PARTS + tuple(whole.FIGURES)
 
 
@@ -96,6 +97,13 @@ def chosen_benchmarks(args: argparse.Namespace) -> list[tuple[str, str, Benchmar
             return await cluster.run(work, args.messages)
 
         found.append(("postgresql", cluster.title(args.messages), shared))
+    if "shared" in chosen:
+        copies = max(10, args.store_jobs // 10)
+
+        async def placed(work: Path) -> list[Result]:
+            return await sharedfiles.run(work, copies)
+
+        found.append(("shared", sharedfiles.title(copies), placed))
     if "commit" in chosen:
 
         async def grouped(work: Path) -> list[Result]:

@@ -85,7 +85,7 @@ async def job_act(request: web.Request) -> web.StreamResponse:
     action = request.match_info["action"]
     back = f"/ui/jobs/{job.id}"
     if action == "download":
-        return _download(job_document(job), user, job_id=job.id)
+        return _download(await job_document(request, job), user, job_id=job.id)
     outcome = await (ui.actions.retry if action == "retry" else ui.actions.cancel)(job.id, user)
     return _done(request, outcome.ok, outcome.message, back)
 
@@ -103,7 +103,7 @@ async def inbound_act(request: web.Request) -> web.StreamResponse:
     user = session_of(request).user
     fax = await load_inbound(request)
     if request.match_info["action"] == "download":
-        return _download(inbound_document(request, fax), user, inbound_id=fax.id)
+        return _download(await inbound_document(request, fax), user, inbound_id=fax.id)
     outcome = await ui.actions.requeue(fax.id, user)
     return _done(request, outcome.ok, outcome.message, f"/ui/inbound/{fax.id}")
 

@@ -10,6 +10,7 @@ from gateway.commands.queue import RETRYABLE
 from gateway.inbound.files import locate
 from gateway.mailout.privacy import inbound_privacy, report_privacy
 from gateway.store import jobs as jobs_store
+from gateway.store.blobs import SharedFiles
 from gateway.store.faxes import faxes_of
 from gateway.store.inbound import InboundFax, InboundState, get_inbound
 from gateway.store.records import FINAL_JOB_STATES, Job
@@ -47,15 +48,26 @@ async def load_inbound(request: web.Request) -> InboundFax:
     return fax
 
 
-def job_document(job: Job) -> Path | None:
-    path = job.document_path
-    return path if path is not None and path.is_file() else None
+async def job_document(request: web.Request, job: Job) -> Path | None:
+    """The job's document on this node (fetched from the store where nodes share it)."""
+    if job.document_path is None:
+        return None
+    ui = ui_of(request)
+    path = await SharedFiles.of(ui.config, ui.db).fetch(job.document_path)
+    return path if path.is_file() else None
 
 
-def inbound_document(request: web.Request, fax: InboundFax) -> Path | None:
+async def inbound_document(request: web.Request, fax: InboundFax) -> Path | None:
+    """The received fax's file on this node (fetched from the store where nodes share it)."""
     if fax.file_path is None:
         return None
-    return locate(Path(fax.file_path), ui_of(request).config)
+    ui = ui_of(request)
+    files = SharedFiles.of(ui.config, ui.db)
+    found = locate(files.local(Path(fax.file_path)), ui.config)
+    if found is None and files.shared:
+        fetched = await files.fetch(Path(fax.file_path))
+        found = fetched if fetched.is_file() else None
+    return found
 
 
 async def job_detail(request: web.Request) -> web.StreamResponse:
@@ -63,7 +75,7 @@ async def job_detail(request: web.Request) -> web.StreamResponse:
     job = await load_job(request)
     faxes = await ui.db.run(faxes_of, job.id)
     entries = await ui.db.run(timeline.job_timeline, job, faxes)
-    document = job_document(job)
+    document = await job_document(request, job)
     return page(
         request,
         "job.html.j2",
@@ -83,7 +95,7 @@ async def inbound_detail(request: web.Request) -> web.StreamResponse:
     ui = ui_of(request)
     fax = await load_inbound(request)
     entries = await ui.db.run(timeline.inbound_timeline, fax)
-    document = inbound_document(request, fax)
+    document = await inbound_document(request, fax)
     return page(
         request,
         "inbound.html.j2",
@@ -108,7 +120,7 @@ async def job_thumbnail(request: web.Request) -> web.StreamResponse:
     job = await load_job(request)
     return _png(
         await ui_of(request).thumbnails.thumbnail(
-            job_document(job), job.document_type, privacy_mode(request, job)
+            await job_document(request, job), job.document_type, privacy_mode(request, job)
         )
     )
 
@@ -117,7 +129,7 @@ async def inbound_thumbnail(request: web.Request) -> web.StreamResponse:
     fax = await load_inbound(request)
     return _png(
         await ui_of(request).thumbnails.thumbnail(
-            inbound_document(request, fax), None, privacy_mode(request, fax)
+            await inbound_document(request, fax), None, privacy_mode(request, fax)
         )
     )
 
