@@ -56,7 +56,7 @@ from gateway.queue.runner import QueueWorker, Runner
 from gateway.smtp.server import SmtpServer
 from gateway.storage import S3Storage, create_storage
 from gateway.store import jobs as job_store
-from gateway.store.backend import create_database
+from gateway.store.backend import cluster_problems, create_database
 from gateway.store.claims import release_claims
 from gateway.store.commit import GroupCommit
 from gateway.store.events import EVENTS
@@ -246,6 +246,10 @@ class Gateway:
             released = await self.db.run(release_claims, QUEUES, time.time())
             if released:
                 logger.warning("claims.released", count=released)
+        for problem in cluster_problems(self.config):
+            # One node on a shared store with local storage works; a second one would not
+            # (check-config refuses it): said at every start.
+            logger.warning("store.cluster_problem", problem=problem)
         await self.http.start()
         await self.documents.start()
         await self.runner.start()

@@ -15,6 +15,7 @@ from gateway.cli import add_config_argument, config_from_args
 from gateway.config import Config
 from gateway.document.cover import CoverTemplateError, check_template
 from gateway.document.office import OfficeConverter
+from gateway.store.backend import cluster_problems
 
 EXIT_EXAMPLE_VALUES = 1
 EXIT_PROBLEMS = 2
@@ -115,21 +116,6 @@ def _cover_template_problems(config: Config) -> list[str]:
         except CoverTemplateError as exc:
             found.append(f'senders."{sender}".cover_template: {exc}')
     return found
-
-
-def cluster_problems(config: Config) -> list[str]:
-    """What nodes sharing a store cannot do, one line each."""
-    if config.store.backend == "postgresql" and config.storage.backend == "local":
-        # Decided: refused rather than served from the store's copy on a miss. The carrier's
-        # GET reaches whichever node nginx picks, and media/ is one node's disk; the bucket
-        # every node shares is what a cluster has anyway (docs/cluster.md).
-        return [
-            'store.backend = "postgresql" with storage.backend = "local": local storage'
-            " serves the carrier's documents from one node's media/ folder, and the carrier's"
-            ' request may reach another node; use storage.backend = "s3" with one bucket for'
-            " every node sharing the store"
-        ]
-    return []
 
 
 def missing_programs(config: Config) -> list[str]:
