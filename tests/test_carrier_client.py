@@ -307,6 +307,67 @@ async def test_unreadable_success_bodies(odd_carrier: tuple[str, dict[str, Any]]
             [fax async for fax in api.list_faxes()]
 
 
+# -- a proxy from the environment ------------------------------------------------------------
+
+_PROXY_VARIABLES = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+)
+
+
+@pytest.fixture
+async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[web.Request]]:
+    """A real HTTP server named by HTTP_PROXY (with a login), answering every GET with a fax:
+    the requests it saw."""
+    seen: list[web.Request] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request)
+        fax = {"id": "p", "direction": "outbound", "to": "1", "from": "2", "status": "queued"}
+        return web.json_response(fax)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://squid:secret@127.0.0.1:{port}")
+    try:
+        yield seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_requests_go_through_the_environments_proxy(proxy: list[web.Request]) -> None:
+    """HTTP_PROXY (with its login) carries every request to a carrier we cannot reach directly."""
+    unreachable = f"http://127.0.0.1:{free_port()}/api/v1"
+    async with VoxtelesysClient(unreachable, "k", retry=ONCE) as api:
+        assert (await api.get_fax("p")).id == "p"
+        assert (await api.get_fax("p")).id == "p"
+    assert len(proxy) == 2
+    assert all(str(r.url).startswith(unreachable) for r in proxy)
+    assert proxy[0].headers["Proxy-Authorization"].startswith("Basic ")
+    assert proxy[0].headers["Authorization"] == "Bearer k"
+
+
+async def test_no_proxy_sends_requests_directly(
+    proxy: list[web.Request], sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A carrier host named in NO_PROXY is asked directly, the proxy never sees a request."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with VoxtelesysClient(sandbox.base_url, sandbox.api_key, retry=ONCE) as api:
+        with pytest.raises(NotFound):
+            await api.get_fax("x")
+    assert proxy == []
+
+
 # -- payloads and statuses -------------------------------------------------------------------
 
 DOC_FAILED = {

@@ -12,6 +12,7 @@ line (the log redactor would hide it, but it should not get there in the first p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -23,6 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from gateway import __version__
 from gateway.carrier.errors import (
@@ -71,6 +74,8 @@ class VoxtelesysClient:
         self._session = session
         # A session handed in belongs to the caller, who closes it.
         self._owns_session = session is None
+        # The proxy from the environment for base_url and its login, looked up once.
+        self._proxy: tuple[URL | None, dict[str, str]] | None = None
 
     @classmethod
     def from_config(
@@ -285,10 +290,25 @@ class VoxtelesysClient:
 
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            # trust_env: operators behind an HTTPS proxy configure it the usual way
-            # (HTTPS_PROXY / NO_PROXY).
-            self._session = aiohttp.ClientSession(trust_env=True)
+            # Not trust_env: with it aiohttp reads the environment and ~/.netrc in a thread on
+            # every request (two thread hops per GET), and a netrc entry for the carrier's host
+            # would clash with our Authorization header. The proxy is looked up once instead.
+            self._session = aiohttp.ClientSession()
         return self._session
+
+    async def _env_proxy(self) -> tuple[URL | None, dict[str, str]]:
+        """The proxy the environment names for base_url (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, and
+        the proxy's login from its URL or netrc) as aiohttp's trust_env finds it, and the
+        Proxy-Authorization header of that login; looked up once: a process's environment
+        does not change under it."""
+        if self._proxy is None:
+            try:
+                proxy, login = await asyncio.to_thread(get_env_proxy_for_url, URL(self.base_url))
+            except LookupError:  # no proxy for this URL
+                self._proxy = (None, {})
+            else:
+                self._proxy = (proxy, {"Proxy-Authorization": login.encode()} if login else {})
+        return self._proxy
 
     async def _call(
         self,
@@ -300,11 +320,17 @@ class VoxtelesysClient:
     ) -> Any:
         """One HTTP request without retries: the decoded JSON body, or a CarrierError."""
         session = self._client_session()
+        proxy, login = await self._env_proxy()
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Accept": "application/json",
             "User-Agent": f"fax-gateway/{__version__}",
         }
+        # The proxy's login goes where the proxy reads it: on the request itself when the proxy
+        # forwards plain HTTP, on the CONNECT that opens the tunnel for HTTPS.
+        tunnel = self.base_url.startswith("https:")
+        if not tunnel:
+            headers.update(login)
         started = time.monotonic()
         try:
             async with session.request(
@@ -316,6 +342,8 @@ class VoxtelesysClient:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 # A POST must never silently become a GET on another host.
                 allow_redirects=False,
+                proxy=proxy,
+                proxy_headers=login if tunnel and login else None,
             ) as response:
                 raw = await response.read()
                 status, reason = response.status, response.reason or ""
