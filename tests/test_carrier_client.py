@@ -103,10 +103,11 @@ async def test_wrong_key_is_auth_error_not_retried(sandbox: Sandbox) -> None:
 
 
 async def test_unknown_fax_is_not_found(client: VoxtelesysClient) -> None:
-    """404 becomes NotFound with the carrier's message."""
-    with pytest.raises(NotFound) as caught:
+    """404 becomes NotFound with the carrier's message, left to the caller to log."""
+    with capture_logs() as logs, pytest.raises(NotFound) as caught:
         await client.get_fax("fc90ecf7-ada9-4843-9bd2-3cd9ddfa33b7")
     assert caught.value.http_status == 404 and caught.value.message == "fax not found"
+    assert [e for e in logs if e["log_level"] != "debug"] == []
 
 
 async def test_invalid_request_is_rejected_once(sandbox: Sandbox, client: VoxtelesysClient) -> None:

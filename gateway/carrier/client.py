@@ -170,7 +170,9 @@ class VoxtelesysClient:
         if not fax_id or not fax_id.strip():
             raise ValueError("fax id is empty")
         path = "/faxes/" + quote(fax_id.strip(), safe="")
-        return _fax(await self._request("GET", path, operation="carrier.get_fax"))
+        # A 404 is an answer here, not an error: each caller says what it means (a forged
+        # webhook, a fax the carrier lost) in a line of its own.
+        return _fax(await self._request("GET", path, operation="carrier.get_fax", quiet=404))
 
     async def list_faxes(self, page: int | None = None) -> AsyncGenerator[CarrierFax, None]:
         """Every fax, inbound and outbound, page after page until the last `next_page`.
@@ -280,9 +282,10 @@ class VoxtelesysClient:
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
         operation: str,
+        quiet: int | None = None,
     ) -> Any:
         return await retrying(
-            lambda: self._call(method, path, params=params, body=body),
+            lambda: self._call(method, path, params=params, body=body, quiet=quiet),
             policy=self.retry,
             is_transient=is_transient,
             operation=operation,
@@ -317,8 +320,10 @@ class VoxtelesysClient:
         *,
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
+        quiet: int | None = None,
     ) -> Any:
-        """One HTTP request without retries: the decoded JSON body, or a CarrierError."""
+        """One HTTP request without retries: the decoded JSON body, or a CarrierError (logged,
+        unless its status is `quiet`)."""
         session = self._client_session()
         proxy, login = await self._env_proxy()
         headers = {
@@ -379,7 +384,7 @@ class VoxtelesysClient:
                 error_id=error_id,
                 hint="the carrier refused the API key: check voxtelesys.api_key",
             )
-        else:
+        elif status != quiet:
             log.warning(
                 "carrier.error",
                 method=method,
