@@ -296,6 +296,7 @@ class Gateway:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("smtp", self.smtp.stop),
             ("workers", self._stop_workers),
+            ("relay", self.relay.close),  # its kept session, once the outbox is done with it
             ("http", self.http.stop),
             ("carrier", self.client.close),
         ]
