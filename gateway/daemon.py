@@ -189,13 +189,18 @@ class Gateway:
         self.runner.wake()
         self.db.wake_others()  # nodes sharing the store (PostgreSQL: NOTIFY)
 
+    def _wake_events(self) -> None:
+        """A webhook's event was stored: only the events worker has work from it."""
+        self.runner.wake(EventsWorker.name)
+        self.db.wake_others()
+
     def _routes(self) -> None:
         config = self.config
         self.webhooks = add_webhook_routes(
             self.http_app,
             config=config,
             db=self.db,
-            wake=self._wake,
+            wake=self._wake_events,
             metrics=self.metrics,
             commits=self.commits,
         )
@@ -278,6 +283,7 @@ class Gateway:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("smtp", self.smtp.stop),
             ("workers", self._stop_workers),
+            ("relay", self.relay.close),  # its kept session, once the outbox is done with it
             ("http", self.http.stop),
             ("carrier", self.client.close),
         ]

@@ -103,10 +103,11 @@ async def test_wrong_key_is_auth_error_not_retried(sandbox: Sandbox) -> None:
 
 
 async def test_unknown_fax_is_not_found(client: VoxtelesysClient) -> None:
-    """404 becomes NotFound with the carrier's message."""
-    with pytest.raises(NotFound) as caught:
+    """404 becomes NotFound with the carrier's message, left to the caller to log."""
+    with capture_logs() as logs, pytest.raises(NotFound) as caught:
         await client.get_fax("fc90ecf7-ada9-4843-9bd2-3cd9ddfa33b7")
     assert caught.value.http_status == 404 and caught.value.message == "fax not found"
+    assert [e for e in logs if e["log_level"] != "debug"] == []
 
 
 async def test_invalid_request_is_rejected_once(sandbox: Sandbox, client: VoxtelesysClient) -> None:
@@ -305,6 +306,67 @@ async def test_unreadable_success_bodies(odd_carrier: tuple[str, dict[str, Any]]
             await api.get_fax("bad")
         with pytest.raises(BadResponse, match="same next_page"):
             [fax async for fax in api.list_faxes()]
+
+
+# -- a proxy from the environment ------------------------------------------------------------
+
+_PROXY_VARIABLES = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+)
+
+
+@pytest.fixture
+async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[web.Request]]:
+    """A real HTTP server named by HTTP_PROXY (with a login), answering every GET with a fax:
+    the requests it saw."""
+    seen: list[web.Request] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request)
+        fax = {"id": "p", "direction": "outbound", "to": "1", "from": "2", "status": "queued"}
+        return web.json_response(fax)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://squid:secret@127.0.0.1:{port}")
+    try:
+        yield seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_requests_go_through_the_environments_proxy(proxy: list[web.Request]) -> None:
+    """HTTP_PROXY (with its login) carries every request to a carrier we cannot reach directly."""
+    unreachable = f"http://127.0.0.1:{free_port()}/api/v1"
+    async with VoxtelesysClient(unreachable, "k", retry=ONCE) as api:
+        assert (await api.get_fax("p")).id == "p"
+        assert (await api.get_fax("p")).id == "p"
+    assert len(proxy) == 2
+    assert all(str(r.url).startswith(unreachable) for r in proxy)
+    assert proxy[0].headers["Proxy-Authorization"].startswith("Basic ")
+    assert proxy[0].headers["Authorization"] == "Bearer k"
+
+
+async def test_no_proxy_sends_requests_directly(
+    proxy: list[web.Request], sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A carrier host named in NO_PROXY is asked directly, the proxy never sees a request."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with VoxtelesysClient(sandbox.base_url, sandbox.api_key, retry=ONCE) as api:
+        with pytest.raises(NotFound):
+            await api.get_fax("x")
+    assert proxy == []
 
 
 # -- payloads and statuses -------------------------------------------------------------------

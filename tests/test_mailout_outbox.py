@@ -134,6 +134,30 @@ async def test_queued_mail_is_sent_once_and_its_file_removed(
     assert await worker.run_once() == 0
 
 
+async def test_mails_due_together_share_one_relay_session(
+    db: Database,
+    make_config: ConfigFactory,
+    relay_server: CapturingRelay,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    """Three mails waiting go over one session, byte for byte as stored; it is QUIT once the
+    outbox is empty, and the next mail opens a new one."""
+    outbox_dir = tmp_path / "outbox"
+    for n in range(3):
+        assert await queue(db, outbox_dir, clock, key=f"report:fax-{n}:delivered")
+    stored = [
+        message_path_for(outbox_dir, f"report:fax-{n}:delivered").read_bytes() for n in range(3)
+    ]
+    worker = worker_for(db, make_config, relay_server, clock)
+    assert await run_until_idle(worker) == 3
+    assert sorted(m.data for m in relay_server.messages) == sorted(stored)
+    assert (relay_server.sessions, relay_server.quits) == (1, 1)
+    assert await queue(db, outbox_dir, clock, key="report:fax-3:delivered")
+    assert await run_until_idle(worker) == 1
+    assert (relay_server.sessions, relay_server.quits) == (2, 2)
+
+
 async def test_same_key_queued_twice_is_sent_once(
     db: Database,
     make_config: ConfigFactory,

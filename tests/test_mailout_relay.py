@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -18,6 +18,7 @@ from gateway.mailout.message import MailAttachment, RenderedMail, build_message
 from gateway.mailout.relay import (
     MaildirRelay,
     RecipientsRefused,
+    Relay,
     RelayError,
     SmtpRelay,
     create_relay,
@@ -37,11 +38,39 @@ def make_message(to: list[str], subject: str = "Fax to +1 555-123-4567 delivered
     )
 
 
+def wire(message: EmailMessage) -> bytes:
+    """The message as the outbox stores it and hands it to a relay."""
+    return message.as_bytes(policy=policy.SMTP)
+
+
+def mail(to: list[str]) -> bytes:
+    return wire(make_message(to))
+
+
+_opened: list[Relay] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_relays(make_relay_server: RelayFactory) -> AsyncIterator[None]:
+    """Every relay a test opened lets go of its kept session at the end, before the relay
+    servers stop (no socket left open)."""
+    yield
+    for relay in _opened:
+        await relay.close()
+    _opened.clear()
+
+
+def opened(relay: Relay) -> Relay:
+    _opened.append(relay)
+    return relay
+
+
 def smtp_relay(make_config: ConfigFactory, server: CapturingRelay, **overrides: Any) -> SmtpRelay:
     config = make_config({"relay": {**server.relay_config_overrides(), **overrides}})
     tls = server.client_tls_context() if server.tls != "none" else None
     relay = create_relay(config, tls_context=tls)
     assert isinstance(relay, SmtpRelay)
+    opened(relay)
     return relay
 
 
@@ -51,7 +80,7 @@ async def test_plain_smtp_delivers_with_our_envelope_sender(
     """The relay receives the message, from relay.from_address, for exactly the recipients."""
     relay = smtp_relay(make_config, relay_server)
     message = make_message(["alice@example.com"])
-    await relay.send(message, ["alice@example.com", "boss@example.com"])
+    await relay.send(wire(message), ["alice@example.com", "boss@example.com"])
     [captured] = relay_server.messages
     assert captured.mail_from == "fax-gateway@example.com"
     assert captured.rcpt_tos == ("alice@example.com", "boss@example.com")
@@ -76,7 +105,7 @@ async def test_display_name_from_keeps_a_bare_envelope_sender(
         rendered=RenderedMail(subject="Fax delivered", text="Delivered.\n", html=None),
         message_id_domain="fax.example.com",
     )
-    await create_relay(config).send(message, ["alice@example.com"])
+    await opened(create_relay(config)).send(wire(message), ["alice@example.com"])
     [captured] = relay_server.messages
     assert captured.mail_from == "fax-gateway@example.com"
     [mailbox] = captured.message["From"].addresses
@@ -86,7 +115,7 @@ async def test_display_name_from_keeps_a_bare_envelope_sender(
     config = make_config(
         {"relay": {"backend": "maildir", "maildir": str(maildir), "from_address": from_address}}
     )
-    await create_relay(config).send(message, ["alice@example.com"])
+    await opened(create_relay(config)).send(wire(message), ["alice@example.com"])
     [copy] = read_maildir(maildir)
     assert copy["Return-Path"] == "<fax-gateway@example.com>"
 
@@ -98,7 +127,7 @@ async def test_starttls_and_auth(
     server = make_relay_server(tls="starttls", users={"gateway": "s3cret-pass"})
     relay = smtp_relay(make_config, server)
     await relay.check()
-    await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     [captured] = server.messages
     assert captured.tls and captured.auth_user == "gateway"
 
@@ -109,7 +138,7 @@ async def test_implicit_tls_and_auth(
     """relay.tls (port-465 style): TLS from the first byte, then AUTH, then delivery."""
     server = make_relay_server(tls="implicit", users={"gateway": "s3cret-pass"})
     relay = smtp_relay(make_config, server)
-    await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     [captured] = server.messages
     assert captured.tls and captured.auth_user == "gateway"
 
@@ -121,7 +150,7 @@ async def test_wrong_password_is_temporary_and_logged_loudly(
     server = make_relay_server(tls="starttls", users={"gateway": "s3cret-pass"})
     relay = smtp_relay(make_config, server, password="wrong-password")
     with capture_logs() as logs, pytest.raises(RelayError) as info:
-        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+        await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert info.value.transient and info.value.relay_unavailable
     assert info.value.code == 535
     # aiosmtplib tries each mechanism the server offers before giving up.
@@ -140,7 +169,7 @@ async def test_missing_login_is_temporary(
     server = make_relay_server(tls="starttls", users={"gateway": "s3cret-pass"})
     relay = smtp_relay(make_config, server, username=None, password=None)
     with pytest.raises(RelayError) as info:
-        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+        await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert info.value.code == 530 and info.value.transient
 
 
@@ -150,9 +179,9 @@ async def test_untrusted_certificate_is_temporary(
     """A certificate we cannot verify stops the relay (not the message) and is logged."""
     server = make_relay_server(tls="starttls")
     config = make_config({"relay": server.relay_config_overrides()})
-    relay = create_relay(config)  # system trust store: does not know the test CA
+    relay = opened(create_relay(config))  # system trust store: does not know the test CA
     with capture_logs() as logs, pytest.raises(RelayError) as info:
-        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+        await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert info.value.transient and info.value.relay_unavailable
     assert any(e["event"] == "relay.tls_failed" for e in logs)
     assert server.messages == []
@@ -165,10 +194,10 @@ async def test_4xx_at_data_is_temporary(
     relay = smtp_relay(make_config, relay_server)
     relay_server.fail_next(1, code=451, message="4.3.0 Queue full")
     with pytest.raises(RelayError) as info:
-        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+        await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert info.value.transient and not info.value.relay_unavailable
     assert info.value.code == 451 and "Queue full" in info.value.reply
-    await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert len(relay_server.messages) == 1
 
 
@@ -179,7 +208,7 @@ async def test_5xx_at_data_is_permanent(
     relay = smtp_relay(make_config, relay_server)
     relay_server.reject_next(1, code=554, message="5.6.0 Content rejected", at="DATA")
     with pytest.raises(RelayError) as info:
-        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+        await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert not info.value.transient and info.value.code == 554
     assert relay_server.messages == []
 
@@ -191,7 +220,7 @@ async def test_5xx_at_mail_from_is_permanent(
     relay = smtp_relay(make_config, relay_server)
     relay_server.reject_next(1, code=550, message="5.7.1 Sender denied", at="MAIL")
     with pytest.raises(RelayError) as info:
-        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+        await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert not info.value.transient and info.value.code == 550
 
 
@@ -204,7 +233,7 @@ async def test_some_recipients_refused(
     relay_server.refuse_recipient("full@example.com", 452, "4.2.2 Mailbox full")
     recipients = ["alice@example.com", "gone@example.com", "full@example.com"]
     with pytest.raises(RecipientsRefused) as info:
-        await relay.send(make_message(recipients), recipients)
+        await relay.send(mail(recipients), recipients)
     assert info.value.accepted == ("alice@example.com",)
     assert info.value.permanently_refused == ("gone@example.com",)
     assert info.value.temporary == ("full@example.com",)
@@ -221,7 +250,7 @@ async def test_all_recipients_refused_permanently(
     relay_server.reject_next(2, code=550, at="RCPT")
     recipients = ["a@example.com", "b@example.com"]
     with pytest.raises(RecipientsRefused) as info:
-        await relay.send(make_message(recipients), recipients)
+        await relay.send(mail(recipients), recipients)
     assert not info.value.transient and info.value.accepted == ()
     assert relay_server.messages == []
 
@@ -233,13 +262,13 @@ async def test_relay_down_is_temporary_and_unavailable(
     relay = smtp_relay(make_config, relay_server)
     relay_server.go_down()
     with pytest.raises(RelayError) as info:
-        await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+        await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert info.value.transient and info.value.relay_unavailable
     with pytest.raises(RelayError, match="unreachable"):
         await relay.check()
     relay_server.come_up()
     await relay.check()
-    await relay.send(make_message(["alice@example.com"]), ["alice@example.com"])
+    await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
     assert len(relay_server.messages) == 1
 
 
@@ -249,9 +278,105 @@ async def test_malformed_recipient_is_permanent(
     """A recipient with a line break never reaches the wire."""
     relay = smtp_relay(make_config, relay_server)
     with pytest.raises(RelayError) as info:
-        await relay.send(make_message(["a@example.com"]), ["a@example.com\r\nRCPT TO:<x@y>"])
+        await relay.send(mail(["a@example.com"]), ["a@example.com\r\nRCPT TO:<x@y>"])
     assert not info.value.transient
     assert relay_server.sessions == 0
+
+
+# -- one session for many messages -------------------------------------------------------------
+
+
+async def test_messages_in_quick_succession_share_one_session(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """Three messages, one connection and one EHLO; close() ends it with QUIT."""
+    relay = smtp_relay(make_config, relay_server)
+    for n in range(3):
+        await relay.send(mail([f"user{n}@example.com"]), [f"user{n}@example.com"])
+    assert [m.rcpt_tos for m in relay_server.messages] == [
+        (f"user{n}@example.com",) for n in range(3)
+    ]
+    assert relay_server.sessions == 1 and relay.sessions_opened == 1
+    assert relay_server.quits == 0
+    await relay.close()
+    assert relay_server.quits == 1
+
+
+async def test_a_session_the_relay_closed_costs_a_connection_not_the_message(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """The relay restarted between two messages: the second finds the kept session dead (its
+    RSET fails) and goes out over a new one, delivered once."""
+    relay = smtp_relay(make_config, relay_server)
+    await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
+    relay_server.go_down()
+    relay_server.come_up()
+    await relay.send(mail(["bob@example.com"]), ["bob@example.com"])
+    assert [m.rcpt_tos for m in relay_server.messages] == [
+        ("alice@example.com",),
+        ("bob@example.com",),
+    ]
+    assert relay.sessions_opened == 2
+
+
+async def test_a_session_that_saw_an_error_is_not_kept(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """After a refused DATA the next message starts on a new session."""
+    relay = smtp_relay(make_config, relay_server)
+    relay_server.fail_next(1, code=451, message="4.3.0 Queue full")
+    with pytest.raises(RelayError):
+        await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
+    await relay.send(mail(["alice@example.com"]), ["alice@example.com"])
+    assert relay.sessions_opened == 2 and len(relay_server.messages) == 1
+
+
+async def test_stored_bytes_go_out_as_they_are(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """The relay receives exactly the bytes the outbox stored, byte for byte."""
+    relay = smtp_relay(make_config, relay_server)
+    stored = mail(["alice@example.com"])
+    await relay.send(stored, ["alice@example.com"])
+    [captured] = relay_server.messages
+    assert captured.data == stored
+
+
+def _eight_bit_message() -> bytes:
+    """A stored mail with an 8-bit text part (ours are quoted-printable; a mail of another
+    making need not be)."""
+    message = EmailMessage()
+    message["From"] = "fax-gateway@example.com"
+    message["To"] = "alice@example.com"
+    message["Subject"] = "Fax für Jürgen"
+    message.set_content("Zugestellt: 3 Seiten, grüß dich.\n")
+    assert message["Content-Transfer-Encoding"] == "8bit"
+    return wire(message)
+
+
+async def test_8bit_text_is_declared_to_a_relay_with_8bitmime(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """8-bit text goes as it is, announced with BODY=8BITMIME."""
+    relay = smtp_relay(make_config, relay_server)
+    stored = _eight_bit_message()
+    await relay.send(stored, ["alice@example.com"])
+    [captured] = relay_server.messages
+    assert captured.data == stored and "BODY=8BITMIME" in captured.mail_options
+
+
+async def test_a_relay_without_8bitmime_gets_seven_bits(
+    make_config: ConfigFactory, make_relay_server: RelayFactory
+) -> None:
+    """A relay that does not offer 8BITMIME gets the 8-bit text re-encoded, its words intact."""
+    server = make_relay_server(eight_bit=False)
+    relay = smtp_relay(make_config, server)
+    await relay.send(_eight_bit_message(), ["alice@example.com"])
+    [captured] = server.messages
+    assert captured.data.isascii() and "BODY=8BITMIME" not in captured.mail_options
+    # Base64 of the canonical form (CRLF line ends), as aiosmtplib's own downgrade made it.
+    assert captured.message.get_content().splitlines() == ["Zugestellt: 3 Seiten, grüß dich."]
+    assert captured.message["Subject"] == "Fax für Jürgen"
 
 
 def read_maildir(directory: Path) -> list[EmailMessage]:
@@ -273,7 +398,7 @@ async def test_maildir_writes_one_complete_file_per_recipient(
     assert isinstance(relay, MaildirRelay)
     await relay.check()
     message = make_message(["alice@example.com", "bob@example.com"])
-    await relay.send(message, ["alice@example.com", "bob@example.com", "ALICE@example.com"])
+    await relay.send(wire(message), ["alice@example.com", "bob@example.com", "ALICE@example.com"])
     assert list((maildir / "tmp").iterdir()) == []
     delivered = read_maildir(maildir)
     assert sorted(m["Delivered-To"] for m in delivered) == ["alice@example.com", "bob@example.com"]
@@ -295,11 +420,11 @@ async def test_maildir_not_writable_is_temporary(tmp_path: Path) -> None:
     (maildir / "tmp").write_bytes(b"")
     relay = MaildirRelay(maildir, envelope_sender="fax-gateway@example.com")
     with pytest.raises(RelayError) as info:
-        await relay.send(make_message(["a@example.com"]), ["a@example.com"])
+        await relay.send(mail(["a@example.com"]), ["a@example.com"])
     assert info.value.transient
     with pytest.raises(RelayError, match="not writable"):
         await relay.check()
     (maildir / "tmp").unlink()
     await relay.check()
-    await relay.send(make_message(["a@example.com"]), ["a@example.com"])
+    await relay.send(mail(["a@example.com"]), ["a@example.com"])
     assert len(read_maildir(maildir)) == 1

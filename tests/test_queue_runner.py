@@ -68,6 +68,21 @@ async def test_wake_makes_an_idle_worker_run_promptly(runners: StartRunner) -> N
     await queue.until(lambda: queue.handled == ["job-1"])
 
 
+async def test_wake_naming_a_worker_wakes_only_that_one(runners: StartRunner) -> None:
+    """wake("events") runs the events worker's round and leaves every other worker asleep."""
+    events, other = Queue("events"), Queue("other")
+    runner = await runners(events, other)
+    await events.until(lambda: events.rounds >= 1)
+    await other.until(lambda: other.rounds >= 1)
+    rounds = other.rounds
+    runner.wake("events")
+    await events.until(lambda: events.rounds >= 2)
+    assert other.rounds == rounds
+    other.items.append("job-1")
+    runner.wake("other")
+    await other.until(lambda: other.handled == ["job-1"])
+
+
 async def test_scan_interval_finds_work_without_a_wake(runners: StartRunner) -> None:
     """Work nobody announced (a deferred job coming due) is found by the periodic scan."""
     queue = Queue()

@@ -1,10 +1,16 @@
 """The events worker: applies stored carrier events (webhooks and the reconciler's findings).
 
-For each unprocessed row of `events`, oldest first:
+Unprocessed rows of `events` are claimed oldest first, up to a batch at a time (one claim, and
+one transaction for the batch's marks; store/events.py says how a batch shares its pickups).
+For each event:
 - With webhooks.verify (the default) the fax is fetched with GET /faxes/{id} and that record is
-  acted upon; the webhook only says "look at this fax". A fax the carrier does not know (404)
-  is a forged or misdirected webhook: dropped, logged at warning level. A carrier that cannot
-  be reached leaves the event for later, with backoff; so does any other failure, until
+  acted upon; the webhook only says "look at this fax". The events of one fax in a batch (the
+  carrier's queued, sending and delivered in quick succession) share that one GET and are
+  applied as one: its record is the fax's latest state, whichever event asked for it; its
+  lines carry the oldest event's id and `coalesced`, how many. A fax the carrier does not
+  know (404) is a forged or misdirected webhook: dropped, logged at warning level. A carrier
+  that cannot be reached leaves the event for later, with backoff (and the events of the batch
+  not tried yet wait with it, their claims given back); so does any other failure, until
   queue.lifetime_seconds after the event arrived (the reconciler still covers the fax).
 - Outbound: the status is classified and recorded on our fax (`record_carrier_status`, which
   never undoes a final state, so an out-of-order `delivering` after `delivered` changes
@@ -34,10 +40,14 @@ from gateway.outbound.reports import Reporter
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import DEFERRED, EXPIRED, HELD, Clock
 from gateway.store import Database
+from gateway.store.claims import give_back_all
 from gateway.store.events import (
+    EVENTS,
     Event,
+    Processed,
     claim_events,
     defer_event,
+    mark_events_processed,
     mark_processed,
     next_event_due,
 )
@@ -47,6 +57,7 @@ from gateway.store.records import FaxState
 
 logger = log.get_logger(__name__)
 
+# Events claimed at once (one claim, one commit of their marks).
 _BATCH = 50
 
 
@@ -82,36 +93,49 @@ class EventsWorker(QueueWorker):
         self._carrier_paused_until = 0.0
 
     async def run_once(self) -> int:
-        done = 0
-        for _ in range(_BATCH):
-            now = self.clock()
-            if now < self._carrier_paused_until:
-                break
-            # One event per claim: a claim counts a pickup, and an interruption must charge
-            # only the event it interrupted.
-            claimed, held = await self.db.run(claim_events, now, 1, self.schedule.max_pickups)
-            for event in held:
-                logger.error(
-                    "event.held",
-                    event_id=event.id,
-                    carrier_id=event.carrier_id,
-                    pickups=event.pickups,
-                    hint="applying it kept interrupting the gateway; the reconciler still"
-                    " looks at its fax",
-                )
-                self._count(event, HELD)
-            if not claimed:
-                if held:
-                    done += len(held)
-                    continue
-                break
-            event = claimed[0]
-            with log.bound(event_id=event.id, carrier_id=event.carrier_id):
-                carrier_down = await self._process(event)
-            done += 1
+        now = self.clock()
+        if now < self._carrier_paused_until:
+            return 0
+        claimed, held = await self.db.run(claim_events, now, _BATCH, self.schedule.max_pickups)
+        for event in held:
+            logger.error(
+                "event.held",
+                event_id=event.id,
+                carrier_id=event.carrier_id,
+                pickups=event.pickups,
+                hint="applying it kept interrupting the gateway; the reconciler still"
+                " looks at its fax",
+            )
+            self._count(event, HELD)
+        processed: list[Processed] = []
+        untried: list[Event] = []
+        groups = self._groups(claimed)
+        for number, group in enumerate(groups):
+            bound = {"event_id": group[0].id, "carrier_id": group[0].carrier_id}
+            if len(group) > 1:
+                bound["coalesced"] = len(group)
+            with log.bound(**bound):
+                carrier_down = await self._process(group, processed)
             if carrier_down:
+                untried = [event for rest in groups[number + 1 :] for event in rest]
                 break
-        return done
+        if processed:
+            await self.db.run(mark_events_processed, processed, self.clock())
+        if untried:
+            # Not tried: they wait with the paused queue, their claims' pickups taken back.
+            await self.db.run(give_back_all, EVENTS, [event.id for event in untried])
+        return len(held) + len(claimed) - len(untried)
+
+    def _groups(self, events: list[Event]) -> list[list[Event]]:
+        """The events to apply together, in arrival order: with verification those of one fax
+        (one GET tells its latest state), without it each event alone (its payload is what is
+        acted upon)."""
+        if not self.config.webhooks.verify:
+            return [[event] for event in events]
+        groups: dict[str, list[Event]] = {}
+        for event in events:
+            groups.setdefault(event.carrier_id, []).append(event)
+        return list(groups.values())
 
     async def next_due(self) -> float | None:
         due = await self.db.run(next_event_due)
@@ -119,12 +143,16 @@ class EventsWorker(QueueWorker):
             return None
         return max(due, self._carrier_paused_until)
 
-    async def _process(self, event: Event) -> bool:
-        """Apply one event; True when the carrier is unreachable and the batch should stop."""
+    async def _process(self, group: list[Event], processed: list[Processed]) -> bool:
+        """Apply the events of one fax, each ending in `processed` or deferred; True when the
+        carrier is unreachable and the batch should stop."""
+        event = group[-1]  # the newest: its payload (no verification), its patience (_NotYet)
         try:
             fax = await self._fax_of(event)
-            if fax is None:
-                self._count(event, "dropped")
+            if isinstance(fax, str):  # dropped, and why
+                for each in group:
+                    processed.append(Processed(each.id, error=fax))
+                    self._count(each, "dropped")
                 return False
             if fax.direction == "outbound":
                 await self._outbound(event, fax)
@@ -132,25 +160,34 @@ class EventsWorker(QueueWorker):
                 await self._inbound(event, fax)
             else:
                 logger.warning("event.unknown_direction", direction=fax.direction)
-            await self.db.run(mark_processed, event.id, self.clock(), payload=fax_payload(fax))
-            self._count(event, "applied")
-            return False
         except _NotYet as exc:
-            await self._retry_later(event, str(exc), level="info")
+            for each in group:
+                await self._retry_later(each, str(exc), level="info")
             return False
         except CarrierError as exc:
-            # 5xx, timeouts, a refused key, an unreadable answer: none of them says anything
-            # about the fax, so the event waits; a refused key needs the operator, whose fix
-            # should not cost the events that arrived meanwhile.
-            delay = await self._retry_later(event, f"carrier: {exc}", level="warning")
-            if exc.transient or exc.http_status in (401, 403):
-                self._carrier_paused_until = self.clock() + delay
-                return True
-            return False
+            return await self._carrier_failed(group, exc)
         except Exception as exc:
             logger.exception("event.failed")
-            await self._retry_later(event, f"{type(exc).__name__}: {exc}", level="error")
+            for each in group:
+                await self._retry_later(each, f"{type(exc).__name__}: {exc}", level="error")
             return False
+        payload = fax_payload(fax)
+        for each in group:
+            processed.append(Processed(each.id, payload=payload))
+            self._count(each, "applied")
+        return False
+
+    async def _carrier_failed(self, group: list[Event], exc: CarrierError) -> bool:
+        # 5xx, timeouts, a refused key, an unreadable answer: none of them says anything
+        # about the fax, so the events wait; a refused key needs the operator, whose fix
+        # should not cost the events that arrived meanwhile.
+        delay = 0.0
+        for each in group:
+            delay = await self._retry_later(each, f"carrier: {exc}", level="warning")
+        if exc.transient or exc.http_status in (401, 403):
+            self._carrier_paused_until = self.clock() + delay
+            return True
+        return False
 
     def _count(self, event: Event, outcome: str) -> None:
         if self.metrics is None:
@@ -159,8 +196,8 @@ class EventsWorker(QueueWorker):
         if outcome != DEFERRED:
             self.metrics.webhook_handling.observe(max(0.0, self.clock() - event.received_at))
 
-    async def _fax_of(self, event: Event) -> CarrierFax | None:
-        """The record to act upon, or None when the event was dropped (and marked so)."""
+    async def _fax_of(self, event: Event) -> CarrierFax | str:
+        """The record to act upon, or why the event is dropped."""
         if self.config.webhooks.verify:
             try:
                 fax = await self.client.get_fax(event.carrier_id)
@@ -170,10 +207,7 @@ class EventsWorker(QueueWorker):
                     status=event.status,
                     hint="the carrier has no such fax: a forged or misdirected webhook",
                 )
-                await self.db.run(
-                    mark_processed, event.id, self.clock(), error="unknown to the carrier"
-                )
-                return None
+                return "unknown to the carrier"
             if fax.id != event.carrier_id:
                 # Our GET by id answered with another fax: never act on it.
                 raise CarrierError(f"asked for fax {event.carrier_id}, got {fax.id}")
@@ -182,10 +216,7 @@ class EventsWorker(QueueWorker):
             return CarrierFax.from_api(event.payload)
         except PayloadError as exc:
             logger.warning("event.unusable", reason=str(exc))
-            await self.db.run(
-                mark_processed, event.id, self.clock(), error=f"unusable payload: {exc}"
-            )
-            return None
+            return f"unusable payload: {exc}"
 
     async def _outbound(self, event: Event, fax: CarrierFax) -> None:
         outcome = fax.outcome(self.config.voxtelesys.success_statuses)

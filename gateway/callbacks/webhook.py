@@ -56,6 +56,15 @@ class WebhookMetrics(Protocol):
     def webhook_event(self, result: str) -> None: ...
 
 
+# The answers of every accepted webhook, rendered once.
+_STORED_BODY = json.dumps({"result": STORED}).encode()
+_DUPLICATE_BODY = json.dumps({"result": DUPLICATE}).encode()
+
+
+def _answer(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
 class MalformedWebhook(ValueError):
     """The request is not a fax webhook; str() is the reason given in the 400 answer."""
 
@@ -159,7 +168,7 @@ class WebhookEndpoint:
             if event_id is None:
                 logger.info("webhook.duplicate", status=status, direction=direction)
                 self._count(DUPLICATE)
-                return web.json_response({"result": DUPLICATE})
+                return _answer(_DUPLICATE_BODY)
             logger.info(
                 "webhook.received",
                 event_id=event_id,
@@ -169,7 +178,7 @@ class WebhookEndpoint:
             )
             self._count(STORED)
             self.wake()
-            return web.json_response({"result": STORED})
+            return _answer(_STORED_BODY)
 
     async def _payload(self, request: web.Request) -> dict[str, Any]:
         limit = self.config.http.max_webhook_bytes
@@ -183,11 +192,18 @@ class WebhookEndpoint:
                 raise MalformedWebhook(str(exc)) from None
         if request.content_length is not None and request.content_length > limit:
             raise _TooLarge
-        try:
-            async with asyncio.timeout(self.config.http.body_timeout_seconds):
-                body = await _read_limited(request, limit)
-        except TimeoutError:
-            raise _TooSlow from None
+        if request.content.is_eof():
+            # The whole body came with the head (a webhook's usually does): nothing to wait
+            # for, so no timer to set and cancel.
+            body = request.content.read_nowait()
+            if len(body) > limit:
+                raise _TooLarge
+        else:
+            try:
+                async with asyncio.timeout(self.config.http.body_timeout_seconds):
+                    body = await _read_limited(request, limit)
+            except TimeoutError:
+                raise _TooSlow from None
         if not body.strip():
             raise MalformedWebhook("empty body: expected a JSON object")
         if json_depth(body) > MAX_NESTING:

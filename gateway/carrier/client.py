@@ -12,6 +12,7 @@ line (the log redactor would hide it, but it should not get there in the first p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -23,6 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from gateway import __version__
 from gateway.carrier.errors import (
@@ -71,6 +74,8 @@ class VoxtelesysClient:
         self._session = session
         # A session handed in belongs to the caller, who closes it.
         self._owns_session = session is None
+        # The proxy from the environment for base_url and its login, looked up once.
+        self._proxy: tuple[URL | None, dict[str, str]] | None = None
 
     @classmethod
     def from_config(
@@ -165,7 +170,9 @@ class VoxtelesysClient:
         if not fax_id or not fax_id.strip():
             raise ValueError("fax id is empty")
         path = "/faxes/" + quote(fax_id.strip(), safe="")
-        return _fax(await self._request("GET", path, operation="carrier.get_fax"))
+        # A 404 is an answer here, not an error: each caller says what it means (a forged
+        # webhook, a fax the carrier lost) in a line of its own.
+        return _fax(await self._request("GET", path, operation="carrier.get_fax", quiet=404))
 
     async def list_faxes(self, page: int | None = None) -> AsyncGenerator[CarrierFax, None]:
         """Every fax, inbound and outbound, page after page until the last `next_page`.
@@ -275,9 +282,10 @@ class VoxtelesysClient:
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
         operation: str,
+        quiet: int | None = None,
     ) -> Any:
         return await retrying(
-            lambda: self._call(method, path, params=params, body=body),
+            lambda: self._call(method, path, params=params, body=body, quiet=quiet),
             policy=self.retry,
             is_transient=is_transient,
             operation=operation,
@@ -285,10 +293,25 @@ class VoxtelesysClient:
 
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            # trust_env: operators behind an HTTPS proxy configure it the usual way
-            # (HTTPS_PROXY / NO_PROXY).
-            self._session = aiohttp.ClientSession(trust_env=True)
+            # Not trust_env: with it aiohttp reads the environment and ~/.netrc in a thread on
+            # every request (two thread hops per GET), and a netrc entry for the carrier's host
+            # would clash with our Authorization header. The proxy is looked up once instead.
+            self._session = aiohttp.ClientSession()
         return self._session
+
+    async def _env_proxy(self) -> tuple[URL | None, dict[str, str]]:
+        """The proxy the environment names for base_url (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, and
+        the proxy's login from its URL or netrc) as aiohttp's trust_env finds it, and the
+        Proxy-Authorization header of that login; looked up once: a process's environment
+        does not change under it."""
+        if self._proxy is None:
+            try:
+                proxy, login = await asyncio.to_thread(get_env_proxy_for_url, URL(self.base_url))
+            except LookupError:  # no proxy for this URL
+                self._proxy = (None, {})
+            else:
+                self._proxy = (proxy, {"Proxy-Authorization": login.encode()} if login else {})
+        return self._proxy
 
     async def _call(
         self,
@@ -297,14 +320,22 @@ class VoxtelesysClient:
         *,
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
+        quiet: int | None = None,
     ) -> Any:
-        """One HTTP request without retries: the decoded JSON body, or a CarrierError."""
+        """One HTTP request without retries: the decoded JSON body, or a CarrierError (logged,
+        unless its status is `quiet`)."""
         session = self._client_session()
+        proxy, login = await self._env_proxy()
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Accept": "application/json",
             "User-Agent": f"fax-gateway/{__version__}",
         }
+        # The proxy's login goes where the proxy reads it: on the request itself when the proxy
+        # forwards plain HTTP, on the CONNECT that opens the tunnel for HTTPS.
+        tunnel = self.base_url.startswith("https:")
+        if not tunnel:
+            headers.update(login)
         started = time.monotonic()
         try:
             async with session.request(
@@ -316,6 +347,8 @@ class VoxtelesysClient:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 # A POST must never silently become a GET on another host.
                 allow_redirects=False,
+                proxy=proxy,
+                proxy_headers=login if tunnel and login else None,
             ) as response:
                 raw = await response.read()
                 status, reason = response.status, response.reason or ""
@@ -351,7 +384,7 @@ class VoxtelesysClient:
                 error_id=error_id,
                 hint="the carrier refused the API key: check voxtelesys.api_key",
             )
-        else:
+        elif status != quiet:
             log.warning(
                 "carrier.error",
                 method=method,

@@ -1,7 +1,16 @@
 """Handing one finished mail to the outside world: an SMTP relay, or a Maildir on disk.
 
 A relay either takes a message or raises RelayError saying whether trying again can help. The
-outbox (gateway/mailout/outbox.py) owns retries; nothing here retries or sleeps.
+outbox (gateway/mailout/outbox.py) owns retries; nothing here retries or sleeps. A message is
+handed over as the bytes the outbox stored (the wire form: CRLF line ends), never parsed and
+generated again on the way out.
+
+The SMTP relay keeps its session for the next message until `close()`, as Postfix's on-demand
+connection cache does while a destination has a backlog: the outbox sends what is due over one
+session and closes it when a pass finds nothing more to send. A kept session is checked with
+RSET before it is used (a session the relay closed meanwhile costs one new connection, not the
+message), is used for new messages `SESSION_MAX_SECONDS` at most, and is dropped after any
+error. Connecting, EHLO, STARTTLS, AUTH and QUIT were most of the work of each mail.
 
 How SMTP answers are read:
 - Before the envelope (connect, greeting, EHLO, STARTTLS, AUTH) a failure says something about
@@ -21,6 +30,7 @@ How SMTP answers are read:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import os
@@ -30,7 +40,9 @@ import ssl
 import time
 from collections.abc import Mapping, Sequence
 from email import policy
-from email.message import EmailMessage
+from email.generator import BytesGenerator
+from email.parser import BytesParser
+from io import BytesIO
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +57,10 @@ log = get_logger(__name__)
 
 # Reply codes that mean "you are not (properly) logged in": a configuration problem.
 _AUTH_CODES = frozenset({530, 534, 535, 538})
+
+# A kept session is used for new messages this long after it was opened at most (Postfix:
+# smtp_connection_reuse_time_limit, 300 s), then replaced by a new one.
+SESSION_MAX_SECONDS = 300.0
 
 
 class RelayError(Exception):
@@ -109,12 +125,18 @@ class RecipientsRefused(RelayError):
 
 
 class Relay(Protocol):
-    """Where mail goes out: `send` returns once the message is someone else's responsibility."""
+    """Where mail goes out: `send` returns once the message (its wire form: CRLF line ends)
+    is someone else's responsibility."""
 
-    async def send(self, message: EmailMessage, recipients: Sequence[str]) -> None: ...
+    async def send(self, message: bytes, recipients: Sequence[str]) -> None: ...
 
     async def check(self) -> None:
         """Raise RelayError with a readable reason if no mail could go out now."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of what is kept between messages (a session with the relay): the sender
+        has nothing more to send for now."""
         ...
 
 
@@ -139,7 +161,9 @@ def _recipients(recipients: Sequence[str]) -> list[str]:
 
 
 class SmtpRelay:
-    """Delivery over SMTP with aiosmtplib: one connection per message, TLS and AUTH as set.
+    """Delivery over SMTP with aiosmtplib, TLS and AUTH as set, the session kept between
+    messages until close() (see the module docstring). One message at a time: a second send
+    waits.
 
     `tls_context` replaces the system trust store (a private CA, or a test CA); without it the
     relay's certificate is verified against the system's CAs, as it should be.
@@ -155,6 +179,12 @@ class SmtpRelay:
         self.config = relay
         self.local_hostname = local_hostname
         self.tls_context = tls_context
+        self._lock = asyncio.Lock()
+        # The session kept for the next message, and when it was opened.
+        self._kept: aiosmtplib.SMTP | None = None
+        self._kept_since = 0.0
+        # Sessions opened, for the tests and benchmarks that count them.
+        self.sessions_opened = 0
 
     def _client(self) -> aiosmtplib.SMTP:
         cfg = self.config
@@ -181,6 +211,12 @@ class SmtpRelay:
         client = self._client()
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                # Now, not at MAIL: what the relay offers (8BITMIME) decides what we send.
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
         except aiosmtplib.SMTPAuthenticationError as exc:
             log.error("relay.auth_failed", relay=self._where, code=exc.code, reply=exc.message)
             raise RelayError(
@@ -215,16 +251,78 @@ class SmtpRelay:
                 transient=True,
                 relay_unavailable=True,
             ) from None
+        self.sessions_opened += 1
         return client
 
-    async def send(self, message: EmailMessage, recipients: Sequence[str]) -> None:
+    async def send(self, message: bytes, recipients: Sequence[str]) -> None:
         rcpts = _recipients(recipients)
+        async with self._lock:
+            client = await self._session()
+            try:
+                refused = await self._transaction(client, message, rcpts)
+            except asyncio.CancelledError:
+                client.close()
+                raise
+            except Exception:
+                # Whatever went wrong, the next message starts on a fresh session.
+                await _quit(client)
+                raise
+            self._keep(client)
+        if refused:
+            raise RecipientsRefused(
+                [r for r in rcpts if r not in refused],
+                {r: (resp.code, resp.message) for r, resp in refused.items()},
+            )
+
+    async def _session(self) -> aiosmtplib.SMTP:
+        """The kept session if it is still good (RSET answered), else a new one."""
+        client, self._kept = self._kept, None
+        if client is not None:
+            if client.loop is not asyncio.get_running_loop():
+                _drop(client)  # kept by a loop that has ended
+            elif client.is_connected and time.monotonic() - self._kept_since < SESSION_MAX_SECONDS:
+                try:
+                    await client.rset()
+                    return client
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    # The relay closed it meanwhile (its own idle timeout, a restart).
+                    _drop(client)
+            else:
+                await _quit(client)
         client = await self._connect()
+        self._kept_since = time.monotonic()
+        return client
+
+    def _keep(self, client: aiosmtplib.SMTP) -> None:
+        if client.is_connected:
+            self._kept = client
+
+    async def close(self) -> None:
+        """QUIT the kept session, if there is one (the outbox has nothing more to send, or
+        the gateway stops)."""
+        async with self._lock:
+            client, self._kept = self._kept, None
+            if client is not None:
+                await _quit(client)
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, message: bytes, rcpts: list[str]
+    ) -> dict[str, aiosmtplib.SMTPResponse]:
+        """MAIL, RCPT, DATA on `client`: the refused recipients (some were accepted), or a
+        RelayError."""
+        sender = self.config.envelope_sender
+        options: list[str] = []
+        if not (sender + "".join(rcpts)).isascii():
+            options.append("SMTPUTF8")  # refused below if the relay has no SMTPUTF8
+        if client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        elif not message.isascii():
+            # An 8-bit text part and a relay that takes 7 bits only: regenerated as
+            # quoted-printable or base64 (what aiosmtplib's send_message does).
+            message = await asyncio.to_thread(_seven_bit, message)
         try:
             # The envelope takes the bare address; the From header keeps the display name.
-            refused, _reply = await client.send_message(
-                message, sender=self.config.envelope_sender, recipients=rcpts
-            )
+            refused, _reply = await client.sendmail(sender, rcpts, message, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise RecipientsRefused(
                 (), {e.recipient: (e.code, e.message) for e in exc.recipients}
@@ -255,13 +353,7 @@ class SmtpRelay:
             raise RelayError(
                 f"relay {self._where} lost during delivery: {_text(exc)}", transient=True
             ) from None
-        finally:
-            await _quit(client)
-        if refused:
-            raise RecipientsRefused(
-                [r for r in rcpts if r not in refused],
-                {r: (resp.code, resp.message) for r, resp in refused.items()},
-            )
+        return refused
 
     async def check(self) -> None:
         client = await self._connect()
@@ -276,6 +368,20 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
         await client.quit()
     except (aiosmtplib.SMTPException, OSError, TimeoutError):
         client.close()
+
+
+def _drop(client: aiosmtplib.SMTP) -> None:
+    """Close a session without QUIT (it is broken, or its loop is gone)."""
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+def _seven_bit(message: bytes) -> bytes:
+    """`message` with its 8-bit parts re-encoded for a relay without 8BITMIME."""
+    parsed = BytesParser(policy=policy.SMTP).parsebytes(message)
+    out = BytesIO()
+    BytesGenerator(out, policy=policy.SMTP.clone(cte_type="7bit")).flatten(parsed)
+    return out.getvalue()
 
 
 def _text(exc: BaseException) -> str:
@@ -305,11 +411,14 @@ class MaildirRelay:
             socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
         )
 
-    async def send(self, message: EmailMessage, recipients: Sequence[str]) -> None:
+    async def send(self, message: bytes, recipients: Sequence[str]) -> None:
         rcpts = _recipients(recipients)
         # Maildir files use the local line ending; the relay form (CRLF) is for the wire.
-        body = message.as_bytes(policy=policy.default)
+        body = message.replace(b"\r\n", b"\n")
         await asyncio.to_thread(self._deliver_all, body, rcpts)
+
+    async def close(self) -> None:
+        """Nothing is kept between messages."""
 
     def _deliver_all(self, body: bytes, recipients: list[str]) -> None:
         delivered: list[str] = []

@@ -268,13 +268,22 @@ def release_claims(
 def give_back(conn: sqlite3.Connection, queue: QueueTable, row_id: Any) -> bool:
     """Undo this process's claim of one row that it did not work on (it is stopping): the
     pickup the claim counted is taken back and the row is nobody's, due as it was."""
+    return give_back_all(conn, queue, [row_id]) == 1
+
+
+def give_back_all(conn: sqlite3.Connection, queue: QueueTable, row_ids: Sequence[Any]) -> int:
+    """give_back for several rows of one claim (a batch cut short), in one transaction; how
+    many were given back."""
+    given = 0
     with transaction(conn):
-        cursor = conn.execute(
-            f"UPDATE {queue.table} SET {queue.pickups} = max({queue.pickups} - 1, 0),"
-            f" {queue.owner} = NULL WHERE id = ? AND {queue.owner} = ?",
-            (row_id, BOOT_ID),
-        )
-    return cursor.rowcount == 1
+        for row_id in row_ids:
+            cursor = conn.execute(
+                f"UPDATE {queue.table} SET {queue.pickups} = max({queue.pickups} - 1, 0),"
+                f" {queue.owner} = NULL WHERE id = ? AND {queue.owner} = ?",
+                (row_id, BOOT_ID),
+            )
+            given += cursor.rowcount
+    return given
 
 
 def hand_back(conn: sqlite3.Connection, taken: Sequence[Taken]) -> int:

@@ -39,7 +39,7 @@ T = TypeVar("T")
 MAX_BATCH = 256
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs several times more
 class _Write:
     call: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]

@@ -2,14 +2,15 @@
 
 One row per (carrier fax id, status): the carrier retries a webhook it thinks was not received,
 and the unique key turns every retry into a no-op. The events worker
-(gateway/callbacks/events.py) reads the unprocessed rows in arrival order and marks each
-processed once its effect is committed.
+(gateway/callbacks/events.py) claims the unprocessed rows in arrival order, a batch at a time,
+and marks them processed once their effects are committed (a batch's marks in one transaction).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,16 @@ def events_of(conn: sqlite3.Connection, carrier_id: str) -> list[Event]:
     return [_event(row) for row in rows]
 
 
+@dataclass(frozen=True)
+class Processed:
+    """How one event ended, for `mark_events_processed`: applied (`payload`, the carrier's
+    record that was acted upon) or dropped (`error` says why)."""
+
+    event_id: int
+    error: str | None = None
+    payload: dict[str, Any] | None = None
+
+
 def mark_processed(
     conn: sqlite3.Connection,
     event_id: int,
@@ -136,33 +147,56 @@ def mark_processed(
     `payload`, when given, replaces the stored one: after verification it is the carrier's own
     record, which is what was acted upon.
     """
+    mark_events_processed(conn, [Processed(event_id, error, payload)], now)
+
+
+def mark_events_processed(
+    conn: sqlite3.Connection, processed: Sequence[Processed], now: float
+) -> None:
+    """mark_processed for several events, in one transaction."""
     with transaction(conn):
-        if payload is None:
-            conn.execute(
-                "UPDATE events SET processed_at = ?, error = ? WHERE id = ?",
-                (now, error, event_id),
-            )
-        else:
-            conn.execute(
-                "UPDATE events SET processed_at = ?, error = ?, payload = ? WHERE id = ?",
-                (now, error, json.dumps(payload, sort_keys=True), event_id),
-            )
+        for item in processed:
+            if item.payload is None:
+                conn.execute(
+                    "UPDATE events SET processed_at = ?, error = ? WHERE id = ?",
+                    (now, item.error, item.event_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE events SET processed_at = ?, error = ?, payload = ? WHERE id = ?",
+                    (now, item.error, json.dumps(item.payload, sort_keys=True), item.event_id),
+                )
 
 
 def claim_events(
     conn: sqlite3.Connection, now: float, limit: int, max_pickups: int
 ) -> tuple[list[Event], list[Event]]:
-    """(claimed, held): unprocessed events due at `now` in arrival order, each with a pickup
-    counted; those whose applying was interrupted `max_pickups` times are set aside instead
-    (processed, with the reason as their error: the reconciler still covers their fax)."""
+    """(claimed, held): up to `limit` unprocessed events due at `now` in arrival order, each
+    with a pickup counted; those whose applying was interrupted `max_pickups` times are set
+    aside instead (processed, with the reason as their error: the reconciler still covers their
+    fax).
+
+    A batch shares its pickups: a crash while applying one event charges every event claimed
+    with it. So an event that was interrupted before (pickups > 0) is claimed alone, and a
+    batch holds only events never interrupted: an event that kills the process charges its
+    batch-mates once, after which each is claimed alone, and only the culprit goes on to be
+    held. With max_pickups 1 that single charge would hold the innocent: every claim is of
+    one event then.
+    """
     with transaction(conn, row_locks=True):
+        first = conn.execute(
+            "SELECT pickups FROM events WHERE processed_at IS NULL AND next_attempt_at <= ?"
+            " ORDER BY id LIMIT 1",
+            (now,),
+        ).fetchone()
+        alone = max_pickups <= 1 or first is None or first["pickups"] > 0
         claimed = claim(
             conn,
             EVENTS,
-            where="processed_at IS NULL",
+            where="processed_at IS NULL" if alone else "processed_at IS NULL AND pickups = 0",
             params=(),
             now=now,
-            limit=limit,
+            limit=1 if alone else limit,
             max_pickups=max_pickups,
             order="id",
         )

@@ -45,6 +45,12 @@ def peak_rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmHWM in /proc status")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time the process has used so far, user and system, every thread."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Daemon:
     """A running `fax-gateway serve` with its carrier and relay; stop() ends all three."""
 

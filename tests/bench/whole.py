@@ -11,7 +11,8 @@ processes of their own (tests/bench/baselines.py), measured in the same run:
 3. 250 -> POST /faxes at a steady 20 msg/s, 100 KB, local storage and SeaweedFS S3, against
    the same latency of single messages on an idle daemon;
 4. webhooks answered 200 after their durable store, 10 connections, a new fax id each, against
-   a bare aiohttp JSON endpoint; p50/p99 beside it;
+   a bare aiohttp JSON endpoint; p50/p99 beside it, and the daemon's CPU time per webhook
+   (the answer and the events worker's verification) against the bare endpoint's;
 5. inbound webhook -> the relay's 250 for a 3-page PDF at 10 events/s, against single events
    on an idle daemon;
 6. peak RSS with 20 concurrent 10 MB messages in DATA, against the idle daemon; and with N
@@ -42,7 +43,7 @@ from tests import samples
 from tests.bench import load
 from tests.bench.baselines import BaselineServer
 from tests.bench.common import Result
-from tests.bench.daemon import Daemon
+from tests.bench.daemon import Daemon, cpu_seconds
 
 SESSIONS = 10
 INBOX = "inbox@example.com"
@@ -273,15 +274,36 @@ async def _hammer(url: str, count: int, connections: int) -> tuple[float, list[f
     return count / elapsed, times
 
 
+def _events_settled(daemon: Daemon, timeout: float = 120.0) -> None:
+    """Until the events worker has applied (here: dropped) every stored event."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(daemon.store_path) as conn:
+            left = conn.execute("SELECT count(*) FROM events WHERE processed_at IS NULL")
+            if left.fetchone()[0] == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"events not all processed in {timeout} s")
+
+
 async def webhooks(work: Path, sizes: Sizes) -> list[Result]:
     bare = BaselineServer("http")
     try:
         with Daemon(work / "webhooks") as daemon:
             await _hammer(daemon.webhook_url, 50, SESSIONS)  # warm-up
+            await asyncio.to_thread(_events_settled, daemon)
+            before = cpu_seconds(daemon.pid)
             rate, times = await _hammer(daemon.webhook_url, sizes.webhooks, SESSIONS)
+            # The daemon's CPU for each webhook: its answer and the events worker's GET
+            # /faxes/{id} (a new, unknown id each: dropped). Unlike the rates, CPU time per
+            # request hardly moves with what else runs on the machine.
+            await asyncio.to_thread(_events_settled, daemon)
+            cpu = 1000 * (cpu_seconds(daemon.pid) - before) / sizes.webhooks
+            bare_before = cpu_seconds(bare.proc.pid)
             base_rate, base_times = await _hammer(
                 f"http://127.0.0.1:{bare.port}/webhooks/fax/x", sizes.webhooks, SESSIONS
             )
+            bare_cpu = 1000 * (cpu_seconds(bare.proc.pid) - bare_before) / sizes.webhooks
     finally:
         bare.stop()
     results = [
@@ -309,6 +331,17 @@ async def webhooks(work: Path, sizes: Sizes) -> list[Result]:
                 target=target,
             )
         )
+    results.append(
+        Result(
+            what="daemon CPU per webhook, with its GET",
+            unit="ms",
+            gateway=cpu,
+            baseline=bare_cpu,
+            baseline_name="bare aiohttp JSON 200's CPU per request",
+            higher_is_better=False,
+            meaning="each webhook (answer and verification) costs {ratio}x a bare answer's CPU",
+        )
+    )
     return results
 
 

@@ -1,6 +1,7 @@
 """The `relay_server` fixture: a real SMTP relay (aiosmtpd) that captures mail and fails on cue.
 
-Every message it accepts is written to disk and kept in memory with its envelope. A script of
+Every message it accepts is written to disk and kept in memory with its envelope (and MAIL
+FROM's options); it counts sessions (EHLOs) and QUITs, and can leave 8BITMIME unoffered. A script of
 faults makes it answer like real relays do when things go wrong: `fail_next` (4xx) and
 `reject_next` (5xx) at MAIL, RCPT or DATA, `refuse_recipient` for one address, and `go_down` /
 `come_up` to stop listening and listen again on the same port, so "relay down, then back" is a
@@ -45,6 +46,7 @@ class CapturedMessage:
     path: Path
     tls: bool
     auth_user: str | None
+    mail_options: tuple[str, ...] = ()
 
     @property
     def message(self) -> EmailMessage:
@@ -69,7 +71,9 @@ class _State:
     faults: list[_Fault] = field(default_factory=list)
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
     sessions: int = 0
+    quits: int = 0
     auth_failures: int = 0
+    eight_bit: bool = True  # 8BITMIME offered at EHLO
 
     def __post_init__(self) -> None:
         self.arrived = threading.Condition(self.lock)
@@ -101,7 +105,14 @@ class _Handler:
         session.host_name = hostname
         with self.state.lock:
             self.state.sessions += 1
+            if not self.state.eight_bit:
+                responses = [r for r in responses if "8BITMIME" not in r]
         return responses
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.state.lock:
+            self.state.quits += 1
+        return "221 Bye"
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -144,18 +155,52 @@ class _Handler:
                     path=path,
                     tls=_encrypted(server),
                     auth_user=auth.login.decode() if isinstance(auth, LoginPassword) else None,
+                    mail_options=tuple(envelope.mail_options),
                 )
             )
             self.state.arrived.notify_all()
         return f"250 2.0.0 Ok: queued as {number:04d}"
 
 
-class _ImplicitTlsController(Controller):
+class _Controller(Controller):
+    """aiosmtpd's Controller, keeping its sessions so that stopping can close them.
+
+    Controller.stop stops its loop and cancels the tasks in one go, so the sessions of clients
+    still connected (a gateway keeps its session between messages) never close their sockets:
+    `close_sessions` closes them first, as a relay that restarts drops its connections."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sessions: list[SMTP] = []
+
+    def factory(self) -> SMTP:
+        server = self.make_server()
+        self.sessions = [s for s in self.sessions if s.transport and not s.transport.is_closing()]
+        self.sessions.append(server)
+        return server
+
+    def make_server(self) -> SMTP:
+        return SMTP(self.handler, **self.SMTP_kwargs)
+
+    def close_sessions(self) -> None:
+        async def close() -> None:
+            for server in self.sessions:
+                if server.transport is not None:
+                    server.transport.close()
+            # Two turns: the transports' connection_lost callbacks close the sockets.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.sessions.clear()
+
+
+class _ImplicitTlsController(_Controller):
     """aiosmtpd offers AUTH only after STARTTLS; on an implicit-TLS port the whole session is
     encrypted, so AUTH is allowed from the start (set after construction: passing
     auth_require_tls=False would make aiosmtpd warn about plaintext AUTH)."""
 
-    def factory(self) -> SMTP:
+    def make_server(self) -> SMTP:
         server = SMTP(self.handler, **self.SMTP_kwargs)
         server._auth_require_tls = False
         return server
@@ -171,6 +216,7 @@ class CapturingRelay:
         tls: TlsMode = "none",
         users: dict[str, str] | None = None,
         ca: trustme.CA | None = None,
+        eight_bit: bool = True,
     ) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -179,9 +225,9 @@ class CapturingRelay:
         self.tls = tls
         self.users = dict(users or {})
         self.ca = ca or trustme.CA()
-        self._state = _State()
+        self._state = _State(eight_bit=eight_bit)
         self._handler = _Handler(self._state, directory)
-        self._controller: Controller | None = None
+        self._controller: _Controller | None = None
         self._server_context: ssl.SSLContext | None = None
         if tls != "none":
             self._server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -213,15 +259,17 @@ class CapturingRelay:
         if self.users:
             kwargs["authenticator"] = self._authenticate
             kwargs["auth_required"] = True
-        controller_class = _ImplicitTlsController if self.tls == "implicit" else Controller
+        controller_class = _ImplicitTlsController if self.tls == "implicit" else _Controller
         controller = controller_class(self._handler, hostname=self.host, port=self.port, **kwargs)
         controller.start()
         self._controller = controller
 
     def go_down(self) -> None:
-        """Stop listening: connections are refused until `come_up`."""
+        """Stop listening and drop the sessions open: connections are refused until
+        `come_up`."""
         if self._controller is not None:
             controller, self._controller = self._controller, None
+            controller.close_sessions()
             controller.stop()
 
     start = come_up
@@ -279,6 +327,12 @@ class CapturingRelay:
         """EHLOs seen: how many times a client connected and introduced itself."""
         with self._state.lock:
             return self._state.sessions
+
+    @property
+    def quits(self) -> int:
+        """QUITs seen: sessions a client ended politely."""
+        with self._state.lock:
+            return self._state.quits
 
     @property
     def auth_failures(self) -> int:

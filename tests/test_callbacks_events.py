@@ -1,0 +1,177 @@
+"""The events worker's batches: one claim for many events, one GET per fax, crashes charged fairly.
+
+The store's batch rule (store/events.claim_events) is checked on SQLite directly; the worker's
+coalescing and its behaviour when the carrier goes away mid-batch run against the sandbox
+carrier through the real webhook endpoint (tests/harness.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from gateway.config import Config
+from gateway.queue.schedule import crash_message
+from gateway.store import Database
+from gateway.store.events import (
+    Processed,
+    claim_events,
+    events_of,
+    mark_events_processed,
+    pending_events,
+    record_event,
+)
+from gateway.store.records import FaxState
+from tests.harness import Harness, harness_config, running
+from tests.helpers import DELIVERS, FROM_NUMBER, Clock
+from tests.servers.postgres import StoreBackend
+from tests.servers.relay import CapturingRelay
+from tests.servers.sandbox import Sandbox
+
+MAX_PICKUPS = 3
+NOW = 1_000_000.0
+
+
+@pytest.fixture
+def config(
+    make_config: Callable[..., Config], sandbox: Sandbox, relay_server: CapturingRelay
+) -> Config:
+    return harness_config(make_config, sandbox, relay_server)
+
+
+@pytest.fixture
+async def gateway(config: Config, sandbox: Sandbox) -> AsyncIterator[Harness]:
+    async with running(config, Clock()) as harness:
+        sandbox.set_webhook(harness.webhook_url)
+        yield harness
+
+
+async def _post(gateway: Harness, carrier_id: str, status: str) -> None:
+    body: dict[str, Any] = {
+        "type": "fax",
+        "id": carrier_id,
+        "direction": "outbound",
+        "to": DELIVERS[1:],
+        "from": FROM_NUMBER[1:],
+        "status": status,
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gateway.webhook_url, json=body) as response,
+    ):
+        assert response.status == 200
+
+
+async def test_events_of_one_fax_in_a_batch_share_one_get(
+    gateway: Harness, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """Three events of one fax waiting together cost one GET /faxes/{id}, one applying, one mail."""
+    _job, fax = await gateway.submit(DELIVERS)
+    carrier_id = fax.carrier_id or ""
+    await sandbox.wait_for_async(
+        lambda: any(h["response_status"] == 200 for h in sandbox.webhooks(carrier_id)),
+        what="the carrier's webhook answered",
+    )
+    for status in ("queued", "sending"):
+        await _post(gateway, carrier_id, status)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        await gateway.settle()
+    assert len(sandbox.requests(f"/faxes/{carrier_id}", method="GET")) == 1
+    events = await gateway.db.run(events_of, carrier_id)
+    assert sorted(e.status for e in events) == ["delivered", "queued", "sending"]
+    assert all(e.processed_at is not None and e.error is None for e in events)
+    # Each is marked with the record that was acted upon: the fax's latest state.
+    assert {e.payload["status"] for e in events} == {"delivered"}
+    [applied] = [e for e in logs if e["event"] == "event.applied"]
+    assert applied["coalesced"] == 3 and applied["event_id"] == min(e.id for e in events)
+    assert (await gateway.fax(fax.id)).state is FaxState.DELIVERED
+    assert len(relay_server.messages) == 1
+
+
+async def test_a_carrier_gone_mid_batch_gives_back_the_events_not_tried(
+    gateway: Harness, sandbox: Sandbox
+) -> None:
+    """The batch stops at the first GET the carrier fails; later events keep no pickup, no try."""
+    first, second = "11111111-0000-4000-8000-000000000000", "22222222-0000-4000-8000-000000000000"
+    await _post(gateway, first, "delivered")
+    await _post(gateway, second, "delivered")
+    sandbox.fail_next(count=1, status=503, method="GET")
+    await gateway.events.run_once()
+    [tried] = await gateway.db.run(events_of, first)
+    [untried] = await gateway.db.run(events_of, second)
+    assert tried.processed_at is None and tried.attempts == 1 and "503" in (tried.error or "")
+    assert untried.processed_at is None
+    assert (untried.attempts, untried.pickups, untried.error) == (0, 0, None)
+    assert len(sandbox.requests(method="GET")) == 1
+    # The pause holds the rest of the queue until the failed event is due.
+    assert await gateway.events.run_once() == 0
+
+
+# -- the store's batch rule ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(tmp_path: Path, store_backend: StoreBackend) -> AsyncIterator[Database]:
+    """An open store of each backend."""
+    db = await store_backend.database(tmp_path / "data").open()
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _record(conn: Any, count: int) -> list[int]:
+    ids = []
+    for number in range(count):
+        event_id = record_event(conn, f"fax-{number}", "delivered", "outbound", {}, NOW)
+        assert event_id is not None
+        ids.append(event_id)
+    return ids
+
+
+async def test_a_poison_event_is_held_and_its_batch_mates_are_not(store: Database) -> None:
+    """A crash in one event charges its batch once; each is then claimed alone, only it is held."""
+    ids = await store.run(_record, 5)
+    poison = ids[2]
+    for _round in range(20):  # bounded: each round claims something or ends the loop
+        claimed, held = await store.run(claim_events, NOW, 50, MAX_PICKUPS)
+        if not claimed and not held:
+            break
+        if poison in [event.id for event in claimed]:
+            continue  # the process died applying the batch: nothing was marked
+        done = [Processed(event.id, payload={}) for event in claimed]
+        await store.run(mark_events_processed, done, NOW)
+    assert await store.run(pending_events) == []
+    events = {e.id: e for n in range(5) for e in await store.run(events_of, f"fax-{n}")}
+    assert [i for i, e in events.items() if e.error is not None] == [poison]
+    assert events[poison].error == crash_message(MAX_PICKUPS, "applying the event")
+    # Charged once by the crash, once by the claim that applied it.
+    assert all(events[i].pickups <= 2 for i in ids if i != poison)
+
+
+async def test_batches_hold_only_events_never_interrupted(store: Database) -> None:
+    """A batch is of events without pickups; an interrupted one comes first, and alone."""
+    ids = await store.run(_record, 4)
+    claimed, _held = await store.run(claim_events, NOW, 2, MAX_PICKUPS)
+    assert [e.id for e in claimed] == ids[:2]  # then the process died
+    again, _held = await store.run(claim_events, NOW, 50, MAX_PICKUPS)
+    assert [e.id for e in again] == ids[:1]
+    await store.run(mark_events_processed, [Processed(ids[0], payload={})], NOW)
+    again, _held = await store.run(claim_events, NOW, 50, MAX_PICKUPS)
+    assert [e.id for e in again] == ids[1:2]
+    await store.run(mark_events_processed, [Processed(ids[1], payload={})], NOW)
+    rest, _held = await store.run(claim_events, NOW, 50, MAX_PICKUPS)
+    assert [e.id for e in rest] == ids[2:]
+
+
+async def test_with_one_pickup_allowed_every_claim_is_of_one_event(store: Database) -> None:
+    """queue.max_pickups = 1: a shared charge would hold the innocent, so no batches."""
+    ids = await store.run(_record, 3)
+    claimed, _held = await store.run(claim_events, NOW, 50, 1)
+    assert [e.id for e in claimed] == ids[:1]
