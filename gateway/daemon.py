@@ -136,7 +136,7 @@ class Gateway:
             config,
             self.db,
             self.spool,
-            self._wake,
+            self._wake_for_mail,
             metrics=self.metrics,
             renderer=self.renderer,
             office=self.office,
@@ -196,6 +196,13 @@ class Gateway:
     def _wake(self) -> None:
         self.runner.wake()
         self.db.wake_others()  # nodes sharing the store (PostgreSQL: NOTIFY)
+
+    def _wake_for_mail(self) -> None:
+        """The SMTP server's wake: what it commits is a received job (prepare's work) or an
+        explanation in the outbox; the other workers are left asleep (each round of theirs is
+        store queries that find nothing, for every message accepted)."""
+        self.runner.wake("prepare", "outbox")
+        self.db.wake_others()
 
     def _routes(self) -> None:
         config = self.config

@@ -119,14 +119,17 @@ class Runner:
             )
         logger.info("workers.started", workers=[worker.name for worker in self.workers])
 
-    def wake(self) -> None:
-        """Something was committed that may be work: every worker looks now.
+    def wake(self, *names: str) -> None:
+        """Something was committed that may be work: every worker looks now (only the named
+        ones, when the caller knows whose work it made: each worker woken for nothing costs
+        a round of store queries, and a busy SMTP server wakes the runner for every message).
 
         Cheap and safe to call often: a worker already running finishes its round, sees the
         flag and runs once more, so a wake during a round is never lost.
         """
-        for event in self._wakeups.values():
-            event.set()
+        for name, event in self._wakeups.items():
+            if not names or name in names:
+                event.set()
 
     def request_stop(self) -> None:
         """No worker starts another round from now on; `stop()` then waits for the rounds
