@@ -68,6 +68,24 @@ async def test_wake_makes_an_idle_worker_run_promptly(runners: StartRunner) -> N
     await queue.until(lambda: queue.handled == ["job-1"])
 
 
+async def test_a_named_wake_leaves_the_other_workers_asleep(runners: StartRunner) -> None:
+    """wake("prepare") runs prepare's round at once; a worker not named keeps sleeping until
+    a wake for all."""
+    prepare, other = Queue("prepare"), Queue("other")
+    runner = await runners(prepare, other)
+    await prepare.until(lambda: prepare.rounds >= 1)
+    await other.until(lambda: other.rounds >= 1)
+    other.items.append("not announced to it")
+    before = prepare.rounds
+    runner.wake("prepare")
+    await prepare.until(lambda: prepare.rounds > before)
+    for _ in range(20):  # every task that was ready has run by now
+        await asyncio.sleep(0)
+    assert (other.rounds, other.handled) == (1, [])
+    runner.wake()
+    await other.until(lambda: other.handled == ["not announced to it"])
+
+
 async def test_scan_interval_finds_work_without_a_wake(runners: StartRunner) -> None:
     """Work nobody announced (a deferred job coming due) is found by the periodic scan."""
     queue = Queue()
