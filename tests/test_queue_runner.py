@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.queue.foreground import Foreground
 from gateway.queue.runner import Runner, run_until_idle
 
 # Long enough that only wake() can explain a prompt run.
@@ -303,3 +304,40 @@ def test_worker_names_must_be_unique() -> None:
     """Two workers of one name would share a wake-up flag and a log name: refused."""
     with pytest.raises(ValueError, match="unique"):
         Runner([Queue("a"), Queue("a")], scan_interval=1)
+
+
+async def test_a_round_that_handled_something_wakes_only_the_stages_it_feeds(
+    runners: StartRunner,
+) -> None:
+    """feeds={"first": ("second",)}: first's handled item wakes second, a third sleeps on."""
+    first, second, third = Queue("first"), Queue("second"), Queue("third")
+    runner = await runners(first, second, third, feeds={"first": ("second",)})
+    for queue in (first, second, third):
+        await queue.until(lambda queue=queue: queue.rounds >= 1)
+    second.items.append("made by first")
+    third.items.append("not first's")
+    first.items.append("job")
+    runner.wake("first")
+    await second.until(lambda: second.handled == ["made by first"])
+    for _ in range(20):  # every task that was ready has run by now
+        await asyncio.sleep(0)
+    assert (third.rounds, third.handled) == (1, [])
+    runner.wake()
+    await third.until(lambda: third.handled == ["not first's"])
+
+
+async def test_rounds_wait_while_the_foreground_is_busy_within_the_bound() -> None:
+    """Foreground.quiet() returns at once when idle, when the busy work ends, and at the
+    latest after max_wait while it goes on."""
+    foreground = Foreground(max_wait=0.2)
+    await asyncio.wait_for(foreground.quiet(), 0.05)
+    with foreground.busy():
+        waiting = asyncio.ensure_future(foreground.quiet())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+    await asyncio.wait_for(waiting, 0.05)  # ended with the busy work, not at the bound
+    loop = asyncio.get_running_loop()
+    with foreground.busy():
+        started = loop.time()
+        await foreground.quiet()
+        assert 0.15 <= loop.time() - started < 1.0

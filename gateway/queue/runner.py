@@ -22,12 +22,13 @@ import contextlib
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol
 
 from gateway import log
 from gateway.config import Config
 from gateway.queue.backoff import Random, backoff_delay
+from gateway.queue.foreground import Foreground
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
 
@@ -90,7 +91,13 @@ class Runner:
         stop_timeout: float = 10.0,
         error_pause: float = 1.0,
         max_error_pause: float = 60.0,
+        feeds: Mapping[str, Sequence[str]] | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
+        """`feeds`: for a worker whose finished items are only some others' work, their
+        names (a round that handled something wakes just those; a worker not listed wakes
+        every other). `foreground`: work that goes first (SMTP sessions in DATA): a round
+        waits while it is busy, within its bound."""
         names = [worker.name for worker in workers]
         if len(set(names)) != len(names):
             raise ValueError(f"worker names must be unique: {names}")
@@ -102,6 +109,8 @@ class Runner:
         self.error_pause = error_pause
         self.max_error_pause = max(max_error_pause, error_pause)
         self._wakeups = {worker.name: asyncio.Event() for worker in self.workers}
+        self.feeds = {name: tuple(names) for name, names in (feeds or {}).items()}
+        self.foreground = foreground
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -173,6 +182,8 @@ class Runner:
         while not self._stopping.is_set():
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
+            if self.foreground is not None:
+                await self.foreground.quiet()
             try:
                 # int(): a worker returning something else is a bug to log, not to die of.
                 handled = int(await worker.run_once())
@@ -186,9 +197,12 @@ class Runner:
             failures = 0
             if handled > 0:
                 # What one stage finished is the next stage's work (a prepared job, a queued
-                # report mail): the others look now rather than at their next scan.
+                # report mail): the others look now rather than at their next scan (only
+                # those it feeds, where that is known: one item a round, so each item of a
+                # stage would otherwise cost every idle worker a round of queries).
+                fed = self.feeds.get(worker.name)
                 for name, event in self._wakeups.items():
-                    if name != worker.name:
+                    if name != worker.name and (fed is None or name in fed):
                         event.set()
                 # More may be due; yield so one busy queue cannot starve the loop.
                 await asyncio.sleep(0)

@@ -33,6 +33,7 @@ from gateway.mailout.templates import MailRenderer
 from gateway.ops import fds
 from gateway.ops.flood import Tally
 from gateway.ops.metrics import Metrics
+from gateway.queue.foreground import Foreground
 from gateway.queue.schedule import resource_error
 from gateway.smtp import data, replies
 from gateway.smtp.auth import AuthThrottle, SmtpAuth, peer_of
@@ -195,8 +196,10 @@ class GatewaySMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
         self._queued = False
+        foreground = self.owner.foreground
         try:
-            await self._data(arg)
+            with foreground.busy() if foreground is not None else contextlib.nullcontext():
+                await self._data(arg)
         finally:
             self.in_data = False
             if self.owner.stopping:
@@ -372,6 +375,7 @@ class SmtpServer:
         office: OfficeConverter | None = None,
         documents: DocumentWorkers | None = None,
         commits: GroupCommit | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
@@ -391,6 +395,8 @@ class SmtpServer:
         self.metrics = metrics
         self.office = office
         self.commits = commits
+        # Marked busy while a session is in DATA: the daemon's workers wait for it.
+        self.foreground = foreground
         self.wake = wake
         # The daemon's (reloaded on SIGHUP with the others); without one, start() makes its own.
         self.renderer = renderer
