@@ -309,9 +309,9 @@ def test_worker_names_must_be_unique() -> None:
 async def test_a_round_that_handled_something_wakes_only_the_stages_it_feeds(
     runners: StartRunner,
 ) -> None:
-    """feeds={"first": ("second",)}: first's handled item wakes second, a third sleeps on."""
+    """feeds: first's handled item wakes second (which feeds no one), a third sleeps on."""
     first, second, third = Queue("first"), Queue("second"), Queue("third")
-    runner = await runners(first, second, third, feeds={"first": ("second",)})
+    runner = await runners(first, second, third, feeds={"first": ("second",), "second": ()})
     for queue in (first, second, third):
         await queue.until(lambda queue=queue: queue.rounds >= 1)
     second.items.append("made by first")
