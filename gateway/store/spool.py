@@ -10,6 +10,11 @@ Beside a message, the PDFs LibreOffice made of its office attachments at DATA
 and before the job's row; `remove` takes them with the message, so cleanup and the start-up's
 removal of orphaned messages need nothing else.
 
+A message arriving over SMTP is written as it is read, into a draft (`Spool.draft`: a temp
+file, `.draft.<random>.tmp`), which `Draft.keep` then makes the job's message the same way
+`write` does; a draft nobody kept is removed with its session, or by the start-up's removal
+of stale temp files after a crash.
+
 Blocking by design (plain file I/O with fsync): async callers use `asyncio.to_thread`.
 """
 
