@@ -51,6 +51,7 @@ from gateway.outbound.prepare import PrepareWorker
 from gateway.outbound.reports import Reporter, ReportsWorker
 from gateway.outbound.submit import SubmitWorker
 from gateway.outbound.upload import UploadWorker
+from gateway.queue.foreground import Foreground
 from gateway.queue.once import OnceOnly
 from gateway.queue.runner import QueueWorker, Runner
 from gateway.smtp.server import SmtpServer
@@ -77,6 +78,13 @@ QUEUES = (JOBS, SUBMITS, REPORTS, EVENTS, INBOUND, OUTBOX)
 
 # Spool temp files older than this at start-up are leftovers of a crash mid-write.
 _STALE_TEMP_SECONDS = 3600
+# Whose work the first stages' items become (Runner `feeds`): the next stage, and for a job
+# failed or held on the way the reports, cleanup and notify.admin's copies. The stages not
+# listed wake every worker after a round that handled something.
+_FEEDS = {
+    "prepare": ("upload", "reports", "cleanup", "admin-copies"),
+    "upload": ("submit", "reports", "cleanup", "admin-copies"),
+}
 
 
 class Component(Protocol):
@@ -116,22 +124,27 @@ class Gateway:
         # (one transaction, one fsync of SQLite's WAL or PostgreSQL's commit).
         self.commits = GroupCommit(self.db)
         self.workers = self._workers()
+        # SMTP sessions in DATA go first: the workers' rounds wait for them (bounded).
+        self.foreground = Foreground()
         self.runner = Runner(
             self.workers,
             scan_interval=config.queue.scan_interval_seconds,
             stop_timeout=0.8 * config.queue.shutdown_timeout_seconds,
             db=self.db,
+            feeds=_FEEDS,
+            foreground=self.foreground,
         )
         self.smtp = SmtpServer(
             config,
             self.db,
             self.spool,
-            self._wake,
+            self._wake_for_mail,
             metrics=self.metrics,
             renderer=self.renderer,
             office=self.office,
             documents=self.documents,
             commits=self.commits,
+            foreground=self.foreground,
         )
         self._routes()
 
@@ -192,6 +205,13 @@ class Gateway:
     def _wake_events(self) -> None:
         """A webhook's event was stored: only the events worker has work from it."""
         self.runner.wake(EventsWorker.name)
+        self.db.wake_others()
+
+    def _wake_for_mail(self) -> None:
+        """The SMTP server's wake: what it commits is a received job (prepare's work) or an
+        explanation in the outbox; the other workers are left asleep (each round of theirs is
+        store queries that find nothing, for every message accepted)."""
+        self.runner.wake("prepare", "outbox")
         self.db.wake_others()
 
     def _routes(self) -> None:

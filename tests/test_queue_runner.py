@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.queue.foreground import Foreground
 from gateway.queue.runner import Runner, run_until_idle
 
 # Long enough that only wake() can explain a prompt run.
@@ -68,19 +69,22 @@ async def test_wake_makes_an_idle_worker_run_promptly(runners: StartRunner) -> N
     await queue.until(lambda: queue.handled == ["job-1"])
 
 
-async def test_wake_naming_a_worker_wakes_only_that_one(runners: StartRunner) -> None:
-    """wake("events") runs the events worker's round and leaves every other worker asleep."""
-    events, other = Queue("events"), Queue("other")
-    runner = await runners(events, other)
-    await events.until(lambda: events.rounds >= 1)
+async def test_a_named_wake_leaves_the_other_workers_asleep(runners: StartRunner) -> None:
+    """wake("prepare") runs prepare's round at once; a worker not named keeps sleeping until
+    a wake for all."""
+    prepare, other = Queue("prepare"), Queue("other")
+    runner = await runners(prepare, other)
+    await prepare.until(lambda: prepare.rounds >= 1)
     await other.until(lambda: other.rounds >= 1)
-    rounds = other.rounds
-    runner.wake("events")
-    await events.until(lambda: events.rounds >= 2)
-    assert other.rounds == rounds
-    other.items.append("job-1")
-    runner.wake("other")
-    await other.until(lambda: other.handled == ["job-1"])
+    other.items.append("not announced to it")
+    before = prepare.rounds
+    runner.wake("prepare")
+    await prepare.until(lambda: prepare.rounds > before)
+    for _ in range(20):  # every task that was ready has run by now
+        await asyncio.sleep(0)
+    assert (other.rounds, other.handled) == (1, [])
+    runner.wake()
+    await other.until(lambda: other.handled == ["not announced to it"])
 
 
 async def test_scan_interval_finds_work_without_a_wake(runners: StartRunner) -> None:
@@ -300,3 +304,40 @@ def test_worker_names_must_be_unique() -> None:
     """Two workers of one name would share a wake-up flag and a log name: refused."""
     with pytest.raises(ValueError, match="unique"):
         Runner([Queue("a"), Queue("a")], scan_interval=1)
+
+
+async def test_a_round_that_handled_something_wakes_only_the_stages_it_feeds(
+    runners: StartRunner,
+) -> None:
+    """feeds: first's handled item wakes second (which feeds no one), a third sleeps on."""
+    first, second, third = Queue("first"), Queue("second"), Queue("third")
+    runner = await runners(first, second, third, feeds={"first": ("second",), "second": ()})
+    for queue in (first, second, third):
+        await queue.until(lambda queue=queue: queue.rounds >= 1)
+    second.items.append("made by first")
+    third.items.append("not first's")
+    first.items.append("job")
+    runner.wake("first")
+    await second.until(lambda: second.handled == ["made by first"])
+    for _ in range(20):  # every task that was ready has run by now
+        await asyncio.sleep(0)
+    assert (third.rounds, third.handled) == (1, [])
+    runner.wake()
+    await third.until(lambda: third.handled == ["not first's"])
+
+
+async def test_rounds_wait_while_the_foreground_is_busy_within_the_bound() -> None:
+    """Foreground.quiet() returns at once when idle, when the busy work ends, and at the
+    latest after max_wait while it goes on."""
+    foreground = Foreground(max_wait=0.2)
+    await asyncio.wait_for(foreground.quiet(), 0.05)
+    with foreground.busy():
+        waiting = asyncio.ensure_future(foreground.quiet())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+    await asyncio.wait_for(waiting, 0.05)  # ended with the busy work, not at the bound
+    loop = asyncio.get_running_loop()
+    with foreground.busy():
+        started = loop.time()
+        await foreground.quiet()
+        assert 0.15 <= loop.time() - started < 1.0

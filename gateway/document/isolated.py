@@ -20,14 +20,14 @@ on a process the daemon can kill, never on the daemon. At start, before anything
 
 Then it answers frames (gateway/document/wire.py) one at a time until its stdin ends. Each
 request names a task: "check" (the DATA check: extract and validate, the raw message as the
-blob), "prepare" (the prepare stage: read the spool file, assemble, write the document under
-documents/) or "inbound" (an inbound fax's attachments and preview, the document as the blob,
-the files as blobs of the answer). An answer carries the task's result or an error:
-"document" (the sender's DocumentError), "cover_template" (the operator's template), "os"
-(errno, for the queue's resource errors), "memory" (the budget) or "crash" (a bug, with its
-type). After a MemoryError,
-or when its resident memory stays above a quarter of the budget, the process exits after
-answering ("recycle"), so what one document cost is given back to the system.
+blob or the path of the file holding it), "prepare" (the prepare stage: read the spool file,
+assemble, write the document under documents/) or "inbound" (an inbound fax's attachments and
+preview, the document as the blob, the files as blobs of the answer). An answer carries the
+task's result or an error: "document" (the sender's DocumentError), "cover_template" (the
+operator's template), "os" (errno, for the queue's resource errors), "memory" (the budget) or
+"crash" (a bug, with its type). After a MemoryError, or when its resident memory stays above a
+quarter of the budget, the process exits after answering ("recycle"), so what one document
+cost is given back to the system.
 """
 
 from __future__ import annotations
@@ -150,7 +150,12 @@ def check(header: dict[str, Any], blobs: list[bytes]) -> Result:
     from gateway.failpoints import failpoint
 
     failpoint("document_check")
-    extracted = _faxable(header, blobs[0], blobs[1:])
+    path = header.get("message_path")
+    if path is not None:  # the SMTP session's draft in the spool: read here, not piped
+        raw, known = Path(path).read_bytes(), blobs
+    else:
+        raw, known = blobs[0], blobs[1:]
+    extracted = _faxable(header, raw, known)
     if isinstance(extracted, tuple):
         return extracted[1], extracted[2]
     pages = validate(extracted, **_settings(header))

@@ -22,17 +22,22 @@ _MAX_ASPECT = 8
 
 def first_page_png(data: bytes, content_type: str, width: int = 600) -> bytes:
     """Page 1 of a PDF/TIFF/PNG/JPEG as a PNG exactly `width` pixels wide, aspect kept."""
-    if width < 1:
-        raise ValueError("width must be positive")
-    if content_type == PDF:
-        image = _pdf_first_page(data, width)
-    elif content_type in (TIFF, PNG, JPEG):
-        image = _image_first_page(data, content_type, width)
-    else:
-        raise DocumentError(f"{content_type} cannot be previewed", kind=UNSUPPORTED)
+    image = first_page_image(data, content_type, width)
     buffer = io.BytesIO()
     image.save(buffer, "PNG", optimize=True)
     return buffer.getvalue()
+
+
+def first_page_image(data: bytes, content_type: str, width: int = 600) -> Image.Image:
+    """Page 1 as a picture `width` pixels wide (RGB or grey), for a caller that embeds it
+    itself: no PNG made only to be decoded again."""
+    if width < 1:
+        raise ValueError("width must be positive")
+    if content_type == PDF:
+        return _pdf_first_page(data, width)
+    if content_type in (TIFF, PNG, JPEG):
+        return _image_first_page(data, content_type, width)
+    raise DocumentError(f"{content_type} cannot be previewed", kind=UNSUPPORTED)
 
 
 def _fit(image: Image.Image, physical_ratio: float, width: int) -> Image.Image:

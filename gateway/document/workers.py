@@ -258,16 +258,22 @@ class DocumentWorkers:
 
     async def check(
         self,
-        raw: bytes,
+        message: bytes | Path,
         *,
         cover: CoverConfig | None = None,
         office: OfficeConverter | None = None,
     ) -> Checked:
         """The DATA check in a worker: DocumentError if the message cannot be faxed (with
         `cover`, the message's own cover settings), ConversionBusy when LibreOffice had no
-        slot in time."""
-        header = {"task": "check", "settings": _settings(self.config, cover)}
-        answer, converted = await self._converting(header, [raw], {}, office)
+        slot in time. `message`: its bytes, or the file the worker reads it from (the SMTP
+        session's spool draft: the message does not cross the pipe)."""
+        header: dict[str, Any] = {"task": "check", "settings": _settings(self.config, cover)}
+        blobs: list[bytes] = []
+        if isinstance(message, Path):
+            header["message_path"] = str(message)
+        else:
+            blobs.append(message)
+        answer, converted = await self._converting(header, blobs, {}, office)
         return Checked(
             subject=str(answer["subject"]),
             message_id=str(answer["message_id"]),

@@ -29,12 +29,13 @@ import contextlib
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol
 
 from gateway import log
 from gateway.config import Config
 from gateway.queue.backoff import Random, backoff_delay
+from gateway.queue.foreground import Foreground
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
 from gateway.store.claims import Taken, hand_back, round_of_claims
@@ -99,9 +100,15 @@ class Runner:
         error_pause: float = 1.0,
         max_error_pause: float = 60.0,
         db: Database | None = None,
+        feeds: Mapping[str, Sequence[str]] | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
         """`db`: the store the workers claim from, where a round a store outage interrupted
-        hands its claims back (None: rounds are not noted)."""
+        hands its claims back (None: rounds are not noted). `feeds`: for a worker whose
+        finished items are only some others' work, their names (a round that handled
+        something wakes just those; a worker not listed wakes every other). `foreground`: work
+        that goes first (SMTP sessions in DATA): a round waits while it is busy, within its
+        bound."""
         names = [worker.name for worker in workers]
         if len(set(names)) != len(names):
             raise ValueError(f"worker names must be unique: {names}")
@@ -114,6 +121,8 @@ class Runner:
         self.max_error_pause = max(max_error_pause, error_pause)
         self.db = db
         self._wakeups = {worker.name: asyncio.Event() for worker in self.workers}
+        self.feeds = {name: tuple(names) for name, names in (feeds or {}).items()}
+        self.foreground = foreground
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -140,10 +149,9 @@ class Runner:
         a commit fed (a webhook's event: the events worker) spares the others a round each:
         a round that finds nothing still costs a claim and a look at the next due time.
         """
-        if not names:
-            names = tuple(self._wakeups)
-        for name in names:
-            self._wakeups[name].set()
+        for name, event in self._wakeups.items():
+            if not names or name in names:
+                event.set()
 
     def request_stop(self) -> None:
         """No worker starts another round from now on; `stop()` then waits for the rounds
@@ -188,6 +196,8 @@ class Runner:
         while not self._stopping.is_set():
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
+            if self.foreground is not None:
+                await self.foreground.quiet()
             try:
                 # Raises while the store is still away: the worker pauses as for any failure.
                 interrupted = await self._hand_back(interrupted)
@@ -209,9 +219,12 @@ class Runner:
                 continue  # handed back before anything else (or a pause, if still away)
             if handled > 0:
                 # What one stage finished is the next stage's work (a prepared job, a queued
-                # report mail): the others look now rather than at their next scan.
+                # report mail): the others look now rather than at their next scan (only
+                # those it feeds, where that is known: one item a round, so each item of a
+                # stage would otherwise cost every idle worker a round of queries).
+                fed = self.feeds.get(worker.name)
                 for name, event in self._wakeups.items():
-                    if name != worker.name:
+                    if name != worker.name and (fed is None or name in fed):
                         event.set()
                 # More may be due; yield so one busy queue cannot starve the loop.
                 await asyncio.sleep(0)

@@ -1,7 +1,8 @@
 """The policy half of the SMTP server: aiosmtpd calls these hooks at each step of a session.
 
-Relay policy at MAIL, number and toll-fraud checks at RCPT, the document at DATA; then the raw
-message is spooled (fsync'd), the job row committed, the workers woken, and only then
+Relay policy at MAIL, number and toll-fraud checks at RCPT, the document at DATA (read by the
+session into a spool draft, gateway/smtp/data.py; made durable as the job's message while a
+document worker checks it); then the job row committed, the workers woken, and only then
 `250 2.0.0 queued as <id>`. A deliberate refusal is 5xx (4xx where retrying later can succeed);
 anything unexpected is `451 4.3.0` so the client keeps the message and tries again.
 """
@@ -9,10 +10,12 @@ anything unexpected is `451 4.3.0` so the client keeps the message and tries aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
@@ -29,14 +32,16 @@ from gateway.ops.metrics import Metrics
 from gateway.queue.schedule import resource_error
 from gateway.smtp import explain, replies, subject
 from gateway.smtp.auth import SmtpAuth, peer_of
+from gateway.smtp.data import Received
 from gateway.smtp.limits import DailyLimit, OverLimit
 from gateway.smtp.options import MessageOptions, OptionError, message_settings
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
 from gateway.smtp.subject import RefusedNumber
 from gateway.store import Database
+from gateway.store.blobs import File
 from gateway.store.commit import GroupCommit
-from gateway.store.jobs import find_resent_job, insert_job_unless_resent
+from gateway.store.jobs import insert_job_unless_resent
 from gateway.store.records import NewJob, new_job_id
 from gateway.store.spool import Spool
 
@@ -322,6 +327,8 @@ class FaxHandler:
             transaction.open = False
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # The message, read by the session into a spool draft (gateway/smtp/data.py).
+        received = getattr(server, "received", None)
         # Document work costs memory and CPU per message (a 24 MB message, a large image): at
         # most smtp.max_concurrent_data at once; past that the client tries again later.
         if self.document_slots.locked():
@@ -330,16 +337,18 @@ class FaxHandler:
             sender = transaction.sender if transaction is not None else None
             return self._refuse("data", refusal, server, sender=sender)
         async with self.document_slots:
-            reply = await self._data(server, envelope)
+            reply = await self._data(server, envelope, received)
         transaction = self._transactions.get(envelope)
-        if transaction is not None and transaction.subject_addressed:
-            reply = await self._explained(transaction, envelope, reply)
+        if transaction is not None and transaction.subject_addressed and received is not None:
+            reply = await self._explained(transaction, received, reply)
         return reply
 
-    async def _explained(self, transaction: Transaction, envelope: Envelope, reply: str) -> str:
+    async def _explained(self, transaction: Transaction, received: Received, reply: str) -> str:
         """The reply to a message to the shared address, and its explanation by mail."""
         if self.renderer is None:
             return reply
+        # The message itself only names an explanation that has no Message-ID to go by.
+        raw = b"" if transaction.message_id else await received.read()
         return await explain.explained_reply(
             self.db,
             self.config,
@@ -349,29 +358,36 @@ class FaxHandler:
             auth_user=transaction.auth_user,
             subject=transaction.subject,
             message_id=transaction.message_id,
-            raw=envelope.original_content or b"",
+            raw=raw,
             reply=reply,
             refused=transaction.refused_numbers,
             faxed=transaction.numbers,
         )
 
-    async def _data(self, server: SMTP, envelope: Envelope) -> str:
+    async def _data(self, server: SMTP, envelope: Envelope, received: Received | None) -> str:
         transaction = self._transactions.get(envelope)
-        raw = envelope.original_content or b""
+        spooling: asyncio.Future[Path] | None = None
         try:
+            if received is None:
+                raise RuntimeError("DATA without a received message")
             if transaction is None or not (transaction.numbers or transaction.subject_addressed):
                 raise RuntimeError("DATA without accepted recipients")
-            if len(raw) > self.config.smtp.max_message_bytes:
-                # aiosmtpd enforces the limit while reading; this only guards a change there.
+            if received.size > self.config.smtp.max_message_bytes:
+                # The session enforces the limit while reading; this only guards a change there.
                 refusal = Refusal(
                     Reason.TOO_BIG, replies.too_big(self.config.smtp.max_message_bytes)
                 )
                 return self._refuse("data", refusal, server, sender=transaction.sender)
             # The spool file, its document and its mails need room: twice the message, plus the
             # floor that keeps the store and the other queues writable.
-            if self._storage_short(2 * len(raw)):
+            if self._storage_short(2 * received.size):
                 refusal = Refusal(Reason.NO_STORAGE, replies.INSUFFICIENT_STORAGE)
                 return self._refuse("data", refusal, server, sender=transaction.sender)
+            # The draft is made durable as the job's message (fsync, link, fsync of the
+            # directory) while the worker reads it: the disk's wait and the check overlap
+            # instead of following each other. A refused message's file is removed again.
+            job_id = new_job_id()
+            spooling = asyncio.ensure_future(asyncio.to_thread(received.draft.keep, job_id))
             # In a worker process with a memory and time budget (gateway/document/workers.py):
             # a message that costs too much to read is refused, not allowed to take the daemon.
             try:
@@ -379,7 +395,7 @@ class FaxHandler:
                 # Office files are converted now, before the 250, so a file LibreOffice cannot
                 # read is refused naming it; the PDFs are spooled with the message.
                 checked = await self.documents.check(
-                    raw,
+                    received.path,
                     cover=self.config.cover.for_message(settings.cover, settings.cover_template),
                     office=self.office,
                 )
@@ -407,10 +423,16 @@ class FaxHandler:
             ip = peer_of(server)
             client = str(ip) if ip is not None else None
             transaction.accepting = True
-            accept = asyncio.ensure_future(self._accept(transaction, raw, checked, client))
+            received.taken = True
+            accept = asyncio.ensure_future(
+                self._accept(transaction, received, job_id, spooling, checked, client)
+            )
         except Exception:
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
             return replies.TEMPORARY_FAILURE
+        finally:
+            if spooling is not None and (received is None or not received.taken):
+                await asyncio.shield(self._unspool(spooling))
         # Once spooling starts it runs to the end even if the client hangs up or the server
         # stops: a job half-made (file without row) helps no one. A client that vanished before
         # our 250 will send the message again; that duplicate is the price SMTP makes everyone
@@ -419,10 +441,24 @@ class FaxHandler:
         accept.add_done_callback(self._commits.discard)
         return await asyncio.shield(accept)
 
+    async def _unspool(self, spooling: asyncio.Future[Path]) -> None:
+        """A refused message's spool file goes again, once its write has ended."""
+        try:
+            path = await spooling
+        except Exception:
+            return  # not written: nothing to remove (the draft's own name goes with the session)
+        try:
+            await asyncio.to_thread(self.spool.remove, path)
+        except Exception:
+            # Without a row it is an orphan, which the next start removes.
+            logger.exception("smtp.unspool_failed", path=str(path))
+
     async def _accept(
         self,
         transaction: Transaction,
-        raw: bytes,
+        received: Received,
+        job_id: str,
+        spooling: asyncio.Future[Path],
         checked: Checked,
         client: str | None,
     ) -> str:
@@ -432,12 +468,8 @@ class FaxHandler:
         failed, the client was told 451 (452 for a full disk) and nothing of it will be faxed.
         """
         try:
-            resent = await self._resent_job(transaction, checked)
-            if resent is not None:
-                return self._resend(transaction, resent)
-            job_id = new_job_id()
             with log.bound(job=job_id):
-                spool_path = await asyncio.to_thread(self.spool.write, job_id, raw)
+                spool_path = await spooling
                 for index, pdf in checked.converted.items():
                     await asyncio.to_thread(self.spool.write_converted, job_id, index, pdf)
                 failpoint("after_spool")
@@ -459,15 +491,20 @@ class FaxHandler:
                     notify=settings.notify,
                 )
                 # The row goes in with the other writes of this moment (one transaction, one
-                # fsync); the resend check runs again in that transaction, so two copies of
-                # one message in parallel sessions make one job.
+                # fsync); a resend (same sender, Message-ID and recipients as a queued job) is
+                # recognised in that transaction, so two copies of one message in parallel
+                # sessions make one job, and the second's file goes again.
                 transaction.job_id = job_id
                 # With the message and its PDFs: on a store nodes share, their shared copies
-                # are committed with the row (store/blobs.py), the same one commit.
-                files = [(spool_path, raw)] + [
-                    (self.spool.converted_path(job_id, index), pdf)
-                    for index, pdf in checked.converted.items()
-                ]
+                # are committed with the row (store/blobs.py), the same one commit. (SQLite's
+                # files are the truth: nothing is read back for it.)
+                files: list[File] = []
+                if self.db.shared:
+                    raw = await asyncio.to_thread(spool_path.read_bytes)
+                    files = [(spool_path, raw)] + [
+                        (self.spool.converted_path(job_id, index), pdf)
+                        for index, pdf in checked.converted.items()
+                    ]
                 resent = await self.commits.run(
                     insert_job_unless_resent, job, self._dedupe_since(checked), files=files
                 )
@@ -483,7 +520,7 @@ class FaxHandler:
                     user=transaction.auth_user,
                     recipients=list(transaction.numbers),
                     pages=checked.pages,
-                    size=len(raw),
+                    size=received.size,
                     client=client,
                 )
                 if self.metrics is not None:
@@ -514,20 +551,8 @@ class FaxHandler:
             return replies.TEMPORARY_FAILURE
         finally:
             transaction.open = False
-
-    async def _resent_job(self, transaction: Transaction, checked: Checked) -> str | None:
-        """The job this message already became, if the client is resending it (same sender,
-        Message-ID and recipients within smtp.dedupe_window_seconds)."""
-        since = self._dedupe_since(checked)
-        if since is None:
-            return None
-        return await self.db.run(
-            find_resent_job,
-            transaction.sender,
-            checked.message_id,
-            tuple(transaction.numbers),
-            since,
-        )
+            with contextlib.suppress(OSError):
+                await received.close()
 
     def _dedupe_since(self, checked: Checked) -> float | None:
         """Since when a queued job with this Message-ID makes this message a resend; None

@@ -23,7 +23,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP
 
 from gateway import log
 from gateway.config import Address, Config, ConfigError
@@ -33,7 +33,9 @@ from gateway.mailout.templates import MailRenderer
 from gateway.ops import fds
 from gateway.ops.flood import Tally
 from gateway.ops.metrics import Metrics
-from gateway.smtp import replies
+from gateway.queue.foreground import Foreground
+from gateway.queue.schedule import resource_error
+from gateway.smtp import data, replies
 from gateway.smtp.auth import AuthThrottle, SmtpAuth, peer_of
 from gateway.smtp.connections import ConnectionLimits, client_key
 from gateway.smtp.handler import FaxHandler
@@ -85,6 +87,8 @@ class GatewaySMTP(SMTP):
         self._idle: asyncio.TimerHandle | None = None
         self._idle_due = False
         self._queued = False
+        # The message of the DATA command being answered (gateway/smtp/data.py).
+        self.received: data.Received | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._connected:
@@ -192,8 +196,10 @@ class GatewaySMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
         self._queued = False
+        foreground = self.owner.foreground
         try:
-            await super().smtp_DATA(arg)
+            with foreground.busy() if foreground is not None else contextlib.nullcontext():
+                await self._data(arg)
         finally:
             self.in_data = False
             if self.owner.stopping:
@@ -202,6 +208,75 @@ class GatewaySMTP(SMTP):
                 self.progress()
             elif self._idle_due:
                 self._close_for(replies.IDLE_TOO_LONG, replies.Reason.IDLE)
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd's smtp_DATA, with the message read by gateway/smtp/data.py into a spool
+        draft (`self.received` while the handler's hook runs) instead of into memory."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            outcome = await data.receive(
+                self._reader,
+                self.owner.spool,
+                size_limit=self.data_size_limit,
+                line_limit=self.line_length_limit,
+            )
+        except asyncio.CancelledError:
+            self._writer.close()  # the connection went away inside DATA (aiosmtpd does this)
+            raise
+        if outcome is data.Overrun.LINE_TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()
+            return
+        if outcome is data.Overrun.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        if isinstance(outcome, data.NotStored):
+            await self.push(self._not_stored(outcome.error))
+            self._set_post_data_state()
+            return
+        self.received = outcome
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.received = None
+            if not outcome.taken:
+                await asyncio.shield(outcome.close())
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    def _not_stored(self, error: OSError) -> str:
+        """The reply to a message whose draft could not be written: 452 for a full disk (or
+        no descriptors or memory), else 451; either way the client keeps it."""
+        if not resource_error(error):
+            logger.error(
+                "smtp.error",
+                stage="data",
+                reason=replies.Reason.INTERNAL_ERROR,
+                error=f"{type(error).__name__}: {error}",
+            )
+            return replies.TEMPORARY_FAILURE
+        logger.error(
+            "smtp.rejected",
+            stage="data",
+            reason=replies.Reason.NO_STORAGE,
+            reply=replies.INSUFFICIENT_STORAGE,
+            error=str(error),
+        )
+        if self.owner.metrics is not None:
+            self.owner.metrics.smtp_rejected.labels(reason=str(replies.Reason.NO_STORAGE)).inc()
+        return replies.INSUFFICIENT_STORAGE
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
@@ -300,6 +375,7 @@ class SmtpServer:
         office: OfficeConverter | None = None,
         documents: DocumentWorkers | None = None,
         commits: GroupCommit | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
         """`drain_timeout` bounds how long stop() waits for DATA in progress; by default half
         of queue.shutdown_timeout_seconds, leaving the rest of the daemon's bound on stop() to
@@ -319,6 +395,8 @@ class SmtpServer:
         self.metrics = metrics
         self.office = office
         self.commits = commits
+        # Marked busy while a session is in DATA: the daemon's workers wait for it.
+        self.foreground = foreground
         self.wake = wake
         # The daemon's (reloaded on SIGHUP with the others); without one, start() makes its own.
         self.renderer = renderer

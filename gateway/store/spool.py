@@ -10,6 +10,11 @@ Beside a message, the PDFs LibreOffice made of its office attachments at DATA
 and before the job's row; `remove` takes them with the message, so cleanup and the start-up's
 removal of orphaned messages need nothing else.
 
+A message arriving over SMTP is written as it is read, into a draft (`Spool.draft`: a temp
+file, `.draft.<random>.tmp`), which `Draft.keep` then makes the job's message the same way
+`write` does; a draft nobody kept is removed with its session, or by the start-up's removal
+of stale temp files after a crash.
+
 Blocking by design (plain file I/O with fsync): async callers use `asyncio.to_thread`.
 """
 
@@ -173,6 +178,21 @@ class Spool:
             fsync_dir(self.root)
         return removed
 
+    def draft(self, data: bytes | bytearray = b"") -> Draft:
+        """A new temp file of the spool to receive a message into as it arrives, starting
+        with `data`; `Draft.keep` makes it a job's message. Not durable until then."""
+        make_private_dirs(self.root)
+        path = self.root / f"{_TEMP_PREFIX}draft.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.mode)
+        draft = Draft(self, path, fd)
+        try:
+            os.fchmod(fd, self.mode)  # exactly, not less the umask
+            draft.write(data)
+        except BaseException:
+            draft.close()
+            raise
+        return draft
+
     def _inside(self, path: Path) -> Path:
         # Paths come back from the store; one that points elsewhere must not be read or
         # deleted through the spool (a moved data.dir, a tampered row).
@@ -181,3 +201,56 @@ class Spool:
         if resolved.parent != root:
             raise SpoolError(f"{path} is not a file of the spool {self.root}")
         return resolved
+
+
+class Draft:
+    """A message being received, in a temp file of the spool (the SMTP session's, at DATA).
+
+    `write` appends as the message arrives. `keep(job_id)` makes it the job's message as
+    `Spool.write` would (fsync, a hard link to `<job id>.eml` that never replaces a file, the
+    directory fsync'd), leaving the temp name too, so a reader that opened the draft by its
+    path (the DATA check in a document worker) can go on while it is kept. `close` removes
+    the temp name whatever happened (a kept message stays under its job's name); a crash
+    before that leaves a temp file, which the daemon's start removes as any other. Blocking:
+    async callers use `asyncio.to_thread`.
+    """
+
+    def __init__(self, spool: Spool, path: Path, fd: int) -> None:
+        self.spool = spool
+        self.path = path
+        self._fd: int | None = fd
+        self.kept: Path | None = None
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self._fd is None:
+            raise SpoolError("the draft is closed")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def read(self) -> bytes:
+        """The message received (from its temp name until closed, then its job's)."""
+        return (self.path if self._fd is not None or self.kept is None else self.kept).read_bytes()
+
+    def keep(self, job_id: str) -> Path:
+        """The draft, durably, as the message of `job_id`; once this returns it survives a
+        crash."""
+        if self._fd is None:
+            raise SpoolError("the draft is closed")
+        final = self.spool.path_for(job_id)
+        os.fsync(self._fd)
+        try:
+            os.link(self.path, final)
+        except FileExistsError:
+            if final.read_bytes() != self.path.read_bytes():
+                raise SpoolError(f"spool file {final.name} already holds another message") from None
+        fsync_dir(self.spool.root)
+        self.kept = final
+        return final
+
+    def close(self) -> None:
+        """Remove the temp name (not fsync'd: nothing depends on its going)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
