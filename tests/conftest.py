@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +102,15 @@ def run_cli(
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+@pytest.fixture
+def started() -> Iterator[list[Any]]:
+    """Gateway processes a test starts (tests/test_daemon.py GatewayProcess): any still
+    running at the end is killed by its pid, and each is closed."""
+    processes: list[Any] = []
+    yield processes
+    for process in processes:
+        if process.proc.poll() is None:
+            process.kill()
+        process.close()

@@ -23,7 +23,7 @@ import smtplib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
@@ -60,16 +60,6 @@ NODE_SETTINGS: dict[str, Any] = {
     "inbound": {"routes": {OUR_LINE: list(DESK)}},
     "relay": {"timeout_seconds": 2},
 }
-
-
-@pytest.fixture
-def started() -> Iterator[list[GatewayProcess]]:
-    processes: list[GatewayProcess] = []
-    yield processes
-    for process in processes:
-        if process.proc.poll() is None:
-            process.kill()
-        process.close()
 
 
 def number(index: int) -> str:

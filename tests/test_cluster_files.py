@@ -18,7 +18,7 @@ import shutil
 import smtplib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -53,16 +53,6 @@ QUEUE = {
     "scan_interval_seconds": 0.2,
     "shutdown_timeout_seconds": 5,
 }
-
-
-@pytest.fixture
-def started() -> Iterator[list[GatewayProcess]]:
-    processes: list[GatewayProcess] = []
-    yield processes
-    for process in processes:
-        if process.proc.poll() is None:
-            process.kill()
-        process.close()
 
 
 def number(index: int) -> str:

@@ -25,7 +25,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -218,17 +218,6 @@ def failpoint_config(
         return write_config(data), data
 
     return make
-
-
-@pytest.fixture
-def started() -> Iterator[list[GatewayProcess]]:
-    """Gateways this test started; any still running at the end is killed by its pid."""
-    processes: list[GatewayProcess] = []
-    yield processes
-    for process in processes:
-        if process.proc.poll() is None:
-            process.kill()
-        process.close()
 
 
 def message_bytes(index: int, numbers: list[str]) -> bytes:

@@ -24,7 +24,7 @@ import smtplib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -135,16 +135,6 @@ def load_config(
         f"http://127.0.0.1:{http_port}/webhooks/fax/{data['http']['webhook_token']}"
     )
     return write_config(data), data
-
-
-@pytest.fixture
-def started() -> Iterator[list[GatewayProcess]]:
-    processes: list[GatewayProcess] = []
-    yield processes
-    for process in processes:
-        if process.proc.poll() is None:
-            process.kill()
-        process.close()
 
 
 @pytest.mark.timeout(int(SETTLE_SECONDS) + 300)
