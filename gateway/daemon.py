@@ -177,7 +177,13 @@ class Gateway:
         return [
             PrepareWorker(**common, spool=self.spool, office=self.office, documents=self.documents),
             UploadWorker(**common, storage=self.storage),
-            SubmitWorker(**common, client=self.client, storage=self.storage, metrics=self.metrics),
+            SubmitWorker(
+                **common,
+                client=self.client,
+                storage=self.storage,
+                metrics=self.metrics,
+                reporter=self.reporter,
+            ),
             self.events,
             self.reports,
             self.inbound,

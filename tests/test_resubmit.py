@@ -78,6 +78,25 @@ async def test_busy_fax_is_sent_again_told_in_between_and_reported_once(
     assert len(relay_server.messages) == 2
 
 
+async def test_a_failure_learnt_from_the_posts_own_answer_is_told_in_between_too(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """The POST's answer is lost (500 after the fax was made) and its webhook never comes: the
+    fax the submit worker adopts by its URL has already failed on the line; it is resubmitted
+    and the sender still gets the interim "will try again" mail, then the delivery report."""
+    sandbox.fail_faxes(1, 5109, to=NUMBER)
+    sandbox.drop_webhooks(1)
+    sandbox.fail_next(1, 500, method="POST", path="/api/v1/faxes", when="after")
+    async with gateway(resubmitting(2, on_retry=True)) as gw:
+        await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        first, second = sorted(await final_faxes(sandbox, 2), key=lambda f: f["created_at"])
+        assert (first["status"], second["status"]) == ("failed", "delivered")
+        interim, final = await relay_server.wait_for(2, timeout=30)
+        assert "will try again at" in str(interim.message["Subject"])
+        assert str(final.message["Subject"]).strip().startswith("Fax to +1 201-555-0123 delivered")
+    assert len(relay_server.messages) == 2
+
+
 async def test_a_fax_failing_every_time_is_tried_resubmit_attempts_more_times(
     gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay
 ) -> None:

@@ -53,7 +53,6 @@ from gateway.store.events import (
 )
 from gateway.store.faxes import record_carrier_status
 from gateway.store.inbound import announce_inbound
-from gateway.store.records import FaxState
 
 logger = log.get_logger(__name__)
 
@@ -254,22 +253,9 @@ class EventsWorker(QueueWorker):
             # The reports worker tells the outcome (claim_reports finds every final fax not
             # yet reported, so a crash right here still gets its report).
             self._wake()
-        elif (
-            outcome is Outcome.FAILED
-            and ours.state is FaxState.PENDING
-            and ours.carrier_id == fax.id
-        ):
-            # This try failed on the line and the fax waits to be resubmitted. A replay of the
-            # event (a crash before it was marked processed) lands here again, and the interim
-            # report's outbox key makes it once.
-            logger.info(
-                "fax.resubmit_scheduled",
-                fax_id=ours.id,
-                resubmits=ours.resubmits,
-                due_at=ours.next_attempt_at,
-                error_code=ours.error_code,
-            )
-            await self.reporter.retry(ours)
+        elif await self.reporter.resubmission(ours, outcome, fax.id):
+            # This try failed on the line and the fax waits to be resubmitted (its interim
+            # report queued): the submit worker has it due after the delay.
             self._wake()
         elif outcome is Outcome.PENDING and not ours.final:
             await self.reporter.queued(ours)

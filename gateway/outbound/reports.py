@@ -42,6 +42,7 @@ from gateway import log
 from gateway.addresses import clean_address
 from gateway.admin.copies import blind_copies
 from gateway.carrier.faxerrors import describe
+from gateway.carrier.status import Outcome
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import images_to_pdf, natural_layout, tiff_to_pdf
@@ -394,6 +395,27 @@ class Reporter:
         if job is None or not wanted(self.config, QUEUED, job):
             return False
         return await self.report(job, fax, kind=QUEUED)
+
+    async def resubmission(self, fax: Fax, outcome: Outcome, carrier_id: str) -> bool:
+        """After a carrier status was recorded (a webhook, or the POST's own answer): whether
+        that try of `fax` (carrier id `carrier_id`) failed on the line and the fax now waits
+        to be resubmitted; if so its interim report is queued. A replay lands here again and
+        the report's outbox key makes it once."""
+        if not (
+            outcome is Outcome.FAILED
+            and fax.state is FaxState.PENDING
+            and fax.carrier_id == carrier_id
+        ):
+            return False
+        logger.info(
+            "fax.resubmit_scheduled",
+            fax_id=fax.id,
+            resubmits=fax.resubmits,
+            due_at=fax.next_attempt_at,
+            error_code=fax.error_code,
+        )
+        await self.retry(fax)
+        return True
 
     async def retry(self, fax: Fax) -> bool:
         """The interim report (notify.on_retry, or the job's `+notify=all`) for a fax waiting

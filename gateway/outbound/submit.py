@@ -25,6 +25,7 @@ from gateway.carrier.status import Outcome, classify
 from gateway.config import Config
 from gateway.failpoints import failpoint
 from gateway.ops.metrics import Metrics
+from gateway.outbound.reports import Reporter
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import CLAIM_BATCH, Clock
 from gateway.storage.base import DocumentMissing, Storage, StorageError
@@ -55,11 +56,15 @@ class SubmitWorker(QueueWorker):
         client: VoxtelesysClient,
         storage: Storage,
         metrics: Metrics | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.client = client
         self.storage = storage
         self.metrics = metrics
+        # For the interim report of a fax whose POST's answer already says it failed on the
+        # line (a fax adopted after an unknown outcome may have been tried meanwhile).
+        self.reporter = reporter
 
     async def next_due(self) -> float | None:
         return await self.db.run(fax_store.next_submit_due)
@@ -215,7 +220,7 @@ class SubmitWorker(QueueWorker):
             self.config.voxtelesys.success_statuses,
         )
         if outcome is not Outcome.PENDING:
-            await self.db.run(
+            result = await self.db.run(
                 fax_store.record_carrier_status,
                 created.id,
                 created.status,
@@ -229,6 +234,8 @@ class SubmitWorker(QueueWorker):
                 self.config.fax.resubmit_attempts,
                 self.config.fax.resubmit_delay_seconds,
             )
+            if result is not None and self.reporter is not None:
+                await self.reporter.resubmission(result[0], outcome, created.id)
 
     async def _carrier_error(self, fax: Fax, job: Job, exc: CarrierError) -> None:
         if isinstance(exc, Rejected):
