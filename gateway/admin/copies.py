@@ -12,7 +12,6 @@ told, or is in `fax-gateway queue list` and `queue dead-letter` anyway.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -22,10 +21,8 @@ from gateway import log
 from gateway.config import Config
 from gateway.inbound.compose import fax_moment, shown_number
 from gateway.mailout.message import build_message
-from gateway.mailout.outbox import mail_status, queue_mail
+from gateway.mailout.outbox import MailingWorker, mail_status, queue_mail
 from gateway.mailout.templates import MailRenderer
-from gateway.queue.runner import QueueWorker
-from gateway.queue.schedule import Clock
 from gateway.store import Database
 from gateway.store.inbound import InboundFax
 from gateway.store.records import Fax, Job
@@ -114,23 +111,10 @@ def dead_letter_context(fax: InboundFax) -> dict[str, object]:
     }
 
 
-class AdminCopiesWorker(QueueWorker):
+class AdminCopiesWorker(MailingWorker):
     """Tells notify.admin of each held job and dead letter, once."""
 
     name = "admin-copies"
-
-    def __init__(
-        self,
-        *,
-        config: Config,
-        db: Database,
-        clock: Clock = time.time,
-        renderer: MailRenderer,
-        outbox_dir: Path,
-    ) -> None:
-        super().__init__(config=config, db=db, clock=clock)
-        self.renderer = renderer
-        self.outbox_dir = outbox_dir
 
     async def run_once(self) -> int:
         if not self.config.notify.admin:

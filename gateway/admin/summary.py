@@ -13,19 +13,14 @@ comes back, never a backlog.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
-from pathlib import Path
 
 from gateway import log
 from gateway.admin.copies import queue_admin_mail
 from gateway.carrier.faxerrors import describe
 from gateway.config import Config
-from gateway.mailout.templates import MailRenderer
-from gateway.queue.runner import QueueWorker
-from gateway.queue.schedule import Clock
-from gateway.store import Database
+from gateway.mailout.outbox import MailingWorker
 from gateway.store.meta import get_meta, set_meta
 from gateway.store.stats import DayNumbers, day_numbers
 
@@ -75,23 +70,10 @@ def summary_context(numbers: DayNumbers, moment: datetime) -> dict[str, object]:
     }
 
 
-class SummaryWorker(QueueWorker):
+class SummaryWorker(MailingWorker):
     """Sends the daily summary once its moment has come (a once-only task)."""
 
     name = "summary"
-
-    def __init__(
-        self,
-        *,
-        config: Config,
-        db: Database,
-        clock: Clock = time.time,
-        renderer: MailRenderer,
-        outbox_dir: Path,
-    ) -> None:
-        super().__init__(config=config, db=db, clock=clock)
-        self.renderer = renderer
-        self.outbox_dir = outbox_dir
 
     async def next_due(self) -> float | None:
         if not self.config.notify.admin:

@@ -57,11 +57,16 @@ from gateway.inbound.files import (
     stored_name,
 )
 from gateway.mailout.message import InlineImage, MailAttachment, build_message
-from gateway.mailout.outbox import give_up_mail, mail_status, queue_mail, requeue_mail_anew
+from gateway.mailout.outbox import (
+    MailingWorker,
+    give_up_mail,
+    mail_status,
+    queue_mail,
+    requeue_mail_anew,
+)
 from gateway.mailout.privacy import inbound_privacy, protect, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
-from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import Clock, crash_message, resource_error
 from gateway.store import Database
 from gateway.store.blobs import SharedFiles
@@ -88,7 +93,7 @@ logger = log.get_logger(__name__)
 _BATCH = 50
 
 
-class InboundWorker(QueueWorker):
+class InboundWorker(MailingWorker):
     """Moves inbound faxes from announced to mailed; `run_once` returns the steps it took."""
 
     name = "inbound"
@@ -107,10 +112,10 @@ class InboundWorker(QueueWorker):
         wake: Callable[[], None] | None = None,
         archive: Archive | None = None,
     ) -> None:
-        super().__init__(config=config, db=db, clock=clock)
+        super().__init__(
+            config=config, db=db, clock=clock, renderer=renderer, outbox_dir=outbox_dir
+        )
         self.documents = documents
-        self.renderer = renderer
-        self.outbox_dir = outbox_dir
         self.client = client
         self.metrics = metrics
         self.wake = wake

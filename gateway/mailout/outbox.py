@@ -36,6 +36,7 @@ from gateway.config import Config
 from gateway.failpoints import failpoint
 from gateway.fsutil import write_atomic
 from gateway.mailout.relay import RecipientsRefused, Relay, RelayError
+from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.queue.backoff import Random
 from gateway.queue.runner import QueueWorker
@@ -147,6 +148,25 @@ def _read_message(path: Path) -> bytes:
     # Sent as stored (the wire form _write_message made): parsing it and generating it again
     # for the relay was ~12% of the daemon's CPU under load.
     return path.read_bytes()
+
+
+class MailingWorker(QueueWorker):
+    """A worker whose items become mails in the outbox (reports, inbound faxes, the
+    administrator's copies and summary): the renderer of their templates and the outbox's
+    folder, beside what every queue worker has."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        db: Database,
+        clock: Clock = time.time,
+        renderer: MailRenderer,
+        outbox_dir: Path,
+    ) -> None:
+        super().__init__(config=config, db=db, clock=clock)
+        self.renderer = renderer
+        self.outbox_dir = outbox_dir
 
 
 class OutboxWorker(QueueWorker):

@@ -48,12 +48,11 @@ from gateway.document import kinds
 from gateway.document.convert import images_to_pdf, natural_layout, tiff_to_pdf
 from gateway.failpoints import failpoint
 from gateway.mailout.message import MailAttachment, build_message, clean_subject
-from gateway.mailout.outbox import mail_status, queue_mail
+from gateway.mailout.outbox import MailingWorker, mail_status, queue_mail
 from gateway.mailout.privacy import Privacy, protect, report_privacy, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.outbound.transmission import transmission_attachment
-from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
 from gateway.store.blobs import SharedFiles
@@ -428,7 +427,7 @@ class Reporter:
         return await self.report(job, fax, kind=RETRY)
 
 
-class ReportsWorker(QueueWorker):
+class ReportsWorker(MailingWorker):
     """Reports every fax that reached a final state, once; `run_once` returns how many."""
 
     name = "reports"
@@ -443,9 +442,9 @@ class ReportsWorker(QueueWorker):
         outbox_dir: Path,
         metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(config=config, db=db, clock=clock)
-        self.renderer = renderer
-        self.outbox_dir = outbox_dir
+        super().__init__(
+            config=config, db=db, clock=clock, renderer=renderer, outbox_dir=outbox_dir
+        )
         self.metrics = metrics
 
     async def run_once(self) -> int:

@@ -54,6 +54,25 @@ def record_event(
         return insert_event(conn, carrier_id, status, direction, payload, now)
 
 
+_INSERT = (
+    "INSERT INTO events (carrier_id, status, direction, payload, received_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _row(
+    carrier_id: str, status: str, direction: str, payload: dict[str, Any], now: float
+) -> tuple[Any, ...]:
+    """An event's values for _INSERT: its key in the form the unique index compares."""
+    return (
+        carrier_id,
+        normalize_status(status),
+        direction.strip().lower(),
+        json.dumps(payload, sort_keys=True),
+        now,
+    )
+
+
 def insert_event(
     conn: sqlite3.Connection,
     carrier_id: str,
@@ -64,15 +83,8 @@ def insert_event(
 ) -> int | None:
     """record_event inside the caller's transaction (store/commit.py)."""
     cursor = conn.execute(
-        "INSERT INTO events (carrier_id, status, direction, payload, received_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (carrier_id, status) DO NOTHING",
-        (
-            carrier_id,
-            normalize_status(status),
-            direction.strip().lower(),
-            json.dumps(payload, sort_keys=True),
-            now,
-        ),
+        f"{_INSERT} ON CONFLICT (carrier_id, status) DO NOTHING",
+        _row(carrier_id, status, direction, payload, now),
     )
     return cursor.lastrowid if cursor.rowcount == 1 else None
 
@@ -93,18 +105,11 @@ def record_or_reopen_event(
     """
     with transaction(conn):
         cursor = conn.execute(
-            "INSERT INTO events (carrier_id, status, direction, payload, received_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (carrier_id, status) DO UPDATE SET"
+            f"{_INSERT} ON CONFLICT (carrier_id, status) DO UPDATE SET"
             " processed_at = NULL, attempts = 0, pickups = 0, next_attempt_at = 0, error = NULL,"
             " payload = excluded.payload"
             " WHERE events.processed_at IS NOT NULL",
-            (
-                carrier_id,
-                normalize_status(status),
-                direction.strip().lower(),
-                json.dumps(payload, sort_keys=True),
-                now,
-            ),
+            _row(carrier_id, status, direction, payload, now),
         )
         return cursor.rowcount == 1
 
