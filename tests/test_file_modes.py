@@ -85,7 +85,9 @@ async def test_a_running_gateway_keeps_data_dir_private(
     # in documents/ and media/.
     sandbox.fail_next(1000, status=500, method="POST", path="/api/v1/faxes")
     relay_server.go_down()  # the report and the inbound mail wait in the outbox
-    async with gateway() as gw:
+    # With the test queue's short delays, ten failed relay attempts take about a second and
+    # would move the received fax from inbound/ to dead-letter/ before it is looked at.
+    async with gateway({"inbound": {"max_attempts": 1000}}) as gw:
         data = DataDir(gw.config.data.dir)
         mail = fax_mail("12015550123@fax.local", (samples.pdf(1), "application/pdf", "a.pdf"))
         await send(gw, mail)
