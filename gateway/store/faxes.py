@@ -21,6 +21,7 @@ from gateway.carrier.faxerrors import resubmittable
 from gateway.carrier.status import Outcome
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
+from gateway.store import attempts
 from gateway.store.claims import QueueTable, claim, lock_row, next_due, unclaim
 from gateway.store.db import transaction
 from gateway.store.jobs import all_final, fax_counts, get_job
@@ -213,15 +214,18 @@ def defer_fax(
     delay: float,
     now: float | None = None,
 ) -> bool:
-    """Try the POST again in `delay` seconds (`submit_attempts` counts the tries so far)."""
+    """Try the POST again in `delay` seconds (`submit_attempts` counts the tries so far); the
+    try is journalled with its reason (store/attempts.py) in the same transaction."""
     now = _now(now)
     with transaction(conn):
-        cursor = conn.execute(
+        row = conn.execute(
             "UPDATE faxes SET next_attempt_at = ?, error_description = ?, pickups = 0,"
-            " updated_at = ? WHERE id = ? AND state = ?",
+            " updated_at = ? WHERE id = ? AND state = ? RETURNING job_id",
             (now + max(delay, 0.0), error, now, fax_id, FaxState.PENDING),
-        )
-    return cursor.rowcount == 1
+        ).fetchone()
+        if row is not None:
+            attempts.note(conn, str(row[0]), attempts.SUBMIT, error, now, fax_id)
+    return row is not None
 
 
 def fail_fax(

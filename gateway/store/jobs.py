@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
-from gateway.store import blobs
+from gateway.store import attempts, blobs
 from gateway.store.blobs import File
 from gateway.store.claims import QueueTable, claim, next_due
 from gateway.store.db import transaction
@@ -348,16 +348,19 @@ def defer_job(
 ) -> int:
     """Try the job's current stage again in `delay` seconds; its attempts so far (0: not found).
 
-    The pickup is finished (reset): a deferral is a handled outcome, not a crash.
+    The pickup is finished (reset): a deferral is a handled outcome, not a crash. The try is
+    journalled with its reason (store/attempts.py) in the same transaction.
     """
     now = _now(now)
     with transaction(conn):
         row = conn.execute(
             "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, pickups = 0,"
             " error = ?, updated_at = ? WHERE id = ? AND state IN (?, ?, ?, ?)"
-            " RETURNING attempts",
+            " RETURNING attempts, state",
             (now + max(delay, 0.0), error, now, job_id, *PIPELINE),
         ).fetchone()
+        if row is not None:
+            attempts.note(conn, job_id, attempts.stage_of(row[1]), error, now)
     return 0 if row is None else int(row[0])
 
 

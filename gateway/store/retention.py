@@ -6,7 +6,8 @@ remove after the commit: a file left behind by a crash is found by the next purg
 unreferenced files, never a row whose file is gone while it is still needed):
 
 - jobs: done, failed or cancelled, every fax reported and the stored copy deleted (a copy
-  still in storage keeps its job, so its key is not forgotten); their faxes with them;
+  still in storage keeps its job, so its key is not forgotten); their faxes and their journal
+  of attempts (store/attempts.py) with them;
 - events: processed;
 - outbox: sent, failed or dead mail (a pending one is on its way);
 - inbound: mailed and delivered (no file left), and dead letters with their files.
@@ -82,9 +83,11 @@ def purge_rows(conn: sqlite3.Connection, cutoff: float, *, dry_run: bool = False
         if dry_run:
             return purged
         blobs.forget(conn, purged.files)  # the shared copies, where the store keeps them
-        conn.execute(
-            f"DELETE FROM faxes WHERE job_id IN (SELECT id FROM jobs WHERE {_JOBS})", job_params
-        )
+        for table in ("faxes", "attempts"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE job_id IN (SELECT id FROM jobs WHERE {_JOBS})",
+                job_params,
+            )
         conn.execute(f"DELETE FROM jobs WHERE {_JOBS}", job_params)
         conn.execute(f"DELETE FROM events WHERE {_EVENTS}", (cutoff,))
         conn.execute(f"DELETE FROM outbox WHERE {_OUTBOX}", outbox_params)

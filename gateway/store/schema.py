@@ -9,6 +9,7 @@ Tables and who owns them:
 - inbound: faxes the carrier announced to us, until mailed (store/inbound.py).
 - outbox: every mail the gateway sends, keyed so each goes out once (store/outbox.py).
 - meta: small named values such as the reconciler's last seen inbound fax (store/meta.py).
+- attempts: the journal of a job's deferred tries, for the timeline (store/attempts.py).
 """
 
 from __future__ import annotations
@@ -233,5 +234,19 @@ MIGRATIONS: list[str] = [
         size INTEGER NOT NULL,
         created_at REAL NOT NULL
     )
+    """,
+    # 15: the journal of attempts (gateway/store/attempts.py): one row per deferred try of a
+    # job's stage (prepare, upload, or a fax's POST: fax_id), with its reason, for the status
+    # pages' timeline; a job keeps its latest 50, and they go with it at retention.
+    """
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        fax_id INTEGER,
+        stage TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX attempts_job ON attempts(job_id, id)
     """,
 ]

@@ -1,14 +1,13 @@
 """The story of one fax, told from what the store keeps: the event timeline of the detail page.
 
-The store has no journal of its own: each row keeps the time of the steps it records
-(a job's creation, a fax's POST and outcome, each webhook in `events`, each mail in `outbox`)
-and the last error and attempt count of the step under way. The timeline is built from those;
-jobs record when they were prepared and uploaded (`prepared_at`, `uploaded_at`); a job from
-before those columns is dated by its document file when the file is still there.
+Each row keeps the time of the steps it records (a job's creation, a fax's POST and outcome,
+each webhook in `events`, each mail in `outbox`); jobs record when they were prepared and
+uploaded (`prepared_at`, `uploaded_at`); a job from before those columns is dated by its
+document file when the file is still there. Every deferred try of prepare, upload and a fax's
+POST is in the journal of attempts (store/attempts.py), each shown with its time and reason.
+A job from before the journal has only its row's attempt count and last error, shown as they
+are. Inbound faxes and mails keep their attempt count and last error only.
 """
-# XXX: only the latest retry reason of a stage is stored; earlier reasons of the same stage
-# are not, so the timeline shows the attempt count with the last reason only. A journal table
-# written at each transition would tell every retry.
 
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from gateway.inbound.files import mail_key
 from gateway.numbers import pretty
 from gateway.outbound.reports import report_key
+from gateway.store.attempts import Attempt, attempts_of, stage_of
 from gateway.store.events import events_of
 from gateway.store.inbound import InboundFax, InboundState
 from gateway.store.outbox import OutboxMessage, get_by_key
@@ -74,9 +74,25 @@ def _mail(message: OutboxMessage, what: str) -> list[Entry]:
     return entries
 
 
+def _tries(count: int, unit: str, error: str | None, journalled: bool) -> str:
+    """A retry's summary: the count, and the last error unless each try is shown with its own."""
+    text = f"{count} {unit}"
+    return text if journalled else f"{text}; last error: {error or '-'}"
+
+
+def _attempt(attempt: Attempt, who: dict[int, str]) -> Entry:
+    what = f"{attempt.stage} deferred"
+    if attempt.fax_id is not None and attempt.fax_id in who:
+        what += f" ({who[attempt.fax_id]})"
+    return Entry(attempt.at, what, attempt.reason, True)
+
+
 def job_timeline(conn: sqlite3.Connection, job: Job, faxes: list[Fax]) -> list[Entry]:
     numbers = ", ".join(pretty(f.recipient) for f in faxes)
     entries = [Entry(job.created_at, "received", f"from {job.sender} for {numbers}")]
+    journal = attempts_of(conn, job.id)
+    who = {fax.id: pretty(fax.recipient) for fax in faxes}
+    entries += [_attempt(attempt, who) for attempt in journal]
     prepared = job.pages is not None or job.document_path is not None
     if prepared:
         pages = f"{job.pages} page(s)" if job.pages is not None else ""
@@ -118,7 +134,12 @@ def job_timeline(conn: sqlite3.Connection, job: Job, faxes: list[Fax]) -> list[E
                 Entry(
                     fax.updated_at,
                     f"{'held' if fax.state is FaxState.HELD else 'retrying'} ({who})",
-                    f"{fax.submit_attempts} POST(s); last error: {fax.error_description or '-'}",
+                    _tries(
+                        fax.submit_attempts,
+                        "POST(s)",
+                        fax.error_description,
+                        any(a.fax_id == fax.id for a in journal),
+                    ),
                     True,
                 )
             )
@@ -139,7 +160,12 @@ def job_timeline(conn: sqlite3.Connection, job: Job, faxes: list[Fax]) -> list[E
             Entry(
                 job.updated_at,
                 f"retrying ({job.state.value})",
-                f"{job.attempts} attempt(s); last error: {job.error or '-'}",
+                _tries(
+                    job.attempts,
+                    "attempt(s)",
+                    job.error,
+                    any(a.stage == stage_of(job.state) for a in journal),
+                ),
                 True,
             )
         )
