@@ -28,9 +28,11 @@ from gateway.store import jobs as store
 from gateway.store import outbox as outbox_store
 from gateway.store.inbound import InboundState
 from gateway.store.outbox import OutboxState
+from gateway.store.postgres import PostgresDatabase
 from gateway.store.records import Fax, FaxState, JobState, NewJob, new_job_id
 from gateway.store.spool import Spool
 from tests.conftest import merge, run_cli
+from tests.servers.postgres import PostgresServer
 
 LONG_ERROR = "the carrier answered 503 Service Unavailable " + "and then nothing useful " * 5
 
@@ -521,3 +523,72 @@ def test_outbox_lists_mail_waiting_or_given_up_on(gateway: Gateway) -> None:
     assert [(m["id"], m["key"], m["error"]) for m in listed] == [
         (ids["failed"], "report:c:delivered", "550 5.1.1 no such user")
     ]
+
+
+# -- where the files are, on a node of a shared store -------------------------------------------
+
+
+def test_show_and_dead_letters_say_where_each_file_is_on_a_node_of_a_shared_store(
+    write_config: Callable[..., Path],
+    config_data: dict[str, Any],
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    postgres_schema: str,
+) -> None:
+    """On PostgreSQL, node B (no working copy yet) reads A's message and fax as in the shared
+    store, a document no one has as missing, and, once it has its own copy, the message as
+    present locally; JSON says the same."""
+    dsn = postgres_server.dsn(postgres_schema)
+    node_a, node_b = DataDir(tmp_path / "a"), DataDir(tmp_path / "b")
+    db = PostgresDatabase(dsn).open_sync()
+    try:
+        job_id = new_job_id()
+        spool = node_a.spool / f"{job_id}.eml"
+        new = NewJob(
+            id=job_id, sender="alice@example.com", auth_user=None, client_address=None,
+            subject="s", message_id=f"<{job_id}@example.com>", from_number="+12015550100",
+            spool_path=spool, recipients=("+12015550123",),
+        )  # fmt: skip
+        db.run_sync(store.create_job, new, time.time(), [(spool, b"Subject: x\r\n\r\nx\r\n")])
+        document = node_a.documents / f"{job_id}.pdf"
+        assert db.run_sync(
+            store.advance, job_id, JobState.RECEIVED, JobState.PREPARED,
+            document_path=document, document_type="application/pdf", pages=1,
+        )  # fmt: skip
+        inbound_id = db.run_sync(
+            inbound_store.announce_inbound, carrier_id="in-ddd", from_number="+12015550177",
+            to_number="+12015550100", pages=1, duration=30, fax_time=None,
+            media_url="https://media.example.com/in-ddd", now=time.time(),
+        )  # fmt: skip
+        received = node_a.inbound / f"{inbound_id:06d}-in-ddd.pdf"
+        db.run_sync(
+            inbound_store.mark_stored, inbound_id, str(received), time.time(),
+            [(received, b"%PDF-1.4\n")],
+        )  # fmt: skip
+        dead = node_a.dead_letter / received.name
+        db.run_sync(inbound_store.mark_dead, inbound_id, str(dead), "relay refused", time.time())
+    finally:
+        db.close()
+    config = merge(config_data, {"data": {"dir": str(node_b.root)}})
+    config = merge(config, {"store": {"backend": "postgresql", "dsn": dsn}})
+    path = write_config(config, "b.toml")
+
+    def queue(*args: str) -> str:
+        return ok(run_cli("queue", *args, "--config", str(path)))
+
+    out = queue("show", job_id)
+    assert f"message      {spool} (in the shared store; no copy on this node yet)\n" in out
+    assert f"document     {document} (missing)\n" in out
+    shown = json.loads(queue("show", job_id, "--json"))
+    assert (shown["spool_whereabouts"], shown["document_whereabouts"]) == ("shared", "missing")
+    row = rows(queue("dead-letter"))[str(inbound_id)]
+    assert row[7] == f"{received.name} (in the shared store; no copy on this node yet)"
+    [listed] = json.loads(queue("dead-letter", "--json"))
+    assert (listed["file_exists"], listed["file_whereabouts"]) == (False, "shared")
+
+    # B's own working copy (as SharedFiles.fetch writes it): present locally.
+    copy = node_b.spool / spool.name
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"Subject: x\r\n\r\nx\r\n")
+    assert f"message      {spool}\n" in queue("show", job_id)
+    assert json.loads(queue("show", job_id, "--json"))["spool_whereabouts"] == "local"

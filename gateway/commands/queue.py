@@ -21,7 +21,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -307,19 +307,27 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _places(
+    conn: sqlite3.Connection, data_dir: Path, paths: Iterable[Path | str | None]
+) -> dict[str, blobs.Whereabouts]:
+    """Where each file is, seen from this node (queueview.Places)."""
+    return {str(p): blobs.whereabouts(conn, data_dir, p) for p in paths if p is not None}
+
+
 def run_show(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     with open_store(config) as db:
         job, faxes = _job(db, args.job)
+        places = db.run_sync(_places, config.data.dir, (job.spool_path, job.document_path))
     now = time.time()
     if args.json:
-        _print_json(queueview.job_dict(job, faxes, now))
+        _print_json(queueview.job_dict(job, faxes, now, places))
     else:
-        _say(queueview.describe_job(job, faxes, now))
+        _say(queueview.describe_job(job, faxes, now, places))
     return 0
 
 
-def restart_stage(conn: sqlite3.Connection, job: Job) -> JobState | None:
+def restart_stage(conn: sqlite3.Connection, job: Job, data_dir: Path) -> JobState | None:
     """The stage a retry must restart from because the document is gone, or None.
 
     retry_job trusts the job's columns; only here is the disk looked at (and, where nodes
@@ -329,7 +337,7 @@ def restart_stage(conn: sqlite3.Connection, job: Job) -> JobState | None:
     """
 
     def have(path: Path) -> bool:
-        return path.is_file() or blobs.held(conn, path)
+        return blobs.whereabouts(conn, data_dir, path) is not blobs.Whereabouts.MISSING
 
     if job.document_path is not None and have(job.document_path):
         return None
@@ -347,7 +355,7 @@ def run_retry(args: argparse.Namespace) -> int:
         job, _ = _job(db, args.job)
         if job.state not in RETRYABLE:
             raise UserError(_not_retryable(job))
-        restart_from = db.run_sync(restart_stage, job)
+        restart_from = db.run_sync(restart_stage, job, config.data.dir)
         stage = db.run_sync(jobs_store.retry_job, job.id, restart_from=restart_from)
         if stage is None:
             changed, _ = _job(db, job.id)
@@ -407,11 +415,12 @@ def run_dead_letters(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     with open_store(config) as db:
         dead = db.run_sync(list_dead_letters)
+        places = db.run_sync(_places, config.data.dir, (fax.file_path for fax in dead))
     now = time.time()
     if args.json:
-        _print_json([queueview.dead_letter_dict(fax, now) for fax in dead])
+        _print_json([queueview.dead_letter_dict(fax, now, places) for fax in dead])
     elif dead:
-        _say(queueview.dead_letters_table(dead, now))
+        _say(queueview.dead_letters_table(dead, now, places))
         _say("\nfax-gateway queue dead-letter requeue ID  tries one again")
     else:
         _say("no dead letters")

@@ -1,19 +1,22 @@
 """How the queue tools show the store to a person (aligned tables) and to a script (JSON).
 
-Functions of what the store returned, the current time and whether the files named exist, so
-the views are the same whichever command prints them and tests can pin the clock. Tables keep
+Functions of what the store returned, the current time and where the files named are
+(`Places`: on this node, only in the store shared by several nodes, or missing:
+store/blobs.py `whereabouts`), so the views are the same whichever command prints them and
+tests can pin the clock. Tables keep
 one line per row: long errors are cut and whitespace collapsed; `--json` has the full text.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.numbers import pretty
+from gateway.store.blobs import Whereabouts
 from gateway.store.inbound import InboundFax
 from gateway.store.outbox import OutboxMessage, OutboxState
 from gateway.store.records import Fax, Job
@@ -28,6 +31,22 @@ DEAD_COLUMNS = ("ID", "CARRIER ID", "AGE", "FROM", "TO", "PAGES", "ATTEMPTS", "F
 OUTBOX_COLUMNS = ("ID", "STATE", "KIND", "AGE", "TO", "ATTEMPTS", "NEXT TRY", "ERROR")
 
 _SPACE = re.compile(r"\s+")
+
+# Where each file a row names is, by the path as the row names it (a path not in it: missing).
+Places = Mapping[str, Whereabouts]
+# What a table says of a file that is not on this node's disk.
+_NOTES = {
+    Whereabouts.LOCAL: "",
+    Whereabouts.SHARED: " (in the shared store; no copy on this node yet)",
+    Whereabouts.MISSING: " (missing)",
+}
+
+
+def place(places: Places, path: Path | str | None) -> Whereabouts | None:
+    """Where the file at `path` is (None: the row names no file)."""
+    if path is None:
+        return None
+    return places.get(str(path), Whereabouts.MISSING)
 
 
 # -- generic ----------------------------------------------------------------------------------
@@ -67,6 +86,10 @@ def clip(text: str | None, width: int = ERROR_WIDTH) -> str:
         return ""
     line = _SPACE.sub(" ", text).strip()
     return line if len(line) <= width else line[: width - 3].rstrip() + "..."
+
+
+def _value(where: Whereabouts | None) -> str | None:
+    return None if where is None else where.value
 
 
 def iso(moment: float | None) -> str | None:
@@ -159,8 +182,19 @@ def fax_dict(fax: Fax) -> dict[str, Any]:
     }
 
 
-def job_dict(job: Job, faxes: Sequence[Fax], now: float) -> dict[str, Any]:
-    """Everything the store knows about a job and its faxes, JSON-ready."""
+def job_dict(
+    job: Job, faxes: Sequence[Fax], now: float, places: Places | None = None
+) -> dict[str, Any]:
+    """Everything the store knows about a job and its faxes, JSON-ready; with `places` (`show`)
+    also where its message and document are ("local", "shared", "missing"; null: none)."""
+    found = (
+        {}
+        if places is None
+        else {
+            "spool_whereabouts": _value(place(places, job.spool_path)),
+            "document_whereabouts": _value(place(places, job.document_path)),
+        }
+    )
     return {
         "id": job.id,
         "state": job.state.value,
@@ -182,6 +216,7 @@ def job_dict(job: Job, faxes: Sequence[Fax], now: float) -> dict[str, Any]:
         "document_type": job.document_type,
         "spool_path": str(job.spool_path),
         "document_path": None if job.document_path is None else str(job.document_path),
+        **found,
         "storage_key": job.storage_key,
         "document_url_expires_at": iso(job.url_expires_at),
         "document_deleted_at": iso(job.stored_deleted_at),
@@ -209,13 +244,12 @@ def job_settings(job: Job) -> str:
     return ", ".join(words)
 
 
-def _file(path: Path | None) -> str:
-    if path is None:
-        return "-"
-    return str(path) if path.exists() else f"{path} (missing)"
+def _file(path: Path | None, places: Places) -> str:
+    where = place(places, path)
+    return "-" if where is None else f"{path}{_NOTES[where]}"
 
 
-def describe_job(job: Job, faxes: Sequence[Fax], now: float) -> str:
+def describe_job(job: Job, faxes: Sequence[Fax], now: float, places: Places) -> str:
     """`queue show`: the job's fields, then a table of its faxes."""
     pairs: list[tuple[str, str]] = [
         ("job", job.id),
@@ -243,8 +277,8 @@ def describe_job(job: Job, faxes: Sequence[Fax], now: float) -> str:
         pairs.append(("next try", f"in {age(job.next_attempt_at - now)}"))
     if job.error:
         pairs.append(("error", _SPACE.sub(" ", job.error)))
-    pairs.append(("message", _file(job.spool_path)))
-    pairs.append(("document", _file(job.document_path)))
+    pairs.append(("message", _file(job.spool_path, places)))
+    pairs.append(("document", _file(job.document_path, places)))
     if job.stored_deleted_at is not None:
         pairs.append(("cleaned", when(job.stored_deleted_at, now)))
     faxes_text = table(
@@ -268,11 +302,9 @@ def describe_job(job: Job, faxes: Sequence[Fax], now: float) -> str:
 # -- dead letters -----------------------------------------------------------------------------
 
 
-def dead_letter_row(fax: InboundFax, now: float) -> tuple[str, ...]:
-    if fax.file_path is None:
-        file = "-"
-    else:
-        file = Path(fax.file_path).name + ("" if Path(fax.file_path).exists() else " (missing)")
+def dead_letter_row(fax: InboundFax, now: float, places: Places) -> tuple[str, ...]:
+    where = place(places, fax.file_path)
+    file = "-" if where is None else Path(str(fax.file_path)).name + _NOTES[where]
     return (
         str(fax.id),
         fax.carrier_id,
@@ -286,11 +318,11 @@ def dead_letter_row(fax: InboundFax, now: float) -> tuple[str, ...]:
     )
 
 
-def dead_letters_table(faxes: Sequence[InboundFax], now: float) -> str:
-    return table(DEAD_COLUMNS, (dead_letter_row(fax, now) for fax in faxes))
+def dead_letters_table(faxes: Sequence[InboundFax], now: float, places: Places) -> str:
+    return table(DEAD_COLUMNS, (dead_letter_row(fax, now, places) for fax in faxes))
 
 
-def dead_letter_dict(fax: InboundFax, now: float) -> dict[str, Any]:
+def dead_letter_dict(fax: InboundFax, now: float, places: Places) -> dict[str, Any]:
     return {
         "id": fax.id,
         "carrier_id": fax.carrier_id,
@@ -301,7 +333,8 @@ def dead_letter_dict(fax: InboundFax, now: float) -> dict[str, Any]:
         "duration": fax.duration,
         "fax_time": fax.fax_time,
         "file_path": fax.file_path,
-        "file_exists": fax.file_path is not None and Path(fax.file_path).exists(),
+        "file_exists": place(places, fax.file_path) is Whereabouts.LOCAL,
+        "file_whereabouts": _value(place(places, fax.file_path)),
         "attempts": fax.attempts,
         "error": fax.error,
         "created_at": iso(fax.created_at),

@@ -39,6 +39,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -152,6 +153,25 @@ def present(conn: sqlite3.Connection, path: Path | str) -> bool:
     return Path(path).exists()
 
 
+class Whereabouts(StrEnum):
+    """Where the file a row names can be had from this node."""
+
+    LOCAL = "local"  # on this node's disk (on SQLite: the file itself)
+    SHARED = "shared"  # only the store's shared copy: this node has no working copy yet
+    MISSING = "missing"  # nowhere
+
+
+def whereabouts(conn: sqlite3.Connection, data_dir: Path, path: Path | str) -> Whereabouts:
+    """Where the file at `path` (as a row names it) is, seen from the node whose data.dir is
+    `data_dir`: its working copy, the store's copy only, or nowhere. Blocking (a stat)."""
+    if local_path(data_dir, Path(path), shares_files(conn)).is_file():
+        return Whereabouts.LOCAL
+    try:
+        return Whereabouts.SHARED if held(conn, path) else Whereabouts.MISSING
+    except NotShareable:
+        return Whereabouts.MISSING
+
+
 def names(conn: sqlite3.Connection) -> set[str]:
     """Every shared name (for the working copies' sweep)."""
     if not shares_files(conn):
@@ -179,6 +199,20 @@ def read_local(paths: Iterable[Path]) -> list[File]:
 # -- a node's working copies --------------------------------------------------------------------
 
 
+def local_path(data_dir: Path, path: Path, shared: bool) -> Path:
+    """Where a node keeps the file a row names: on SQLite the row's path; on a shared store
+    (`shared`) the same folder and name under the node's data.dir (the row may have been
+    written by another node, whose data.dir is its own). A path outside the shared folders is
+    left as it is, for the callers' own checks to refuse."""
+    if not shared:
+        return path
+    try:
+        name_of(path)
+    except NotShareable:
+        return path
+    return DataDir(data_dir).root / path.parent.name / path.name
+
+
 class SharedFiles:
     """This node's view of the shared files: the local path of each, fetched when missing."""
 
@@ -195,18 +229,8 @@ class SharedFiles:
         return self.db.shared
 
     def local(self, path: Path) -> Path:
-        """Where this node keeps the file a row names: on SQLite the row's path; on a shared
-        store the same folder and name under this node's data.dir (the row may have been
-        written by another node, whose data.dir is its own). A path outside the shared folders
-        is left as it is, for the callers' own checks to refuse."""
-        path = Path(path)
-        if not self.shared:
-            return path
-        try:
-            name_of(path)
-        except NotShareable:
-            return path
-        return self.data.root / path.parent.name / path.name
+        """Where this node keeps the file a row names (`local_path`)."""
+        return local_path(self.data.root, Path(path), self.shared)
 
     async def fetch(self, path: Path) -> Path:
         """The local path of `path`, written from the store first if this node lacks it (the

@@ -44,7 +44,7 @@ class Actions:
         if job.state not in RETRYABLE:
             return Outcome(False, f"Job {job.id} is {job.state}; only held or failed jobs retry.")
         try:
-            restart_from = await self.db.run(restart_stage, job)
+            restart_from = await self.db.run(restart_stage, job, self.config.data.dir)
         except UserError as exc:
             return Outcome(False, str(exc))
         stage = await self.db.run(jobs_store.retry_job, job.id, restart_from=restart_from)
