@@ -1,7 +1,12 @@
-"""The systemd unit and sysusers file: systemd's tools accept them, and they say what we need."""
+"""The systemd unit, its office drop-in and the sysusers file: systemd's tools accept them, they
+say what we need, and LibreOffice converts under the unit's rules with the drop-in."""
 
 from __future__ import annotations
 
+import ctypes.util
+import io
+import json
+import os
 import re
 import shlex
 import shutil
@@ -11,9 +16,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pypdf import PdfReader
 
 from gateway.config import QueueConfig
 from tests.conftest import ROOT
+from tests.office_files import needs_libreoffice
+from tests.unit_rules import run_under_unit, service_settings
 
 UNIT = ROOT / "systemd" / "fax-gateway.service"
 SYSUSERS = ROOT / "systemd" / "fax-gateway.sysusers"
@@ -326,3 +334,84 @@ def test_libraries_need_no_write_execute_memory() -> None:
     if result.stdout.strip() == "unsupported":
         pytest.skip("kernel has no PR_SET_MDWE (Linux 6.3+)")
     assert result.stdout.startswith("ok"), result.stdout
+
+
+# -- LibreOffice under the unit ---------------------------------------------------------------
+
+OFFICE_DROPIN = ROOT / "systemd" / "fax-gateway.service.d" / "office-conversion.conf"
+
+
+@needs_analyze
+def test_office_dropin_verifies_and_allows_only_the_conversions_namespaces(
+    tmp_path: Path,
+) -> None:
+    """With the office drop-in the unit still verifies and rates 2.0 or lower; systemd reads it
+    as user, network and mount namespaces and the mount calls allowed, nothing else."""
+    if not VENV_SCRIPT.exists():
+        pytest.skip(f"{VENV_SCRIPT} is missing: install the package into the venv")
+    unit = unit_for_verify(tmp_path, VENV_SCRIPT)
+    (tmp_path / "fax-gateway.service.d").mkdir()
+    shutil.copy(OFFICE_DROPIN, tmp_path / "fax-gateway.service.d" / OFFICE_DROPIN.name)
+    result = verify(unit)
+    assert result.returncode == 0, result.stderr
+    assert problems(result, tmp_path) == []
+    report = security(unit, threshold=20)
+    assert report.returncode == 0, report.stdout + report.stderr
+    for kind in ("user", "net", "mnt"):
+        assert re.search(rf"✗ RestrictNamespaces=~{kind}\b", report.stdout), report.stdout
+    for kind in ("pid", "uts", "cgroup", "ipc"):
+        assert re.search(rf"✓ RestrictNamespaces=~{kind}\b", report.stdout), report.stdout
+    assert re.search(r"✗ SystemCallFilter=~@mount\b", report.stdout), report.stdout
+    assert re.search(r"✓ SystemCallFilter=~@privileged\b", report.stdout), report.stdout
+
+
+def _conversion_program() -> str:
+    return textwrap.dedent(
+        """
+        import json, os
+        from pathlib import Path
+        from gateway.config import DocumentsConfig
+        from gateway.document.mime import Attachment, DocumentError
+        from gateway.document.office import OfficeConverter
+        from tests import office_files
+
+        state = Path(os.environ["FAXGW_STATE_DIRECTORY"])
+        converter = OfficeConverter(DocumentsConfig(convert_office=True), hidden=[state])
+        result = {"uid": os.getuid(), "missing": converter.missing()}
+        document = Attachment("report.docx", office_files.DOCX, office_files.docx("Under unit"))
+        try:
+            pdf = converter.convert(document)
+        except DocumentError as exc:
+            result["refused"] = str(exc)
+        else:
+            result["pdf"] = pdf.hex()
+        print(json.dumps(result))
+        """
+    )
+
+
+@pytest.mark.slow
+@needs_analyze
+@needs_libreoffice
+@pytest.mark.parametrize("dropin", [False, True], ids=["unit-alone", "with-office-dropin"])
+def test_libreoffice_converts_under_the_units_rules_only_with_the_dropin(dropin: bool) -> None:
+    """As nobody, under the unit's file system, namespace, system call, W^X and socket rules
+    (tests/unit_rules.py), a DOCX becomes a PDF with its text with the office drop-in; without
+    it the converter reports its namespaces missing and the file is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("the unit's rules are set up as root (a mount namespace), then nobody")
+    if ctypes.util.find_library("seccomp") is None:
+        pytest.skip("*** libseccomp is missing (Debian: libseccomp2): this test SKIPS ***")
+    settings = service_settings(UNIT, *([OFFICE_DROPIN] if dropin else []))
+    result = run_under_unit(settings, _conversion_program(), timeout=180, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    said = json.loads(result.stdout.strip().splitlines()[-1])
+    assert said["uid"] == 65534
+    if dropin:
+        assert said["missing"] is None
+        pdf = bytes.fromhex(said["pdf"])
+        assert pdf.startswith(b"%PDF-")
+        assert "Under unit" in PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+    else:
+        assert "unshare failed: Operation not permitted" in said["missing"]
+        assert "report.docx cannot be converted" in said["refused"]
