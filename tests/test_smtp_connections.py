@@ -27,8 +27,9 @@ from gateway.ops.httpd import HttpServer, create_app
 from tests import test_daemon
 from tests.conftest import ROOT, cli_env
 from tests.helpers import until
+from tests.servers.smtp import running_smtp
 from tests.test_daemon import GatewayProcess
-from tests.test_smtp_server import RCPT, SENDER, Raw, pdf_mail, running_smtp
+from tests.test_smtp_server import RCPT, SENDER, Raw, pdf_mail
 
 
 async def greeting(port: int, source: str = "127.0.0.1") -> tuple[str, Raw]:

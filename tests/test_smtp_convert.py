@@ -22,8 +22,9 @@ from tests.office_files import needs_libreoffice
 from tests.servers.gateway import GatewayFactory
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
+from tests.servers.smtp import running_smtp
 from tests.test_email_to_fax import fax_mail, fetch, outbound, send
-from tests.test_smtp_server import asend, running_smtp
+from tests.test_smtp_server import asend
 
 CONVERT = {"documents": {"convert_office": True}}
 MISSING = {"documents": {"convert_office": True, "libreoffice": "/nonexistent/soffice"}}

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import structlog
-import trustme
 
 from gateway.config import Config
 from gateway.smtp import users as users_module
 from tests.helpers import until
-from tests.test_smtp_server import PASSWORD, Certs, Running, running_smtp, tls_override
+from tests.servers.smtp import Certs, Running, running_smtp
+from tests.test_smtp_server import PASSWORD, tls_override
 
 # Parallel sessions in these tests all come from few addresses: lift the connection caps.
 OPEN = {"max_connections": 500, "max_connections_per_ip": 500}
@@ -60,16 +60,6 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> Checks:
 
     monkeypatch.setattr(users_module, "verify_password", counted)
     return seen
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> Certs:
-    ca = trustme.CA()
-    issued = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.private_key_and_cert_chain_pem.write_to_path(cert)
-    issued.private_key_pem.write_to_path(key)
-    return Certs(ca, cert, key)
 
 
 @pytest.fixture

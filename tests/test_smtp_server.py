@@ -9,109 +9,28 @@ import smtplib
 import sqlite3
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
 import structlog
-import trustme
 
 from gateway.config import Config, ConfigError
 from gateway.document.office import OfficeConverter
 from gateway.document.workers import DocumentWorkers
-from gateway.smtp.server import SmtpServer
 from gateway.smtp.users import hash_password
-from gateway.store import Database
-from gateway.store.spool import Spool
 from gateway.ui.send import Upload, WebSender
 from tests import samples
+from tests.servers.smtp import Certs, running_smtp
 
 CLIENT_NAME = "client.example"
 SENDER = "alice@example.com"
 RCPT = "12015550123@fax.local"
 PASSWORD = "correct horse battery"
-
-
-@dataclass
-class Running:
-    """A started SmtpServer with its store and spool, and the wake() calls it made."""
-
-    server: SmtpServer
-    db: Database
-    spool: Spool
-    woken: list[float] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    async def jobs(self) -> list[dict[str, Any]]:
-        def query(conn: Any) -> list[dict[str, Any]]:
-            rows = conn.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
-            jobs = []
-            for row in rows:
-                job = dict(row)
-                job["recipients"] = [
-                    r["recipient"]
-                    for r in conn.execute(
-                        "SELECT recipient FROM faxes WHERE job_id = ? ORDER BY id", (row["id"],)
-                    )
-                ]
-                jobs.append(job)
-            return jobs
-
-        return await self.db.run(query)
-
-
-@asynccontextmanager
-async def running_smtp(config: Config, **kwargs: Any) -> AsyncIterator[Running]:
-    """Start the SMTP server of `config` on the current loop; stop it and the store after."""
-    db = await Database(config.data.dir / "store.db").open()
-    spool = Spool(config.data.dir / "spool")
-    woken: list[float] = []
-    server = SmtpServer(config, db, spool, lambda: woken.append(time.time()), **kwargs)
-    try:
-        await server.start()
-        yield Running(server, db, spool, woken)
-    finally:
-        await server.stop()
-        await asyncio.to_thread(db.close)
-
-
-@pytest.fixture
-def smtp(make_config: Callable[..., Config]) -> Callable[..., Any]:
-    """`async with smtp(override) as gw:` runs a gateway SMTP server for one test."""
-
-    def start(override: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        return running_smtp(make_config(override), **kwargs)
-
-    return start
-
-
-@dataclass
-class Certs:
-    ca: trustme.CA
-    cert: Path
-    key: Path
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> Certs:
-    ca = trustme.CA()
-    issued = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.private_key_and_cert_chain_pem.write_to_path(cert)
-    issued.private_key_pem.write_to_path(key)
-    return Certs(ca, cert, key)
 
 
 @pytest.fixture

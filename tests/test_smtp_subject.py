@@ -5,16 +5,9 @@ known sender. Real SMTP sessions (smtplib) against a real SmtpServer, SQLite and
 from __future__ import annotations
 
 import asyncio
-import json
 import smtplib
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,13 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config
-from gateway.smtp.server import SmtpServer
 from gateway.smtp.subject import parse_subject
-from gateway.store import Database
-from gateway.store.spool import Spool
 from tests import samples
 from tests.conftest import merge
 from tests.helpers import subject_of
+from tests.servers.smtp import running_smtp
 
 SENDER = "copier@example.com"
 SHARED = "fax@fax.local"
@@ -92,66 +83,12 @@ def test_any_subject_splits_into_numbers_and_a_rest(subject: str) -> None:
 # -- real SMTP -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Running:
-    server: SmtpServer
-    db: Database
-    config: Config
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    async def jobs(self) -> list[dict[str, Any]]:
-        def query(conn: Any) -> list[dict[str, Any]]:
-            rows = conn.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
-            jobs = []
-            for row in rows:
-                job = dict(row)
-                job["recipients"] = [
-                    r["recipient"]
-                    for r in conn.execute(
-                        "SELECT recipient FROM faxes WHERE job_id = ? ORDER BY id", (row["id"],)
-                    )
-                ]
-                jobs.append(job)
-            return jobs
-
-        return await self.db.run(query)
-
-    async def outbox(self) -> list[tuple[list[str], EmailMessage]]:
-        """The mails queued in the outbox: recipients and the message as it will be sent."""
-
-        def query(conn: Any) -> list[Any]:
-            return conn.execute(
-                "SELECT recipients, message_path FROM outbox ORDER BY id"
-            ).fetchall()
-
-        mails = []
-        for recipients, path in await self.db.run(query):
-            data = await asyncio.to_thread(Path(path).read_bytes)
-            parsed = BytesParser(policy=policy.default).parsebytes(data)
-            assert isinstance(parsed, EmailMessage)
-            mails.append((json.loads(recipients), parsed))
-        return mails
-
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Running]:
-    db = await Database(config.data.dir / "store.db").open()
-    server = SmtpServer(config, db, Spool(config.data.dir / "spool"), lambda: None)
-    try:
-        await server.start()
-        yield Running(server, db, config)
-    finally:
-        await server.stop()
-        await asyncio.to_thread(db.close)
-
-
 @pytest.fixture
 def smtp(make_config: Callable[..., Config]) -> Callable[..., Any]:
+    """tests/servers/smtp.py's server, with the shared address on."""
+
     def start(override: dict[str, Any] | None = None) -> Any:
-        return running(make_config(merge(CONFIG, override or {})))
+        return running_smtp(make_config(merge(CONFIG, override or {})))
 
     return start
 
@@ -325,7 +262,7 @@ async def test_document_refusals_of_shared_address_mail_are_explained(
 
 async def test_shared_address_off_by_default(make_config: Callable[..., Config]) -> None:
     """Without smtp.subject_address, fax@ is an address like any other: not a number, 550."""
-    async with running(make_config()) as gw:
+    async with running_smtp(make_config()) as gw:
 
         def go() -> tuple[int, bytes]:
             with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
