@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 
+from gateway.config import Config
+from gateway.datadir import DataDir
 from gateway.mailout.message import RenderedMail, build_message
+from gateway.store import Database
+from gateway.store.jobs import create_job
+from gateway.store.records import NewJob, new_job_id
+from gateway.store.spool import Spool
+from tests import samples
 
 # -- sandbox carrier numbers -------------------------------------------------------------------
 
@@ -183,3 +190,32 @@ def fill(path: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# -- a job waiting for prepare -------------------------------------------------------------------
+
+
+async def queued_job(config: Config, raw: bytes | None = None) -> tuple[Database, Spool, str]:
+    """A received job of one fax whose message `raw` (default: a mail with a one-page PDF) is
+    spooled, in the store of `config`: the store (open: the caller closes it), spool, job id."""
+    data = DataDir(config.data.dir)
+    db = await Database(data.store).open()
+    spool = Spool(data.spool)
+    job_id = new_job_id()
+    message = raw if raw is not None else samples.mail(samples.attachment(samples.pdf(1), "a.pdf"))
+    path = spool.write(job_id, message)
+    await db.run(
+        create_job,
+        NewJob(
+            id=job_id,
+            sender="alice@example.com",
+            auth_user=None,
+            client_address=None,
+            subject="Fax",
+            message_id="",
+            from_number=FROM_NUMBER,
+            spool_path=path,
+            recipients=(DELIVERS,),
+        ),
+    )
+    return db, spool, job_id

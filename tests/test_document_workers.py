@@ -17,18 +17,17 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from gateway.config import Config
-from gateway.datadir import DataDir
 from gateway.document.mime import TOO_COSTLY, DocumentError
 from gateway.document.workers import DocumentWorkers, WorkerDied, WorkersStopped
 from gateway.outbound.prepare import PrepareWorker
 from gateway.smtp.server import SmtpServer
 from gateway.store import Database
 from gateway.store.inbound import InboundFax, InboundState
-from gateway.store.jobs import create_job, get_job
-from gateway.store.records import JobState, NewJob, new_job_id
+from gateway.store.jobs import get_job
+from gateway.store.records import JobState
 from gateway.store.spool import Spool
 from tests import samples
-from tests.helpers import Clock
+from tests.helpers import Clock, queued_job
 
 pytestmark = pytest.mark.slow  # each test starts worker processes
 
@@ -176,36 +175,13 @@ async def test_data_answers_554_for_a_document_over_budget(
     assert reply.startswith(b"5.3.4 ") and b"256 MB" in reply
 
 
-async def _queued_job(config: Config) -> tuple[Database, Spool, str]:
-    data = DataDir(config.data.dir)
-    db = await Database(data.store).open()
-    spool = Spool(data.spool)
-    job_id = new_job_id()
-    path = spool.write(job_id, samples.mail(samples.attachment(samples.pdf(1), "a.pdf")))
-    await db.run(
-        create_job,
-        NewJob(
-            id=job_id,
-            sender="alice@example.com",
-            auth_user=None,
-            client_address=None,
-            subject="Fax",
-            message_id="",
-            from_number="+12015550100",
-            spool_path=path,
-            recipients=("+12015550123",),
-        ),
-    )
-    return db, spool, job_id
-
-
 async def test_prepare_past_the_time_budget_fails_the_job_with_the_reason(
     make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """prepare hanging: the job fails once with "longer than 1 seconds", no pickup left."""
     monkeypatch.setenv("FAXGW_FAILPOINT", "document_prepare=hang")
     config = make_config({"documents": {"worker_timeout_seconds": 1}})
-    db, spool, job_id = await _queued_job(config)
+    db, spool, job_id = await queued_job(config)
     try:
         async with workers(config) as pool:
             worker = PrepareWorker(config=config, db=db, clock=Clock(), spool=spool, documents=pool)
@@ -225,7 +201,7 @@ async def test_prepare_when_workers_keep_dying_defers_then_fails_never_held(
     max_pickups-th death with the reason; never held, never charged to the crash guard."""
     monkeypatch.setenv("FAXGW_FAILPOINT", "document_prepare=kill")
     config = make_config({"queue": {"max_pickups": 3}})
-    db, spool, job_id = await _queued_job(config)
+    db, spool, job_id = await queued_job(config)
     clock = Clock()
     try:
         async with workers(config) as pool:
@@ -252,7 +228,7 @@ async def test_prepare_stopped_mid_document_gives_the_claim_back(
     counted, so stopping never brings a job nearer to held."""
     monkeypatch.setenv("FAXGW_FAILPOINT", "document_prepare=hang")
     config = make_config()
-    db, spool, job_id = await _queued_job(config)
+    db, spool, job_id = await queued_job(config)
     try:
         pool = DocumentWorkers(config)
         await pool.start()

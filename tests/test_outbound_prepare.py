@@ -10,12 +10,10 @@ from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document.workers import DocumentWorkers
 from gateway.outbound.prepare import PrepareWorker
-from gateway.store import Database
-from gateway.store.jobs import create_job, get_job
-from gateway.store.records import JobState, NewJob, new_job_id
-from gateway.store.spool import Spool
+from gateway.store.jobs import get_job
+from gateway.store.records import JobState
 from tests import samples
-from tests.helpers import Clock, fill, tiny_filesystem
+from tests.helpers import Clock, fill, queued_job, tiny_filesystem
 
 
 async def test_a_full_disk_defers_prepare_and_it_resumes_when_space_returns(
@@ -25,28 +23,11 @@ async def test_a_full_disk_defers_prepare_and_it_resumes_when_space_returns(
     often; once space returns the job is prepared."""
     config = make_config({"queue": {"max_pickups": 2}})
     data = DataDir(config.data.dir)
-    db = await Database(data.store).open()
+    raw = samples.mail(samples.attachment(samples.pdf(6), "scan.pdf"))
+    db, spool, job_id = await queued_job(config, raw)
     clock = Clock()
     workers = DocumentWorkers(config)
     try:
-        spool = Spool(data.spool)
-        job_id = new_job_id()
-        raw = samples.mail(samples.attachment(samples.pdf(6), "scan.pdf"))
-        path = spool.write(job_id, raw)
-        await db.run(
-            create_job,
-            NewJob(
-                id=job_id,
-                sender="alice@example.com",
-                auth_user=None,
-                client_address=None,
-                subject="Fax",
-                message_id="",
-                from_number="+12015550100",
-                spool_path=path,
-                recipients=("+12015550123",),
-            ),
-        )
         worker = PrepareWorker(config=config, db=db, clock=clock, spool=spool, documents=workers)
         with tiny_filesystem(data.documents, "1m") as documents:
             filler = fill(documents)
