@@ -237,68 +237,48 @@ async def run(work: Path, count: int) -> list[Result]:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(server.stop)
         shutil.rmtree(server.root, ignore_errors=True)
-    common = {
-        "unit": "msg/s",
-        "baseline": sqlite,
-        "baseline_name": "the same on SQLite",
-        "higher_is_better": True,
-    }
+    sqlite_same, store_lock = "the same on SQLite", "the same under the store-wide lock"
+
+    def row(what: str, unit: str, figures: tuple[float, float], name: str, meaning: str) -> Result:
+        gateway, baseline = figures
+        return Result(
+            what=what,
+            unit=unit,
+            gateway=gateway,
+            baseline=baseline,
+            baseline_name=name,
+            higher_is_better=True,
+            meaning=meaning,
+        )
+
     return [
-        Result(
-            what="SMTP accept, PostgreSQL, one node",
-            gateway=one,
-            meaning="each 250 costs {ratio}x SQLite's: the commit over the network",
-            **common,
+        row(
+            "SMTP accept, PostgreSQL, one node", "msg/s", (one, sqlite), sqlite_same,
+            "each 250 costs {ratio}x SQLite's: the commit over the network",
         ),
-        Result(
-            what="SMTP accept, PostgreSQL, two nodes",
-            gateway=two,
-            meaning="{ratio}x SQLite's cost per 250 with two nodes on one store",
-            **common,
+        row(
+            "SMTP accept, PostgreSQL, two nodes", "msg/s", (two, sqlite), sqlite_same,
+            "{ratio}x SQLite's cost per 250 with two nodes on one store",
         ),
-        Result(
-            what="webhook stored, PostgreSQL, one node",
-            unit="hooks/s",
-            gateway=hooks_one,
-            baseline=hooks_sqlite,
-            baseline_name="the same on SQLite",
-            higher_is_better=True,
-            meaning="each 200 costs {ratio}x SQLite's",
+        row(
+            "webhook stored, PostgreSQL, one node", "hooks/s", (hooks_one, hooks_sqlite),
+            sqlite_same, "each 200 costs {ratio}x SQLite's",
         ),
-        Result(
-            what="webhook stored, PostgreSQL, two nodes",
-            unit="hooks/s",
-            gateway=hooks_two,
-            baseline=hooks_sqlite,
-            baseline_name="the same on SQLite",
-            higher_is_better=True,
-            meaning="{ratio}x SQLite's cost per 200 with two nodes on one store",
+        row(
+            "webhook stored, PostgreSQL, two nodes", "hooks/s", (hooks_two, hooks_sqlite),
+            sqlite_same, "{ratio}x SQLite's cost per 200 with two nodes on one store",
         ),
-        Result(
-            what="claims + outcome, PostgreSQL, one node",
-            unit="claims/s",
-            gateway=claims[1, True],
-            baseline=claims[1, False],
-            baseline_name="the same under the store-wide lock",
-            higher_is_better=True,
-            meaning="SKIP LOCKED: each claim costs {ratio}x the serialised one",
+        *(
+            row(
+                f"claims + outcome, PostgreSQL, {name}", "claims/s",
+                (claims[nodes, True], claims[nodes, False]), store_lock,
+                "SKIP LOCKED: each claim costs {ratio}x the serialised one",
+            )
+            for nodes, name in ((1, "one node"), (2, "two nodes"))
         ),
-        Result(
-            what="claims + outcome, PostgreSQL, two nodes",
-            unit="claims/s",
-            gateway=claims[2, True],
-            baseline=claims[2, False],
-            baseline_name="the same under the store-wide lock",
-            higher_is_better=True,
-            meaning="SKIP LOCKED: each claim costs {ratio}x the serialised one",
+        row(
+            "claims + outcome, PostgreSQL, two nodes (SQLite: one)", "claims/s",
+            (claims[2, True], claims_sqlite), "one node on SQLite",
+            "two nodes on PostgreSQL: {ratio}x SQLite's cost per claim",
         ),
-        Result(
-            what="claims + outcome, PostgreSQL, two nodes (SQLite: one)",
-            unit="claims/s",
-            gateway=claims[2, True],
-            baseline=claims_sqlite,
-            baseline_name="one node on SQLite",
-            higher_is_better=True,
-            meaning="two nodes on PostgreSQL: {ratio}x SQLite's cost per claim",
-        ),
-    ]
+    ]  # fmt: skip

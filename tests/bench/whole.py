@@ -117,6 +117,35 @@ def _wait_posted(daemon: Daemon, job_ids: list[str], timeout: float = 300.0) -> 
     raise RuntimeError(f"{len(job_ids)} jobs, not all POSTed within {timeout} s")
 
 
+# The percentiles told of a latency under load.
+PERCENTILES = {"p50": 0.5, "p99": 0.99}
+
+
+def _under_load(
+    what: str,
+    steady: list[float],
+    idle: list[float],
+    idle_name: str,
+    meaning: str,
+    targets: dict[str, str],
+) -> list[Result]:
+    """A latency under load (each of PERCENTILES, `what` naming it as {label}) against the
+    median of the same on an idle daemon; `targets` by label."""
+    return [
+        Result(
+            what=what.format(label=label),
+            unit="ms",
+            gateway=load.percentile(steady, PERCENTILES[label]),
+            baseline=_median(idle),
+            baseline_name=idle_name,
+            higher_is_better=False,
+            meaning=meaning,
+            target=target,
+        )
+        for label, target in targets.items()
+    ]
+
+
 # -- 1 and 2: accept rate and burst drain ----------------------------------------------------
 
 
@@ -227,19 +256,14 @@ async def latency(work: Path, sizes: Sizes, storage: str) -> list[Result]:
     finally:
         if weed is not None:
             weed.stop()
-    return [
-        Result(
-            what=f"250 -> POST {label}, 20 msg/s 100 KB, {storage}",
-            unit="ms",
-            gateway=load.percentile(steady, fraction),
-            baseline=_median(idle),
-            baseline_name="median of single messages on an idle daemon",
-            higher_is_better=False,
-            meaning="under a steady 20 msg/s, {ratio}x an idle message's latency",
-            target=target,
-        )
-        for label, fraction, target in (("p50", 0.5, "<= 30 ms"), ("p99", 0.99, "<= 150 ms"))
-    ]
+    return _under_load(
+        f"250 -> POST {{label}}, 20 msg/s 100 KB, {storage}",
+        steady,
+        idle,
+        "median of single messages on an idle daemon",
+        "under a steady 20 msg/s, {ratio}x an idle message's latency",
+        {"p50": "<= 30 ms", "p99": "<= 150 ms"},
+    )
 
 
 # -- 4: webhooks ------------------------------------------------------------------------------
@@ -378,19 +402,14 @@ async def inbox(work: Path, sizes: Sizes) -> list[Result]:
     with Daemon(work / "inbox", overrides) as daemon:
         idle = await asyncio.to_thread(_inbox_latencies, daemon, 3, None)
         steady = await asyncio.to_thread(_inbox_latencies, daemon, sizes.inbound, 10.0)
-    return [
-        Result(
-            what=f"webhook -> inbox {label}, 10 events/s",
-            unit="ms",
-            gateway=load.percentile(steady, fraction),
-            baseline=_median(idle),
-            baseline_name="median of single events on an idle daemon",
-            higher_is_better=False,
-            meaning="at 10 events/s, {ratio}x an idle event's latency",
-            target=target,
-        )
-        for label, fraction, target in (("p50", 0.5, "<= 150 ms"), ("p99", 0.99, ""))
-    ]
+    return _under_load(
+        "webhook -> inbox {label}, 10 events/s",
+        steady,
+        idle,
+        "median of single events on an idle daemon",
+        "at 10 events/s, {ratio}x an idle event's latency",
+        {"p50": "<= 150 ms", "p99": ""},
+    )
 
 
 # -- 6 and 7: memory and store scale -----------------------------------------------------------
