@@ -15,83 +15,50 @@ from __future__ import annotations
 import email
 import email.policy
 import shutil
-import smtplib
-import time
 from collections import Counter
 from collections.abc import Callable
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests import samples
-from tests.conftest import cli_env, free_port, merge
 from tests.helpers import CALLER, OUR_FAX_LINE
+from tests.servers.cluster import Node, fax_number, job_of, message, query, send, wait_until
 from tests.servers.postgres import PostgresServer
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
-from tests.servers.seaweed import S3Server
 from tests.test_daemon import GatewayProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-SENDER = "alice@example.com"
 OFFICE = "office@example.com"
 # Accepted by A before any of its faxes is done, and after some are (so A dies with jobs in
 # every state: received, prepared, uploaded, submitted, reported into its outbox).
 EARLY, LATE = 4, 3
-# A's claims come free after this (the default 60 s would only make the test slow).
-LEASE_SECONDS = 3
 # The carrier takes this long from a POST to the fax's outcome.
 CARRIER_DELAY = 2.0
 SETTLE_WITHIN = 150.0
-QUEUE = {
-    "min_backoff_seconds": 0.2,
-    "max_backoff_seconds": 1.0,
-    "scan_interval_seconds": 0.2,
-    "shutdown_timeout_seconds": 5,
+NODE_SETTINGS: dict[str, Any] = {
+    "queue": {
+        "min_backoff_seconds": 0.2,
+        "max_backoff_seconds": 1.0,
+        "scan_interval_seconds": 0.2,
+        "shutdown_timeout_seconds": 5,
+    },
+    "inbound": {"default_recipients": [OFFICE], "max_attempts": 1000},
 }
 
 
 def number(index: int) -> str:
-    return f"+1201555{2000 + index:04d}"
+    return fax_number(index, 2000)
 
 
-def message(index: int) -> bytes:
-    mail = EmailMessage()
-    mail["From"] = SENDER
-    mail["To"] = f"{number(index).lstrip('+')}@fax.local"
-    mail["Subject"] = f"files {index}"
-    mail["Message-ID"] = f"<files-{index}@example.com>"
-    mail.set_content("see attachment")
-    mail.add_attachment(samples.pdf(1), "application", "pdf", filename="doc.pdf")
-    return mail.as_bytes(policy=email.policy.SMTP)
-
-
-def send(port: int, index: int) -> str:
+def accepted(port: int, index: int) -> str:
     """One SMTP transaction that must be answered 250; the job id."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.ehlo()
-        client.mail(SENDER)
-        code, reply = client.rcpt(f"{number(index).lstrip('+')}@fax.local")
-        assert code == 250, reply
-        code, reply = client.data(message(index))
+    code, reply = send(port, number(index), message(number(index), "files", index))
     assert code == 250, reply
-    return reply.decode().rsplit(" ", 1)[1]
-
-
-def query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, connect_timeout=5) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
-
-
-def wait_until(what: str, condition: Callable[[], bool], seconds: float, dsn: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {seconds:.0f} s: {progress(dsn)}"
-        time.sleep(0.3)
+    return job_of(reply)
 
 
 def progress(dsn: str) -> dict[str, Any]:
@@ -117,52 +84,8 @@ def finished(dsn: str, jobs: int) -> bool:
     )
 
 
-@pytest.fixture
-def node_config(
-    config_data: dict[str, Any],
-    tmp_path: Path,
-    sandbox: Sandbox,
-    relay_server: CapturingRelay,
-    s3_env: S3Server,
-    postgres_server: PostgresServer,
-    postgres_schema: str,
-    write_config: Callable[..., Path],
-) -> Callable[[str], tuple[Path, dict[str, Any]]]:
-    """make(name): the configuration file of one node: its own data.dir, the shared store and
-    bucket."""
-
-    def make(name: str) -> tuple[Path, dict[str, Any]]:
-        http_port = free_port()
-        data = merge(
-            config_data,
-            {
-                "data": {"dir": str(tmp_path / f"node-{name}")},
-                "smtp": {"listen": f"127.0.0.1:{free_port()}"},
-                "http": {
-                    "listen": f"127.0.0.1:{http_port}",
-                    "public_url": f"http://127.0.0.1:{http_port}",
-                },
-                "relay": relay_server.relay_config_overrides(),
-                "queue": QUEUE,
-                "webhooks": {"reconcile_after_seconds": 2, "reconcile_interval_seconds": 1},
-                "inbound": {"default_recipients": [OFFICE], "max_attempts": 1000},
-                "store": {
-                    "backend": "postgresql",
-                    "dsn": postgres_server.dsn(postgres_schema),
-                    "lease_seconds": LEASE_SECONDS,
-                },
-            },
-        )
-        data = merge(merge(data, sandbox.config_override()), s3_env.config_overrides())
-        # A fax A was submitting is B's after its submit lease, 10 carrier timeouts: 20 s here.
-        data = merge(data, {"voxtelesys": {"timeout_seconds": 2}})
-        return write_config(data, f"{name}.toml"), data
-
-    return make
-
-
 def test_node_a_dies_with_its_disk_and_node_b_finishes_everything_once(
-    node_config: Callable[[str], tuple[Path, dict[str, Any]]],
+    cluster_node: Callable[..., Node],
     sandbox: Sandbox,
     relay_server: CapturingRelay,
     postgres_server: PostgresServer,
@@ -172,18 +95,15 @@ def test_node_a_dies_with_its_disk_and_node_b_finishes_everything_once(
     """A's data.dir deleted after a SIGKILL: B faxes every 250 once, reports each fax once and
     mails the inbound fax once, from the store alone; then no shared file is left."""
     dsn = postgres_server.dsn(postgres_schema)
-    path_a, data_a = node_config("a")
-    path_b, data_b = node_config("b")
-    token = data_a["http"]["webhook_token"]
+    a = cluster_node("a", NODE_SETTINGS)
+    b = cluster_node("b", NODE_SETTINGS)
     relay_server.go_down()
     sandbox.configure(delay=CARRIER_DELAY)
-    sandbox.set_webhook(f"{data_a['http']['public_url']}/webhooks/fax/{token}")
-    node_a = GatewayProcess(path_a, env=cli_env())
-    started.append(node_a)
-    node_a.wait_for("daemon.ready", timeout=60)
-    port_a = int(data_a["smtp"]["listen"].rsplit(":", 1)[1])
+    sandbox.set_webhook(a.webhook_url)
+    node_a = a.start(started)
+    port_a = a.smtp_port
 
-    answered = [send(port_a, index) for index in range(EARLY)]
+    answered = [accepted(port_a, index) for index in range(EARLY)]
     sandbox.inbound(OUR_FAX_LINE, CALLER, samples.pdf(2))
     # A has reports and the inbound fax's mail in its outbox (the relay is down) ...
     wait_until(
@@ -193,22 +113,24 @@ def test_node_a_dies_with_its_disk_and_node_b_finishes_everything_once(
             >= {"report", "inbound"}
         ),
         60,
-        dsn,
+        lambda: progress(dsn),
     )
     # ... and then mail it has not even prepared.
-    answered += [send(port_a, index) for index in range(EARLY, EARLY + LATE)]
+    answered += [accepted(port_a, index) for index in range(EARLY, EARLY + LATE)]
     node_a.kill()  # SIGKILL
-    shutil.rmtree(data_a["data"]["dir"])
+    shutil.rmtree(a.data_dir)
     before = progress(dsn)
     assert before["blobs"], "A's files are in the store"
 
     relay_server.come_up()
-    token_b = data_b["http"]["webhook_token"]
-    sandbox.set_webhook(f"{data_b['http']['public_url']}/webhooks/fax/{token_b}")
-    node_b = GatewayProcess(path_b, env=cli_env())
-    started.append(node_b)
-    node_b.wait_for("daemon.ready", timeout=60)
-    wait_until("B finishing A's work", lambda: finished(dsn, len(answered)), SETTLE_WITHIN, dsn)
+    sandbox.set_webhook(b.webhook_url)
+    node_b = b.start(started)
+    wait_until(
+        "B finishing A's work",
+        lambda: finished(dsn, len(answered)),
+        SETTLE_WITHIN,
+        lambda: progress(dsn),
+    )
     assert node_b.terminate() == 0
 
     faxed = Counter("+" + f["to"] for f in sandbox.faxes() if f["direction"] == "outbound")
@@ -226,7 +148,7 @@ def test_node_a_dies_with_its_disk_and_node_b_finishes_everything_once(
     assert len(reports) == EARLY + LATE and set(reports.values()) == {1}, reports
     assert len(inbound) == 1, "the inbound fax mailed exactly once"
     assert any(part.get_content_type() == "application/pdf" for part in inbound[0].walk())
-    data_b_dir = Path(data_b["data"]["dir"])
+    data_b_dir = b.data_dir
     left = [
         p.relative_to(data_b_dir)
         for folder in ("spool", "documents", "outbox", "inbound", "dead-letter")

@@ -23,7 +23,7 @@ import pytest
 
 from tests import samples
 from tests.conftest import ROOT, cli_env, free_port, merge, run_cli
-from tests.servers.gateway import FAST_QUEUE
+from tests.servers.gateway import serve_config_data
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
 
@@ -121,22 +121,9 @@ def daemon_config(
     write_config: Callable[..., Path],
 ) -> Callable[..., tuple[Path, dict[str, Any]]]:
     def make(overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
-        http_port = free_port()
-        data = merge(
-            config_data,
-            {
-                "smtp": {"listen": f"127.0.0.1:{free_port()}"},
-                "http": {
-                    "listen": f"127.0.0.1:{http_port}",
-                    "public_url": f"http://127.0.0.1:{http_port}",
-                },
-                "relay": relay_server.relay_config_overrides(),
-                "queue": FAST_QUEUE,
-            },
-        )
-        data = merge(merge(data, sandbox.config_override()), overrides or {})
+        data = serve_config_data(config_data, sandbox, relay_server, overrides)
         token = data["http"]["webhook_token"]
-        sandbox.set_webhook(f"http://127.0.0.1:{http_port}/webhooks/fax/{token}")
+        sandbox.set_webhook(f"{data['http']['public_url']}/webhooks/fax/{token}")
         return write_config(data), data
 
     return make

@@ -35,8 +35,8 @@ import pytest
 
 from gateway import failpoints
 from tests import samples
-from tests.conftest import ROOT, cli_env, free_port, merge
-from tests.servers.gateway import FAST_QUEUE
+from tests.conftest import ROOT, cli_env, merge
+from tests.servers.gateway import serve_config_data
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
 from tests.servers.seaweed import S3Server
@@ -188,17 +188,11 @@ def failpoint_config(
     in the daemon's environment too (cli_env copies it)."""
 
     def make(case: Case) -> tuple[Path, dict[str, Any]]:
-        http_port = free_port()
-        data = merge(
+        data = serve_config_data(
             config_data,
+            sandbox,
+            relay_server,
             {
-                "smtp": {"listen": f"127.0.0.1:{free_port()}"},
-                "http": {
-                    "listen": f"127.0.0.1:{http_port}",
-                    "public_url": f"http://127.0.0.1:{http_port}",
-                },
-                "relay": relay_server.relay_config_overrides(),
-                "queue": FAST_QUEUE,
                 "inbound": {
                     "routes": {INBOUND[0][0]: ROUTED_INBOXES},
                     "default_recipients": [DEFAULT_INBOX],
@@ -207,14 +201,13 @@ def failpoint_config(
                 "webhooks": {"reconcile_after_seconds": 1, "reconcile_interval_seconds": 1},
             },
         )
-        data = merge(data, sandbox.config_override())
         if case.storage == "s3":
             data = merge(data, s3_env.config_overrides())
         data = merge(data, case.overrides)
         if case.archive:
             data["inbound"]["archive_dir"] = str(Path(data["data"]["dir"]).parent / "archive")
         token = data["http"]["webhook_token"]
-        sandbox.set_webhook(f"http://127.0.0.1:{http_port}/webhooks/fax/{token}")
+        sandbox.set_webhook(f"{data['http']['public_url']}/webhooks/fax/{token}")
         return write_config(data), data
 
     return make

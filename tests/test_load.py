@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port, merge
-from tests.servers.gateway import FAST_QUEUE
+from tests.conftest import merge
+from tests.servers.gateway import serve_config_data
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
 from tests.servers.seaweed import S3Server
@@ -114,25 +114,21 @@ def load_config(
     s3_env: S3Server,
     write_config: Callable[..., Path],
 ) -> tuple[Path, dict[str, Any]]:
-    http_port = free_port()
-    data = merge(
+    data = serve_config_data(
         config_data,
+        sandbox,
+        relay_server,
         {
-            "smtp": {"listen": f"127.0.0.1:{free_port()}", "max_connections_per_ip": 40},
-            "http": {
-                "listen": f"127.0.0.1:{http_port}",
-                "public_url": f"http://127.0.0.1:{http_port}",
-            },
-            "relay": relay_server.relay_config_overrides(),
-            "queue": {**FAST_QUEUE, "max_pickups": 10},
+            "smtp": {"max_connections_per_ip": 40},
+            "queue": {"max_pickups": 10},
             "fax": {"number_check": "possible"},
             "limits": {"faxes_per_sender_per_day": 0},
             "webhooks": {"reconcile_after_seconds": 2, "reconcile_interval_seconds": 2},
         },
     )
-    data = merge(merge(data, sandbox.config_override()), s3_env.config_overrides())
+    data = merge(data, s3_env.config_overrides())
     sandbox.set_webhook(
-        f"http://127.0.0.1:{http_port}/webhooks/fax/{data['http']['webhook_token']}"
+        f"{data['http']['public_url']}/webhooks/fax/{data['http']['webhook_token']}"
     )
     return write_config(data), data
 

@@ -56,6 +56,33 @@ def gateway_config_data(
     return merge(data, overrides or {})
 
 
+def serve_config_data(
+    config_data: dict[str, Any],
+    sandbox: Sandbox,
+    relay: CapturingRelay,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The configuration of a `fax-gateway serve` process (tests/test_daemon.py
+    GatewayProcess): SMTP and HTTP on free ports chosen now (a process cannot report the
+    ports it bound), the sandbox carrier, the capturing relay, short retry delays; then
+    `overrides`."""
+    http_port = free_port()
+    data = merge(
+        config_data,
+        {
+            "smtp": {"listen": f"127.0.0.1:{free_port()}"},
+            "http": {
+                "listen": f"127.0.0.1:{http_port}",
+                "public_url": f"http://127.0.0.1:{http_port}",
+            },
+            "relay": relay.relay_config_overrides(),
+            "queue": FAST_QUEUE,
+        },
+    )
+    data = merge(data, sandbox.config_override())
+    return merge(data, overrides or {})
+
+
 @pytest.fixture
 def gateway(
     config_data: dict[str, Any], sandbox: Sandbox, relay_server: CapturingRelay, tmp_path: Path
