@@ -153,6 +153,25 @@ def on_time(due: float, done_at: float, request: pytest.FixtureRequest) -> None:
     assert 0 <= late <= LATE, f"the retry came {late:+.3f} s after its due time (bound {LATE} s)"
 
 
+async def retried_on_time(
+    config: Config,
+    worker: Rounds,
+    deferred: Callable[[], Awaitable[float | None]],
+    repair: Callable[[], object],
+    done: Callable[[], Awaitable[float | None]],
+    request: pytest.FixtureRequest,
+) -> None:
+    """Run `worker` until its item is deferred (due ahead), `repair` the fault (in a thread),
+    and check the item was `done` 0..LATE s after its due time, within ROUNDS rounds."""
+    async with running(config, worker):
+        due = in_future(await first(deferred))
+        await asyncio.to_thread(repair)
+        done_at = await first(done)
+        rounds = worker.count
+    on_time(due, done_at, request)
+    assert rounds <= ROUNDS
+
+
 @pytest.fixture
 def open_store() -> Iterator[Callable[[Config], Awaitable[Database]]]:
     """Opens the store of a configuration; closed at teardown."""
@@ -267,13 +286,7 @@ async def test_upload_retries_a_deferred_job_within_a_second_of_its_due_time(
         job = await job_row(db, job_id)
         return job.updated_at if job.state is JobState.UPLOADED else None
 
-    async with running(config, worker):
-        due = in_future(await first(deferred))
-        blocked.unlink()
-        done_at = await first(uploaded)
-        rounds = worker.count
-    on_time(due, done_at, request)
-    assert rounds <= ROUNDS
+    await retried_on_time(config, worker, deferred, blocked.unlink, uploaded, request)
     assert (await job_row(db, job_id)).attempts == 0  # the new stage starts afresh
 
 
@@ -303,13 +316,7 @@ async def test_submit_retries_a_deferred_fax_within_a_second_of_its_due_time(
         row = await fax_row(db, fax.id)
         return row.submitted_at if row.state is FaxState.SUBMITTED else None
 
-    async with running(config, worker):
-        due = in_future(await first(deferred))
-        await asyncio.to_thread(sandbox.clear_faults)
-        done_at = await first(submitted)
-        rounds = worker.count
-    on_time(due, done_at, request)
-    assert rounds <= ROUNDS
+    await retried_on_time(config, worker, deferred, sandbox.clear_faults, submitted, request)
     answered = await asyncio.to_thread(sandbox.requests, "/faxes", "POST")
     assert [entry["status"] for entry in answered] == [503, 200]
 
@@ -349,13 +356,7 @@ async def test_events_retries_a_deferred_event_within_a_second_of_its_due_time(
         [event] = await db.run(events_of, sent.id)
         return event.processed_at
 
-    async with running(config, worker):
-        due = in_future(await first(deferred))
-        await asyncio.to_thread(sandbox.clear_faults)
-        done_at = await first(applied)
-        rounds = worker.count
-    on_time(due, done_at, request)
-    assert rounds <= ROUNDS
+    await retried_on_time(config, worker, deferred, sandbox.clear_faults, applied, request)
     [event] = await db.run(events_of, sent.id)
     assert event.error is None  # applied, not dropped
 
@@ -391,13 +392,7 @@ async def test_reports_retries_a_deferred_report_within_a_second_of_its_due_time
     async def reported() -> float | None:
         return (await fax_row(db, failed.id)).reported_at
 
-    async with running(config, worker):
-        due = in_future(await first(deferred))
-        outbox_dir.unlink()
-        done_at = await first(reported)
-        rounds = worker.count
-    on_time(due, done_at, request)
-    assert rounds <= ROUNDS
+    await retried_on_time(config, worker, deferred, outbox_dir.unlink, reported, request)
     assert (await fax_row(db, failed.id)).report_error is None
     assert await mail_status(db, f"report:{failed.id}:failed") is not None
 
@@ -487,16 +482,13 @@ async def test_inbound_retries_a_deferred_download_within_a_second_of_its_due_ti
             return None
         return next(at for status, at in media_server.hits if status == 200)
 
+    def repair() -> None:
+        media_server.failing = False
+
     try:
-        async with running(config, worker):
-            due = in_future(await first(deferred))
-            media_server.failing = False
-            done_at = await first(downloaded)
-            rounds = worker.count
+        await retried_on_time(config, worker, deferred, repair, downloaded, request)
     finally:
         await documents.stop()
-    on_time(due, done_at, request)
-    assert rounds <= ROUNDS
     assert [status for status, _ in media_server.hits] == [503, 200]
 
 
@@ -542,13 +534,7 @@ async def test_outbox_retries_a_deferred_mail_within_a_second_of_its_due_time(
         assert message is not None
         return message.sent_at
 
-    async with running(config, worker):
-        due = in_future(await first(deferred))
-        await asyncio.to_thread(relay_server.come_up)
-        done_at = await first(sent)
-        rounds = worker.count
-    on_time(due, done_at, request)
-    assert rounds <= ROUNDS
+    await retried_on_time(config, worker, deferred, relay_server.come_up, sent, request)
     assert len(relay_server.messages_to("alice@example.com")) == 1
 
 
