@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from gateway.callbacks.events import EventsWorker
@@ -60,6 +61,14 @@ class Harness:
     @property
     def webhook_url(self) -> str:
         return f"{self.url}/webhooks/fax/{TOKEN}"
+
+    async def post_webhook(self, body: dict[str, Any]) -> None:
+        """POST `body` to the webhook endpoint as the carrier would; it must answer 200."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.webhook_url, json=body) as response,
+        ):
+            assert response.status == 200
 
     async def settle(self, *, reconcile: bool = False) -> int:
         """Run the fax-to-email workers (and the reconciler if asked) until none has work."""

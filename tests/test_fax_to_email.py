@@ -149,11 +149,7 @@ async def test_duplicate_and_out_of_order_webhooks_change_nothing(
         "pages": "0",
         "duration": "0",
     }
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(gateway.webhook_url, json=late) as response,
-    ):
-        assert response.status == 200
+    await gateway.post_webhook(late)
     await gateway.settle()
 
     events = await gateway.db.run(events_of, carrier_id)
@@ -189,11 +185,7 @@ async def test_forged_webhook_for_an_unknown_fax_is_dropped(
         "status": "received",
         "links": [{"media": "http://attacker.example/fake.pdf"}],
     }
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(gateway.webhook_url, json=forged) as response,
-    ):
-        assert response.status == 200
+    await gateway.post_webhook(forged)
     with capture_logs() as logs:
         await gateway.settle()
     assert "event.unknown_fax" in [e["event"] for e in logs if e["log_level"] == "warning"]
@@ -425,11 +417,7 @@ async def test_without_verification_a_late_status_still_cannot_undo_delivered(
             "status": "delivering",
             "pages": "0",
         }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(gateway.webhook_url, json=late) as response,
-        ):
-            assert response.status == 200
+        await gateway.post_webhook(late)
         await gateway.settle()
         stored = await gateway.fax(fax.id)
         assert (stored.state, stored.carrier_status, stored.pages) == (
