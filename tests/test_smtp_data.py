@@ -7,18 +7,15 @@ import itertools
 import random
 import socket
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.config import Config
 from gateway.smtp.data import DataParser, Overrun
-from gateway.smtp.server import SmtpServer
-from gateway.store import Database
-from gateway.store.spool import Spool
 from tests import samples
+from tests.servers.smtp import running_smtp
 
 SENDER = "alice@example.com"
 RECIPIENT = "12015550123@fax.local"
@@ -114,18 +111,6 @@ def test_a_line_that_never_ends_is_not_kept_in_memory() -> None:
     assert parser.done and parser.overrun is Overrun.LINE_TOO_LONG
 
 
-@asynccontextmanager
-async def running(config: Config, store_dir: Path) -> AsyncIterator[SmtpServer]:
-    db = await Database(store_dir / "store.db").open()
-    server = SmtpServer(config, db, Spool(config.data.dir / "spool"), lambda: None)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop()
-        await asyncio.to_thread(db.close)
-
-
 class _Client:
     """The client's side of a session over a plain socket, reading whole replies."""
 
@@ -186,7 +171,7 @@ async def test_commands_pipelined_after_the_message_are_answered(
     spool holds the message as sent, with its dot-stuffing undone."""
     message = with_dot_lines(samples.mail(samples.attachment(samples.pdf(1), "a.pdf")))
     assert message.endswith(b"\r\n")
-    async with running(make_config(), tmp_path) as server:
+    async with running_smtp(make_config(), store_dir=tmp_path) as server:
         replies = await asyncio.to_thread(pipelined_session, server.port, data_stream(message))
         spooled = list((server.config.data.dir / "spool").iterdir())
     assert replies[-2].startswith(b"250 2.0.0 queued as "), replies
@@ -202,7 +187,7 @@ async def test_a_large_message_is_not_held_whole_while_it_is_read(
     message = samples.mail(samples.attachment(samples.pdf(1) + b"%" * 6_000_000, "big.pdf"))
     assert len(message) > 8_000_000
     stream = data_stream(message)
-    async with running(make_config(), tmp_path) as server:
+    async with running_smtp(make_config(), store_dir=tmp_path) as server:
         await asyncio.to_thread(pipelined_session, server.port, data_stream(samples.mail()))  # warm
         tracemalloc.start()
         try:
@@ -222,7 +207,7 @@ async def test_too_much_data_is_read_to_its_end_and_refused(
     and the session goes on with the next command."""
     config = make_config({"smtp": {"max_message_bytes": limit}})
     message = samples.mail(body="x" * 10_000)
-    async with running(config, tmp_path) as server:
+    async with running_smtp(config, store_dir=tmp_path) as server:
         replies = await asyncio.to_thread(pipelined_session, server.port, data_stream(message))
         spool = server.config.data.dir / "spool"
         left = list(spool.iterdir()) if spool.exists() else []

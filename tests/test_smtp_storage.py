@@ -5,31 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import Config
-from gateway.smtp.server import SmtpServer
-from gateway.store import Database
-from gateway.store.spool import Spool
 from tests import samples
 from tests.helpers import fill, tiny_filesystem
+from tests.servers.smtp import running_smtp
 
 SENDER = "alice@example.com"
 RECIPIENT = "12015550123@fax.local"
-
-
-@asynccontextmanager
-async def running(config: Config, store_dir: Path) -> AsyncIterator[SmtpServer]:
-    db = await Database(store_dir / "store.db").open()
-    server = SmtpServer(config, db, Spool(config.data.dir / "spool"), lambda: None)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop()
-        await asyncio.to_thread(db.close)
 
 
 def send(port: int, message: bytes) -> tuple[tuple[int, bytes], tuple[int, bytes] | None]:
@@ -48,7 +33,7 @@ async def test_below_the_free_space_floor_mail_from_gets_452(
 ) -> None:
     """With data.dir below data.min_free_bytes, MAIL FROM is answered 452 4.3.1."""
     config = make_config({"data": {"min_free_bytes": 10**18}})
-    async with running(config, tmp_path) as server:
+    async with running_smtp(config, store_dir=tmp_path) as server:
         mail, data = await asyncio.to_thread(send, server.port, samples.mail())
     assert mail[0] == 452 and mail[1].startswith(b"4.3.1 ")
     assert data is None
@@ -62,7 +47,7 @@ async def test_a_message_that_would_not_fit_gets_452_at_data_and_nothing_half_wr
     config = make_config({"data": {"min_free_bytes": 256 * 1024}})
     with tiny_filesystem(config.data.dir, "2m") as data_dir:
         big = samples.mail(samples.attachment(b"%PDF-1.4\n" + b"0" * 1_200_000, "big.pdf"))
-        async with running(config, tmp_path) as server:
+        async with running_smtp(config, store_dir=tmp_path) as server:
             # 2 MB minus the floor: room for a small message, not for twice a 1.2 MB one.
             mail, data = await asyncio.to_thread(send, server.port, big)
             assert mail[0] == 250
@@ -82,7 +67,7 @@ async def test_a_disk_that_fills_while_spooling_gets_452_not_451(
     with tiny_filesystem(config.data.dir, "1m") as data_dir:
         (data_dir / "spool").mkdir()
         fill(data_dir)
-        async with running(config, tmp_path) as server:
+        async with running_smtp(config, store_dir=tmp_path) as server:
             _mail, data = await asyncio.to_thread(
                 send, server.port, samples.mail(samples.attachment(samples.pdf(1), "a.pdf"))
             )
@@ -97,8 +82,8 @@ async def test_past_max_concurrent_data_a_message_gets_451_and_then_goes_through
     451 4.3.2 (the client retries); once a slot is free it is accepted."""
     config = make_config({"smtp": {"max_concurrent_data": 1}})
     message = samples.mail(samples.attachment(samples.pdf(1), "one.pdf"))
-    async with running(config, tmp_path) as server:
-        slots = server.handler.document_slots
+    async with running_smtp(config, store_dir=tmp_path) as server:
+        slots = server.server.handler.document_slots
         async with slots:  # the one slot, taken as a message being read would take it
             _mail, busy = await asyncio.to_thread(send, server.port, message)
         _mail, accepted = await asyncio.to_thread(send, server.port, message)

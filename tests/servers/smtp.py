@@ -79,9 +79,12 @@ class Running:
 
 
 @asynccontextmanager
-async def running_smtp(config: Config, **kwargs: Any) -> AsyncIterator[Running]:
-    """Start the SMTP server of `config` on the current loop; stop it and the store after."""
-    db = await Database(config.data.dir / "store.db").open()
+async def running_smtp(
+    config: Config, *, store_dir: Path | None = None, **kwargs: Any
+) -> AsyncIterator[Running]:
+    """Start the SMTP server of `config` on the current loop; stop it and the store after.
+    The store is in data.dir, or in `store_dir` (a test that fills data.dir's disk)."""
+    db = await Database((store_dir or config.data.dir) / "store.db").open()
     spool = Spool(config.data.dir / "spool")
     woken: list[float] = []
     server = SmtpServer(config, db, spool, lambda: woken.append(time.time()), **kwargs)
