@@ -24,6 +24,9 @@ Mail (MIME) building blocks; combine them freely:
     to_bytes(root, subject=..., sender=..., to=...)  the complete message, CRLF line ends
     mail(*attachments, body=..., html=..., subject=...)  the common case in one call:
                                    multipart/mixed with a text body and the attachments
+    traffic_mail(tag, index, numbers, sender=..., document=...)
+                                   message `index` of a test's traffic (Subject and
+                                   Message-ID name it)
 
 Example:
     raw = mail(attachment(pdf(2), "report.pdf"), attachment(png(), "scan.png"))
@@ -33,9 +36,10 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Sequence
 from email import encoders, policy
 from email.header import Header
-from email.message import Message
+from email.message import EmailMessage, Message
 from email.mime.base import MIMEBase
 from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
@@ -353,6 +357,29 @@ def to_bytes(
     if "MIME-Version" not in root:
         root["MIME-Version"] = "1.0"
     return root.as_bytes(policy=policy.compat32.clone(linesep="\r\n"))
+
+
+def traffic_mail(
+    tag: str,
+    index: int,
+    numbers: Sequence[str],
+    *,
+    sender: str = DEFAULT_SENDER,
+    document: bytes | None = None,
+) -> bytes:
+    """Message `index` of a test's traffic to `numbers` (one fax each): Subject "<tag> <index>"
+    (what its report names), Message-ID <tag-index@example.com>, `document` (default: a
+    one-page PDF) attached as doc.pdf. Each call draws a new MIME boundary: a test that sends
+    a message again keeps its bytes."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(f"{n.lstrip('+')}@fax.local" for n in numbers)
+    message["Subject"] = f"{tag} {index}"
+    message["Message-ID"] = f"<{tag}-{index}@example.com>"
+    message.set_content("see attachment")
+    attached = document if document is not None else pdf(1)
+    message.add_attachment(attached, "application", "pdf", filename="doc.pdf")
+    return message.as_bytes(policy=policy.SMTP)
 
 
 def mail(

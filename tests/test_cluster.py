@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests import samples
-from tests.servers.cluster import Node, fax_number, job_of, message, query, send, wait_until
+from tests.servers.cluster import Node, fax_number, job_of, query, send, wait_until
 from tests.servers.postgres import PostgresServer
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
@@ -64,7 +64,9 @@ def caller(index: int) -> str:
 def deliver_once(port: int, index: int) -> str | None:
     """One SMTP transaction; the job id of its 250, None if the node is gone or said 4xx."""
     try:
-        code, reply = send(port, number(index), message(number(index), "cluster", index))
+        code, reply = send(
+            port, number(index), samples.traffic_mail("cluster", index, [number(index)])
+        )
     except (OSError, smtplib.SMTPException):
         return None
     return job_of(reply) if code == 250 else None

@@ -24,7 +24,7 @@ import pytest
 
 from tests import samples
 from tests.helpers import CALLER, OUR_FAX_LINE
-from tests.servers.cluster import Node, fax_number, job_of, message, query, send, wait_until
+from tests.servers.cluster import Node, fax_number, job_of, query, send, wait_until
 from tests.servers.postgres import PostgresServer
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
@@ -56,7 +56,7 @@ def number(index: int) -> str:
 
 def accepted(port: int, index: int) -> str:
     """One SMTP transaction that must be answered 250; the job id."""
-    code, reply = send(port, number(index), message(number(index), "files", index))
+    code, reply = send(port, number(index), samples.traffic_mail("files", index, [number(index)]))
     assert code == 250, reply
     return job_of(reply)
 

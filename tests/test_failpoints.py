@@ -27,7 +27,6 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -213,18 +212,6 @@ def failpoint_config(
     return make
 
 
-def message_bytes(index: int, numbers: list[str]) -> bytes:
-    """Message `index` as a client sends it, and sends it again: the same bytes each time."""
-    message = EmailMessage()
-    message["From"] = SENDER
-    message["To"] = ", ".join(f"{n.lstrip('+')}@fax.local" for n in numbers)
-    message["Subject"] = f"failpoint {index}"
-    message["Message-ID"] = f"<failpoint-{index}@example.com>"
-    message.set_content("see attachment")
-    message.add_attachment(samples.pdf(1), "application", "pdf", filename="doc.pdf")
-    return message.as_bytes(policy=email.policy.SMTP)
-
-
 def send(port: int, numbers: list[str], raw: bytes) -> str | None:
     """One SMTP transaction; the job id of its 250, None if the gateway died or was gone."""
     try:
@@ -292,7 +279,7 @@ def test_a_kill_at_the_failpoint_loses_nothing_and_duplicates_only_what_smtp_can
     data_dir = Path(data["data"]["dir"])
     port = int(data["smtp"]["listen"].rsplit(":", 1)[1])
     point = case.spec.split("=")[0].split("@")[0]
-    raws = [message_bytes(i, numbers) for i, numbers in enumerate(OUTBOUND)]
+    raws = [samples.traffic_mail("failpoint", i, numbers) for i, numbers in enumerate(OUTBOUND)]
 
     # First run: armed. Inbound first, so the inbound points are reached while it lives.
     first = GatewayProcess(path, env=cli_env(FAXGW_FAILPOINT=case.spec))

@@ -14,8 +14,6 @@ figures of a full run (LOAD_MESSAGES=1000).
 
 from __future__ import annotations
 
-import email
-import email.policy
 import io
 import json
 import os
@@ -25,13 +23,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from tests import samples
 from tests.conftest import merge
 from tests.servers.gateway import serve_config_data
 from tests.servers.relay import CapturingRelay
@@ -58,17 +56,6 @@ def document() -> bytes:
 
 def number(index: int) -> str:
     return f"+1201{7000000 + index:07d}"
-
-
-def message_bytes(index: int, pdf: bytes) -> bytes:
-    message = EmailMessage()
-    message["From"] = f"client{index % CLIENTS}@example.com"
-    message["To"] = f"{number(index).lstrip('+')}@fax.local"
-    message["Subject"] = f"load {index}"
-    message["Message-ID"] = f"<load-{index}@example.com>"
-    message.set_content("see attachment")
-    message.add_attachment(pdf, "application", "pdf", filename="doc.pdf")
-    return message.as_bytes(policy=email.policy.SMTP)
 
 
 class Memory:
@@ -159,7 +146,13 @@ def test_load_with_three_kills_faxes_and_reports_each_message_once(
                 if not todo:
                     return
                 index = todo.pop(0)
-            raw = message_bytes(index, pdf)
+            raw = samples.traffic_mail(
+                "load",
+                index,
+                [number(index)],
+                sender=f"client{index % CLIENTS}@example.com",
+                document=pdf,
+            )
             while time.monotonic() < deadline:
                 try:
                     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:

@@ -11,7 +11,6 @@ once, every fax reported exactly once, every job done. docs/RELIABILITY.md lists
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import json
 import smtplib
 import subprocess
@@ -20,7 +19,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +43,6 @@ def number(index: int) -> str:
     return f"+1201{8000000 + index:07d}"
 
 
-def message_bytes(index: int) -> bytes:
-    message = EmailMessage()
-    message["From"] = "alice@example.com"
-    message["To"] = f"{number(index).lstrip('+')}@fax.local"
-    message["Subject"] = f"outage {index}"
-    message["Message-ID"] = f"<outage-{index}@example.com>"
-    message.set_content("see attachment")
-    message.add_attachment(samples.pdf(1), "application", "pdf", filename="doc.pdf")
-    return message.as_bytes(policy=email.policy.SMTP)
-
-
 class Traffic:
     """MESSAGES messages from CLIENTS threads; a 4xx or a lost connection is tried again."""
 
@@ -76,7 +63,7 @@ class Traffic:
                 if not self._todo:
                     return
                 index = self._todo.pop(0)
-            raw = message_bytes(index)
+            raw = samples.traffic_mail("outage", index, [number(index)])
             while time.monotonic() < self._deadline:
                 try:
                     with smtplib.SMTP("127.0.0.1", self.port, timeout=60) as smtp:

@@ -5,24 +5,22 @@
 and HTTP ports; the test's PostgreSQL schema and bucket, the sandbox carrier and the capturing
 relay, shared; short leases and timeouts, so that what a killed node held comes free within
 a test; then `settings`, the test's own. `Node.start(started)` runs it as a real
-`fax-gateway serve` process. The helpers make and send the tests' mail and read the store.
+`fax-gateway serve` process. The helpers send the tests' mail (tests/samples.py
+`traffic_mail`) and read the store.
 """
 
 from __future__ import annotations
 
-import email.policy
 import smtplib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 
-from tests import samples
 from tests.conftest import cli_env, merge
 
 if TYPE_CHECKING:  # imported for types only: the plugin modules load in their own order
@@ -40,18 +38,6 @@ LEASE_SECONDS = 3
 def fax_number(index: int, first: int) -> str:
     """The test's `index`th fax number, from +1201555<first>."""
     return f"+1201555{first + index:04d}"
-
-
-def message(number: str, tag: str, index: int) -> bytes:
-    """A mail with a one-page PDF to `number`, Subject "<tag> <index>" (what its report names)."""
-    mail = EmailMessage()
-    mail["From"] = SENDER
-    mail["To"] = f"{number.lstrip('+')}@fax.local"
-    mail["Subject"] = f"{tag} {index}"
-    mail["Message-ID"] = f"<{tag}-{index}@example.com>"
-    mail.set_content("see attachment")
-    mail.add_attachment(samples.pdf(1), "application", "pdf", filename="doc.pdf")
-    return mail.as_bytes(policy=email.policy.SMTP)
 
 
 def send(port: int, number: str, data: bytes) -> tuple[int, bytes]:
