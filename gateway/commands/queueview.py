@@ -3,8 +3,8 @@
 Functions of what the store returned, the current time and where the files named are
 (`Places`: on this node, only in the store shared by several nodes, or missing:
 store/blobs.py `whereabouts`), so the views are the same whichever command prints them and
-tests can pin the clock. Tables keep
-one line per row: long errors are cut and whitespace collapsed; `--json` has the full text.
+tests can pin the clock. Tables keep one line per row: long errors are cut and whitespace
+collapsed; `--json` has the full text.
 """
 
 from __future__ import annotations
