@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from gateway.config import Config, ConfigError
 from gateway.smtp.users import read_users, verify_password
 from gateway.store.inbound import announce_inbound, get_inbound, mark_dead
-from gateway.store.jobs import advance, create_job, fail_job, get_job
+from gateway.store.jobs import advance, create_job, defer_job, fail_job, get_job
 from gateway.store.records import JobState, NewJob, new_job_id
 from gateway.ui.app import reconfigure
 from gateway.ui.context import PUBLIC, marks_of
@@ -208,6 +208,24 @@ async def test_everything_shown_is_escaped(make_config: MakeConfig, overrides: d
         assert "<script>alert" not in detail and "&lt;script&gt;alert(1)&lt;/script&gt;" in detail
         listing = await (await site.client.get("/ui/faxes")).text()
         assert "<b>x</b>" not in listing and "&lt;b&gt;x&lt;/b&gt;" in listing
+
+
+async def test_the_detail_page_shows_every_deferred_attempt(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """Each deferral of the job (store/attempts.py) is a line of the page's timeline with its
+    stage and reason, the earlier one too, not only the last."""
+    async with running_site(make_config, overrides) as site:
+        job_id = await site.db.run(make_job, site.config)
+        await site.db.run(defer_job, job_id, "document worker died", 1.0)
+        await site.db.run(defer_job, job_id, "no space left on device", 1.0)
+        await site.login()
+        detail = await (await site.client.get(f"/ui/jobs/{job_id}")).text()
+        timeline = detail[detail.index('<ol class="timeline">') :]
+        timeline = timeline[: timeline.index("</ol>")]
+        for reason in ("document worker died", "no space left on device"):
+            assert f"<strong>prepare deferred</strong>: {reason}" in timeline, timeline
+        assert "last error" not in timeline
 
 
 async def test_viewer_sees_only_own_faxes_and_no_actions(
