@@ -14,8 +14,9 @@ SystemCallFilter= (with SystemCallErrorNumber=), RestrictNamespaces=, MemoryDeny
 and RestrictAddressFamilies=, before it runs the test's program. The system call groups come
 from this machine's `systemd-analyze syscall-filter`, so a group means what systemd means by it.
 
-The interpreter running the child stays visible where ProtectHome= would hide it (the tests'
-Python may live under /root; an installed gateway's is under /opt or /usr).
+The interpreter, its venv and this checkout stay visible where ProtectHome= or PrivateTmp= would
+hide them (on a test machine they may be under /root or /tmp; an installed gateway's are under
+/opt or /usr), as BindReadOnlyPaths= would keep them.
 Not reproduced: ProtectProc= (a new /proc would need a new PID namespace), PrivateDevices= and
 the capability bounding set (nobody has no capabilities anyway).
 """
@@ -23,9 +24,12 @@ the capability bounding set (nobody has no capabilities anyway).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # systemd's setting names, as the child reads them (the last value wins, but for the lists).
 LISTS = ("SystemCallFilter", "RestrictNamespaces")
@@ -81,7 +85,13 @@ def run_under_unit(
     settings: dict[str, list[str]], program: str, *, timeout: float, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     """`program` (Python source) run by this interpreter under the unit's rules; must be root."""
-    document = {"settings": settings, "groups": syscall_groups(), "program": program}
+    keep = [sys.base_prefix, sys.prefix, str(ROOT)]
+    document = {
+        "settings": settings,
+        "groups": syscall_groups(),
+        "program": program,
+        "keep": keep,
+    }
     return subprocess.run(
         [sys.executable, "-c", RULES],
         input=json.dumps(document),
@@ -96,15 +106,13 @@ def run_under_unit(
 def _environment() -> dict[str, str]:
     """What systemd gives a service of User=nobody (no HOME of its own: nobody's does not
     exist), plus where this checkout's modules are."""
-    import os
-
     return {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/nonexistent",
         "USER": "nobody",
         "LOGNAME": "nobody",
         "SHELL": "/usr/sbin/nologin",
-        "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parent.parent)),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT)),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -164,25 +172,31 @@ for point, options in points:
 if tunables:
     mount("/proc/sys", "/proc/sys", None, MS_BIND | MS_REC)
     read_only("/proc/sys", [])
-# The interpreter running this stays in view wherever it is installed (this machine's may be
-# under /root; an installed gateway's is in /opt or /usr), as a BindReadOnlyPaths= would keep it.
-prefix = os.path.realpath(sys.base_prefix)
+# What the test runs stays in view wherever it is (the interpreter, its venv, the checkout:
+# under /root or /tmp on a test machine; an installed gateway's are in /opt or /usr), as a
+# BindReadOnlyPaths= would keep them: held open now, bound back over what hides them below.
+keep = sorted({os.path.realpath(p) for p in doc["keep"]}, key=len)
+held = {p: os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in keep}
+hidden = []
 if last("ProtectHome") == "yes":
     for home in ("/home", "/root", "/run/user"):
-        if not os.path.isdir(home):
-            continue
-        keep = prefix.startswith(home + "/")
-        if keep:
-            kept = os.open(prefix, os.O_RDONLY | os.O_DIRECTORY)
-        mode = "mode=711" if keep else "mode=000"
-        mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, mode)
-        if keep:
-            os.makedirs(prefix, mode=0o711)
-            mount(f"/proc/self/fd/{kept}", prefix, None, MS_BIND | MS_REC)
-            read_only(prefix, [])
-            os.close(kept)
+        if os.path.isdir(home):
+            inside = any(p.startswith(home + "/") for p in keep)
+            mode = "mode=711" if inside else "mode=000"
+            mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, mode)
+            hidden.append(home)
 if last("PrivateTmp") == "yes":
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    hidden.append("/tmp")
+bound = []
+for path, fd in held.items():
+    under = any(path.startswith(h + "/") for h in hidden)
+    if under and not any(path.startswith(b + "/") for b in bound):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        read_only(path, [])
+        bound.append(path)
+    os.close(fd)
 # StateDirectory=: a directory of the service user's own (here in the private /tmp, since the
 # real /var/lib is read-only and must stay so).
 state = os.path.join("/tmp", last("StateDirectory", "state"))
