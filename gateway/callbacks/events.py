@@ -4,14 +4,19 @@ Unprocessed rows of `events` are claimed oldest first, up to a batch at a time (
 one transaction for the batch's marks; store/events.py says how a batch shares its pickups).
 For each event:
 - With webhooks.verify (the default) the fax is fetched with GET /faxes/{id} and that record is
-  acted upon; the webhook only says "look at this fax". The events of one fax in a batch (the
-  carrier's queued, sending and delivered in quick succession) share that one GET and are
-  applied as one: its record is the fax's latest state, whichever event asked for it; its
-  lines carry the oldest event's id and `coalesced`, how many. A fax the carrier does not
+  acted upon; the webhook only says "look at this fax". A batch of several faxes first reads
+  the newest page of the carrier's list: an outbound fax found there is verified by that
+  record, without a GET of its own (EventsWorker._newest_page says why that is sound). The
+  events of one fax in a batch (the carrier's queued, sending and delivered in quick
+  succession) share that one GET and are applied as one: its record is the fax's latest
+  state, whichever event asked for it; its lines carry the oldest event's id and
+  `coalesced`, how many. A fax the carrier does not
   know (404) is a forged or misdirected webhook: dropped, logged at warning level. A carrier
   that cannot be reached leaves the event for later, with backoff (and the events of the batch
   not tried yet wait with it, their claims given back); so does any other failure, until
   queue.lifetime_seconds after the event arrived (the reconciler still covers the fax).
+  While webhooks pour in, a round first gives way to their intake, within a bound
+  (callbacks/intake.py).
 - Outbound: the status is classified and recorded on our fax (`record_carrier_status`, which
   never undoes a final state, so an out-of-order `delivering` after `delivered` changes
   nothing). A fax that became final is reported by the reports worker (gateway/outbound/reports.py),
@@ -29,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import log
+from gateway.callbacks.intake import Intake
 from gateway.carrier.client import VoxtelesysClient
 from gateway.carrier.errors import CarrierError, NotFound
 from gateway.carrier.models import CarrierFax, PayloadError
@@ -79,23 +85,33 @@ class EventsWorker(QueueWorker):
         reporter: Reporter,
         wake: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
+        intake: Intake | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.client = client
         self.reporter = reporter
         self.wake = wake
         self.metrics = metrics
+        # The webhook endpoint's: rounds wait while webhooks pour in (callbacks/intake.py).
+        self.intake = intake
         # Each event's own retry is in the store. A carrier found unreachable also pauses the
         # whole queue until that event is due again, so an outage costs one failed request per
         # backoff, not one per event; the pause alone lives in memory, since after a restart
         # one request is a fair way to find out whether the carrier is back.
         self._carrier_paused_until = 0.0
+        # The current batch's page of the carrier's list (_newest_page), by carrier id.
+        self._page: dict[str, CarrierFax] = {}
 
     async def run_once(self) -> int:
         now = self.clock()
         if now < self._carrier_paused_until:
             return 0
+        if self.intake is not None:
+            await self.intake.give_way()
+            now = self.clock()
         claimed, held = await self.db.run(claim_events, now, _BATCH, self.schedule.max_pickups)
+        if self.intake is not None and len(claimed) + len(held) < _BATCH:
+            self.intake.caught_up()
         for event in held:
             logger.error(
                 "event.held",
@@ -109,15 +125,26 @@ class EventsWorker(QueueWorker):
         processed: list[Processed] = []
         untried: list[Event] = []
         groups = self._groups(claimed)
-        for number, group in enumerate(groups):
-            bound = {"event_id": group[0].id, "carrier_id": group[0].carrier_id}
-            if len(group) > 1:
-                bound["coalesced"] = len(group)
-            with log.bound(**bound):
-                carrier_down = await self._process(group, processed)
-            if carrier_down:
-                untried = [event for rest in groups[number + 1 :] for event in rest]
-                break
+        try:
+            self._page = await self._newest_page(groups)
+        except CarrierError as exc:
+            # The carrier is away: the batch waits as when its first GET fails.
+            with log.bound(event_id=groups[0][0].id, carrier_id=groups[0][0].carrier_id):
+                await self._carrier_failed(groups[0], exc)
+            untried = [event for rest in groups[1:] for event in rest]
+            groups = []
+        try:
+            for number, group in enumerate(groups):
+                bound = {"event_id": group[0].id, "carrier_id": group[0].carrier_id}
+                if len(group) > 1:
+                    bound["coalesced"] = len(group)
+                with log.bound(**bound):
+                    carrier_down = await self._process(group, processed)
+                if carrier_down:
+                    untried = [event for rest in groups[number + 1 :] for event in rest]
+                    break
+        finally:
+            self._page = {}
         if processed:
             await self.db.run(mark_events_processed, processed, self.clock())
         if untried:
@@ -135,6 +162,32 @@ class EventsWorker(QueueWorker):
         for event in events:
             groups.setdefault(event.carrier_id, []).append(event)
         return list(groups.values())
+
+    async def _newest_page(self, groups: list[list[Event]]) -> dict[str, CarrierFax]:
+        """The outbound faxes on the first page of the carrier's list, by id, when a batch
+        has several faxes to verify: one request verifies each of them found there, instead of
+        a GET /faxes/{id} each (the rest still get theirs).
+
+        The documentation is silent on the list's order and page size: its example shows one
+        fax a page, the sandbox twenty, newest first. So the page is only a chance: a fax not
+        on it is fetched by id as before, and a forged id (never on any page) costs this one
+        request shared by its batch. A list entry is the carrier's record as the GET's is (the
+        documented fields are the same), read after the events were stored, so it is as fresh
+        as the GET would be. Only outbound entries are used: the documentation shows neither
+        answer with an inbound fax's media link, so an inbound fax is still read by id, the
+        record its mail is downloaded from. A carrier that is away raises (transient, or a
+        refused key: CarrierError, as a GET's failure); any other failure of the page is a
+        miss: every fax by id.
+        """
+        if not self.config.webhooks.verify or len(groups) < 2:
+            return {}
+        try:
+            faxes = await self.client.newest_faxes()
+        except CarrierError as exc:
+            if exc.transient or exc.http_status in (401, 403):
+                raise
+            return {}
+        return {fax.id: fax for fax in faxes if fax.direction == "outbound"}
 
     async def next_due(self) -> float | None:
         due = await self.db.run(next_event_due)
@@ -198,6 +251,9 @@ class EventsWorker(QueueWorker):
     async def _fax_of(self, event: Event) -> CarrierFax | str:
         """The record to act upon, or why the event is dropped."""
         if self.config.webhooks.verify:
+            listed = self._page.get(event.carrier_id)
+            if listed is not None:
+                return listed
             try:
                 fax = await self.client.get_fax(event.carrier_id)
             except NotFound:
