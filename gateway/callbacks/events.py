@@ -29,6 +29,7 @@ For each event:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -64,6 +65,9 @@ logger = log.get_logger(__name__)
 
 # Events claimed at once (one claim, one commit of their marks).
 _BATCH = 50
+# GET /faxes/{id} in flight at once for a batch: the documentation names no rate limit; a few
+# requests at a time keep both sides busy without flooding a carrier that is struggling.
+_AHEAD = 8
 
 
 class _NotYet(Exception):
@@ -99,8 +103,10 @@ class EventsWorker(QueueWorker):
         # backoff, not one per event; the pause alone lives in memory, since after a restart
         # one request is a fair way to find out whether the carrier is back.
         self._carrier_paused_until = 0.0
-        # The current batch's page of the carrier's list (_newest_page), by carrier id.
+        # The current batch's page of the carrier's list (_newest_page), by carrier id, and
+        # the GETs started ahead of their turn (_fetch_ahead).
         self._page: dict[str, CarrierFax] = {}
+        self._fetches: dict[str, asyncio.Task[CarrierFax]] = {}
 
     async def run_once(self) -> int:
         now = self.clock()
@@ -135,6 +141,7 @@ class EventsWorker(QueueWorker):
             groups = []
         try:
             for number, group in enumerate(groups):
+                self._fetch_ahead(groups[number : number + _AHEAD])
                 bound = {"event_id": group[0].id, "carrier_id": group[0].carrier_id}
                 if len(group) > 1:
                     bound["coalesced"] = len(group)
@@ -145,6 +152,7 @@ class EventsWorker(QueueWorker):
                     break
         finally:
             self._page = {}
+            await self._drop_fetches()
         if processed:
             await self.db.run(mark_events_processed, processed, self.clock())
         if untried:
@@ -162,6 +170,29 @@ class EventsWorker(QueueWorker):
         for event in events:
             groups.setdefault(event.carrier_id, []).append(event)
         return list(groups.values())
+
+    def _fetch_ahead(self, groups: list[list[Event]]) -> None:
+        """Start the GET /faxes/{id} of these groups' faxes (those not on the page, and not
+        started yet): the next faxes' records are on their way while one is applied, rather
+        than each GET waiting for the carrier in turn (on a carrier 50 ms away, 20 a second).
+        They are applied one by one in arrival order as before; only the reading is ahead,
+        each record still read after its event was stored."""
+        if not self.config.webhooks.verify:
+            return
+        for group in groups:
+            carrier_id = group[0].carrier_id
+            if carrier_id in self._page or carrier_id in self._fetches:
+                continue
+            # Its lines (the client's) carry its own event, as if fetched in its turn.
+            with log.bound(event_id=group[0].id, carrier_id=carrier_id):
+                self._fetches[carrier_id] = asyncio.create_task(self.client.get_fax(carrier_id))
+
+    async def _drop_fetches(self) -> None:
+        """The batch is over: the GETs started for faxes it did not reach are not needed."""
+        tasks, self._fetches = list(self._fetches.values()), {}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _newest_page(self, groups: list[list[Event]]) -> dict[str, CarrierFax]:
         """The outbound faxes on the first page of the carrier's list, by id, when a batch
@@ -254,8 +285,9 @@ class EventsWorker(QueueWorker):
             listed = self._page.get(event.carrier_id)
             if listed is not None:
                 return listed
+            fetch = self._fetches.pop(event.carrier_id, None)
             try:
-                fax = await self.client.get_fax(event.carrier_id)
+                fax = await (fetch or self.client.get_fax(event.carrier_id))
             except NotFound:
                 logger.warning(
                     "event.unknown_fax",
