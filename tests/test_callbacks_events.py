@@ -8,6 +8,7 @@ carrier goes away mid-batch run against the sandbox carrier through the real web
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,47 @@ async def test_a_page_the_carrier_refuses_to_list_is_a_miss(
         assert len(sandbox.requests(f"/faxes/{carrier_id}", method="GET")) == 1
         [event] = await gateway.db.run(events_of, carrier_id)
         assert (event.attempts, event.error) == (0, "unknown to the carrier")
+
+
+def _forged(number: int) -> str:
+    return f"{number:08d}-0000-4000-8000-000000000000"
+
+
+async def test_the_gets_of_a_batch_are_read_ahead_each_once(
+    gateway: Harness, sandbox: Sandbox
+) -> None:
+    """Eight slow GETs by id are in flight together, and no fax is read twice."""
+    ids = [_forged(n) for n in range(1, 9)]
+    for carrier_id in ids:
+        await _post(gateway, carrier_id, "delivered")
+    for carrier_id in ids:
+        sandbox.slow(0.4, method="GET", path=f"/api/v1/faxes/{carrier_id}")
+    started = time.monotonic()
+    await gateway.settle()
+    # One after the other they take 3.2 s; together about one of them.
+    assert time.monotonic() - started < 2.0
+    for carrier_id in ids:
+        assert len(sandbox.requests(f"/faxes/{carrier_id}", method="GET")) == 1
+        [event] = await gateway.db.run(events_of, carrier_id)
+        assert event.error == "unknown to the carrier"
+
+
+async def test_a_get_failing_mid_batch_gives_back_the_faxes_read_ahead(
+    gateway: Harness, sandbox: Sandbox
+) -> None:
+    """The batch stops at the failed GET; a later fax whose record was already read waits too."""
+    first, second, third = _forged(11), _forged(12), _forged(13)
+    for carrier_id in (first, second, third):
+        await _post(gateway, carrier_id, "delivered")
+    sandbox.fail_next(count=1, status=503, method="GET", path=f"/api/v1/faxes/{second}")
+    await gateway.events.run_once()
+    [dropped] = await gateway.db.run(events_of, first)
+    [failed] = await gateway.db.run(events_of, second)
+    [waiting] = await gateway.db.run(events_of, third)
+    assert dropped.error == "unknown to the carrier"
+    assert failed.processed_at is None and failed.attempts == 1 and "503" in (failed.error or "")
+    assert waiting.processed_at is None
+    assert (waiting.attempts, waiting.pickups, waiting.error) == (0, 0, None)
 
 
 # -- the store's batch rule ----------------------------------------------------------------------

@@ -10,13 +10,13 @@ For each event:
   events of one fax in a batch (the carrier's queued, sending and delivered in quick
   succession) share that one GET and are applied as one: its record is the fax's latest
   state, whichever event asked for it; its lines carry the oldest event's id and
-  `coalesced`, how many. A fax the carrier does not
-  know (404) is a forged or misdirected webhook: dropped, logged at warning level. A carrier
-  that cannot be reached leaves the event for later, with backoff (and the events of the batch
-  not tried yet wait with it, their claims given back); so does any other failure, until
-  queue.lifetime_seconds after the event arrived (the reconciler still covers the fax).
-  While webhooks pour in, a round first gives way to their intake, within a bound
-  (callbacks/intake.py).
+  `coalesced`, how many. The GETs of the next few faxes are started while one is applied.
+  A fax the carrier does not know (404) is a forged or misdirected webhook: dropped, logged
+  at warning level. A carrier that cannot be reached leaves the event for later, with
+  backoff (and the events of the batch not tried yet wait with it, their claims given back);
+  so does any other failure, until queue.lifetime_seconds after the event arrived (the
+  reconciler still covers the fax). While webhooks pour in, a round first gives way to their
+  intake, within a bound (callbacks/intake.py).
 - Outbound: the status is classified and recorded on our fax (`record_carrier_status`, which
   never undoes a final state, so an out-of-order `delivering` after `delivered` changes
   nothing). A fax that became final is reported by the reports worker (gateway/outbound/reports.py),
