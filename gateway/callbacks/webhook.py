@@ -8,8 +8,7 @@ The handler never talks to the carrier or the relay. It stores the event in `eve
 fax id and status, so the carrier's retries of one event are stored once), answers 200 once the
 row is committed (with the other writes of that moment: store/commit.py), and wakes the events
 worker (which gives way while webhooks pour in: callbacks/intake.py). If the row cannot be
-stored it answers 500, so
-the carrier tries again rather than the event being lost.
+stored it answers 500, so the carrier tries again rather than the event being lost.
 """
 
 from __future__ import annotations
