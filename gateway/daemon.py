@@ -24,6 +24,7 @@ from gateway import log
 from gateway.admin.copies import AdminCopiesWorker
 from gateway.admin.summary import SummaryWorker
 from gateway.callbacks.events import EventsWorker
+from gateway.callbacks.intake import Intake
 from gateway.callbacks.reconcile import Reconciler
 from gateway.callbacks.webhook import add_routes as add_webhook_routes
 from gateway.carrier.client import VoxtelesysClient
@@ -165,12 +166,15 @@ class Gateway:
             archive=self.archive,
         )
         self.reporter = Reporter(**common, renderer=self.renderer, outbox_dir=self.outbox_dir)
+        # The webhook endpoint's intake, which the events worker gives way to in a flood.
+        self.intake = Intake()
         self.events = EventsWorker(
             **common,
             client=self.client,
             reporter=self.reporter,
             wake=wake,
             metrics=self.metrics,
+            intake=self.intake,
         )
         self.reconciler = Reconciler(**common, client=self.client, wake=wake, metrics=self.metrics)
         self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
@@ -229,6 +233,7 @@ class Gateway:
             wake=self._wake_events,
             metrics=self.metrics,
             commits=self.commits,
+            intake=self.intake,
         )
         token = config.http.metrics_token
         add_metrics_routes(self.http_app, self.metrics, token.get_secret_value() if token else None)

@@ -1,12 +1,14 @@
 """The events worker's batches: one claim for many events, one GET per fax, crashes charged fairly.
 
 The store's batch rule (store/events.claim_events) is checked on SQLite directly; the worker's
-coalescing and its behaviour when the carrier goes away mid-batch run against the sandbox
-carrier through the real webhook endpoint (tests/harness.py).
+coalescing, its verification by a page of the carrier's list and its behaviour when the
+carrier goes away mid-batch run against the sandbox carrier through the real webhook endpoint
+(tests/harness.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,11 @@ from gateway.store.events import (
     pending_events,
     record_event,
 )
+from gateway.store.inbound import InboundState, inbound_by_carrier_id
 from gateway.store.records import FaxState
+from tests import samples
 from tests.harness import Harness, harness_config, running
-from tests.helpers import DELIVERS, FROM_NUMBER, Clock
+from tests.helpers import DELIVERS, FROM_NUMBER, OUR_FAX_LINE, Clock
 from tests.servers.postgres import StoreBackend
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
@@ -111,6 +115,111 @@ async def test_a_carrier_gone_mid_batch_gives_back_the_events_not_tried(
     assert len(sandbox.requests(method="GET")) == 1
     # The pause holds the rest of the queue until the failed event is due.
     assert await gateway.events.run_once() == 0
+
+
+async def _answered(sandbox: Sandbox, carrier_id: str) -> None:
+    await sandbox.wait_for_async(
+        lambda: any(h["response_status"] == 200 for h in sandbox.webhooks(carrier_id)),
+        what=f"the carrier's webhook for {carrier_id} answered",
+    )
+
+
+async def test_a_batch_of_several_faxes_is_verified_by_one_page_of_the_list(
+    gateway: Harness, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """Events of three outbound faxes waiting together cost one GET /faxes and no GET by id."""
+    faxes = [(await gateway.submit(DELIVERS))[1] for _ in range(3)]
+    for fax in faxes:
+        await _answered(sandbox, fax.carrier_id or "")
+    await gateway.settle()
+    assert len(sandbox.requests("/faxes", method="GET")) == 1
+    for fax in faxes:
+        assert sandbox.requests(f"/faxes/{fax.carrier_id}", method="GET") == []
+        assert (await gateway.fax(fax.id)).state is FaxState.DELIVERED
+        [event] = await gateway.db.run(events_of, fax.carrier_id or "")
+        assert event.processed_at is not None and event.error is None
+        assert event.payload["id"] == fax.carrier_id and event.payload["status"] == "delivered"
+    assert len(relay_server.messages) == 3
+
+
+async def test_faxes_not_on_the_page_and_inbound_ones_are_still_read_by_id(
+    gateway: Harness, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """A forged id and an inbound fax in a batch get their own GET; the outbound one does not."""
+    _job, fax = await gateway.submit(DELIVERS)
+    await _answered(sandbox, fax.carrier_id or "")
+    inbound = sandbox.inbound(OUR_FAX_LINE, FROM_NUMBER, samples.pdf(1))
+    await _answered(sandbox, inbound["id"])
+    forged = "33333333-0000-4000-8000-000000000000"
+    await _post(gateway, forged, "delivered")
+    await gateway.settle()
+    assert len(sandbox.requests("/faxes", method="GET")) == 1
+    assert sandbox.requests(f"/faxes/{fax.carrier_id}", method="GET") == []
+    assert len(sandbox.requests(f"/faxes/{inbound['id']}", method="GET")) == 1
+    assert len(sandbox.requests(f"/faxes/{forged}", method="GET")) == 1
+    [dropped] = await gateway.db.run(events_of, forged)
+    assert dropped.error == "unknown to the carrier"
+    assert (await gateway.fax(fax.id)).state is FaxState.DELIVERED
+    row = await gateway.db.run(inbound_by_carrier_id, inbound["id"])
+    assert row is not None and row.state is InboundState.MAILED
+    assert len(relay_server.messages) == 2
+
+
+async def test_a_page_the_carrier_refuses_to_list_is_a_miss(
+    gateway: Harness, sandbox: Sandbox
+) -> None:
+    """A 404 to the list (not an outage) costs nothing: every fax is then read by id."""
+    first, second = "44444444-0000-4000-8000-000000000000", "55555555-0000-4000-8000-000000000000"
+    await _post(gateway, first, "delivered")
+    await _post(gateway, second, "delivered")
+    sandbox.fail_next(count=1, status=404, method="GET")
+    await gateway.settle()
+    assert len(sandbox.requests("/faxes", method="GET")) == 1
+    for carrier_id in (first, second):
+        assert len(sandbox.requests(f"/faxes/{carrier_id}", method="GET")) == 1
+        [event] = await gateway.db.run(events_of, carrier_id)
+        assert (event.attempts, event.error) == (0, "unknown to the carrier")
+
+
+def _forged(number: int) -> str:
+    return f"{number:08d}-0000-4000-8000-000000000000"
+
+
+async def test_the_gets_of_a_batch_are_read_ahead_each_once(
+    gateway: Harness, sandbox: Sandbox
+) -> None:
+    """Eight slow GETs by id are in flight together, and no fax is read twice."""
+    ids = [_forged(n) for n in range(1, 9)]
+    for carrier_id in ids:
+        await _post(gateway, carrier_id, "delivered")
+    for carrier_id in ids:
+        sandbox.slow(0.4, method="GET", path=f"/api/v1/faxes/{carrier_id}")
+    started = time.monotonic()
+    await gateway.settle()
+    # One after the other they take 3.2 s; together about one of them.
+    assert time.monotonic() - started < 2.0
+    for carrier_id in ids:
+        assert len(sandbox.requests(f"/faxes/{carrier_id}", method="GET")) == 1
+        [event] = await gateway.db.run(events_of, carrier_id)
+        assert event.error == "unknown to the carrier"
+
+
+async def test_a_get_failing_mid_batch_gives_back_the_faxes_read_ahead(
+    gateway: Harness, sandbox: Sandbox
+) -> None:
+    """The batch stops at the failed GET; a later fax whose record was already read waits too."""
+    first, second, third = _forged(11), _forged(12), _forged(13)
+    for carrier_id in (first, second, third):
+        await _post(gateway, carrier_id, "delivered")
+    sandbox.fail_next(count=1, status=503, method="GET", path=f"/api/v1/faxes/{second}")
+    await gateway.events.run_once()
+    [dropped] = await gateway.db.run(events_of, first)
+    [failed] = await gateway.db.run(events_of, second)
+    [waiting] = await gateway.db.run(events_of, third)
+    assert dropped.error == "unknown to the carrier"
+    assert failed.processed_at is None and failed.attempts == 1 and "503" in (failed.error or "")
+    assert waiting.processed_at is None
+    assert (waiting.attempts, waiting.pickups, waiting.error) == (0, 0, None)
 
 
 # -- the store's batch rule ----------------------------------------------------------------------

@@ -7,8 +7,8 @@ the webhook's only password: a wrong or missing one answers 404, as if nothing w
 The handler never talks to the carrier or the relay. It stores the event in `events` (unique on
 fax id and status, so the carrier's retries of one event are stored once), answers 200 once the
 row is committed (with the other writes of that moment: store/commit.py), and wakes the events
-worker. If the row cannot be stored it answers 500, so
-the carrier tries again rather than the event being lost.
+worker (which gives way while webhooks pour in: callbacks/intake.py). If the row cannot be
+stored it answers 500, so the carrier tries again rather than the event being lost.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from gateway import log
+from gateway.callbacks.intake import Intake
 from gateway.carrier.models import MAX_NESTING, CarrierFax, PayloadError, unflatten_query
 from gateway.config import Config
 from gateway.store import Database
@@ -85,10 +86,13 @@ def add_routes(
     wake: Callable[[], None],
     metrics: WebhookMetrics | None = None,
     commits: GroupCommit | None = None,
+    intake: Intake | None = None,
 ) -> WebhookEndpoint:
     """Add the webhook route (GET and POST) to `app`; the endpoint, whose `config` a reload
     replaces."""
-    endpoint = WebhookEndpoint(config=config, db=db, wake=wake, metrics=metrics, commits=commits)
+    endpoint = WebhookEndpoint(
+        config=config, db=db, wake=wake, metrics=metrics, commits=commits, intake=intake
+    )
     app.router.add_route("POST", ROUTE, endpoint.handle)
     app.router.add_route("GET", ROUTE, endpoint.handle)
     return endpoint
@@ -103,6 +107,7 @@ class WebhookEndpoint:
         wake: Callable[[], None],
         metrics: WebhookMetrics | None = None,
         commits: GroupCommit | None = None,
+        intake: Intake | None = None,
     ) -> None:
         self.config = config
         self.db = db
@@ -110,6 +115,8 @@ class WebhookEndpoint:
         self.commits = commits or GroupCommit(db)
         self.wake = wake
         self.metrics = metrics
+        # Told of each stored event, so the events worker gives way to a flood of them.
+        self.intake = intake
         self._token = config.http.webhook_token.get_secret_value().encode()
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -177,6 +184,8 @@ class WebhookEndpoint:
                 method=request.method,
             )
             self._count(STORED)
+            if self.intake is not None:
+                self.intake.stored()
             self.wake()
             return _answer(_STORED_BODY)
 

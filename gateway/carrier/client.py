@@ -183,6 +183,12 @@ class VoxtelesysClient:
         async for fax in self._pages(page, retry=True):
             yield fax
 
+    async def newest_faxes(self) -> list[CarrierFax]:
+        """The first page of the list (GET /faxes): the newest faxes, as many as the carrier
+        shows on a page. One request, not retried: for a caller with another way to the same
+        records (the events worker's GET /faxes/{id} each), a failure here is only a miss."""
+        return _list_entries(await self._call("GET", "/faxes"))
+
     async def find_fax_by_url(
         self, url: str, to: str, *, since: datetime, max_pages: int = _DEDUPE_MAX_PAGES
     ) -> CarrierFax | None:
@@ -252,17 +258,8 @@ class VoxtelesysClient:
                 data = await self._request("GET", "/faxes", params=params, operation="list")
             else:
                 data = await self._call("GET", "/faxes", params=params)
-            results = data.get("results") if isinstance(data, dict) else None
-            if not isinstance(results, list):
-                raise BadResponse("the list of faxes has no 'results' array")
             first = True
-            for item in results:
-                try:
-                    fax = CarrierFax.from_api(item)
-                except PayloadError as exc:
-                    # One unreadable entry must not hide the others from the reconciler.
-                    log.warning("carrier.list_entry_skipped", reason=str(exc))
-                    continue
+            for fax in _list_entries(data):
                 yield fax, first
                 first = False
             cursor = data.get("next_page")
@@ -401,6 +398,21 @@ def _fax(data: Any) -> CarrierFax:
         return CarrierFax.from_api(data)
     except PayloadError as exc:
         raise BadResponse(f"the carrier's fax object is unusable: {exc}") from None
+
+
+def _list_entries(data: Any) -> list[CarrierFax]:
+    """The faxes of one page of the list; an unreadable entry is skipped and logged (it must
+    not hide the others from the reconciler)."""
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, list):
+        raise BadResponse("the list of faxes has no 'results' array")
+    faxes = []
+    for item in results:
+        try:
+            faxes.append(CarrierFax.from_api(item))
+        except PayloadError as exc:
+            log.warning("carrier.list_entry_skipped", reason=str(exc))
+    return faxes
 
 
 def _error_details(raw: bytes, status: int, reason: str) -> tuple[str, str | None]:

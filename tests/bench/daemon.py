@@ -51,6 +51,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(thread_id: int) -> float:
+    """CPU time one thread of this process has used so far (its native id), user and system."""
+    stat = Path(f"/proc/self/task/{thread_id}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Daemon:
     """A running `fax-gateway serve` with its carrier and relay; stop() ends all three."""
 
