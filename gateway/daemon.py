@@ -86,6 +86,11 @@ _FEEDS = {
     "upload": ("submit", "reports", "cleanup", "admin-copies"),
 }
 
+# The stages between a 250 and the carrier's POST /faxes (Runner `front`): while they have
+# work, the other workers' rounds wait (bounded), so a burst reaches the carrier first and its
+# reports, webhooks' effects and cleanup follow.
+_FRONT = ("prepare", "upload", "submit")
+
 
 class Component(Protocol):
     async def start(self) -> None: ...
@@ -133,6 +138,7 @@ class Gateway:
             db=self.db,
             feeds=_FEEDS,
             foreground=self.foreground,
+            front=_FRONT,
         )
         self.smtp = SmtpServer(
             config,

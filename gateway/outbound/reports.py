@@ -53,6 +53,7 @@ from gateway.mailout.privacy import Privacy, protect, report_privacy, status_pag
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.outbound.transmission import transmission_attachment
+from gateway.queue.foreground import give_way
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
 from gateway.store.blobs import SharedFiles
@@ -450,6 +451,9 @@ class ReportsWorker(MailingWorker):
     async def run_once(self) -> int:
         done = 0
         for _ in range(_BATCH):
+            # The stages on the way to the carrier go first (bounded): before each claim, so
+            # nothing waits claimed.
+            await give_way()
             # One report per claim: an interruption charges only the report it interrupted.
             claimed, held = await self.db.run(
                 claim_reports, self.clock(), 1, self.schedule.max_pickups

@@ -79,8 +79,9 @@ def _median(values: list[float]) -> float:
 
 
 def _settle(daemon: Daemon, timeout: float = 120.0) -> None:
-    """Wait until every job is final and the carrier has nothing running: the next figure
-    starts from an idle daemon."""
+    """Wait until every job is final, every final fax reported and its mail sent, and the
+    carrier has nothing running: the next figure starts from an idle daemon (the reports of
+    one figure's faxes are not left to run during the next)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sqlite3.connect(daemon.store_path) as conn:
@@ -90,7 +91,10 @@ def _settle(daemon: Daemon, timeout: float = 120.0) -> None:
             unsent = conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[
                 0
             ]
-        if busy == 0 and unsent == 0 and daemon.sandbox.busy() == 0:
+            unreported = conn.execute(
+                "SELECT count(*) FROM faxes WHERE finished_at IS NOT NULL AND reported_at IS NULL"
+            ).fetchone()[0]
+        if busy == 0 and unsent == 0 and unreported == 0 and daemon.sandbox.busy() == 0:
             return
         time.sleep(0.1)
     raise RuntimeError(f"the daemon did not settle in {timeout} s")
