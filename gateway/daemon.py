@@ -158,7 +158,11 @@ class Gateway:
         config, db, wake = self.config, self.db, self._wake
         common = {"config": config, "db": db}
         self.reports = ReportsWorker(
-            **common, renderer=self.renderer, outbox_dir=self.outbox_dir, metrics=self.metrics
+            **common,
+            renderer=self.renderer,
+            outbox_dir=self.outbox_dir,
+            documents=self.documents,
+            metrics=self.metrics,
         )
         self.inbound = InboundWorker(
             **common,

@@ -373,6 +373,7 @@ async def test_reports_retries_a_deferred_report_within_a_second_of_its_due_time
     outbox_dir = DataDir(config.data.dir).outbox
     outbox_dir.parent.mkdir(parents=True, exist_ok=True)
     outbox_dir.write_bytes(b"")  # a file where the outbox directory goes: writing mail fails
+    documents = DocumentWorkers(config)
     worker = Rounds(
         ReportsWorker(
             config=config,
@@ -380,6 +381,7 @@ async def test_reports_retries_a_deferred_report_within_a_second_of_its_due_time
             clock=time.time,
             renderer=MailRenderer(config.templates.dir),
             outbox_dir=outbox_dir,
+            documents=documents,
         )
     )
 
@@ -391,11 +393,14 @@ async def test_reports_retries_a_deferred_report_within_a_second_of_its_due_time
     async def reported() -> float | None:
         return (await fax_row(db, failed.id)).reported_at
 
-    async with running(config, worker):
-        due = in_future(await first(deferred))
-        outbox_dir.unlink()
-        done_at = await first(reported)
-        rounds = worker.count
+    try:
+        async with running(config, worker):
+            due = in_future(await first(deferred))
+            outbox_dir.unlink()
+            done_at = await first(reported)
+            rounds = worker.count
+    finally:
+        await documents.stop()
     on_time(due, done_at, request)
     assert rounds <= ROUNDS
     assert (await fax_row(db, failed.id)).report_error is None
