@@ -185,8 +185,14 @@ class Gateway:
         self.reconciler = Reconciler(**common, client=self.client, wake=wake, metrics=self.metrics)
         self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
         return [
-            PrepareWorker(**common, spool=self.spool, office=self.office, documents=self.documents),
-            UploadWorker(**common, storage=self.storage),
+            PrepareWorker(
+                **common,
+                spool=self.spool,
+                office=self.office,
+                documents=self.documents,
+                commits=self.commits,
+            ),
+            UploadWorker(**common, storage=self.storage, commits=self.commits),
             SubmitWorker(
                 **common,
                 client=self.client,

@@ -66,3 +66,53 @@ async def test_a_full_disk_defers_prepare_and_it_resumes_when_space_returns(
     finally:
         await workers.stop()
         db.close()
+
+
+async def test_a_batch_where_one_document_fails_prepares_the_others_once(
+    make_config: Callable[..., Config],
+) -> None:
+    """One round claims three jobs together; the one whose document cannot be faxed fails
+    alone, the other two are prepared, each once, and a second round finds nothing."""
+    config = make_config()
+    data = DataDir(config.data.dir)
+    db = await Database(data.store).open()
+    workers = DocumentWorkers(config)
+    try:
+        spool = Spool(data.spool)
+        good = samples.mail(samples.attachment(samples.pdf(2), "scan.pdf"))
+        broken = samples.mail(samples.attachment(b"%PDF-1.4 not a pdf at all", "scan.pdf"))
+        ids = []
+        for raw in (good, broken, good):
+            job_id = new_job_id()
+            await db.run(create_job, _new_job(job_id, spool.write(job_id, raw)))
+            ids.append(job_id)
+        worker = PrepareWorker(config=config, db=db, spool=spool, documents=workers)
+        assert await worker.run_once() == 3
+        jobs = [await db.run(get_job, job_id) for job_id in ids]
+        assert [j.state for j in jobs if j is not None] == [
+            JobState.PREPARED,
+            JobState.FAILED,
+            JobState.PREPARED,
+        ]
+        assert all(j is not None and j.pickups == 0 for j in jobs)
+        for job in (jobs[0], jobs[2]):
+            assert job is not None and job.document_path is not None
+            assert job.document_path.exists()
+        assert await worker.run_once() == 0
+    finally:
+        await workers.stop()
+        db.close()
+
+
+def _new_job(job_id: str, path: Path) -> NewJob:
+    return NewJob(
+        id=job_id,
+        sender="alice@example.com",
+        auth_user=None,
+        client_address=None,
+        subject="Fax",
+        message_id="",
+        from_number="+12015550100",
+        spool_path=path,
+        recipients=("+12015550123",),
+    )

@@ -26,11 +26,11 @@ loop's thread, which lives as long as the daemon.
 
 One worker serves one request at a time and then waits for the next (Python and its imports
 cost ~0.5 s of CPU to start, too much to pay per message). Workers are started as callers need
-them; callers are bounded already (smtp.max_concurrent_data DATA checks, one prepare and one
-report at a time), so the pool is too: at most that many stay waiting, and those idle for
-IDLE_SECONDS end, down to one (each costs ~80 MB while it waits). A worker whose memory stays
-above a quarter of its budget after a request exits after answering, giving back what that
-document cost.
+them; callers are bounded already (smtp.max_concurrent_data DATA checks, PREPARES_AT_ONCE
+prepares and one report at a time), so the pool is too: at most that many stay waiting, and
+those idle for IDLE_SECONDS end, down to one (each costs ~80 MB while it waits). A worker whose
+memory stays above a quarter of its budget after a request exits after answering, giving back
+what that document cost.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ if TYPE_CHECKING:  # the report's module imports this one
 
 logger = log.get_logger(__name__)
 
+# Jobs the prepare stage builds at once, each in a worker (gateway/outbound/prepare.py).
+PREPARES_AT_ONCE = 4
 # A waiting worker unused this long ends (all but one): a burst's workers do not stay forever.
 IDLE_SECONDS = 60.0
 # How long a worker told to end (its stdin closed) may take before it is killed.
@@ -204,8 +206,8 @@ class DocumentWorkers:
     @property
     def keep_idle(self) -> int:
         """Workers that may wait for work: one per caller that may come at once (the DATA
-        checks, prepare, and the reports' transmission reports)."""
-        return self.config.smtp.max_concurrent_data + 2
+        checks, the jobs prepare builds at once, and the reports' transmission reports)."""
+        return self.config.smtp.max_concurrent_data + PREPARES_AT_ONCE + 1
 
     @property
     def pids(self) -> list[int]:
