@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document.workers import DocumentWorkers
@@ -116,3 +118,41 @@ def _new_job(job_id: str, path: Path) -> NewJob:
         spool_path=path,
         recipients=("+12015550123",),
     )
+
+
+async def test_a_surprise_in_one_job_of_a_batch_is_charged_to_that_job_alone(
+    make_config: Callable[..., Config],
+) -> None:
+    """A job whose prepare raises what nothing handles (its spool file is gone): the round
+    raises once the others are prepared; that job alone keeps its pickup, is claimed alone
+    next time and, after queue.max_pickups of them, is held; the others are never charged."""
+    config = make_config({"queue": {"max_pickups": 2}})
+    data = DataDir(config.data.dir)
+    db = await Database(data.store).open()
+    workers = DocumentWorkers(config)
+    try:
+        spool = Spool(data.spool)
+        raw = samples.mail(samples.attachment(samples.pdf(1), "scan.pdf"))
+        ids = []
+        for _ in range(3):
+            job_id = new_job_id()
+            await db.run(create_job, _new_job(job_id, spool.write(job_id, raw)))
+            ids.append(job_id)
+        (data.spool / f"{ids[1]}.eml").unlink()
+        worker = PrepareWorker(config=config, db=db, spool=spool, documents=workers)
+        with pytest.raises(OSError):
+            await worker.run_once()
+        jobs = [await db.run(get_job, job_id) for job_id in ids]
+        assert [(j.state, j.pickups) for j in jobs if j is not None] == [
+            (JobState.PREPARED, 0),
+            (JobState.RECEIVED, 1),
+            (JobState.PREPARED, 0),
+        ]
+        with pytest.raises(OSError):
+            await worker.run_once()  # claimed alone: pickups 2
+        assert await worker.run_once() == 0  # held, not prepared
+        culprit = await db.run(get_job, ids[1])
+        assert culprit is not None and culprit.state is JobState.HELD
+    finally:
+        await workers.stop()
+        db.close()
