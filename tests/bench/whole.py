@@ -8,8 +8,8 @@ processes of their own (tests/bench/baselines.py), measured in the same run:
    that writes + fsyncs each message before its 250 (the targets use the durable one);
 2. burst: N messages sent at once, faxes a second from the first 250 to the last POST /faxes,
    against the durable accept rate;
-3. 250 -> POST /faxes at a steady 20 msg/s, 100 KB, local storage and SeaweedFS S3, against
-   the same latency of single messages on an idle daemon;
+3. 250 -> POST /faxes at a steady 20 msg/s, 100 KB, local storage and SeaweedFS S3 (after a
+   warm-up at that rate), against the same latency of single messages on an idle daemon;
 4. webhooks answered 200 after their durable store, 10 connections, a new fax id each, against
    a bare aiohttp JSON endpoint; p50/p99 beside it, and the daemon's CPU time per webhook
    (the answer and the events worker's verification) against the bare endpoint's;
@@ -225,6 +225,12 @@ async def latency(work: Path, sizes: Sizes, storage: str) -> list[Result]:
     try:
         with Daemon(work / f"latency-{storage}", overrides, env=env) as daemon:
             idle = await _latencies(daemon, load.mails(5, document, tag="idle-"), None)
+            await asyncio.to_thread(_settle, daemon)
+            # Warmed up at the same rate over the same sessions first: the document worker
+            # pool grows to the sessions' concurrency on demand (a process and its imports,
+            # ~0.7 s of CPU each), which a daemon under a steady load has done long before;
+            # cold, the quick run's 20 messages measured those starts, not the steady state.
+            await _latencies(daemon, load.mails(2 * SESSIONS, document, tag="warm-"), 20.0)
             await asyncio.to_thread(_settle, daemon)
             steady = await _latencies(daemon, load.mails(sizes.steady, document), 20.0)
             await asyncio.to_thread(_settle, daemon)
