@@ -381,12 +381,12 @@ async def test_the_other_workers_wait_while_a_front_stage_has_items(
 ) -> None:
     """While a front stage has items (a streak shorter than the bound) the other workers do not
     start a round; once it is idle they handle all of theirs."""
-    prepare = Stage("prepare", 5, 0.01)
+    prepare = Stage("prepare", 3, 0.01)  # a streak well inside the bound, even when loaded
     reports = Stage("reports", 3, 0.0)
     await runners(prepare, reports, front=("prepare",))
     await _until_done(reports, 3)
     assert [item for item, _ in reports.done] == ["reports-0", "reports-1", "reports-2"]
-    assert len(prepare.done) == 5
+    assert len(prepare.done) == 3
     assert reports.done[0][1] >= prepare.done[-1][1]
 
 
@@ -437,8 +437,8 @@ async def test_back_stages_give_way_between_the_items_of_a_round(runners: StartR
     outbox = Batch("outbox", 3, 0.05)
     runner = await runners(prepare, outbox, front=("prepare",))
     await _until_done(outbox, 1)
-    prepare.items = [f"prepare-{n}" for n in range(5)]
+    prepare.items = [f"prepare-{n}" for n in range(3)]
     runner.wake("prepare")
-    await _until_done(prepare, 5)
+    await _until_done(prepare, 3)
     await _until_done(outbox, 3)
     assert outbox.done[1][1] >= prepare.done[-1][1]
