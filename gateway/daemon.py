@@ -87,6 +87,11 @@ _FEEDS = {
     "upload": ("submit", "reports", "cleanup", "admin-copies"),
 }
 
+# The stages between a 250 and the carrier's POST /faxes (Runner `front`): while they have
+# work, the other workers' rounds wait (bounded), so a burst reaches the carrier first and its
+# reports, webhooks' effects and cleanup follow.
+_FRONT = ("prepare", "upload", "submit")
+
 
 class Component(Protocol):
     async def start(self) -> None: ...
@@ -134,6 +139,7 @@ class Gateway:
             db=self.db,
             feeds=_FEEDS,
             foreground=self.foreground,
+            front=_FRONT,
         )
         self.smtp = SmtpServer(
             config,
@@ -153,7 +159,11 @@ class Gateway:
         config, db, wake = self.config, self.db, self._wake
         common = {"config": config, "db": db}
         self.reports = ReportsWorker(
-            **common, renderer=self.renderer, outbox_dir=self.outbox_dir, metrics=self.metrics
+            **common,
+            renderer=self.renderer,
+            outbox_dir=self.outbox_dir,
+            documents=self.documents,
+            metrics=self.metrics,
         )
         self.inbound = InboundWorker(
             **common,
@@ -179,8 +189,14 @@ class Gateway:
         self.reconciler = Reconciler(**common, client=self.client, wake=wake, metrics=self.metrics)
         self.outbox = OutboxWorker(**common, relay=self.relay, metrics=self.metrics)
         return [
-            PrepareWorker(**common, spool=self.spool, office=self.office, documents=self.documents),
-            UploadWorker(**common, storage=self.storage),
+            PrepareWorker(
+                **common,
+                spool=self.spool,
+                office=self.office,
+                documents=self.documents,
+                commits=self.commits,
+            ),
+            UploadWorker(**common, storage=self.storage, commits=self.commits),
             SubmitWorker(
                 **common,
                 client=self.client,

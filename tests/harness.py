@@ -181,7 +181,12 @@ async def running(config: Config, clock: Clock | None = None) -> AsyncIterator[H
         clock=clock,
         events=EventsWorker(config=config, db=db, client=client, reporter=reporter, clock=clock),
         reports=ReportsWorker(
-            config=config, db=db, renderer=renderer, outbox_dir=outbox_dir, clock=clock
+            config=config,
+            db=db,
+            renderer=renderer,
+            outbox_dir=outbox_dir,
+            documents=document_workers,
+            clock=clock,
         ),
         inbound=InboundWorker(
             config=config,

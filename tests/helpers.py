@@ -10,7 +10,7 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -198,24 +198,36 @@ def fill(path: Path) -> Path:
 async def queued_job(config: Config, raw: bytes | None = None) -> tuple[Database, Spool, str]:
     """A received job of one fax whose message `raw` (default: a mail with a one-page PDF) is
     spooled, in the store of `config`: the store (open: the caller closes it), spool, job id."""
+    message = raw if raw is not None else samples.mail(samples.attachment(samples.pdf(1), "a.pdf"))
+    db, spool, [job_id] = await queued_jobs(config, [message])
+    return db, spool, job_id
+
+
+async def queued_jobs(
+    config: Config, messages: Sequence[bytes]
+) -> tuple[Database, Spool, list[str]]:
+    """A received job of one fax for each of `messages`, spooled, in the store of `config`, in
+    that order: the store (open: the caller closes it), spool, job ids."""
     data = DataDir(config.data.dir)
     db = await Database(data.store).open()
     spool = Spool(data.spool)
-    job_id = new_job_id()
-    message = raw if raw is not None else samples.mail(samples.attachment(samples.pdf(1), "a.pdf"))
-    path = spool.write(job_id, message)
-    await db.run(
-        create_job,
-        NewJob(
-            id=job_id,
-            sender="alice@example.com",
-            auth_user=None,
-            client_address=None,
-            subject="Fax",
-            message_id="",
-            from_number=FROM_NUMBER,
-            spool_path=path,
-            recipients=(DELIVERS,),
-        ),
-    )
-    return db, spool, job_id
+    ids = []
+    for message in messages:
+        job_id = new_job_id()
+        path = spool.write(job_id, message)
+        await db.run(
+            create_job,
+            NewJob(
+                id=job_id,
+                sender="alice@example.com",
+                auth_user=None,
+                client_address=None,
+                subject="Fax",
+                message_id="",
+                from_number=FROM_NUMBER,
+                spool_path=path,
+                recipients=(DELIVERS,),
+            ),
+        )
+        ids.append(job_id)
+    return db, spool, ids

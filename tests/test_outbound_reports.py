@@ -8,9 +8,10 @@ do; reports go through the real outbox to a capturing relay.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ import pypdfium2 as pdfium
 import pytest
 from PIL import ImageChops
 from pypdf import PasswordType, PdfReader
+from structlog.testing import capture_logs
 
 from gateway.carrier.faxerrors import FAX_ERRORS, NOT_RETRYABLE
 from gateway.carrier.status import Outcome
 from gateway.config import Config
 from gateway.document.convert import PDFIUM_LOCK
+from gateway.document.workers import DocumentWorkers
 from gateway.mailout.outbox import OutboxWorker
 from gateway.mailout.relay import create_relay
 from gateway.mailout.templates import MailRenderer
@@ -35,6 +38,7 @@ from gateway.outbound.reports import (
     report_fax,
     wanted,
 )
+from gateway.outbound.transmission import Transmission
 from gateway.queue.runner import run_until_idle
 from gateway.store import Database
 from gateway.store.faxes import (
@@ -63,6 +67,7 @@ class Reports:
     relay: CapturingRelay
     worker: ReportsWorker
     outbox: OutboxWorker
+    documents: DocumentWorkers
 
     async def job(
         self,
@@ -137,10 +142,11 @@ class Reports:
 
 
 @pytest.fixture
-def start_reports(
+async def start_reports(
     make_config: Callable[..., Config], relay_server: CapturingRelay
-) -> Callable[..., Any]:
+) -> AsyncIterator[Callable[..., Any]]:
     opened: list[Database] = []
+    pools: list[DocumentWorkers] = []
 
     async def start(override: dict[str, Any] | None = None) -> Reports:
         config = make_config({"relay": relay_server.relay_config_overrides(), **(override or {})})
@@ -148,16 +154,27 @@ def start_reports(
         opened.append(db)
         renderer = MailRenderer(config.templates.dir)
         outbox_dir = config.data.dir / "outbox"
+        documents = DocumentWorkers(config)
+        pools.append(documents)
         return Reports(
             config=config,
             db=db,
             renderer=renderer,
             relay=relay_server,
-            worker=ReportsWorker(config=config, db=db, renderer=renderer, outbox_dir=outbox_dir),
+            worker=ReportsWorker(
+                config=config,
+                db=db,
+                renderer=renderer,
+                outbox_dir=outbox_dir,
+                documents=documents,
+            ),
             outbox=OutboxWorker(config=config, db=db, relay=create_relay(config)),
+            documents=documents,
         )
 
     yield start
+    for pool in pools:
+        await pool.stop()
     for db in opened:
         db.close()
 
@@ -221,10 +238,9 @@ async def test_delivered_report_goes_once_however_often_it_is_asked_for(
     job, fax = await reports.job()
     final = await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
     outbox_dir = reports.config.data.dir / "outbox"
-    assert await report_fax(reports.db, reports.config, reports.renderer, outbox_dir, job, final)
-    assert not await report_fax(
-        reports.db, reports.config, reports.renderer, outbox_dir, job, final
-    )
+    args = (reports.db, reports.config, reports.renderer, outbox_dir, job, final)
+    assert await report_fax(*args, documents=reports.documents)
+    assert not await report_fax(*args, documents=reports.documents)
     [message] = await reports.settle()
     assert subject_of(message) == "Fax to +1 201-555-0123 delivered, 3 pages (Re: Quarterly report)"
     assert (await reports.db.run(get_fax, fax.id)).reported_at is not None
@@ -608,3 +624,61 @@ async def test_a_jobs_notify_option_overrides_the_switches(
     finally:
         db.close()
     assert kinds == wanted_kinds
+
+
+def test_a_transmission_report_crosses_to_its_worker_with_its_zone() -> None:
+    """What the report says travels to the document worker and back unchanged, the moment in
+    the zone notify.timezone names (the printout says EST, not an offset) and in UTC."""
+    for zone in (ZoneInfo("America/New_York"), UTC):
+        transmission = Transmission(
+            delivered=False,
+            moment=datetime(2026, 1, 5, 14, 30, 5, tzinfo=zone),
+            sender="alice@example.com",
+            from_number="+12015550100",
+            destination=NUMBER,
+            pages=1,
+            document_pages=3,
+            duration=95,
+            code=3,
+            description="busy",
+            carrier_id="carrier-1",
+            job_id="J1",
+            attempts=2,
+        )
+        back = Transmission.from_wire(json.loads(json.dumps(transmission.to_wire())))
+        assert back == transmission
+        assert back.moment is not None and back.moment.tzname() == transmission.moment.tzname()
+
+
+async def test_a_transmission_report_the_worker_cannot_make_leaves_the_report_without_it(
+    start_reports: Callable[..., Any],
+) -> None:
+    """A document worker past its time budget while rendering the transmission report: the
+    report still goes, with the document and without the transmission report (logged)."""
+    reports = await start_reports({"documents": {"worker_timeout_seconds": 0.001}})
+    _job, fax = await reports.job()
+    await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
+    with capture_logs() as logs:
+        [message] = await reports.settle()
+    assert [name for name, _t, _d in attachments(message)] == ["fax-to-12015550123.pdf"]
+    assert any(e["event"] == "report.transmission_report_failed" for e in logs)
+
+
+async def test_a_report_cut_short_by_the_workers_stopping_is_given_back_uncounted(
+    reports: Reports,
+) -> None:
+    """The daemon stopping while a report waits for its transmission report: no mail, no
+    attempt, no pickup; the report is due as before and goes out at the next start."""
+    _job, fax = await reports.job()
+    await reports.finish(fax, "delivered", Outcome.SUCCEEDED)
+    await reports.documents.stop()
+    assert await reports.worker.run_once() == 0  # nothing handled: given back
+    row = await reports.db.run(get_fax, fax.id)
+    assert (row.reported_at, row.report_attempts, row.report_pickups) == (None, 0, 0)
+    assert await reports.db.run(list_messages) == []
+    reports.worker.documents = DocumentWorkers(reports.config)
+    try:
+        [message] = await reports.settle()
+    finally:
+        await reports.worker.documents.stop()
+    assert "transmission-report-12015550123.pdf" in [n for n, _t, _d in attachments(message)]

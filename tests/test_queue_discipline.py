@@ -374,6 +374,7 @@ async def test_reports_retries_a_deferred_report_within_a_second_of_its_due_time
     outbox_dir = DataDir(config.data.dir).outbox
     outbox_dir.parent.mkdir(parents=True, exist_ok=True)
     outbox_dir.write_bytes(b"")  # a file where the outbox directory goes: writing mail fails
+    documents = DocumentWorkers(config)
     worker = Rounds(
         ReportsWorker(
             config=config,
@@ -381,6 +382,7 @@ async def test_reports_retries_a_deferred_report_within_a_second_of_its_due_time
             clock=time.time,
             renderer=MailRenderer(config.templates.dir),
             outbox_dir=outbox_dir,
+            documents=documents,
         )
     )
 
@@ -392,7 +394,10 @@ async def test_reports_retries_a_deferred_report_within_a_second_of_its_due_time
     async def reported() -> float | None:
         return (await fax_row(db, failed.id)).reported_at
 
-    await retried_on_time(config, worker, deferred, outbox_dir.unlink, reported, request)
+    try:
+        await retried_on_time(config, worker, deferred, outbox_dir.unlink, reported, request)
+    finally:
+        await documents.stop()
     assert (await fax_row(db, failed.id)).report_error is None
     assert await mail_status(db, f"report:{failed.id}:failed") is not None
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.queue.foreground import Foreground
+from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, give_way
 from gateway.queue.runner import Runner, run_until_idle
 
 # Long enough that only wake() can explain a prompt run.
@@ -341,3 +341,104 @@ async def test_rounds_wait_while_the_foreground_is_busy_within_the_bound() -> No
         started = loop.time()
         await foreground.quiet()
         assert 0.15 <= loop.time() - started < 1.0
+
+
+class Stage:
+    """A worker handling one item a round, each taking `seconds`, noting when it finished each
+    (an item of its own loop gives way first, as the back stages' loops do)."""
+
+    def __init__(self, name: str, items: int, seconds: float, *, gives_way: bool = False):
+        self.name = name
+        self.items = [f"{name}-{n}" for n in range(items)]
+        self.seconds = seconds
+        self.gives_way = gives_way
+        self.done: list[tuple[str, float]] = []
+        self.changed = asyncio.Condition()
+
+    async def run_once(self) -> int:
+        if not self.items:
+            return 0
+        if self.gives_way:
+            await give_way()
+        await asyncio.sleep(self.seconds)
+        await _note(self, self.items.pop(0))
+        return 1
+
+
+async def _note(stage: Stage | Batch, item: str) -> None:
+    stage.done.append((item, asyncio.get_running_loop().time()))
+    async with stage.changed:
+        stage.changed.notify_all()
+
+
+async def _until_done(stage: Stage | Batch, count: int, seconds: float = WITHIN) -> None:
+    async with asyncio.timeout(seconds), stage.changed:
+        await stage.changed.wait_for(lambda: len(stage.done) >= count)
+
+
+async def test_the_other_workers_wait_while_a_front_stage_has_items(
+    runners: StartRunner,
+) -> None:
+    """While a front stage has items (a streak shorter than the bound) the other workers do not
+    start a round; once it is idle they handle all of theirs."""
+    prepare = Stage("prepare", 3, 0.01)  # a streak well inside the bound, even when loaded
+    reports = Stage("reports", 3, 0.0)
+    await runners(prepare, reports, front=("prepare",))
+    await _until_done(reports, 3)
+    assert [item for item, _ in reports.done] == ["reports-0", "reports-1", "reports-2"]
+    assert len(prepare.done) == 3
+    assert reports.done[0][1] >= prepare.done[-1][1]
+
+
+async def test_a_front_stage_that_stays_busy_defers_the_others_only_within_the_bound(
+    runners: StartRunner,
+) -> None:
+    """A front stage that never runs out of work slows the others to a round per
+    FRONT_MAX_WAIT_SECONDS, never stops them: each of their items still gets handled."""
+    submit = Stage("submit", 100_000, 0.002)
+    events = Stage("events", 4, 0.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await runners(submit, events, front=("submit",))
+    await _until_done(events, 4, 4 * FRONT_MAX_WAIT_SECONDS + WITHIN)
+    assert submit.items  # still busy throughout
+    gaps = [b - a for (_, a), (_, b) in zip(events.done, events.done[1:], strict=False)]
+    assert all(gap >= 0.8 * FRONT_MAX_WAIT_SECONDS for gap in gaps)
+    assert events.done[0][1] - started >= 0.8 * FRONT_MAX_WAIT_SECONDS
+
+
+class Batch:
+    """A back stage whose one round handles all its items, giving way before each (as the
+    reports' and the outbox's loops do), pausing `seconds` after each."""
+
+    def __init__(self, name: str, items: int, seconds: float) -> None:
+        self.name = name
+        self.items = [f"{name}-{n}" for n in range(items)]
+        self.seconds = seconds
+        self.done: list[tuple[str, float]] = []
+        self.changed = asyncio.Condition()
+
+    async def run_once(self) -> int:
+        handled = 0
+        while self.items:
+            await give_way()
+            await _note(self, self.items.pop(0))
+            handled += 1
+            await asyncio.sleep(self.seconds)
+        return handled
+
+
+async def test_back_stages_give_way_between_the_items_of_a_round(runners: StartRunner) -> None:
+    """A front stage that gets work in the middle of a back stage's round goes first: the
+    round's next item waits for the front stage's items (outside a runner's worker, give_way
+    returns at once)."""
+    await asyncio.wait_for(give_way(), 0.05)
+    prepare = Stage("prepare", 0, 0.02)
+    outbox = Batch("outbox", 3, 0.05)
+    runner = await runners(prepare, outbox, front=("prepare",))
+    await _until_done(outbox, 1)
+    prepare.items = [f"prepare-{n}" for n in range(3)]
+    runner.wake("prepare")
+    await _until_done(prepare, 3)
+    await _until_done(outbox, 3)
+    assert outbox.done[1][1] >= prepare.done[-1][1]

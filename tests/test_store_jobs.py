@@ -151,6 +151,53 @@ def test_claim_holds_a_job_that_crashed_max_pickups_times(conn: sqlite3.Connecti
     ]  # fmt: skip
 
 
+def test_a_batch_claimed_together_shares_its_pickups_and_only_the_culprit_is_held(
+    conn: sqlite3.Connection,
+) -> None:
+    """claim_jobs(together=True) takes a batch of never-interrupted jobs; after a crash that
+    charged the whole batch each is claimed alone, so the job that keeps killing the process
+    is held and its batch-mates, once finished alone, never are."""
+    ids = [make_job(conn, now=T0 + n) for n in range(3)]
+    batch = claim_jobs(conn, JobState.RECEIVED, now=T0 + 10, limit=4, max_pickups=2, together=True)
+    assert [j.id for j in batch] == ids and [j.pickups for j in batch] == [1, 1, 1]
+    # The process died mid-batch. Now each comes alone, in line; the first is the culprit.
+    culprit, *innocent = ids
+    [alone] = claim_jobs(
+        conn, JobState.RECEIVED, now=T0 + 11, limit=4, max_pickups=2, together=True
+    )
+    assert (alone.id, alone.pickups) == (culprit, 2)
+    # It killed the process again: the next claim holds it (and returns nothing), then the
+    # others come, each alone.
+    assert (
+        claim_jobs(conn, JobState.RECEIVED, now=T0 + 12, limit=4, max_pickups=2, together=True)
+        == []
+    )
+    for job_id in innocent:
+        [next_one] = claim_jobs(
+            conn, JobState.RECEIVED, now=T0 + 12, limit=4, max_pickups=2, together=True
+        )
+        assert (next_one.id, next_one.pickups) == (job_id, 2)
+        assert advance(conn, job_id, JobState.RECEIVED, JobState.PREPARED, now=T0 + 12)
+    assert (
+        claim_jobs(conn, JobState.RECEIVED, now=T0 + 13, limit=4, max_pickups=2, together=True)
+        == []
+    )
+    assert job(conn, culprit).state is JobState.HELD
+    assert {job(conn, j).state for j in innocent} == {JobState.PREPARED}
+    # With max_pickups 1 every claim is of one job; a job claimed and not finished comes alone.
+    fresh = [make_job(conn, now=T0 + 20 + n) for n in range(2)]
+    assert (
+        len(claim_jobs(conn, JobState.RECEIVED, now=T0 + 30, limit=4, max_pickups=1, together=True))
+        == 1
+    )
+    assert (
+        len(claim_jobs(conn, JobState.RECEIVED, now=T0 + 30, limit=4, max_pickups=5, together=True))
+        == 1
+    )
+    # (the second claim found the first of them interrupted: alone again, the other untouched)
+    assert [job(conn, j).pickups for j in fresh] == [2, 0]
+
+
 def test_advance_is_guarded_and_starts_the_stage_fresh(conn: sqlite3.Connection) -> None:
     """A second advance from the same state fails; the first sets columns and resets counters."""
     job_id = make_job(conn)

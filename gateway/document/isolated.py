@@ -21,13 +21,14 @@ on a process the daemon can kill, never on the daemon. At start, before anything
 Then it answers frames (gateway/document/wire.py) one at a time until its stdin ends. Each
 request names a task: "check" (the DATA check: extract and validate, the raw message as the
 blob or the path of the file holding it), "prepare" (the prepare stage: read the spool file,
-assemble, write the document under documents/) or "inbound" (an inbound fax's attachments and
-preview, the document as the blob, the files as blobs of the answer). An answer carries the
-task's result or an error: "document" (the sender's DocumentError), "cover_template" (the
-operator's template), "os" (errno, for the queue's resource errors), "memory" (the budget) or
-"crash" (a bug, with its type). After a MemoryError, or when its resident memory stays above a
-quarter of the budget, the process exits after answering ("recycle"), so what one document
-cost is given back to the system.
+assemble, write the document under documents/), "inbound" (an inbound fax's attachments and
+preview, the document as the blob, the files as blobs of the answer) or "transmission" (a
+transmission report: its values, and the path of the document whose page 1 it shows). An answer
+carries the task's result or an error: "document" (the sender's DocumentError),
+"cover_template" (the operator's template), "os" (errno, for the queue's resource errors),
+"memory" (the budget) or "crash" (a bug, with its type). After a MemoryError, or when its
+resident memory stays above a quarter of the budget, the process exits after answering
+("recycle"), so what one document cost is given back to the system.
 """
 
 from __future__ import annotations
@@ -234,7 +235,31 @@ def inbound(header: dict[str, Any], blobs: list[bytes]) -> Result:
     return answer, [a.data for a in files] + ([preview.data] if preview else [])
 
 
-TASKS = {"check": check, "prepare": prepare, "inbound": inbound}
+def transmission(header: dict[str, Any], blobs: list[bytes]) -> Result:
+    """A transmission report's PDF (gateway/outbound/transmission.py), as the one blob."""
+    from gateway.document import kinds
+    from gateway.outbound.transmission import Transmission, render_report
+
+    document = None
+    path = header["document_path"]
+    if path is not None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            pass  # gone (cleaned up, another node's): the report says it is no longer kept
+        else:
+            kind = kinds.sniff(data) or header["document_type"] or "application/octet-stream"
+            document = (data, kind)
+    pdf = render_report(
+        Transmission.from_wire(header["transmission"]),
+        document,
+        paper=header["paper"],
+        carries_document=header["carries_document"],
+    )
+    return {}, [pdf]
+
+
+TASKS = {"check": check, "prepare": prepare, "inbound": inbound, "transmission": transmission}
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -301,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     # worker started ahead is then as quick as the others.
     import gateway.document.assemble
     import gateway.inbound.compose
+    import gateway.outbound.transmission
     import gateway.store.spool  # noqa: F401
 
     requests = sys.stdin.buffer

@@ -1,8 +1,9 @@
 """Document work in worker processes with a memory and a time budget: the daemon's side.
 
-The SMTP handler's DATA check (`check`), the prepare stage (`prepare`) and the inbound worker's
-conversion of a received fax (`inbound`: TIFF to PDF, page-1 preview) hand the document to a
-worker process (gateway/document/isolated.py) instead of reading it on the daemon's threads.
+The SMTP handler's DATA check (`check`), the prepare stage (`prepare`), the inbound worker's
+conversion of a received fax (`inbound`: TIFF to PDF, page-1 preview) and the reports' rendering
+of a transmission report (`transmission_report`) hand the document to a worker process
+(gateway/document/isolated.py) instead of reading it on the daemon's threads.
 A document that would take the daemon's memory or time costs a worker instead:
 
 - memory: the worker runs under RLIMIT_AS = `documents.worker_memory_mb`; an allocation past
@@ -24,12 +25,12 @@ PR_SET_PDEATHSIG follows the *thread* that forked, so workers are started from t
 loop's thread, which lives as long as the daemon.
 
 One worker serves one request at a time and then waits for the next (Python and its imports
-cost ~0.5 s of CPU to start, too much to pay per message). Workers are started as callers
-need them; callers are bounded already (smtp.max_concurrent_data DATA checks, one prepare at
-a time), so the pool is too: at most that many stay waiting, and those idle for IDLE_SECONDS
-end, down to one (each costs ~80 MB while it waits). A worker whose memory stays above a
-quarter of its budget after a request exits after answering, giving back what that document
-cost.
+cost ~0.5 s of CPU to start, too much to pay per message). Workers are started as callers need
+them; callers are bounded already (smtp.max_concurrent_data DATA checks, PREPARES_AT_ONCE
+prepares and one report at a time), so the pool is too: at most that many stay waiting, and
+those idle for IDLE_SECONDS end, down to one (each costs ~80 MB while it waits). A worker whose
+memory stays above a quarter of its budget after a request exits after answering, giving back
+what that document cost.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gateway
 from gateway import log
@@ -55,8 +56,13 @@ from gateway.mailout.privacy import PrivacyError
 from gateway.store.inbound import InboundFax
 from gateway.store.spool import Spool
 
+if TYPE_CHECKING:  # the report's module imports this one
+    from gateway.outbound.transmission import Transmission
+
 logger = log.get_logger(__name__)
 
+# Jobs the prepare stage builds at once, each in a worker (gateway/outbound/prepare.py).
+PREPARES_AT_ONCE = 4
 # A waiting worker unused this long ends (all but one): a burst's workers do not stay forever.
 IDLE_SECONDS = 60.0
 # How long a worker told to end (its stdin closed) may take before it is killed.
@@ -199,8 +205,9 @@ class DocumentWorkers:
 
     @property
     def keep_idle(self) -> int:
-        """Workers that may wait for work: one per caller that may come at once."""
-        return self.config.smtp.max_concurrent_data + 1
+        """Workers that may wait for work: one per caller that may come at once (the DATA
+        checks, the jobs prepare builds at once, and the reports' transmission reports)."""
+        return self.config.smtp.max_concurrent_data + PREPARES_AT_ONCE + 1
 
     @property
     def pids(self) -> list[int]:
@@ -379,6 +386,29 @@ class DocumentWorkers:
         preview = answer["preview"]
         shown = (str(preview[0]), str(preview[1]), blobs[len(names)]) if preview else None
         return Converted(attachments=files, preview=shown)
+
+    async def transmission_report(
+        self,
+        transmission: Transmission,
+        *,
+        document_path: Path | None,
+        document_type: str | None,
+        paper: str,
+        carries_document: bool,
+    ) -> bytes:
+        """A transmission report's PDF (gateway/outbound/transmission.py), rendered in a
+        worker: page 1 of the document at `document_path` (read there; None: no longer kept)
+        when `carries_document`."""
+        header = {
+            "task": "transmission",
+            "transmission": transmission.to_wire(),
+            "document_path": None if document_path is None else str(document_path),
+            "document_type": document_type,
+            "paper": paper,
+            "carries_document": carries_document,
+        }
+        _answer, blobs = await self._run(header, [])
+        return blobs[0]
 
     async def _spawn(self) -> _Worker:
         budget = self.config.documents.worker_memory_mb * 1024 * 1024

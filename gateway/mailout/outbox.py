@@ -39,6 +39,7 @@ from gateway.mailout.relay import RecipientsRefused, Relay, RelayError
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.queue.backoff import Random
+from gateway.queue.foreground import give_way
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database, blobs
@@ -210,6 +211,8 @@ class OutboxWorker(QueueWorker):
         relay_down: RelayError | None = None
         handled = 0
         while handled < self.batch_size:
+            # The stages on the way to the carrier go first (bounded), before each claim.
+            await give_way()
             # One message per claim: the claim counts a pickup, and a crash mid-send must
             # charge only the message that was being sent.
             due = await self.db.run(

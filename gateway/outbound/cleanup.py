@@ -16,6 +16,7 @@ import time
 
 from gateway import log
 from gateway.config import Config
+from gateway.queue.foreground import give_way
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import Clock
 from gateway.storage.base import Storage, StorageError
@@ -53,6 +54,7 @@ class CleanupWorker(QueueWorker):
         released = await self.db.run(store.stored_copies_to_delete, older_than, 50, due_by=now)
         deleted = 0
         for job in released:
+            await give_way()  # the stages on the way to the carrier go first (bounded)
             assert job.storage_key is not None  # selected for it
             with log.bound(job_id=job.id):
                 try:
@@ -70,6 +72,7 @@ class CleanupWorker(QueueWorker):
         done = await self.db.run(store.jobs_to_clean, older_than, 50, due_by=self.schedule.clock())
         cleaned = 0
         for job in done:
+            await give_way()
             with log.bound(job_id=job.id):
                 if job.storage_key and job.stored_deleted_at is None:
                     try:

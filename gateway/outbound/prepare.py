@@ -10,10 +10,18 @@ one a report attaches must be the same document. A document past the worker's me
 budget fails the job (its sender is told why); a worker that died otherwise defers it, and
 fails it once that happened queue.max_pickups times; a stop gives the claim back uncounted.
 None of these is a crash of the daemon, so none is charged to the crash guard.
+
+A round claims up to PREPARES_AT_ONCE jobs together (claims.claim_together: they share their
+pickups, and a job interrupted before is claimed alone) and builds them at once, each in a
+worker of its own, so the workers' CPU runs beside the daemon's; each job's outcome is its
+own, and the jobs' steps to prepared that end together share one commit (store/commit.py).
+One job's failure, deferral or surprise leaves the others' outcomes as they are; a surprise
+is raised once the others' are recorded, and its job's pickup stays counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from gateway import log
@@ -21,15 +29,22 @@ from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document.mime import DocumentError
 from gateway.document.office import ConversionBusy, OfficeConverter
-from gateway.document.workers import DocumentWorkers, Prepared, WorkerDied, WorkersStopped
+from gateway.document.workers import (
+    PREPARES_AT_ONCE,
+    DocumentWorkers,
+    Prepared,
+    WorkerDied,
+    WorkersStopped,
+)
 from gateway.numbers import pretty
 from gateway.outbound.defer import defer_job
 from gateway.queue.runner import QueueWorker
-from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
+from gateway.queue.schedule import Clock, resource_error
 from gateway.store import Database, claims
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
 from gateway.store.blobs import SharedFiles
+from gateway.store.commit import GroupCommit
 from gateway.store.jobs import JOBS
 from gateway.store.records import Job, JobState
 from gateway.store.spool import Spool
@@ -49,11 +64,13 @@ class PrepareWorker(QueueWorker):
         spool: Spool,
         documents: DocumentWorkers,
         office: OfficeConverter | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.spool = spool
         self.documents = documents
         self.office = office or OfficeConverter.for_gateway(config)
+        self.commits = commits or GroupCommit(db)
 
     async def next_due(self) -> float | None:
         return await self.db.run(store.next_job_due, JobState.RECEIVED)
@@ -63,13 +80,21 @@ class PrepareWorker(QueueWorker):
             store.claim_jobs,
             JobState.RECEIVED,
             self.schedule.clock(),
-            CLAIM_BATCH,
+            PREPARES_AT_ONCE,
             self.config.queue.max_pickups,
+            together=True,
         )
-        for job in claimed:
-            with log.bound(job_id=job.id):
-                await self._prepare(job)
+        ends = await asyncio.gather(*(self._one(job) for job in claimed), return_exceptions=True)
+        surprises = [end for end in ends if isinstance(end, BaseException)]
+        for surprise in surprises[1:]:
+            logger.error("job.prepare_crashed", error=repr(surprise), exc_info=surprise)
+        if surprises:
+            raise surprises[0]  # the runner logs it; that job's pickup stays counted
         return len(claimed)
+
+    async def _one(self, job: Job) -> None:
+        with log.bound(job_id=job.id):
+            await self._prepare(job)
 
     async def _prepare(self, job: Job) -> None:
         recipients = [f.recipient for f in await self.db.run(fax_store.faxes_of, job.id)]
@@ -117,8 +142,8 @@ class PrepareWorker(QueueWorker):
             )
             return
         shared = await SharedFiles.of(self.config, self.db).share([document.path])
-        moved = await self.db.run(
-            store.advance,
+        moved = await self.commits.run(
+            store.advance_in,
             job.id,
             JobState.RECEIVED,
             JobState.PREPARED,

@@ -46,17 +46,26 @@ from gateway.carrier.status import Outcome
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import images_to_pdf, natural_layout, tiff_to_pdf
+from gateway.document.workers import DocumentWorkers, WorkersStopped
 from gateway.failpoints import failpoint
 from gateway.mailout.message import MailAttachment, build_message, clean_subject
 from gateway.mailout.outbox import MailingWorker, mail_status, queue_mail
 from gateway.mailout.privacy import Privacy, protect, report_privacy, status_page_url
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
-from gateway.outbound.transmission import transmission_attachment
+from gateway.outbound.transmission import render_in_worker
+from gateway.queue.foreground import give_way
 from gateway.queue.schedule import EXPIRED, Clock
 from gateway.store import Database
 from gateway.store.blobs import SharedFiles
-from gateway.store.faxes import claim_reports, defer_report, mark_reported, next_report_due
+from gateway.store.claims import give_back
+from gateway.store.faxes import (
+    REPORTS,
+    claim_reports,
+    defer_report,
+    mark_reported,
+    next_report_due,
+)
 from gateway.store.jobs import get_job
 from gateway.store.records import Fax, FaxState, Job
 
@@ -122,8 +131,11 @@ async def report_fax(
     fax: Fax,
     *,
     kind: str | None = None,
+    documents: DocumentWorkers | None = None,
 ) -> bool:
     """Queue the report on `fax` (kind from its state unless given); True if queued just now.
+    `documents` render its transmission report (needed for delivered and failed reports
+    with notify.transmission_report); WorkersStopped when they are stopping.
 
     False when notify settings do not want it, there is nobody to send it to, or it was queued
     before. A failure the sender gets no report of still goes to notify.admin, alone
@@ -141,7 +153,7 @@ async def report_fax(
         if to:
             copies = blind_copies(config, kind, [*to, *cc])
             return await _queue_report(
-                db, config, renderer, outbox_dir, job, fax, kind, key, to, cc, copies
+                db, config, renderer, outbox_dir, job, fax, kind, key, to, cc, copies, documents
             )
         logger.warning("report.no_recipient", fax_id=fax.id, job_id=job.id, sender=job.sender)
     # No report for the sender (their +notify, the notify.on_* switch, no usable address):
@@ -152,7 +164,9 @@ async def report_fax(
     key = admin_report_key(fax, kind)
     if await mail_status(db, key) is not None:
         return False
-    return await _queue_report(db, config, renderer, outbox_dir, job, fax, kind, key, admin, [], [])
+    return await _queue_report(
+        db, config, renderer, outbox_dir, job, fax, kind, key, admin, [], [], documents
+    )
 
 
 def admin_report_key(fax: Fax, kind: str) -> str:
@@ -172,12 +186,28 @@ async def _queue_report(
     to: list[str],
     cc: list[str],
     blind: list[str],
+    documents: DocumentWorkers | None,
 ) -> bool:
     if job.document_path is not None and kind not in (QUEUED, RETRY):
         # The document this node has, or the store's copy of it (another node prepared it).
         local = await SharedFiles.of(config, db).fetch(job.document_path)
         job = dataclasses.replace(job, document_path=local)
-    message = await asyncio.to_thread(compose_report, config, renderer, job, fax, kind, to, cc)
+    transmission = None
+    if kind in (DELIVERED, FAILED) and config.notify.transmission_report:
+        if documents is None:
+            raise ValueError("a final report's transmission report needs the document workers")
+        transmission = await render_in_worker(
+            documents,
+            config,
+            job,
+            fax,
+            moment=_moment(fax, kind),
+            description=_description(fax, kind),
+            privacy=report_privacy(config, job.sender),
+        )
+    message = await asyncio.to_thread(
+        compose_report, config, renderer, job, fax, kind, to, cc, transmission=transmission
+    )
     queued = await queue_mail(
         db, outbox_dir, key=key, kind=kind, message=message, recipients=[*to, *cc, *blind]
     )
@@ -209,23 +239,27 @@ def compose_report(
     kind: str,
     to: list[str],
     cc: list[str],
+    *,
+    transmission: MailAttachment | None = None,
 ) -> EmailMessage:
     """The report mail. Blocking (reads and may convert the document): run in a thread.
 
     What it carries follows the sender's privacy mode (gateway/mailout/privacy.py): the
-    document (notify.attach_document) and the transmission report (notify.transmission_report,
-    delivered and failed reports), both encrypted under "encrypted-pdf"; under "none" neither
-    the document nor a picture of it (the transmission report goes without page 1).
+    document (notify.attach_document) and `transmission`, the transmission report already
+    rendered and locked (gateway/outbound/transmission.py `render_in_worker`: delivered and
+    failed reports, notify.transmission_report), both encrypted under "encrypted-pdf"; under
+    "none" neither the document nor a picture of it (the transmission report goes without
+    page 1).
     """
     privacy = report_privacy(config, job.sender)
-    moment = fax.submitted_at if kind == QUEUED else (fax.finished_at or fax.updated_at)
+    moment = _moment(fax, kind)
     context: dict[str, object] = {
         "number": fax.recipient,
         "pages": _pages(job, fax, kind),
         "duration": fax.duration,
         "attempts": fax.carrier_attempts,
         "carrier_id": fax.carrier_id,
-        "time": datetime.fromtimestamp(moment, UTC) if moment else None,
+        "time": moment,
         "subject": job.subject,
         "sender": job.sender,
         "job_id": job.id,
@@ -237,21 +271,10 @@ def compose_report(
     if kind in (FAILED, RETRY):
         context.update(failure_details(fax))
     document: MailAttachment | None = None
-    report: MailAttachment | None = None
+    report = transmission if kind not in (QUEUED, RETRY) else None
     if kind not in (QUEUED, RETRY):
         read = _read_document(job) if privacy.carries_document else None
         document = _document(config, job, fax, privacy, read)
-        if config.notify.transmission_report:
-            when = context["time"]
-            report = transmission_attachment(
-                config,
-                job,
-                fax,
-                moment=when if isinstance(when, datetime) else None,
-                description=str(context.get("error_description") or "delivered"),
-                privacy=privacy,
-                document=read,
-            )
     attachments = [a for a in (document, report) if a is not None]
     context["document_attached"] = document is not None
     context["transmission_report_attached"] = report is not None
@@ -269,6 +292,19 @@ def compose_report(
         in_reply_to=job.message_id or None,
         message_id_domain=config.smtp.domain,
     )
+
+
+def _moment(fax: Fax, kind: str) -> datetime | None:
+    """The time a report gives: when the fax was submitted (queued), else when it ended."""
+    moment = fax.submitted_at if kind == QUEUED else (fax.finished_at or fax.updated_at)
+    return datetime.fromtimestamp(moment, UTC) if moment else None
+
+
+def _description(fax: Fax, kind: str) -> str:
+    """The result's words on the transmission report."""
+    if kind in (FAILED, RETRY):
+        return str(failure_details(fax)["error_description"] or "delivered")
+    return "delivered"
 
 
 def _pages(job: Job, fax: Fax, kind: str) -> int | None:
@@ -440,16 +476,21 @@ class ReportsWorker(MailingWorker):
         clock: Clock = time.time,
         renderer: MailRenderer,
         outbox_dir: Path,
+        documents: DocumentWorkers,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(
             config=config, db=db, clock=clock, renderer=renderer, outbox_dir=outbox_dir
         )
+        self.documents = documents
         self.metrics = metrics
 
     async def run_once(self) -> int:
         done = 0
         for _ in range(_BATCH):
+            # The stages on the way to the carrier go first (bounded): before each claim, so
+            # nothing waits claimed.
+            await give_way()
             # One report per claim: an interruption charges only the report it interrupted.
             claimed, held = await self.db.run(
                 claim_reports, self.clock(), 1, self.schedule.max_pickups
@@ -465,16 +506,30 @@ class ReportsWorker(MailingWorker):
                 break
             fax, job = claimed[0]
             with log.bound(job_id=job.id, fax_id=fax.id):
-                await self._report(fax, job)
+                if not await self._report(fax, job):
+                    break  # stopping: the claim was given back
             done += 1
         return done
 
     async def next_due(self) -> float | None:
         return await self.db.run(next_report_due)
 
-    async def _report(self, fax: Fax, job: Job) -> None:
+    async def _report(self, fax: Fax, job: Job) -> bool:
+        """Report one fax; False when the daemon is stopping (its claim given back)."""
         try:
-            await report_fax(self.db, self.config, self.renderer, self.outbox_dir, job, fax)
+            await report_fax(
+                self.db,
+                self.config,
+                self.renderer,
+                self.outbox_dir,
+                job,
+                fax,
+                documents=self.documents,
+            )
+        except WorkersStopped:
+            # The daemon is stopping: taken up again at the next start, uncounted.
+            await self.db.run(give_back, REPORTS, fax.id)
+            return False
         except Exception as exc:
             # A broken template override, a full disk: tried again by the schedule.
             error = f"{type(exc).__name__}: {exc}"
@@ -483,13 +538,14 @@ class ReportsWorker(MailingWorker):
             if due is None:
                 logger.exception("report.expired", attempts=fax.report_attempts + 1)
                 await self.db.run(mark_reported, fax.id, now, f"{EXPIRED}: {error}")
-                return
+                return True
             attempts = await self.db.run(defer_report, fax.id, error, due, now)
             logger.exception("report.failed", failures=attempts, delay=round(due - now, 1))
-            return
+            return True
         failpoint("after_report_queued")
         if await self.db.run(mark_reported, fax.id, self.clock()):
             self._count(fax)
+        return True
 
     def _count(self, fax: Fax) -> None:
         if self.metrics is None:

@@ -9,16 +9,23 @@ monospaced look of a fax machine's printout, so it reads the same printed in bla
 All text is real text (fpdf2's core fonts), so it can be searched and read by programs.
 
 `render_transmission_report` is pure (values and a picture in, PDF bytes out);
-`transmission_attachment` gathers those values from a job and its fax and locks the result like
-the document under "encrypted-pdf" (under "none" it goes without the picture of page 1). Both
-block (rendering): run them in a thread.
+`transmission_of` gathers those values from a job and its fax. Rendering (page 1 by pdfium,
+the page by fpdf: ~17 ms a report, the largest piece of a fax's CPU in the daemon) runs in a
+document worker process (`render_in_worker`, the worker's side `render_report`), off the
+daemon's event loop and GIL; `transmission_attachment` then locks the result like the document
+under "encrypted-pdf", in the daemon, which alone has the password (under "none" the report
+goes without the picture of page 1).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from fpdf import FPDF
 from PIL import Image
@@ -26,7 +33,9 @@ from PIL import Image
 from gateway import log
 from gateway.config import Config
 from gateway.document import kinds
+from gateway.document.mime import DocumentError
 from gateway.document.preview import first_page_image
+from gateway.document.workers import DocumentWorkers, WorkerDied
 from gateway.mailout.message import MailAttachment
 from gateway.mailout.privacy import Privacy, protect
 from gateway.numbers import pretty
@@ -62,21 +71,30 @@ class Transmission:
     job_id: str
     attempts: int | None
 
+    def to_wire(self) -> dict[str, Any]:
+        """As JSON values, for a document worker (the moment as a timestamp and its zone's
+        name: the printout names the zone as notify.timezone does)."""
+        data = dataclasses.asdict(self)
+        if self.moment is not None:
+            data["moment"] = [self.moment.timestamp(), getattr(self.moment.tzinfo, "key", "UTC")]
+        return data
 
-def transmission_attachment(
-    config: Config,
-    job: Job,
-    fax: Fax,
-    *,
-    moment: datetime | None,
-    description: str,
-    privacy: Privacy,
-    document: tuple[bytes, str] | None,
-) -> MailAttachment | None:
-    """The report on `fax` (final) as `transmission-report-<digits>.pdf`, or None (logged)
-    if it cannot be made. `document` is the document sent (bytes, type), None when it is gone
-    or the privacy mode keeps its content out of the mail."""
-    transmission = Transmission(
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Transmission:
+        fields = dict(data)
+        if fields["moment"] is not None:
+            stamp, zone = fields["moment"]
+            fields["moment"] = datetime.fromtimestamp(
+                stamp, UTC if zone == "UTC" else ZoneInfo(zone)
+            )
+        return cls(**fields)
+
+
+def transmission_of(
+    config: Config, job: Job, fax: Fax, *, moment: datetime | None, description: str
+) -> Transmission:
+    """What the report on `fax` (final) says, `moment` printed in notify.timezone."""
+    return Transmission(
         delivered=fax.state is FaxState.DELIVERED,
         moment=moment.astimezone(config.notify.zone) if moment else None,
         sender=job.sender,
@@ -91,23 +109,71 @@ def transmission_attachment(
         job_id=job.id,
         attempts=fax.carrier_attempts,
     )
-    page1, note = None, "Page 1 is not shown: this report goes without the document's content."
-    if privacy.carries_document:
-        page1, note = _page1(job, document)
+
+
+# Why page 1 is missing, where the privacy mode keeps the document's content out of the mail.
+WITHOUT_CONTENT = "Page 1 is not shown: this report goes without the document's content."
+
+
+def render_report(
+    transmission: Transmission,
+    document: tuple[bytes, str] | None,
+    *,
+    paper: str,
+    carries_document: bool,
+) -> bytes:
+    """The report's PDF (blocking: a document worker's task). `document` is the document sent
+    (bytes, type), None when it is no longer kept; its page 1 is shown when `carries_document`."""
+    page1, note = None, WITHOUT_CONTENT
+    if carries_document:
+        page1, note = _page1(transmission.job_id, document)
+    return render_transmission_report(transmission, page1, paper=paper, without_page1=note)
+
+
+async def render_in_worker(
+    documents: DocumentWorkers,
+    config: Config,
+    job: Job,
+    fax: Fax,
+    *,
+    moment: datetime | None,
+    description: str,
+    privacy: Privacy,
+) -> MailAttachment | None:
+    """The report on `fax` (final) as `transmission-report-<digits>.pdf`, rendered in a
+    document worker and locked as `privacy` says, or None (logged) if it cannot be made: the
+    report mail goes without it. WorkersStopped (the daemon is stopping) is raised."""
+    transmission = transmission_of(config, job, fax, moment=moment, description=description)
     try:
-        data = render_transmission_report(
-            transmission, page1, paper=config.fax.paper, without_page1=note
+        data = await documents.transmission_report(
+            transmission,
+            document_path=job.document_path if privacy.carries_document else None,
+            document_type=job.document_type,
+            paper=config.fax.paper,
+            carries_document=privacy.carries_document,
         )
-        digits = "".join(c for c in fax.recipient if c.isdigit())
+    except (WorkerDied, DocumentError, OSError, RuntimeError) as exc:
+        logger.warning("report.transmission_report_failed", job_id=job.id, error=_reason(exc))
+        return None
+    return await asyncio.to_thread(transmission_attachment, fax, data, privacy, job.id)
+
+
+def transmission_attachment(
+    fax: Fax, data: bytes, privacy: Privacy, job_id: str
+) -> MailAttachment | None:
+    """The rendered report `data` as the mail's attachment, encrypted under "encrypted-pdf"
+    (blocking); None (logged) if that fails: never in clear where it must be locked."""
+    digits = "".join(c for c in fax.recipient if c.isdigit())
+    try:
         return protect(
             MailAttachment(f"transmission-report-{digits}.pdf", kinds.PDF, data), privacy
         )
     except Exception as exc:
-        logger.warning("report.transmission_report_failed", job_id=job.id, error=_reason(exc))
+        logger.warning("report.transmission_report_failed", job_id=job_id, error=_reason(exc))
         return None
 
 
-def _page1(job: Job, document: tuple[bytes, str] | None) -> tuple[Image.Image | None, str]:
+def _page1(job_id: str, document: tuple[bytes, str] | None) -> tuple[Image.Image | None, str]:
     """The reduced picture of page 1 of the document sent, or None and why not."""
     if document is None:
         return None, "Page 1 is not shown: the document is no longer kept."
@@ -116,7 +182,7 @@ def _page1(job: Job, document: tuple[bytes, str] | None) -> tuple[Image.Image | 
         # The picture itself, not a PNG of it: fpdf compresses it once, into the report.
         return first_page_image(data, kind, width=PAGE1_WIDTH).convert("L"), ""
     except Exception as exc:
-        logger.warning("report.page1_failed", job_id=job.id, error=_reason(exc))
+        logger.warning("report.page1_failed", job_id=job_id, error=_reason(exc))
         return None, "Page 1 is not shown: the document could not be rendered."
 
 

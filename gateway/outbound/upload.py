@@ -1,4 +1,11 @@
-"""prepared -> uploaded: put the document where the carrier can fetch it, under a signed URL."""
+"""prepared -> uploaded: put the document where the carrier can fetch it, under a signed URL.
+
+A round claims up to UPLOADS_AT_ONCE jobs together (claims.claim_together: they share their
+pickups, and a job interrupted before is claimed alone) and stores their documents at once (an
+S3 PUT is mostly waiting); each job's outcome is its own, and the steps to uploaded that end
+together share one commit (store/commit.py). A surprise in one job is raised once the others'
+outcomes are recorded; its pickup stays counted.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +17,18 @@ from gateway.config import Config
 from gateway.failpoints import failpoint
 from gateway.outbound.defer import defer_job
 from gateway.queue.runner import QueueWorker
-from gateway.queue.schedule import CLAIM_BATCH, Clock, resource_error
+from gateway.queue.schedule import Clock, resource_error
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
 from gateway.store import jobs as store
 from gateway.store.blobs import SharedFiles
+from gateway.store.commit import GroupCommit
 from gateway.store.records import Job, JobState
 
 logger = log.get_logger(__name__)
+
+# Jobs one round claims and uploads at once.
+UPLOADS_AT_ONCE = 4
 
 
 class UploadWorker(QueueWorker):
@@ -30,9 +41,11 @@ class UploadWorker(QueueWorker):
         db: Database,
         clock: Clock = time.time,
         storage: Storage,
+        commits: GroupCommit | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.storage = storage
+        self.commits = commits or GroupCommit(db)
 
     async def next_due(self) -> float | None:
         return await self.db.run(store.next_job_due, JobState.PREPARED)
@@ -42,13 +55,21 @@ class UploadWorker(QueueWorker):
             store.claim_jobs,
             JobState.PREPARED,
             self.schedule.clock(),
-            CLAIM_BATCH,
+            UPLOADS_AT_ONCE,
             self.config.queue.max_pickups,
+            together=True,
         )
-        for job in claimed:
-            with log.bound(job_id=job.id):
-                await self._upload(job)
+        ends = await asyncio.gather(*(self._one(job) for job in claimed), return_exceptions=True)
+        surprises = [end for end in ends if isinstance(end, BaseException)]
+        for surprise in surprises[1:]:
+            logger.error("job.upload_crashed", error=repr(surprise), exc_info=surprise)
+        if surprises:
+            raise surprises[0]  # the runner logs it; that job's pickup stays counted
         return len(claimed)
+
+    async def _one(self, job: Job) -> None:
+        with log.bound(job_id=job.id):
+            await self._upload(job)
 
     async def _upload(self, job: Job) -> None:
         assert job.document_path is not None and job.document_type is not None
@@ -67,8 +88,8 @@ class UploadWorker(QueueWorker):
             # fix; the mail stays queued meanwhile rather than being refused or lost.
             await self._defer(job, f"storage: {exc}", loud=not exc.transient)
             return
-        moved = await self.db.run(
-            store.advance,
+        moved = await self.commits.run(
+            store.advance_in,
             job.id,
             JobState.PREPARED,
             JobState.UPLOADED,

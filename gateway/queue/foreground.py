@@ -1,4 +1,4 @@
-"""Accepting mail goes first: the queue workers' rounds wait while SMTP sessions are in DATA.
+"""Work that goes first: a round of a worker waits while more urgent work is in progress.
 
 The SMTP sessions and every queue worker share one process, one event loop and one GIL, and
 on a small machine the same cores as the document workers. A client waiting for its 250 is
@@ -7,6 +7,15 @@ reports...) can start a round a few milliseconds later. So while any session is 
 (reading the message, its check, its spool write and commit) a worker's next round waits for
 the sessions to finish, at most MAX_WAIT_SECONDS: under a steady stream of mail the pipeline
 slows down and never stops, and with no mail arriving nothing waits at all.
+
+The same rule, one level down, between the workers (queue/runner.py `front`): the stages on
+the way from a 250 to the carrier's POST /faxes (prepare, upload, submit) are foreground work
+for the ones behind them (events, reports, the outbox, cleanup...). A front stage is marked
+busy from the start of a round until a round of it finds nothing (`mark`), so while a burst
+is on its way to the carrier the other workers wait up to FRONT_MAX_WAIT_SECONDS before
+each round, and before each item of a round (`give_way`, which their loops call between
+items: their rounds are batches of up to 50): they go on, more slowly, and catch up once the
+front stages are idle. Nothing is claimed while a worker waits, so nothing waits with a claim.
 """
 
 from __future__ import annotations
@@ -14,10 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 # The longest a round waits for DATA to end: a bound on what a flood of mail costs the
 # pipeline per round, far below a round's own cost of a store commit or an HTTP call.
 MAX_WAIT_SECONDS = 0.05
+# The longest a back stage's round waits for the front stages: long beside a front round (a
+# few ms an item), short enough that a backlog behind them still moves (the events worker's
+# 50 a round make 200 events a second) and that an idle front stage costs it nothing.
+FRONT_MAX_WAIT_SECONDS = 0.25
 
 
 class Foreground:
@@ -26,8 +40,19 @@ class Foreground:
     def __init__(self, max_wait: float = MAX_WAIT_SECONDS) -> None:
         self.max_wait = max_wait
         self.active = 0
+        self._marked: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def busy_now(self) -> bool:
+        return self.active > 0 or bool(self._marked)
+
+    def _update(self) -> None:
+        if self.busy_now:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
@@ -38,12 +63,38 @@ class Foreground:
             yield
         finally:
             self.active -= 1
-            if self.active == 0:
-                self._idle.set()
+            self._update()
+
+    def mark(self, name: str, busy: bool) -> None:
+        """Foreground work that spans several steps under one name (a front stage with items
+        left): busy from `mark(name, True)` until `mark(name, False)`."""
+        if busy:
+            self._marked.add(name)
+        else:
+            self._marked.discard(name)
+        self._update()
 
     async def quiet(self) -> None:
         """Until no foreground work is in progress, or `max_wait` seconds."""
-        if self.active == 0:
+        if not self.busy_now:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.max_wait)
+
+
+# The work the current worker gives way to between its items (set by queue/runner.py in the
+# task of each worker behind the front stages; unset elsewhere: tests, one-off commands).
+_GIVE_WAY_TO: ContextVar[Foreground | None] = ContextVar("gateway_give_way_to", default=None)
+
+
+def giving_way_to(foreground: Foreground) -> None:
+    """The current task's worker gives way to `foreground` between its items."""
+    _GIVE_WAY_TO.set(foreground)
+
+
+async def give_way() -> None:
+    """Between two items of a round: wait while work that goes first is in progress, at most
+    its bound (no wait at all outside a worker behind the front stages)."""
+    foreground = _GIVE_WAY_TO.get()
+    if foreground is not None:
+        await foreground.quiet()

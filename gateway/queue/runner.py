@@ -35,7 +35,7 @@ from typing import ClassVar, Protocol
 from gateway import log
 from gateway.config import Config
 from gateway.queue.backoff import Random, backoff_delay
-from gateway.queue.foreground import Foreground
+from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, giving_way_to
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
 from gateway.store.claims import Taken, hand_back, round_of_claims
@@ -102,13 +102,16 @@ class Runner:
         db: Database | None = None,
         feeds: Mapping[str, Sequence[str]] | None = None,
         foreground: Foreground | None = None,
+        front: Sequence[str] = (),
     ) -> None:
         """`db`: the store the workers claim from, where a round a store outage interrupted
         hands its claims back (None: rounds are not noted). `feeds`: for a worker whose
         finished items are only some others' work, their names (a round that handled
         something wakes just those; a worker not listed wakes every other). `foreground`: work
         that goes first (SMTP sessions in DATA): a round waits while it is busy, within its
-        bound."""
+        bound. `front`: the workers whose work goes before the others' (the stages on the way
+        to the carrier): while one of them has items, the others' rounds wait, each at most
+        FRONT_MAX_WAIT_SECONDS (queue/foreground.py)."""
         names = [worker.name for worker in workers]
         if len(set(names)) != len(names):
             raise ValueError(f"worker names must be unique: {names}")
@@ -123,6 +126,8 @@ class Runner:
         self._wakeups = {worker.name: asyncio.Event() for worker in self.workers}
         self.feeds = {name: tuple(names) for name, names in (feeds or {}).items()}
         self.foreground = foreground
+        self.front = frozenset(front)
+        self._front = Foreground(max_wait=FRONT_MAX_WAIT_SECONDS)
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -193,11 +198,18 @@ class Runner:
         wakeup = self._wakeups[worker.name]
         failures = 0
         interrupted: list[Taken] = []
+        front = worker.name in self.front
+        if self.front and not front:
+            giving_way_to(self._front)  # this task's: between the items of each round too
         while not self._stopping.is_set():
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
             if self.foreground is not None:
                 await self.foreground.quiet()
+            if self.front and not front:
+                await self._front.quiet()
+            # A front stage is busy from its round's start until a round finds nothing.
+            self._front.mark(worker.name, front)
             try:
                 # Raises while the store is still away: the worker pauses as for any failure.
                 interrupted = await self._hand_back(interrupted)
@@ -208,6 +220,7 @@ class Runner:
                     finally:
                         interrupted = round_.interrupted()
             except Exception:
+                self._front.mark(worker.name, False)
                 failures += 1
                 pause = backoff_delay(failures, self.error_pause, self.max_error_pause)
                 logger.exception("worker.crashed", failures=failures, pause=round(pause, 3))
@@ -229,7 +242,9 @@ class Runner:
                 # More may be due; yield so one busy queue cannot starve the loop.
                 await asyncio.sleep(0)
                 continue
+            self._front.mark(worker.name, False)
             await self._wait_any(wakeup, await self._idle_seconds(worker))
+        self._front.mark(worker.name, False)
         if interrupted:
             # Stopping: a last try, so that another node need not wait out the leases.
             with contextlib.suppress(Exception):

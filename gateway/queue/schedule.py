@@ -39,10 +39,13 @@ from gateway.queue.backoff import Random, backoff_delay
 
 Clock = Callable[[], float]
 
-# Items a stage claims per pickup. Claiming counts a pickup on each item, and a pickup that
+# Items a stage claims per pickup, where each claim's items are worked on one by one (submit:
+# each POST slot claims its own). Claiming counts a pickup on each item, and a pickup that
 # does not finish (a crash, a kill, a stop past its timeout) counts toward holding the item for
 # an operator: claimed ten at a time, an interruption during the first would charge the nine
-# not even started, and a few restarts during a slow carrier would hold a whole backlog.
+# not even started, and a few restarts during a slow carrier would hold a whole backlog. A
+# stage that works on a batch at once claims it with claims.claim_together instead (prepare,
+# upload, events): an item interrupted before is claimed alone, so only the culprit is held.
 CLAIM_BATCH = 1
 
 # The words of the discipline (see the module docstring), for log events and metric labels.

@@ -231,6 +231,49 @@ def claim(
     return Claimed(claimed, held)
 
 
+def claim_together(
+    conn: sqlite3.Connection,
+    queue: QueueTable,
+    *,
+    where: str,
+    params: Sequence[Any],
+    now: float,
+    limit: int,
+    max_pickups: int,
+    order: str | None = None,
+    **options: Any,
+) -> Claimed:
+    """claim() for a batch worked on together (one round of a stage: one claim, its outcomes
+    committed together), whose items therefore share their pickups.
+
+    A crash while working on one item charges every item claimed with it. So an item that was
+    interrupted before (pickups > 0) is claimed alone, and a batch holds only items never
+    interrupted: an item that kills the process charges its batch-mates once, after which
+    each is claimed alone, and only the culprit goes on to be held. With max_pickups 1 that
+    single charge would hold the innocent: every claim is of one item then. The order is the
+    queue's, so the item claimed alone is the one next in line.
+    """
+    table, pickups = queue.table, queue.pickups
+    first = conn.execute(
+        f"SELECT {table}.{pickups} FROM {options.get('source') or table}"
+        f" WHERE ({where}) AND {table}.{queue.due} <= ?"
+        f" ORDER BY {order or f'{table}.{queue.due}, {table}.id'} LIMIT 1",
+        (*params, now),
+    ).fetchone()
+    alone = limit <= 1 or max_pickups <= 1 or first is None or first[0] > 0
+    return claim(
+        conn,
+        queue,
+        where=where if alone else f"({where}) AND {table}.{pickups} = 0",
+        params=params,
+        now=now,
+        limit=1 if alone else limit,
+        max_pickups=max_pickups,
+        order=order,
+        **options,
+    )
+
+
 def next_due(
     conn: sqlite3.Connection,
     queue: QueueTable,

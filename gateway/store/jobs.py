@@ -28,7 +28,7 @@ from gateway.log import get_logger
 from gateway.queue.schedule import crash_message
 from gateway.store import attempts, blobs
 from gateway.store.blobs import File
-from gateway.store.claims import QueueTable, claim, next_due
+from gateway.store.claims import QueueTable, claim, claim_together, next_due
 from gateway.store.db import transaction
 from gateway.store.records import (
     FINAL,
@@ -247,18 +247,22 @@ def claim_jobs(
     now: float | None = None,
     limit: int = 10,
     max_pickups: int = 3,
+    *,
+    together: bool = False,
 ) -> list[Job]:
     """Due jobs in `state`, oldest due first, each with one more pickup counted.
 
     A job whose earlier pickups never finished (`max_pickups` of them: the process died while
     working on it each time) is held instead of returned, with the reason as its error.
+    `together`: a stage's batch, worked on at once, whose jobs share their pickups
+    (claims.claim_together: a job interrupted before is claimed alone).
     """
     state = JobState(state)
     if state not in PIPELINE:
         raise ValueError(f"jobs in state {state} are not work for a stage")
     now = _now(now)
     with transaction(conn, row_locks=True):
-        claimed = claim(
+        claimed = (claim_together if together else claim)(
             conn,
             JOBS,
             where="state = ?",
@@ -315,6 +319,22 @@ def advance(
     `columns` (document_path=..., document_url=...) are set in the same statement; `files`
     (the prepared document) are kept in the store in the same transaction if the job moved.
     """
+    with transaction(conn):
+        return advance_in(conn, job_id, from_state, to_state, now=now, files=files, **columns)
+
+
+def advance_in(
+    conn: sqlite3.Connection,
+    job_id: str,
+    from_state: JobState,
+    to_state: JobState,
+    *,
+    now: float | None = None,
+    files: Sequence[File] = (),
+    **columns: Any,
+) -> bool:
+    """advance inside the caller's transaction (a stage's outcomes committed together:
+    store/commit.py)."""
     unknown = set(columns) - _ADVANCE_COLUMNS
     if unknown:
         raise ValueError(f"advance cannot set {sorted(unknown)}")
@@ -327,15 +347,14 @@ def advance(
     if stamp is not None:
         values[stamp] = now
     assignments = "".join(f", {name} = ?" for name in values)
-    with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE jobs SET state = ?, attempts = 0, pickups = 0, next_attempt_at = 0,"
-            f" error = NULL, updated_at = ?{assignments} WHERE id = ? AND state = ?",
-            (JobState(to_state), now, *values.values(), job_id, JobState(from_state)),
-        )
-        moved = cursor.rowcount == 1
-        if moved:
-            blobs.put(conn, files, now)
+    cursor = conn.execute(
+        "UPDATE jobs SET state = ?, attempts = 0, pickups = 0, next_attempt_at = 0,"
+        f" error = NULL, updated_at = ?{assignments} WHERE id = ? AND state = ?",
+        (JobState(to_state), now, *values.values(), job_id, JobState(from_state)),
+    )
+    moved = cursor.rowcount == 1
+    if moved:
+        blobs.put(conn, files, now)
     return moved
 
 

@@ -8,8 +8,8 @@ processes of their own (tests/bench/baselines.py), measured in the same run:
    that writes + fsyncs each message before its 250 (the targets use the durable one);
 2. burst: N messages sent at once, faxes a second from the first 250 to the last POST /faxes,
    against the durable accept rate;
-3. 250 -> POST /faxes at a steady 20 msg/s, 100 KB, local storage and SeaweedFS S3, against
-   the same latency of single messages on an idle daemon;
+3. 250 -> POST /faxes at a steady 20 msg/s, 100 KB, local storage and SeaweedFS S3 (after a
+   warm-up at that rate), against the same latency of single messages on an idle daemon;
 4. webhooks answered 200 after their durable store, 10 connections, a new fax id each, against
    a bare aiohttp JSON endpoint; p50/p99 beside it, and the daemon's CPU time per webhook
    (the answer and the events worker's verification) against the bare endpoint's;
@@ -80,8 +80,9 @@ def _median(values: list[float]) -> float:
 
 
 def _settle(daemon: Daemon, timeout: float = 120.0) -> None:
-    """Wait until every job is final and the carrier has nothing running: the next figure
-    starts from an idle daemon."""
+    """Wait until every job is final, every final fax reported and its mail sent, and the
+    carrier has nothing running: the next figure starts from an idle daemon (the reports of
+    one figure's faxes are not left to run during the next)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sqlite3.connect(daemon.store_path) as conn:
@@ -91,7 +92,10 @@ def _settle(daemon: Daemon, timeout: float = 120.0) -> None:
             unsent = conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[
                 0
             ]
-        if busy == 0 and unsent == 0 and daemon.sandbox.busy() == 0:
+            unreported = conn.execute(
+                "SELECT count(*) FROM faxes WHERE finished_at IS NOT NULL AND reported_at IS NULL"
+            ).fetchone()[0]
+        if busy == 0 and unsent == 0 and unreported == 0 and daemon.sandbox.busy() == 0:
             return
         time.sleep(0.1)
     raise RuntimeError(f"the daemon did not settle in {timeout} s")
@@ -251,6 +255,12 @@ async def latency(work: Path, sizes: Sizes, storage: str) -> list[Result]:
     try:
         with Daemon(work / f"latency-{storage}", overrides, env=env) as daemon:
             idle = await _latencies(daemon, load.mails(5, document, tag="idle-"), None)
+            await asyncio.to_thread(_settle, daemon)
+            # Warmed up at the same rate over the same sessions first: the document worker
+            # pool grows to the sessions' concurrency on demand (a process and its imports,
+            # ~0.7 s of CPU each), which a daemon under a steady load has done long before;
+            # cold, the quick run's 20 messages measured those starts, not the steady state.
+            await _latencies(daemon, load.mails(2 * SESSIONS, document, tag="warm-"), 20.0)
             await asyncio.to_thread(_settle, daemon)
             steady = await _latencies(daemon, load.mails(sizes.steady, document), 20.0)
             await asyncio.to_thread(_settle, daemon)
