@@ -18,6 +18,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from gateway import log
 from gateway.fsutil import PRIVATE_FILE, fsync_dir, make_private_dirs
 from gateway.store.schema import MIGRATIONS
+from gateway.store.thread import StoreThread
 
 logger = log.get_logger(__name__)
 
@@ -142,7 +143,8 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        # One thread for the connection; the writes a client waits on go first (store/thread.py).
+        self._executor = StoreThread("store")
         self._conn: sqlite3.Connection | None = None
         # The reader (`read`): opened on its thread at its first use, after `open` migrated.
         self._reader_executor: ThreadPoolExecutor | None = None
@@ -171,6 +173,17 @@ class Database:
         loop = asyncio.get_running_loop()
         call = partial(fn, self.conn, *args, **kwargs)
         return await loop.run_in_executor(self._executor, contextvars.copy_context().run, call)
+
+    async def run_first(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`run`, ahead of the calls queued with `run` that have not started: for the writes a
+        client is waiting on (store/commit.py's batches: a 250, a webhook's 200), which would
+        otherwise wait behind the queue workers' transactions."""
+        loop = asyncio.get_running_loop()
+        call = partial(fn, self.conn, *args, **kwargs)
+        future = self._executor.submit_first(contextvars.copy_context().run, call)
+        return await asyncio.wrap_future(future, loop=loop)
 
     def run_sync(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
