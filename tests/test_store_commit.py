@@ -161,9 +161,7 @@ async def test_a_read_sees_each_commit_and_waits_for_no_write(
 
         holding = asyncio.ensure_future(db.run(hold))
         try:
-            count = await asyncio.wait_for(
-                db.read(faxes_sent_since, "alice@example.com", since), 5
-            )
+            count = await asyncio.wait_for(db.read(faxes_sent_since, "alice@example.com", since), 5)
             assert count == 1 and not holding.done()
         finally:
             released.set()
