@@ -170,3 +170,38 @@ def test_premium_prefixes_spare_every_faxable_example_number() -> None:
                     continue
                 e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
                 assert not is_premium_rate(e164), (region, kind, e164)
+
+
+def test_one_reading_answers_as_the_three_separate_ones() -> None:
+    """read_fax_number's premium-rate and country answers, from its one parse, are those
+    is_premium_rate and region_of give the E.164 it returns, for libphonenumber's example of
+    every number type in every region, written nationally and internationally, strict and
+    not; known_number gives the same for the E.164 itself."""
+    import phonenumbers
+    from phonenumbers import PhoneNumberType
+
+    from gateway.numbers import known_number, read_fax_number
+
+    kinds = [getattr(PhoneNumberType, n) for n in dir(PhoneNumberType) if n.isupper()]
+    compared = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in kinds:
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+            e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            for text, country in ((national, region), (e164, "US"), (e164.lstrip("+"), "US")):
+                for strict in (True, False):
+                    try:
+                        number = read_fax_number(text, country, strict=strict)
+                    except NumberError:
+                        continue
+                    read = number.e164
+                    assert (number.premium, number.region) == (
+                        is_premium_rate(read),
+                        region_of(read),
+                    )
+                    assert known_number(read) == number
+                    compared += 1
+    assert compared > 1_000

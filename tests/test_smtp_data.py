@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config
-from gateway.smtp.data import DataParser, Overrun
+from gateway.smtp.data import INLINE_BYTES, DataParser, Overrun, Received, receive
+from gateway.store.spool import Spool
 from tests import samples
 from tests.servers.smtp import running_smtp
 
@@ -214,3 +215,42 @@ async def test_too_much_data_is_read_to_its_end_and_refused(
     assert replies[-2].startswith(b"552"), replies
     assert replies[-1].startswith(b"221"), replies
     assert left == []
+
+
+@pytest.mark.parametrize("size", [10_000, INLINE_BYTES + 10_000])
+async def test_a_small_message_is_held_and_a_larger_one_drafted(tmp_path: Path, size: int) -> None:
+    """Below INLINE_BYTES the message is held (its bytes are what the check reads, no temp
+    file is made); above, it is in a draft; either way `keep` makes the same spool file."""
+    message = b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * (size // 80)
+    reader = asyncio.StreamReader()
+    reader.feed_data(_stuffed(message) + b".\r\n")
+    spool = Spool(tmp_path / "spool")
+    received = await receive(reader, spool, size_limit=None, line_limit=LINE_LIMIT)
+    assert isinstance(received, Received)
+    temp_files = list(spool.root.iterdir()) if spool.root.exists() else []
+    if size < INLINE_BYTES:
+        assert received.draft is None and received.document == message
+        assert temp_files == []
+    else:
+        assert received.draft is not None and received.document == received.draft.path
+        assert len(temp_files) == 1
+    kept = await asyncio.to_thread(received.keep, "job1")
+    await received.close()
+    assert kept == spool.path_for("job1") and kept.read_bytes() == message
+    assert list(spool.root.iterdir()) == [kept]
+
+
+async def test_a_message_just_past_the_inline_size_goes_through(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """A message of a few hundred KB (drafted) and a small one (held) are both answered 250
+    and spooled as sent."""
+    small = samples.mail(samples.attachment(samples.pdf(1), "a.pdf"))
+    larger = samples.mail(samples.attachment(samples.pdf(1) + b"%" * INLINE_BYTES, "b.pdf"))
+    assert len(small) < INLINE_BYTES < len(larger)
+    async with running_smtp(make_config(), store_dir=tmp_path) as server:
+        for message in (small, larger):
+            replies = await asyncio.to_thread(pipelined_session, server.port, data_stream(message))
+            assert replies[-2].startswith(b"250 2.0.0 queued as "), replies
+        spooled = sorted(p.read_bytes() for p in (server.config.data.dir / "spool").iterdir())
+    assert spooled == sorted([small, larger])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,5 +137,45 @@ async def test_daily_count_leaves_out_jobs_being_committed(tmp_path: Path, exclu
             faxes_sent_since, "alice@example.com", 0.0, [job.id] if excluded else []
         )
         assert count == (0 if excluded else 1)
+    finally:
+        db.close()
+
+
+async def test_a_read_sees_each_commit_and_waits_for_no_write(
+    tmp_path: Path, store_backend: Any
+) -> None:
+    """Database.read counts a grouped commit as soon as it returned, and answers while a long
+    write holds the store's writer thread (SQLite: its own connection and thread; PostgreSQL:
+    the pool)."""
+    db = await store_backend.database(tmp_path).open()
+    try:
+        commits = GroupCommit(db)
+        since = time.time() - 60
+        assert await db.read(faxes_sent_since, "alice@example.com", since) == 0
+        await commits.run(insert_job, _job())
+        assert await db.read(faxes_sent_since, "alice@example.com", since) == 1
+        released = threading.Event()
+
+        def hold(conn: Any) -> None:
+            released.wait(10)  # a commit's fsync, a worker's claim: the writer is busy
+
+        holding = asyncio.ensure_future(db.run(hold))
+        try:
+            count = await asyncio.wait_for(db.read(faxes_sent_since, "alice@example.com", since), 5)
+            assert count == 1 and not holding.done()
+        finally:
+            released.set()
+            await holding
+    finally:
+        await asyncio.to_thread(db.close)
+
+
+async def test_the_reader_never_writes(tmp_path: Path) -> None:
+    """A write given to the SQLite store's reader fails there and changes nothing."""
+    db = await Database(tmp_path / "store.db").open()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await db.read(insert_job, _job())
+        assert _count(db.path, "jobs") == 0
     finally:
         db.close()

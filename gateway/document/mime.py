@@ -427,6 +427,9 @@ def _without_surrogates(text: str) -> str:
 
 def _header_text(part: Message, name: str) -> str:
     """A header decoded for people (encoded words), on one line; raw text if decoding fails."""
+    plain = _plain_text(_source_value(part, name))
+    if plain is not None:
+        return plain
     try:
         value = _parsed(part, name)
         text = "" if value is None else str(value)
@@ -439,7 +442,31 @@ def _header_text(part: Message, name: str) -> str:
     return " ".join(_without_surrogates(text).split())
 
 
+def _plain_text(value: str | None) -> str | None:
+    """policy.default's reading of an unstructured header, for a value that leaves it nothing
+    to do (ASCII without encoded words or line breaks: it would hand back the text itself),
+    on one line; None for any other value, which it reads."""
+    if value is None:
+        return ""
+    if not value.isascii() or "=?" in value or "\r" in value or "\n" in value:
+        return None
+    return " ".join(value.split())
+
+
+def _names_nothing(part: Message) -> bool:
+    """Whether neither Content-Disposition nor Content-Type can hold a filename or name
+    parameter: every parser of them finds a parameter by its lower-cased name, so a header
+    whose lower-cased text lacks "name" has none (RFC 2231's "filename*0*" has it too)."""
+    for header in ("content-disposition", "content-type"):
+        value = _source_value(part, header)
+        if value is not None and "name" in value.lower():
+            return False
+    return True
+
+
 def _filename(part: Message) -> str | None:
+    if _names_nothing(part):
+        return None
     name = _param(part, "content-disposition", "filename") or _param(part, "content-type", "name")
     if not name:
         try:

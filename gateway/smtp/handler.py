@@ -1,10 +1,10 @@
 """The policy half of the SMTP server: aiosmtpd calls these hooks at each step of a session.
 
 Relay policy at MAIL, number and toll-fraud checks at RCPT, the document at DATA (read by the
-session into a spool draft, gateway/smtp/data.py; made durable as the job's message while a
-document worker checks it); then the job row committed, the workers woken, and only then
-`250 2.0.0 queued as <id>`. A deliberate refusal is 5xx (4xx where retrying later can succeed);
-anything unexpected is `451 4.3.0` so the client keeps the message and tries again.
+session into a spool draft, or held when small, gateway/smtp/data.py; made durable as the job's
+message while a document worker checks it); then the job row committed, the workers woken, and
+only then `250 2.0.0 queued as <id>`. A deliberate refusal is 5xx (4xx where retrying later can
+succeed); anything unexpected is `451 4.3.0` so the client keeps the message and tries again.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ class FaxHandler:
             transaction.open = False
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        # The message, read by the session into a spool draft (gateway/smtp/data.py).
+        # The message, read by the session into a spool draft or held (gateway/smtp/data.py).
         received = getattr(server, "received", None)
         # Document work costs memory and CPU per message (a 24 MB message, a large image): at
         # most smtp.max_concurrent_data at once; past that the client tries again later.
@@ -383,11 +383,11 @@ class FaxHandler:
             if self._storage_short(2 * received.size):
                 refusal = Refusal(Reason.NO_STORAGE, replies.INSUFFICIENT_STORAGE)
                 return self._refuse("data", refusal, server, sender=transaction.sender)
-            # The draft is made durable as the job's message (fsync, link, fsync of the
-            # directory) while the worker reads it: the disk's wait and the check overlap
-            # instead of following each other. A refused message's file is removed again.
+            # The message is made durable as the job's (fsync, link, fsync of the directory)
+            # while the worker reads it: the disk's wait and the check overlap instead of
+            # following each other. A refused message's file is removed again.
             job_id = new_job_id()
-            spooling = asyncio.ensure_future(asyncio.to_thread(received.draft.keep, job_id))
+            spooling = asyncio.ensure_future(asyncio.to_thread(received.keep, job_id))
             # In a worker process with a memory and time budget (gateway/document/workers.py):
             # a message that costs too much to read is refused, not allowed to take the daemon.
             try:
@@ -395,7 +395,7 @@ class FaxHandler:
                 # Office files are converted now, before the 250, so a file LibreOffice cannot
                 # read is refused naming it; the PDFs are spooled with the message.
                 checked = await self.documents.check(
-                    received.path,
+                    received.document,
                     cover=self.config.cover.for_message(settings.cover, settings.cover_template),
                     office=self.office,
                 )
@@ -500,7 +500,7 @@ class FaxHandler:
                 # files are the truth: nothing is read back for it.)
                 files: list[File] = []
                 if self.db.shared:
-                    raw = await asyncio.to_thread(spool_path.read_bytes)
+                    raw = received.data or await asyncio.to_thread(spool_path.read_bytes)
                     files = [(spool_path, raw)] + [
                         (self.spool.converted_path(job_id, index), pdf)
                         for index, pdf in checked.converted.items()

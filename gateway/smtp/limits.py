@@ -74,15 +74,20 @@ class DailyLimit:
 
     async def check(self, *, sender: str, user: str | None, limit: int) -> OverLimit | None:
         """Whether one more fax for `sender` (logged in as `user`) passes `limit`; call it
-        holding `lock`. The numbers of open transactions count, the caller's own too."""
+        holding `lock`. The numbers of open transactions count, the caller's own too.
+
+        The store's count is read on its reader (`Database.read`): every session's RCPT waits
+        for this lock, which must not be held while the read queues behind the store thread's
+        commits. A job whose transaction was closed was committed before, so the reader sees it;
+        one still being committed is counted from memory."""
         since = time.time() - DAY_SECONDS
         lowered = sender.lower()
         committing = self.open_work.committing()
-        sent = await self.db.run(faxes_sent_since, lowered, since, committing)
+        sent = await self.db.read(faxes_sent_since, lowered, since, committing)
         sent += self.open_work.open_for_sender(lowered)
         reply = replies.daily_limit(sender, limit)
         if sent < limit and user is not None and user.lower() != lowered:
-            sent = await self.db.run(faxes_sent_by_user_since, user, since, committing)
+            sent = await self.db.read(faxes_sent_by_user_since, user, since, committing)
             sent += self.open_work.open_for_user(user)
             reply = replies.daily_limit_user(user, limit)
         if sent >= limit:

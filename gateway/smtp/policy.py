@@ -127,13 +127,13 @@ class RelayPolicy:
         E.164 form if it may be dialled, else why not (the toll-fraud guard included)."""
         country = self.config.smtp.default_country
         try:
-            e164 = numbers.parse_fax_number(local, country, strict=self._strict)
+            number = numbers.read_fax_number(local, country, strict=self._strict)
         except numbers.NumberError as exc:
             return self._toll_fraud_refusal(local) or Refusal(
                 Reason.BAD_NUMBER, replies.bad_number(str(exc))
             )
-        refusal = self.check_destination(e164)
-        return refusal if refusal is not None else e164
+        refusal = self._destination_refusal(number)
+        return refusal if refusal is not None else number.e164
 
     def _toll_fraud_refusal(self, local: str) -> Refusal | None:
         """For a number strict checking refused: the blocked-prefix or premium-rate refusal its
@@ -152,6 +152,10 @@ class RelayPolicy:
 
     def check_destination(self, e164: str) -> Refusal | None:
         """The toll-fraud guard: blocked prefixes, premium rate, allowed countries."""
+        return self._destination_refusal(numbers.known_number(e164))
+
+    def _destination_refusal(self, number: numbers.FaxNumber) -> Refusal | None:
+        e164 = number.e164
         for prefix in self.config.fax.blocked_prefixes:
             if e164.startswith(prefix):
                 return Refusal(
@@ -165,14 +169,14 @@ class RelayPolicy:
         # them on purpose (an operator who must reach one can ask for an explicit setting).
         # is_premium_rate knows the premium ranges by prefix too (numbers.PREMIUM_PREFIXES), so
         # this holds with number_check = "possible", where libphonenumber's type says nothing.
-        if numbers.is_premium_rate(e164):
+        if number.premium:
             return Refusal(
                 Reason.PREMIUM_RATE,
                 replies.destination_refused(f"{e164} is a premium-rate number"),
             )
         allowed = self.config.allowed_countries
         if "*" not in allowed:
-            region = _region(e164)
+            region = _region(e164, number.region)
             if region not in allowed:
                 where = "a non-geographic number" if region in ("ZZ", "001") else f"in {region}"
                 return Refusal(
@@ -192,11 +196,11 @@ def _is_text(value: str) -> bool:
     return True
 
 
-def _region(e164: str) -> str:
-    """The country of a number; for one libphonenumber cannot place (only let through with
-    number_check = "possible", like the fictional +1 555 numbers of a lab), the main country of
-    its calling code, so such numbers stay usable where that country is allowed."""
-    region = numbers.region_of(e164)
+def _region(e164: str, region: str | None) -> str:
+    """The country of a number (`region`, libphonenumber's); for one libphonenumber cannot
+    place (only let through with number_check = "possible", like the fictional +1 555 numbers
+    of a lab), the main country of its calling code, so such numbers stay usable where that
+    country is allowed."""
     if region is None:
         code = phonenumbers.parse(e164, None).country_code
         region = phonenumbers.region_code_for_country_code(code)

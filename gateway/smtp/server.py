@@ -35,7 +35,7 @@ from gateway.ops.flood import Tally
 from gateway.ops.metrics import Metrics
 from gateway.queue.foreground import Foreground
 from gateway.queue.schedule import resource_error
-from gateway.smtp import data, replies
+from gateway.smtp import data, mailpaths, replies
 from gateway.smtp.auth import AuthThrottle, SmtpAuth, peer_of
 from gateway.smtp.connections import ConnectionLimits, client_key
 from gateway.smtp.handler import FaxHandler
@@ -166,6 +166,17 @@ class GatewaySMTP(SMTP):
         with contextlib.suppress(Exception):
             transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
         transport.close()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's reading of a MAIL or RCPT path, without its header parser for a plain
+        one (gateway/smtp/mailpaths.py)."""
+        plain = mailpaths.plain_path(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        address, rest = plain
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, rest
 
     smtp_NOOP = _junk("NOOP")
     smtp_RSET = _junk("RSET")

@@ -77,7 +77,9 @@ class GroupCommit:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             try:
-                outcomes = await self.db.run(_commit, [write.call for write in batch])
+                # Ahead of the workers' calls on the store's thread: a client waits on these.
+                run = getattr(self.db, "run_first", self.db.run)
+                outcomes = await run(_commit, [write.call for write in batch])
             except BaseException as exc:
                 for write in batch:
                     if not write.future.done():

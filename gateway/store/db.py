@@ -1,4 +1,5 @@
-"""One SQLite connection, used from one thread, with the schema migrated on open."""
+"""One SQLite connection, used from one thread, with the schema migrated on open; and a second,
+read-only one on a thread of its own for the reads that must not wait behind the writes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from gateway import log
 from gateway.fsutil import PRIVATE_FILE, fsync_dir, make_private_dirs
 from gateway.store.schema import MIGRATIONS
+from gateway.store.thread import StoreThread
 
 logger = log.get_logger(__name__)
 
@@ -141,8 +143,12 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        # One thread for the connection; the writes a client waits on go first (store/thread.py).
+        self._executor = StoreThread("store")
         self._conn: sqlite3.Connection | None = None
+        # The reader (`read`): opened on its thread at its first use, after `open` migrated.
+        self._reader_executor: ThreadPoolExecutor | None = None
+        self._reader: sqlite3.Connection | None = None
 
     def open_sync(self) -> Database:
         self._conn = self._executor.submit(connect, self.path).result()
@@ -168,11 +174,53 @@ class Database:
         call = partial(fn, self.conn, *args, **kwargs)
         return await loop.run_in_executor(self._executor, contextvars.copy_context().run, call)
 
+    async def run_first(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`run`, ahead of the calls queued with `run` that have not started: for the writes a
+        client is waiting on (store/commit.py's batches: a 250, a webhook's 200), which would
+        otherwise wait behind the queue workers' transactions."""
+        loop = asyncio.get_running_loop()
+        call = partial(fn, self.conn, *args, **kwargs)
+        future = self._executor.submit_first(contextvars.copy_context().run, call)
+        return await asyncio.wrap_future(future, loop=loop)
+
     def run_sync(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """The same for command-line tools, which have no loop."""
         return self._executor.submit(partial(fn, self.conn, *args, **kwargs)).result()
+
+    async def read(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run the read-only `fn(conn, ...)` on the store's reader: a connection and a thread of
+        its own, so it waits for none of the writes queued on the store's thread (a group
+        commit's fsync, the workers' claims). WAL lets it read while they write; each call
+        sees every transaction committed before it started (a COMMIT that returned, anywhere),
+        none still in progress. For the SMTP session's daily-limit count at RCPT, which holds
+        every session's RCPT while it runs."""
+        if self._conn is None:
+            raise StoreError("store is not open")
+        if self._reader_executor is None:
+            self._reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader")
+        loop = asyncio.get_running_loop()
+        call = partial(self._read, fn, *args, **kwargs)
+        return await loop.run_in_executor(
+            self._reader_executor, contextvars.copy_context().run, call
+        )
+
+    def _read(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        if self._reader is None:
+            reader = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            reader.row_factory = sqlite3.Row
+            # The schema is the writer's (migrated on open); this one must never write.
+            reader.execute("PRAGMA query_only=ON")
+            reader.execute("PRAGMA busy_timeout=30000")
+            self._reader = reader
+        return fn(self._reader, *args, **kwargs)
 
     # -- other nodes: a SQLite store has none (a shared store: store/postgres.py) -------------
 
@@ -187,6 +235,12 @@ class Database:
         return True
 
     def close(self) -> None:
+        if self._reader_executor is not None:
+            if self._reader is not None:
+                reader, self._reader = self._reader, None
+                self._reader_executor.submit(reader.close).result()
+            self._reader_executor.shutdown(wait=True)
+            self._reader_executor = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             self._executor.submit(conn.close).result()

@@ -399,6 +399,19 @@ class PostgresDatabase(Database):
     ) -> T:
         return self._executor.submit(partial(self._call, fn, *args, **kwargs)).result()
 
+    async def run_first(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`run`: the pool's connections do not queue behind one another as SQLite's one does."""
+        return await self.run(fn, *args, **kwargs)
+
+    async def read(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A read-only call: any connection of the pool reads without waiting for the writes
+        (MVCC), so the same as `run`."""
+        return await self.run(fn, *args, **kwargs)
+
     # -- other nodes (store/cluster.py) -------------------------------------------------------
 
     def wake_others(self) -> None:

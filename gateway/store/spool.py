@@ -13,7 +13,8 @@ removal of orphaned messages need nothing else.
 A message arriving over SMTP is written as it is read, into a draft (`Spool.draft`: a temp
 file, `.draft.<random>.tmp`), which `Draft.keep` then makes the job's message the same way
 `write` does; a draft nobody kept is removed with its session, or by the start-up's removal
-of stale temp files after a crash.
+of stale temp files after a crash. A small one (below gateway/smtp/data.py's INLINE_BYTES) is
+held by its session instead and goes through `write` once its job has an id.
 
 Blocking by design (plain file I/O with fsync): async callers use `asyncio.to_thread`.
 """

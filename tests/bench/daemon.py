@@ -68,7 +68,11 @@ class Daemon:
         *,
         env: dict[str, str] | None = None,
         sandbox: Sandbox | None = None,
+        root: Path = ROOT,
     ) -> None:
+        """`root`: the checkout whose `gateway` runs (the working directory comes first on
+        the child's sys.path, before PYTHONPATH)."""
+        self.root = root
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.own_sandbox = sandbox is None
@@ -128,7 +132,7 @@ class Daemon:
         started = time.perf_counter()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root
             )
         deadline = started + READY_TIMEOUT
         while time.perf_counter() < deadline:
