@@ -30,6 +30,7 @@ from gateway.store import jobs as job_store
 from gateway.store import outbox as outbox_store
 from gateway.store.inbound import InboundState
 from gateway.store.records import JobState, NewJob, new_job_id
+from gateway.store.retention import referenced_among
 from gateway.store.spool import Spool
 from tests.conftest import merge, run_cli
 from tests.helpers import Clock
@@ -275,3 +276,18 @@ def test_retention_keys_are_checked(config_data: dict[str, Any]) -> None:
         config_from_dict(merge(config_data, {"data": {"retention_days": -1}}), env={})
     with pytest.raises(ConfigError, match=r"archive_s3_prefix needs storage\.backend"):
         config_from_dict(merge(config_data, {"inbound": {"archive_s3_prefix": "a/"}}), env={})
+
+
+def test_the_sweep_asks_the_rows_about_its_old_files_only(store: Store) -> None:
+    """referenced_among answers with the asked files some row names (each row's path seen
+    through the node's `local`), and nothing of the many rows that name other files."""
+    run = store.db.run_sync
+    named = [store.data.outbox / f"{n}.eml" for n in range(200)]
+    for n, path in enumerate(named):
+        run(outbox_store.enqueue, key=f"k-{n}", kind="failed", recipients=["a@example.com"],
+            message_path=path, now=OLD)  # fmt: skip
+    orphan = store.data.outbox / "orphan.eml"
+    asked = {named[7], orphan}
+    assert run(referenced_among, asked, lambda p: p) == {named[7]}
+    moved = store.data.root / "elsewhere"
+    assert run(referenced_among, {moved / "7.eml"}, lambda p: moved / p.name) == {moved / "7.eml"}

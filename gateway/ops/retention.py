@@ -32,7 +32,7 @@ from gateway.queue.schedule import Clock
 from gateway.store import Database
 from gateway.store.blobs import SharedFiles
 from gateway.store.meta import get_meta, set_meta
-from gateway.store.retention import KINDS, purge_rows, referenced_files
+from gateway.store.retention import KINDS, purge_rows, referenced_among
 from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
@@ -65,11 +65,11 @@ async def purge(
         files = SharedFiles.of(config, db)
         purged.files = await asyncio.to_thread(lambda: [files.local(p) for p in purged.files])
         removed = await asyncio.to_thread(_remove, data, purged.files, dry_run)
-        named = await db.run(referenced_files)
-        kept = await asyncio.to_thread(lambda: {files.local(path) for path in named})
-        swept = await asyncio.to_thread(
-            _sweep, data, min(cutoff, now - SWEEP_MIN_AGE), kept | set(purged.files), dry_run
-        )
+        older = min(cutoff, now - SWEEP_MIN_AGE)
+        stale = await asyncio.to_thread(_stale, data, older)
+        asked = set(stale) | {m for p in stale if (m := Spool.message_of(p)) is not None}
+        kept = await db.run(referenced_among, asked, files.local)
+        swept = await asyncio.to_thread(_sweep, data, stale, kept | set(purged.files), dry_run)
         counts["files"] = removed + swept
     days = config.inbound.archive_retention_days
     if days is not None and Archive.wanted(config.inbound):
@@ -95,24 +95,31 @@ def _remove(data: DataDir, paths: Iterable[Path], dry_run: bool) -> int:
     return removed
 
 
-def _sweep(data: DataDir, older_than: float, kept: set[Path], dry_run: bool) -> int:
-    """Remove files no row names, older than `older_than`, from the gateway's own folders. A
-    spooled message's converted attachments (Spool.write_converted) go with it, not before."""
-    swept = 0
+def _stale(data: DataDir, older_than: float) -> list[Path]:
+    """The files in the gateway's own folders last changed before `older_than`."""
+    found = []
     for folder in (data.spool, data.documents, data.inbound, data.dead_letter, data.outbox):
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if path in kept or (folder == data.spool and Spool.message_of(path) in kept):
-                continue
             try:
-                if not path.is_file() or path.stat().st_mtime >= older_than:
-                    continue
+                if path.is_file() and path.stat().st_mtime < older_than:
+                    found.append(path)
             except FileNotFoundError:
                 continue
-            swept += 1
-            if not dry_run:
-                path.unlink(missing_ok=True)
+    return found
+
+
+def _sweep(data: DataDir, stale: list[Path], kept: set[Path], dry_run: bool) -> int:
+    """Remove the `stale` files no row names (not in `kept`). A spooled message's converted
+    attachments (Spool.write_converted) go with it, not before."""
+    swept = 0
+    for path in stale:
+        if path in kept or (path.parent == data.spool and Spool.message_of(path) in kept):
+            continue
+        swept += 1
+        if not dry_run:
+            path.unlink(missing_ok=True)
     return swept
 
 

@@ -13,12 +13,14 @@ unreferenced files, never a row whose file is gone while it is still needed):
 - inbound: mailed and delivered (no file left), and dead letters with their files.
 
 With `dry_run` nothing is removed: the counts say what would be.
-`referenced_files` lists every file a remaining row still names (the sweep keeps those).
+`referenced_files` lists every file a remaining row still names; `referenced_among` says which
+of some files (the sweep's old ones) a row names, holding only those.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,16 +101,28 @@ def purge_rows(conn: sqlite3.Connection, cutoff: float, *, dry_run: bool = False
 def referenced_files(conn: sqlite3.Connection) -> set[Path]:
     """Every file a row still names: jobs' spool and documents (until cleaned), inbound
     documents, outbox messages."""
-    paths: set[Path] = set()
+    return set(_named(conn))
+
+
+def referenced_among(
+    conn: sqlite3.Connection, candidates: set[Path], local: Callable[[Path], Path]
+) -> set[Path]:
+    """Those of `candidates` some row still names (each row's path seen as this node's copy,
+    `local`). The rows are read as a stream: what is held is bounded by the candidates (the
+    old files on disk), not by the rows, which a busy gateway's outbox alone counts in the
+    hundreds of thousands over its retention days."""
+    return {found for path in _named(conn) if (found := local(path)) in candidates}
+
+
+def _named(conn: sqlite3.Connection) -> Iterator[Path]:
     for row in conn.execute(
         "SELECT spool_path, document_path FROM jobs WHERE files_removed_at IS NULL"
     ):
-        paths.update(Path(p) for p in (row["spool_path"], row["document_path"]) if p)
+        yield from (Path(p) for p in (row["spool_path"], row["document_path"]) if p)
     for row in conn.execute("SELECT file_path FROM inbound WHERE file_path IS NOT NULL"):
-        paths.add(Path(row["file_path"]))
+        yield Path(row["file_path"])
     for row in conn.execute("SELECT message_path FROM outbox"):
-        paths.add(Path(row["message_path"]))
-    return paths
+        yield Path(row["message_path"])
 
 
 def _count(conn: sqlite3.Connection, source: str, params: tuple[object, ...]) -> int:
