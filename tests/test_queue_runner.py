@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from gateway.queue.foreground import Foreground
 from gateway.queue.runner import Runner, run_until_idle
+from gateway.store import Database
+from gateway.store.db import StoreUnavailable
 
 # Long enough that only wake() can explain a prompt run.
 NEVER = 3600.0
@@ -341,3 +344,37 @@ async def test_rounds_wait_while_the_foreground_is_busy_within_the_bound() -> No
         started = loop.time()
         await foreground.quiet()
         assert 0.15 <= loop.time() - started < 1.0
+
+
+async def test_a_round_the_store_failed_runs_again_once_the_store_answers(
+    tmp_path: Path,
+) -> None:
+    """A round that raised StoreUnavailable is not left to its error pause (an hour here): the
+    next round starts once a look at the store finds it answering; another error still
+    pauses the whole time."""
+
+    class StoreAway(Queue):
+        async def run_once(self) -> int:
+            if self.rounds == 0:
+                self.rounds += 1
+                raise StoreUnavailable("postgresql: store unreachable: the test says so")
+            return await super().run_once()
+
+    class Buggy(Queue):
+        async def run_once(self) -> int:
+            self.rounds += 1
+            raise RuntimeError("a bug, not the store")
+
+    db = await Database(tmp_path / "store.db").open()
+    away, buggy = StoreAway("away"), Buggy("buggy")
+    away.items.append("job-1")
+    runner = Runner(
+        [away, buggy], scan_interval=NEVER, error_pause=NEVER, max_error_pause=NEVER, db=db
+    )
+    await runner.start()
+    try:
+        await away.until(lambda: away.handled == ["job-1"])
+        assert buggy.rounds == 1
+    finally:
+        await runner.stop(timeout=WITHIN)
+        db.close()
