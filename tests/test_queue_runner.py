@@ -382,3 +382,20 @@ async def test_a_round_the_store_failed_runs_again_once_the_store_answers(
     finally:
         await runner.stop(timeout=WITHIN)
         db.close()
+
+
+async def test_a_store_lost_after_the_round_does_not_cost_a_scan_interval(
+    runners: StartRunner,
+) -> None:
+    """next_due raising StoreUnavailable (the store went away after the round): the worker
+    looks again within a second, not after its scan interval (an hour here)."""
+
+    class LosesTheStore(Queue):
+        async def next_due(self) -> float | None:
+            if self.rounds == 1:
+                raise StoreUnavailable("postgresql: store unreachable: the test says so")
+            return None
+
+    queue = LosesTheStore()
+    await runners(queue)
+    await queue.until(lambda: queue.rounds >= 2)

@@ -307,6 +307,11 @@ class Runner:
             return self.scan_interval
         try:
             due = await next_due()
+        except StoreUnavailable:
+            logger.exception("worker.next_due_failed")
+            # The store went away after the round: the next round meets the outage too and
+            # waits for the store's return (_store_back), rather than a whole scan interval.
+            return min(_STORE_POLL, self.scan_interval)
         except Exception:
             logger.exception("worker.next_due_failed")
             return self.scan_interval
