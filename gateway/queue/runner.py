@@ -183,7 +183,7 @@ class Runner:
             # Our caller gave up waiting (the daemon's own shutdown timeout): do not leave the
             # loops running behind its back.
             pending = {task for task in tasks if not task.done()}
-            await self._cancel(pending)
+            await self._cancel(pending | self._probe_left())
             raise
         if pending:
             logger.warning(
@@ -192,12 +192,15 @@ class Runner:
                 workers=sorted(name for name, t in self._tasks.items() if t in pending),
             )
             await self._cancel(pending)
-        if self._probe is not None:
-            # No worker waits for it any more (the store may still be down: it would run on).
-            await self._cancel({self._probe})
-            self._probe = None
+        await self._cancel(self._probe_left())
         self._tasks.clear()
         logger.info("workers.stopped")
+
+    def _probe_left(self) -> set[asyncio.Task[Any]]:
+        """The store probe, if one still runs: no worker waits for it once they have ended
+        (the store may still be down, and it would run on)."""
+        probe, self._probe = self._probe, None
+        return {probe} if probe is not None and not probe.done() else set()
 
     async def _cancel(self, tasks: set[asyncio.Task[Any]]) -> None:
         for task in tasks:
