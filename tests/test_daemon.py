@@ -265,6 +265,20 @@ def job_claimed(data: dict[str, Any], job_id: str) -> bool:
     return row is not None and tuple(row) == ("received", 1)
 
 
+def building(daemon: GatewayProcess) -> list[int]:
+    """The daemon's document workers that sit in the `document_prepare=hang` failpoint's
+    sleep (the kernel's wait channel says so): a document is being built, and never will be.
+
+    The claim alone is not enough: it is committed before the job reaches a worker, and a
+    SIGTERM in between stops the daemon before any document work began."""
+    found = []
+    for pid in worker_pids(daemon.proc.pid):
+        with contextlib.suppress(OSError):
+            if "nanosleep" in Path(f"/proc/{pid}/wchan").read_text():
+                found.append(pid)
+    return found
+
+
 def test_kill_9_while_a_document_is_built_leaves_no_worker_and_no_pipe_open(
     daemon_config: Callable[..., tuple[Path, dict[str, Any]]], processes: list[GatewayProcess]
 ) -> None:
@@ -277,6 +291,7 @@ def test_kill_9_while_a_document_is_built_leaves_no_worker_and_no_pipe_open(
     job = submit(smtp_port(data), ["+12015550150"], samples.pdf(1))
     assert job is not None
     wait_until(lambda: job_claimed(data, job), 20, "prepare picks the job up")
+    wait_until(lambda: bool(building(process)), 20, "a worker building the job's document")
     workers = worker_pids(process.proc.pid)
     assert workers, "the daemon has no document worker"
     killed = time.monotonic()
@@ -304,6 +319,7 @@ def test_sigterm_while_a_document_is_built_stops_within_the_bound_and_resumes(
     job = submit(smtp_port(data), ["+12015550151"], samples.pdf(1))
     assert job is not None
     wait_until(lambda: job_claimed(data, job), 20, "prepare picks the job up")
+    wait_until(lambda: bool(building(first)), 20, "a worker building the job's document")
     workers = worker_pids(first.proc.pid)
     asked = time.monotonic()
     assert first.terminate(timeout=15) == 0
