@@ -181,7 +181,8 @@ class _Worker:
         died (a kill the daemon did not send, the OOM killer) is then reaped by that poll,
         before the watcher's own waitpid; the watcher then reports "exit status 255" instead
         of the signal. A pid is not reused before its process is reaped, and only the watcher
-        reaps ours: a worker not reaped yet (returncode None) still owns its pid.
+        reaps ours; returncode is None until the watcher's callback has run, a moment after its
+        waitpid, and a pid comes round again only after the kernel has handed out the others.
         """
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
