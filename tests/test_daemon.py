@@ -65,6 +65,11 @@ class Subprocess:
             self.proc.stdout.close()
 
 
+# How long a daemon may take to log an event it is waiting for, start-up included: only a
+# failure waits this long (a start took over 20 s, daemon.ready never seen, at a load of 12).
+LOG_WITHIN = 60.0
+
+
 class GatewayProcess(Subprocess):
     """`fax-gateway serve` in a subprocess, its JSON log lines collected by a thread."""
 
@@ -81,7 +86,7 @@ class GatewayProcess(Subprocess):
             line = {"event": "raw", "text": raw}
         return line
 
-    def wait_for(self, event: str, timeout: float = 20, **fields: Any) -> dict[str, Any]:
+    def wait_for(self, event: str, timeout: float = LOG_WITHIN, **fields: Any) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
             for line in self.lines:
                 if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
