@@ -167,7 +167,7 @@ async def test_slow_answer_then_retry_succeeds(sandbox: Sandbox, pdf_url: str) -
     async with VoxtelesysClient(sandbox.base_url, sandbox.api_key, retry=FAST) as api:
         fax = await api.send_fax(TO, FROM, pdf_url, None)
         sandbox.slow(10.0, method="GET")
-        api.timeout = 1.0  # long enough for the retry's own answer on a busy machine
+        api.timeout = 3.0  # long enough for the retry's own answer on a busy machine
         assert (await api.get_fax(fax.id)).id == fax.id
 
 

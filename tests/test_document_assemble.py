@@ -193,17 +193,19 @@ def test_validate_too_many_pages_gives_the_numbers() -> None:
 @pytest.mark.parametrize("build", [validate, assemble])
 def test_tiff_with_many_frames_is_refused_before_any_frame_is_decoded(build) -> None:
     """A 20,000-frame TIFF is refused from its IFD chain in well under a second, count named."""
+    # Times here are this thread's CPU (thread_time), not the wall clock a loaded machine
+    # stretches: what they bound is the work done.
     mail = extracted(
         Attachment("a.pdf", "application/pdf", samples.pdf(2)),
         Attachment("many.tif", "image/tiff", samples.tiff_chain(20_000)),
     )
-    started = time.perf_counter()
+    started = time.thread_time()
     with pytest.raises(DocumentError) as caught:
         if build is validate:
             validate(mail, max_pages=50, cover=NO_COVER)
         else:
             assemble(mail, paper="letter", max_pages=50, cover=NO_COVER)
-    elapsed = time.perf_counter() - started
+    elapsed = time.thread_time() - started
     assert caught.value.kind == "too_many_pages"
     assert str(caught.value) == "the fax would have 20002 pages; the limit is 50"
     assert elapsed < 0.5, f"took {elapsed:.2f} s"
@@ -212,10 +214,10 @@ def test_tiff_with_many_frames_is_refused_before_any_frame_is_decoded(build) -> 
 def test_tiff_past_the_frame_ceiling_is_refused_without_a_count() -> None:
     """Past 65,535 frames the walk stops and the error says "more than", still in bounded time."""
     mail = extracted(Attachment("many.tif", "image/tiff", samples.tiff_chain(70_000)))
-    started = time.perf_counter()
+    started = time.thread_time()
     with pytest.raises(DocumentError) as caught:
         validate(mail, max_pages=50, cover=NO_COVER)
-    elapsed = time.perf_counter() - started
+    elapsed = time.thread_time() - started
     assert caught.value.kind == "too_many_pages"
     assert str(caught.value) == "the fax would have more than 65535 pages; the limit is 50"
     assert elapsed < 0.5, f"took {elapsed:.2f} s"
@@ -453,15 +455,15 @@ def test_validate_takes_the_page_count_from_the_page_tree_root() -> None:
     fraction of the time counting them one by one takes."""
     data = samples.pdf(2000)
     mail = extracted(Attachment("big.pdf", "application/pdf", data))
-    started = time.perf_counter()
+    started = time.thread_time()
     with pytest.raises(DocumentError) as caught:
         validate(mail, max_pages=50, cover=NO_COVER)
-    declared = time.perf_counter() - started
+    declared = time.thread_time() - started
     assert caught.value.kind == "too_many_pages"
     assert "2000 pages" in str(caught.value)
-    started = time.perf_counter()
+    started = time.thread_time()
     assert count_pages(data, "application/pdf") == 2000  # every page object read
-    assert declared < (time.perf_counter() - started) / 2
+    assert declared < (time.thread_time() - started) / 2
 
 
 def test_a_pdf_whose_root_understates_its_pages_is_never_built_past_the_limit() -> None:

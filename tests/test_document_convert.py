@@ -154,9 +154,9 @@ def test_a_tiff_of_too_many_frames_is_refused_before_decoding() -> None:
     """20,000 frames past max_pages: TOO_MANY_PAGES in well under a second, nothing decoded
     (decoding them takes several seconds of CPU)."""
     data = samples.tiff_chain(20_000)
-    started = time.monotonic()
+    started = time.thread_time()  # CPU, not wall time: a loaded machine slows the clock
     with pytest.raises(DocumentError, match="more than 250 pages") as caught:
         tiff_to_pdf(data, max_pages=250)
-    assert time.monotonic() - started < 1
+    assert time.thread_time() - started < 1
     assert caught.value.kind == "too_many_pages"
     assert len(PdfReader(io.BytesIO(tiff_to_pdf(samples.tiff(3), max_pages=3))).pages) == 3

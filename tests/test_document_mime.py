@@ -406,10 +406,10 @@ def test_an_encoded_word_bomb_in_the_subject_is_refused_cheaply_and_named() -> N
     malformed, naming the header, before the modern parser sees them; in well under a second."""
     raw = samples.mail(samples.attachment(samples.pdf(1), "a.pdf"))
     raw = raw.replace(b"Subject: Fax", b"Subject: " + _encoded_word_subject(10_000), 1)
-    started = time.monotonic()
+    started = time.thread_time()  # CPU, not wall time: a loaded machine slows the clock
     with pytest.raises(DocumentError) as caught:
         extract(raw)
-    assert time.monotonic() - started < 1.0
+    assert time.thread_time() - started < 1.0
     assert caught.value.kind == "malformed"
     assert "Subject header is too long" in str(caught.value)
 

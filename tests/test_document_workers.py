@@ -27,7 +27,7 @@ from gateway.store.jobs import get_job
 from gateway.store.records import JobState
 from gateway.store.spool import Spool
 from tests import samples
-from tests.helpers import Clock, queued_job
+from tests.helpers import Clock, queued_job, until
 
 pytestmark = pytest.mark.slow  # each test starts worker processes
 
@@ -50,6 +50,22 @@ def alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def hanging(pool: DocumentWorkers) -> None:
+    """Until one of the pool's workers sits in its hang failpoint's sleep (the kernel's wait
+    channel says so): the request reached it, whatever the machine's load."""
+
+    def wait_channel(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/wchan").read_text()
+        except OSError:
+            return ""
+
+    async def sleeping() -> bool:
+        return any("nanosleep" in wait_channel(pid) for pid in pool.pids)
+
+    await until(sleeping, 20)
 
 
 @asynccontextmanager
@@ -116,7 +132,7 @@ async def test_stop_kills_work_in_progress_at_once(
     await pool.start()
     [pid] = pool.pids
     call = asyncio.ensure_future(pool.check(samples.mail()))
-    await asyncio.sleep(0.5)  # the request is on its way; the worker hangs reading it
+    await hanging(pool)
     assert not call.done()
     started = time.monotonic()
     await pool.stop()
@@ -138,7 +154,7 @@ async def test_a_worker_killed_from_outside_is_transient_and_replaced(
         await pool.check(one_page())  # the first pass of the point goes on
         [pid] = pool.pids
         call = asyncio.ensure_future(pool.check(one_page()))
-        await asyncio.sleep(0.5)
+        await hanging(pool)  # busy with the request, not idle
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WorkerDied, match="SIGKILL") as caught:
             await call
@@ -234,7 +250,7 @@ async def test_prepare_stopped_mid_document_gives_the_claim_back(
         await pool.start()
         worker = PrepareWorker(config=config, db=db, clock=Clock(), spool=spool, documents=pool)
         round_ = asyncio.ensure_future(worker.run_once())
-        await asyncio.sleep(0.5)
+        await hanging(pool)  # prepare waits on the worker
         await pool.stop()
         assert await asyncio.wait_for(round_, 5) == 1
         job = await db.run(get_job, job_id)

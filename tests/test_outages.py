@@ -157,6 +157,11 @@ async def test_s3_stopped_and_restarted_under_traffic(
 ) -> None:
     """SeaweedFS stopped while messages arrive, started again: uploads are deferred meanwhile,
     then every fax goes once and is reported once."""
+    # The carrier fetches a document after its POST, from the bucket: a fetch while SeaweedFS
+    # is down fails that fax at the carrier (4203, final with fax.resubmit_attempts = 0), the
+    # carrier's verdict and not this test's subject (the gateway's own uploads). So no POST is
+    # taken from just before the stop until the start, and S3 stops only once every fax the
+    # carrier took has its document.
     (tmp_path / "weed").mkdir()
     weed = _Weed(tmp_path / "weed")  # its own SeaweedFS: the session's serves other tests
     await asyncio.to_thread(weed.start)
@@ -167,6 +172,15 @@ async def test_s3_stopped_and_restarted_under_traffic(
         async with gateway(s3.config_overrides()) as gw:
             traffic = Traffic(gw.smtp.port)
             await until(lambda: traffic.sent() >= 3, 60, "3 messages in")
+            await asyncio.to_thread(
+                sandbox.fail_next, 10**6, status=503, method="POST", path="/api/v1/faxes"
+            )
+
+            def documents_fetched() -> bool:
+                faxes = [f for f in sandbox.faxes() if f["direction"] == "outbound"]
+                return all(f["download"] is not None for f in faxes)
+
+            await until(documents_fetched, 60, "the document of every fax the carrier took")
             await asyncio.to_thread(weed.stop)
 
             async def upload_deferred() -> bool:
@@ -179,6 +193,7 @@ async def test_s3_stopped_and_restarted_under_traffic(
             await until(upload_deferred, 60, "an upload deferred while S3 is down")
             await until(lambda: traffic.sent() >= MESSAGES // 2, 60, "half the messages in")
             await asyncio.to_thread(weed.start)
+            await asyncio.to_thread(sandbox.clear_faults)
             await settled_and_counted(gw, traffic, sandbox, relay_server, "s3 stopped, restarted")
     finally:
         await asyncio.to_thread(weed.stop)

@@ -179,6 +179,10 @@ async def test_faxes_waiting_behind_an_interrupted_post_are_not_charged_a_pickup
     assert sorted(pickups) == [0, 0, 1]
 
 
+# Longer than three other POSTs take on a loaded machine; the test waits for it to end.
+SLOW_POST_SECONDS = 5.0
+
+
 def one_post_at_a_time(config: Config) -> Config:
     voxtelesys = config.voxtelesys.model_copy(update={"max_concurrent_posts": 1})
     return config.model_copy(update={"voxtelesys": voxtelesys})
@@ -190,14 +194,16 @@ async def test_a_slow_post_does_not_hold_the_faxes_behind_it(
     """With the first POST hanging at the carrier, the next faxes are submitted meanwhile
     (voxtelesys.max_concurrent_posts), and each fax is POSTed exactly once."""
     faxes = [(await stage.uploaded_job(f"+1201555014{n}"))[0] for n in range(4)]
-    sandbox.slow(3, method="POST", path="/api/v1/faxes")  # the first POST only
+    sandbox.slow(SLOW_POST_SECONDS, method="POST", path="/api/v1/faxes")  # the first POST only
     running = asyncio.ensure_future(run_until_idle([stage.worker]))
 
     async def three_submitted() -> bool:
         states = [(await stage.fax(fax.id)).state for fax in faxes]
         return states.count(FaxState.SUBMITTED) >= 3
 
-    await until(three_submitted, seconds=2.5)  # well before the slow POST ends
+    await until(three_submitted, seconds=4 * SLOW_POST_SECONDS)
+    # The sandbox logs a request once it is answered: the slow POST is not, it still hangs.
+    assert len(sandbox.requests("/faxes", method="POST")) == 3, "submitted after the slow POST"
     await running
     assert [(await stage.fax(fax.id)).state for fax in faxes] == [FaxState.SUBMITTED] * 4
     assert len(sandbox.requests("/faxes", method="POST")) == 4

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, give_way
 from gateway.queue.runner import Runner, run_until_idle
+from gateway.store import Database
+from gateway.store.db import StoreUnavailable
 
 # Long enough that only wake() can explain a prompt run.
 NEVER = 3600.0
@@ -329,13 +332,17 @@ async def test_a_round_that_handled_something_wakes_only_the_stages_it_feeds(
 async def test_rounds_wait_while_the_foreground_is_busy_within_the_bound() -> None:
     """Foreground.quiet() returns at once when idle, when the busy work ends, and at the
     latest after max_wait while it goes on."""
-    foreground = Foreground(max_wait=0.2)
-    await asyncio.wait_for(foreground.quiet(), 0.05)
+    # A bound of an hour first: returning within seconds can only be the end of the busy work
+    # (or no busy work at all), however slowly a loaded machine runs the loop.
+    foreground = Foreground(max_wait=NEVER)
+    await asyncio.wait_for(foreground.quiet(), WITHIN)
     with foreground.busy():
         waiting = asyncio.ensure_future(foreground.quiet())
-        await asyncio.sleep(0.01)
+        for _ in range(20):  # every task that was ready has run by now
+            await asyncio.sleep(0)
         assert not waiting.done()
-    await asyncio.wait_for(waiting, 0.05)  # ended with the busy work, not at the bound
+    await asyncio.wait_for(waiting, WITHIN)  # ended with the busy work, not at the bound
+    foreground = Foreground(max_wait=0.2)
     loop = asyncio.get_running_loop()
     with foreground.busy():
         started = loop.time()
@@ -442,3 +449,54 @@ async def test_back_stages_give_way_between_the_items_of_a_round(runners: StartR
     await _until_done(prepare, 3)
     await _until_done(outbox, 3)
     assert outbox.done[1][1] >= prepare.done[-1][1]
+
+
+async def test_a_round_the_store_failed_runs_again_once_the_store_answers(
+    tmp_path: Path,
+) -> None:
+    """A round that raised StoreUnavailable is not left to its error pause (an hour here): the
+    next round starts once a look at the store finds it answering; another error still
+    pauses the whole time."""
+
+    class StoreAway(Queue):
+        async def run_once(self) -> int:
+            if self.rounds == 0:
+                self.rounds += 1
+                raise StoreUnavailable("postgresql: store unreachable: the test says so")
+            return await super().run_once()
+
+    class Buggy(Queue):
+        async def run_once(self) -> int:
+            self.rounds += 1
+            raise RuntimeError("a bug, not the store")
+
+    db = await Database(tmp_path / "store.db").open()
+    away, buggy = StoreAway("away"), Buggy("buggy")
+    away.items.append("job-1")
+    runner = Runner(
+        [away, buggy], scan_interval=NEVER, error_pause=NEVER, max_error_pause=NEVER, db=db
+    )
+    await runner.start()
+    try:
+        await away.until(lambda: away.handled == ["job-1"])
+        assert buggy.rounds == 1
+    finally:
+        await runner.stop(timeout=WITHIN)
+        db.close()
+
+
+async def test_a_store_lost_after_the_round_does_not_cost_a_scan_interval(
+    runners: StartRunner,
+) -> None:
+    """next_due raising StoreUnavailable (the store went away after the round): the worker
+    looks again within a second, not after its scan interval (an hour here)."""
+
+    class LosesTheStore(Queue):
+        async def next_due(self) -> float | None:
+            if self.rounds == 1:
+                raise StoreUnavailable("postgresql: store unreachable: the test says so")
+            return None
+
+    queue = LosesTheStore()
+    await runners(queue)
+    await queue.until(lambda: queue.rounds >= 2)

@@ -64,10 +64,11 @@ def test_a_typo_in_the_middle_stays_a_number_of_its_own() -> None:
 
 def test_a_hostile_subject_of_digits_is_bounded() -> None:
     """Thousands of digit groups are read in bounded time, at most MAX_NUMBERS numbers."""
-    started = time.monotonic()
+    # This thread's CPU (about 2 s), not the wall clock: at a load of 10 it took 13.8 s.
+    started = time.thread_time()
     parsed = parse_subject("1 " * 5000, default_country="US")
     assert len(parsed.numbers) <= 1000
-    assert time.monotonic() - started < 10
+    assert time.thread_time() - started < 10
 
 
 @settings(max_examples=300, deadline=None)

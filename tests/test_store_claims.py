@@ -74,7 +74,7 @@ async def test_a_restart_sends_at_once_what_a_killed_process_was_sending(
     config_data: dict[str, Any], sandbox: Sandbox, relay_server: CapturingRelay
 ) -> None:
     """A mail claimed by a process killed mid-send (600 s lease) goes out at the next start,
-    within seconds, not after the lease."""
+    not after the lease."""
     data = gateway_config_data(config_data, sandbox, relay_server, free_port())
     config = config_from_dict(data, env={})
     config.data.dir.mkdir(parents=True, exist_ok=True)
@@ -87,8 +87,9 @@ async def test_a_restart_sends_at_once_what_a_killed_process_was_sending(
     started = time.monotonic()
     await gw.start()
     try:
-        [captured] = await relay_server.wait_for(1, timeout=10)
+        # Far inside the 600 s lease, with room for a start on a loaded machine.
+        [captured] = await relay_server.wait_for(1, timeout=60)
         assert "alice@example.com" in captured.rcpt_tos
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 60
     finally:
         await gw.stop()

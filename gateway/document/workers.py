@@ -177,9 +177,22 @@ class _Worker:
 
     async def kill(self) -> None:
         self.killed = True
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
+        self.signal_kill()
         await self.process.wait()
+
+    def signal_kill(self) -> None:
+        """SIGKILL, leaving the reaping to asyncio's child watcher.
+
+        Not Process.kill(): subprocess's send_signal polls first, and a worker that has just
+        died (a kill the daemon did not send, the OOM killer) is then reaped by that poll,
+        before the watcher's own waitpid; the watcher then reports "exit status 255" instead
+        of the signal. A pid is not reused before its process is reaped, and only the watcher
+        reaps ours; returncode is None until the watcher's callback has run, a moment after its
+        waitpid, and a pid comes round again only after the kernel has handed out the others.
+        """
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
 
     async def close(self) -> None:
         """Tell the worker to end (its stdin ends) and reap it; killed if it lingers."""
@@ -455,9 +468,7 @@ class DocumentWorkers:
             raise WorkerDied(f"the document worker process ended ({ended})") from None
         except BaseException:
             # Cancelled (the daemon's stop gave up waiting): the work dies with the wait.
-            if worker.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.kill()
+            worker.signal_kill()
             raise
         finally:
             self._busy.discard(worker)

@@ -20,6 +20,13 @@ back before the worker's next round, once the store answers again. Every step a 
 cut short is so taken up again at once by its own process, whichever worker it was and whatever
 lease its claim took, instead of after that lease; a round is over, so none of its steps still
 runs.
+
+A failure that is the store's (the server unreachable: `StoreUnavailable`, raised or met by the
+round) is not the worker's: instead of the doubling pause alone, the worker waits for the store
+to answer again. One probe at a time, shared by every worker waiting (`_store_back`), looks every
+`_STORE_POLL` seconds; the worker's next round starts as soon as one answers, the pause still
+its longest wait. So work resumes within about a second of the store's return, however long the
+outage made the pauses.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from gateway import log
 from gateway.config import Config
@@ -39,6 +47,7 @@ from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, giving_
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
 from gateway.store.claims import Taken, hand_back, round_of_claims
+from gateway.store.db import StoreUnavailable
 
 logger = log.get_logger(__name__)
 
@@ -47,6 +56,8 @@ logger = log.get_logger(__name__)
 # enough not to spin, short enough that a due item waits about a second at most.
 _MIN_WAIT = 0.01
 _DUE_BUT_IDLE_WAIT = 1.0
+# Between looks whether the store answers again, while a worker waits out an outage.
+_STORE_POLL = 0.5
 
 
 class Worker(Protocol):
@@ -130,6 +141,7 @@ class Runner:
         self._front = Foreground(max_wait=FRONT_MAX_WAIT_SECONDS)
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._probe: asyncio.Task[bool] | None = None
 
     @property
     def running(self) -> bool:
@@ -176,7 +188,7 @@ class Runner:
             # Our caller gave up waiting (the daemon's own shutdown timeout): do not leave the
             # loops running behind its back.
             pending = {task for task in tasks if not task.done()}
-            await self._cancel(pending)
+            await self._cancel(pending | self._probe_left())
             raise
         if pending:
             logger.warning(
@@ -185,10 +197,17 @@ class Runner:
                 workers=sorted(name for name, t in self._tasks.items() if t in pending),
             )
             await self._cancel(pending)
+        await self._cancel(self._probe_left())
         self._tasks.clear()
         logger.info("workers.stopped")
 
-    async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
+    def _probe_left(self) -> set[asyncio.Task[Any]]:
+        """The store probe, if one still runs: no worker waits for it once they have ended
+        (the store may still be down, and it would run on)."""
+        probe, self._probe = self._probe, None
+        return {probe} if probe is not None and not probe.done() else set()
+
+    async def _cancel(self, tasks: set[asyncio.Task[Any]]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -210,6 +229,7 @@ class Runner:
                 await self._front.quiet()
             # A front stage is busy from its round's start until a round finds nothing.
             self._front.mark(worker.name, front)
+            store_lost = False
             try:
                 # Raises while the store is still away: the worker pauses as for any failure.
                 interrupted = await self._hand_back(interrupted)
@@ -219,13 +239,18 @@ class Runner:
                         handled = int(await worker.run_once())
                     finally:
                         interrupted = round_.interrupted()
-            except Exception:
+                        store_lost = round_.store_lost
+            except Exception as exc:
                 self._front.mark(worker.name, False)
                 failures += 1
                 pause = backoff_delay(failures, self.error_pause, self.max_error_pause)
                 logger.exception("worker.crashed", failures=failures, pause=round(pause, 3))
-                # Only stopping shortens the pause: wakes may come far more often than that.
-                await self._wait(self._stopping, pause)
+                if store_lost or isinstance(exc, StoreUnavailable):
+                    # The store's failure, not the worker's: on again once it answers.
+                    await self._store_back(pause)
+                else:
+                    # Only stopping shortens the pause: wakes may come far more often.
+                    await self._wait(self._stopping, pause)
                 continue
             failures = 0
             if interrupted:
@@ -259,6 +284,39 @@ class Runner:
         logger.warning("claims.handed_back", claims=len(interrupted), handed=handed)
         return []
 
+    async def _store_back(self, seconds: float) -> None:
+        """Until the store answers again (looked at every `_STORE_POLL` seconds), stop, or
+        `seconds` pass."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self._stopping.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            await self._wait(self._stopping, min(_STORE_POLL, left))
+            if self._stopping.is_set() or loop.time() >= deadline:
+                return
+            if await self._store_answers():
+                return
+
+    async def _store_answers(self) -> bool:
+        """Whether the store answers a query now. One probe runs at a time, whoever asks; a
+        store that is down fails it within its connect timeout."""
+        if self.db is None:
+            return True  # nothing to ask: the pause was the worker's own round
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._ping(self.db), name="store-probe")
+        # shield: a worker stopped while waiting does not cancel the others' probe.
+        return await asyncio.shield(self._probe)
+
+    @staticmethod
+    async def _ping(db: Database) -> bool:
+        try:
+            await db.run(_select_one)
+        except Exception:
+            return False
+        return True
+
     async def _idle_seconds(self, worker: Worker) -> float:
         """How long `worker` may sleep: until its earliest due item, at most a scan interval."""
         next_due = getattr(worker, "next_due", None)
@@ -267,6 +325,11 @@ class Runner:
             return self.scan_interval
         try:
             due = await next_due()
+        except StoreUnavailable:
+            logger.exception("worker.next_due_failed")
+            # The store went away after the round: the next round meets the outage too and
+            # waits for the store's return (_store_back), rather than a whole scan interval.
+            return min(_STORE_POLL, self.scan_interval)
         except Exception:
             logger.exception("worker.next_due_failed")
             return self.scan_interval
@@ -295,6 +358,10 @@ class Runner:
     async def _wait(event: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
+
+
+def _select_one(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1").fetchone()
 
 
 async def run_until_idle(workers: Sequence[Worker], timeout: float = 30) -> int:  # noqa: ASYNC109

@@ -339,6 +339,17 @@ class CapturingRelay:
         with self._state.lock:
             return self._state.auth_failures
 
+    @property
+    def connected(self) -> int:
+        """Sessions whose connection is still open (a killed client's ends when the relay
+        reads its end of file: whatever DATA it had finished is captured by then)."""
+        controller = self._controller
+        if controller is None:
+            return 0
+        return sum(
+            1 for s in list(controller.sessions) if s.transport and not s.transport.is_closing()
+        )
+
     def messages_to(self, address: str) -> list[CapturedMessage]:
         return [m for m in self.messages if address.lower() in (r.lower() for r in m.rcpt_tos)]
 
