@@ -50,6 +50,13 @@ _MAX_GROUPS = 8
 # Numbers read from one Subject at most (smtp.max_recipients is at most 1000): a hostile
 # Subject of digits costs bounded work.
 MAX_NUMBERS = 1000
+# A run of groups with more digits than this is no number (E.164 allows 15, and an
+# international or trunk prefix written before them a few more): not handed to phonenumbers.
+_MAX_DIGITS = 20
+# Runs handed to phonenumbers for one Subject at most (~30 us each). A list of numbers costs
+# about one each; a Subject of thousands of single digits would cost eight per group, seconds
+# of the event loop's time. What is left once they are spent is one number, refused.
+MAX_PARSES = 4 * MAX_NUMBERS
 
 
 @dataclass(frozen=True)
@@ -80,31 +87,44 @@ def parse_subject(subject: str, *, default_country: str) -> ParsedSubject:
         if closing:
             break
     found: list[str] = []
+    budget = _Budget(MAX_PARSES)
     for chunk in _LIST_SEPARATORS.split(text[:end]):
-        found.extend(_numbers_of(chunk.split(), default_country))
+        found.extend(_numbers_of(chunk.split(), default_country, budget))
         if len(found) >= MAX_NUMBERS:
             break
     rest = text[end:].lstrip(_LEAD).strip()
     return ParsedSubject(tuple(found[:MAX_NUMBERS]), rest)
 
 
-def _possible(text: str, country: str) -> bool:
-    try:
-        numbers.parse_fax_number(text, country, strict=False)
-    except numbers.NumberError:
-        return False
-    return True
+class _Budget:
+    """The phonenumbers look-ups one Subject may still spend (MAX_PARSES)."""
+
+    def __init__(self, parses: int) -> None:
+        self.left = parses
+
+    def possible(self, text: str, country: str) -> bool:
+        self.left -= 1
+        try:
+            numbers.parse_fax_number(text, country, strict=False)
+        except numbers.NumberError:
+            return False
+        return True
 
 
-def _numbers_of(groups: list[str], country: str) -> list[str]:
+def _numbers_of(groups: list[str], country: str, budget: _Budget) -> list[str]:
     """Spaced groups as numbers: from each position the longest run of groups that is a
     possible number; groups that start none are kept together, as one bad number, up to the
-    next group that does start one."""
+    next group that does start one. Once the budget is spent, the groups left are one bad
+    number."""
     found: list[str] = []
     start = 0
     bad: list[str] = []
+    digits = [sum(c.isdigit() for c in group) for group in groups]
     while start < len(groups) and len(found) < MAX_NUMBERS:
-        length = _longest(groups, start, country)
+        if budget.left <= 0:
+            bad.extend(groups[start:])
+            break
+        length = _longest(groups, digits, start, country, budget)
         if length == 0:
             bad.append(groups[start])
             start += 1
@@ -119,13 +139,19 @@ def _numbers_of(groups: list[str], country: str) -> list[str]:
     return found
 
 
-def _longest(groups: list[str], start: int, country: str) -> int:
+def _longest(
+    groups: list[str], digits: list[int], start: int, country: str, budget: _Budget
+) -> int:
     """How many groups from `start` make the longest possible number (0: none does)."""
     stop = min(len(groups), start + _MAX_GROUPS)
     for end in range(stop, start, -1):
+        if sum(digits[start:end]) > _MAX_DIGITS:
+            continue  # too long to be one number: not worth a look-up
         if any(group.startswith("+") for group in groups[start + 1 : end]):
             continue  # a '+' inside starts the next number
-        if _possible(" ".join(groups[start:end]), country):
+        if budget.left <= 0:
+            return 0
+        if budget.possible(" ".join(groups[start:end]), country):
             return end - start
     return 0
 
