@@ -26,13 +26,17 @@ from gateway.store import dialect
 from gateway.store import outbox as outbox_store
 from gateway.store import postgres as pg_store
 from gateway.store.claims import claim
+from gateway.store.commit import GroupCommit
 from gateway.store.db import transaction
+from gateway.store.jobs import advance_in, claim_jobs, get_job
 from gateway.store.outbox import OUTBOX, enqueue, get_message, mark_sent
 from gateway.store.postgres import PgConnection, PostgresDatabase, schema_version
+from gateway.store.records import JobState
 from gateway.store.schema import MIGRATIONS
 from tests.conftest import BASE_CONFIG, merge
 from tests.helpers import until
 from tests.servers.postgres import PostgresServer
+from tests.store_rows import make_job
 
 T0 = 1_700_000_000.0
 
@@ -317,6 +321,65 @@ async def test_a_step_the_store_was_lost_under_is_taken_up_again_at_once(
         assert step.claimed == [item, item]
         message = await db.run(get_message, item)
         assert message is not None and message.state == "sent" and message.pickups == 0
+        handed = [e for e in logs if e["event"] == "claims.handed_back"]
+        assert [(e["claims"], e["handed"]) for e in handed] == [(1, 1)]
+    finally:
+        if runner is not None:
+            await runner.stop()
+        db.close()
+
+
+def _sleep(conn: PgConnection, seconds: float) -> None:
+    conn.execute("SELECT pg_sleep(?)", (seconds,))
+
+
+class BatchStep:
+    """A stage of prepare's and upload's kind: claims received jobs together and records each
+    outcome through the store's shared group commit; on its first pickup the store's connection
+    is lost in the batch that carries that outcome."""
+
+    name = "batch-step"
+
+    def __init__(self, db: PostgresDatabase, commits: GroupCommit) -> None:
+        self.db = db
+        self.commits = commits
+        self.pickups: list[int] = []
+        self.done = asyncio.Event()
+
+    async def run_once(self) -> int:
+        claimed = await self.db.run(claim_jobs, JobState.RECEIVED, time.time(), 4, 3, together=True)
+        for job in claimed:
+            self.pickups.append(job.pickups)
+            if len(self.pickups) == 1:
+                await self.commits.run(_lose_connection)
+            await self.commits.run(advance_in, job.id, JobState.RECEIVED, JobState.PREPARED)
+            self.done.set()
+        return len(claimed)
+
+
+async def test_a_step_the_store_was_lost_under_in_a_group_commit_is_handed_back(
+    postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    """A stage's outcome lost with the store inside a group commit whose batches another
+    writer's task sends (an SMTP session's row in flight) still hands the stage's claim back:
+    the job is taken up again with its pickup uncounted, not charged to the crash guard."""
+    db = await PostgresDatabase(postgres_server.dsn(postgres_schema)).open()
+    commits = GroupCommit(db)
+    runner: Runner | None = None
+    try:
+        job_id = await db.run(make_job)
+        # A client's write in flight: the group commit's next batches go out from its task.
+        client_write = asyncio.create_task(commits.run(_sleep, 1.0))
+        await asyncio.sleep(0.1)
+        step = BatchStep(db, commits)
+        runner = Runner([step], scan_interval=0.1, error_pause=0.05, db=db)
+        with capture_logs() as logs:
+            await runner.start()
+            await asyncio.wait_for(step.done.wait(), 10)
+        await client_write
+        assert step.pickups == [1, 1]
+        moved = await db.run(get_job, job_id)
+        assert moved is not None and moved.state is JobState.PREPARED and moved.pickups == 0
         handed = [e for e in logs if e["event"] == "claims.handed_back"]
         assert [(e["claims"], e["handed"]) for e in handed] == [(1, 1)]
     finally:

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from gateway.store.db import Database, transaction
+from gateway.store import claims
+from gateway.store.db import Database, StoreUnavailable, transaction
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -68,7 +69,13 @@ class GroupCommit:
             self._flusher = loop.create_task(self._flush())
         # Shielded: a caller that goes away (a client hanging up) leaves its write in the batch,
         # as a cancelled Database.run leaves its call on the store's thread.
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except StoreUnavailable:
+            # The batch went out from the flusher's task, whichever writer started it: the
+            # outage is this caller's round's too, which hands its claims back (claims.py).
+            claims.store_lost()
+            raise
 
     async def _flush(self) -> None:
         # One loop turn first: the writers woken in this turn join the batch.
