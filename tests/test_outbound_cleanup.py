@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.outbound.cleanup import CleanupWorker
+from gateway.queue.foreground import Foreground, giving_way_to
 from gateway.storage import create_storage
 from gateway.store import Database
 from gateway.store.faxes import fail_fax, faxes_of, mark_reported
-from gateway.store.jobs import get_job
+from gateway.store.jobs import fail_job, get_job, retry_job
+from gateway.store.records import JobState
 from gateway.store.spool import Spool
 from tests.helpers import Clock
 from tests.store_rows import T0, make_job, to_uploaded
@@ -116,5 +119,50 @@ async def test_the_stored_copy_goes_when_the_fax_is_final_the_local_files_once_r
         job = await db.run(get_job, job_id)
         assert job is not None and job.files_removed_at is not None
         assert not spooled.exists() and not document.exists()
+    finally:
+        db.close()
+
+
+async def test_a_job_retried_while_cleanup_gives_way_keeps_its_stored_copy(
+    make_config: Callable[..., Config],
+) -> None:
+    """A failed job the operator retries after cleanup listed it, while cleanup gives way to
+    the front stages, is no longer released: its stored copy (the URL the carrier fetches on
+    the retry's POST) stays."""
+    config = make_config({"storage": {"backend": "local"}})
+    data = DataDir(config.data.dir)
+    db = await Database(data.store).open()
+    storage = create_storage(config, None)
+    clock = Clock()
+    try:
+        job_id = await db.run(make_job, recipients=("+12015550123",), now=clock())
+        stored = await storage.put(job_id, b"%PDF-1.4\n", "application/pdf")
+        await db.run(to_uploaded, job_id, expires=clock() + 86400)
+        await db.run(
+            lambda conn: conn.execute(
+                "UPDATE jobs SET storage_key = ? WHERE id = ?", (stored.key, job_id)
+            )
+        )
+        await db.run(fail_job, job_id, "the carrier refused the document", clock())
+        assert (await db.run(get_job, job_id)).state is JobState.FAILED  # type: ignore[union-attr]
+        worker = CleanupWorker(
+            config=config, db=db, clock=clock, storage=storage, spool=Spool(data.spool)
+        )
+        # A front stage with items: cleanup waits (bounded) before each job it listed.
+        front = Foreground(max_wait=0.5)
+        front.mark("submit", True)
+        giving_way_to(front)
+
+        async def operator_retries() -> None:
+            await asyncio.sleep(0.1)
+            assert await db.run(retry_job, job_id) is JobState.UPLOADED
+
+        retry = asyncio.create_task(operator_retries())
+        await worker.run_once()
+        await retry
+        job = await db.run(get_job, job_id)
+        assert job is not None and job.state is JobState.UPLOADED
+        assert job.stored_deleted_at is None
+        assert (data.media / stored.key).exists()
     finally:
         db.close()

@@ -55,6 +55,8 @@ class CleanupWorker(QueueWorker):
         deleted = 0
         for job in released:
             await give_way()  # the stages on the way to the carrier go first (bounded)
+            if not await self._as_listed(job):
+                continue
             assert job.storage_key is not None  # selected for it
             with log.bound(job_id=job.id):
                 try:
@@ -73,6 +75,8 @@ class CleanupWorker(QueueWorker):
         cleaned = 0
         for job in done:
             await give_way()
+            if not await self._as_listed(job):
+                continue
             with log.bound(job_id=job.id):
                 if job.storage_key and job.stored_deleted_at is None:
                     try:
@@ -100,6 +104,13 @@ class CleanupWorker(QueueWorker):
                 logger.info("job.cleaned")
                 cleaned += 1
         return cleaned
+
+    async def _as_listed(self, job: Job) -> bool:
+        """Whether the job's row is as the round listed it: a round gives way before each job,
+        and a job changed meanwhile (an operator's retry) may no longer be released; the next
+        round's listing decides."""
+        current = await self.db.run(store.get_job, job.id)
+        return current is not None and current.updated_at == job.updated_at
 
     async def _defer(self, job: Job, error: str) -> None:
         # No expiry: a document still stored is worth deleting however late.
