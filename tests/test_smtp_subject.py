@@ -63,16 +63,23 @@ def test_a_typo_in_the_middle_stays_a_number_of_its_own() -> None:
 
 
 def test_a_hostile_subject_of_digits_is_bounded() -> None:
-    """Thousands of digit groups cost a bounded number of look-ups (MAX_PARSES: well under a
-    second of CPU, not the seconds eight per group took) and are at most MAX_NUMBERS numbers;
-    a list of a thousand numbers is still read whole."""
-    for hostile in ("1 " * 5000, " ".join(str(n % 10) for n in range(7, 35007, 7))):
+    """Thousands of digit groups cost at most PARSES_PER_NUMBER look-ups per number the Subject
+    may hold (well under a second of CPU at the most numbers, not the seconds eight per group
+    took) and are at most that many numbers; a list of a thousand numbers, bare or in spaced
+    groups, is still read whole."""
+    hostile = ("1 " * 5000, " ".join(str(n % 10) for n in range(7, 35007, 7)))
+    for subject in hostile:
         started = time.thread_time()  # this thread's CPU: a loaded machine stretches the wall
-        parsed = parse_subject(hostile, default_country="US")
+        parsed = parse_subject(subject, default_country="US")
         assert time.thread_time() - started < 1.5
         assert len(parsed.numbers) <= MAX_NUMBERS
-    listed = " ".join(str(12015550000 + n) for n in range(MAX_NUMBERS))
-    assert len(parse_subject(listed, default_country="US").numbers) == MAX_NUMBERS
+        started = time.thread_time()
+        parse_subject(subject, default_country="US", max_numbers=21)  # smtp.max_recipients 20
+        assert time.thread_time() - started < 0.15
+    bare = " ".join(str(12015550000 + n) for n in range(MAX_NUMBERS))
+    spaced = " ".join(f"201 555 {n:04d}" for n in range(MAX_NUMBERS))
+    for listed in (bare, spaced):
+        assert len(parse_subject(listed, default_country="US").numbers) == MAX_NUMBERS
 
 
 @settings(max_examples=300, deadline=None)

@@ -53,10 +53,11 @@ MAX_NUMBERS = 1000
 # A run of groups with more digits than this is no number (E.164 allows 15, and an
 # international or trunk prefix written before them a few more): not handed to phonenumbers.
 _MAX_DIGITS = 20
-# Runs handed to phonenumbers for one Subject at most (~30 us each). A list of numbers costs
-# about one each; a Subject of thousands of single digits would cost eight per group, seconds
-# of the event loop's time. What is left once they are spent is one number, refused.
-MAX_PARSES = 4 * MAX_NUMBERS
+# Runs handed to phonenumbers per number a Subject may hold (~30 us each). A list costs one
+# to four a number ("201 555 0123 201 555 0124 ...": four); a Subject of thousands of single
+# digits would cost eight per group, seconds of the event loop's time. What is left once the
+# budget is spent is one number, refused.
+PARSES_PER_NUMBER = 8
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,11 @@ class ParsedSubject:
     rest: str
 
 
-def parse_subject(subject: str, *, default_country: str) -> ParsedSubject:
-    """Split `subject` into its numbers (as written) and the rest (see the module docstring)."""
+def parse_subject(
+    subject: str, *, default_country: str, max_numbers: int = MAX_NUMBERS
+) -> ParsedSubject:
+    """Split `subject` into its numbers (as written) and the rest (see the module docstring):
+    at most `max_numbers` numbers, for at most PARSES_PER_NUMBER look-ups each."""
     text = subject.strip()
     keyword = _KEYWORD.match(text)
     if keyword is not None:
@@ -87,17 +91,18 @@ def parse_subject(subject: str, *, default_country: str) -> ParsedSubject:
         if closing:
             break
     found: list[str] = []
-    budget = _Budget(MAX_PARSES)
+    max_numbers = min(max_numbers, MAX_NUMBERS)
+    budget = _Budget(PARSES_PER_NUMBER * max_numbers)
     for chunk in _LIST_SEPARATORS.split(text[:end]):
-        found.extend(_numbers_of(chunk.split(), default_country, budget))
-        if len(found) >= MAX_NUMBERS:
+        found.extend(_numbers_of(chunk.split(), default_country, budget, max_numbers))
+        if len(found) >= max_numbers:
             break
     rest = text[end:].lstrip(_LEAD).strip()
-    return ParsedSubject(tuple(found[:MAX_NUMBERS]), rest)
+    return ParsedSubject(tuple(found[:max_numbers]), rest)
 
 
 class _Budget:
-    """The phonenumbers look-ups one Subject may still spend (MAX_PARSES)."""
+    """The phonenumbers look-ups one Subject may still spend."""
 
     def __init__(self, parses: int) -> None:
         self.left = parses
@@ -111,7 +116,7 @@ class _Budget:
         return True
 
 
-def _numbers_of(groups: list[str], country: str, budget: _Budget) -> list[str]:
+def _numbers_of(groups: list[str], country: str, budget: _Budget, max_numbers: int) -> list[str]:
     """Spaced groups as numbers: from each position the longest run of groups that is a
     possible number; groups that start none are kept together, as one bad number, up to the
     next group that does start one. Once the budget is spent, the groups left are one bad
@@ -120,7 +125,7 @@ def _numbers_of(groups: list[str], country: str, budget: _Budget) -> list[str]:
     start = 0
     bad: list[str] = []
     digits = [sum(c.isdigit() for c in group) for group in groups]
-    while start < len(groups) and len(found) < MAX_NUMBERS:
+    while start < len(groups) and len(found) < max_numbers:
         if budget.left <= 0:
             bad.extend(groups[start:])
             break
@@ -199,7 +204,12 @@ async def take_numbers(
     number is refused and smtp.subject_partial is off (or on, and nothing is left to fax),
     `taken` is left as it was and the outcome has the refusal.
     """
-    parsed = parse_subject(subject, default_country=config.smtp.default_country)
+    # One more than may be faxed: a Subject of too many numbers is refused as such.
+    parsed = parse_subject(
+        subject,
+        default_country=config.smtp.default_country,
+        max_numbers=config.smtp.max_recipients + 1,
+    )
     limited = config.limits.faxes_per_sender_per_day > 0
     before = len(taken)
     refused: list[RefusedNumber] = []
