@@ -451,6 +451,23 @@ async def test_back_stages_give_way_between_the_items_of_a_round(runners: StartR
     assert outbox.done[1][1] >= prepare.done[-1][1]
 
 
+async def test_under_a_lasting_front_load_a_back_stage_keeps_half_its_time(
+    runners: StartRunner,
+) -> None:
+    """A front stage that never runs out of work: after each wait that runs out its bound the
+    back stage's items go on for as long again without waits, so its 20 items of 10 ms take
+    about two bounds, not a bound each (5 s)."""
+    submit = Stage("submit", 100_000, 0.002)
+    outbox = Batch("outbox", 20, 0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await runners(submit, outbox, front=("submit",))
+    await _until_done(outbox, 20, 10 * FRONT_MAX_WAIT_SECONDS + WITHIN)
+    assert submit.items  # still busy throughout
+    assert outbox.done[0][1] - started >= 0.8 * FRONT_MAX_WAIT_SECONDS  # it did give way
+    assert outbox.done[-1][1] - started < 10 * FRONT_MAX_WAIT_SECONDS
+
+
 async def test_a_round_the_store_failed_runs_again_once_the_store_answers(
     tmp_path: Path,
 ) -> None:
