@@ -11,17 +11,17 @@ budget fails the job (its sender is told why); a worker that died otherwise defe
 fails it once that happened queue.max_pickups times; a stop gives the claim back uncounted.
 None of these is a crash of the daemon, so none is charged to the crash guard.
 
-A round claims up to PREPARES_AT_ONCE jobs together (claims.claim_together: they share their
-pickups, and a job interrupted before is claimed alone) and builds them at once, each in a
-worker of its own, so the workers' CPU runs beside the daemon's; each job's outcome is its
-own, and the jobs' steps to prepared that end together share one commit (store/commit.py).
-One job's failure, deferral or surprise leaves the others' outcomes as they are; a surprise
-is raised once the others' are recorded, and its job's pickup stays counted.
+A round (outbound/together.py) claims up to PREPARES_AT_ONCE jobs together
+(claims.claim_together: they share their pickups, and a job interrupted before is claimed
+alone) and builds them at once, each in a worker of its own, so the workers' CPU runs beside
+the daemon's; each job's outcome is its own, and the jobs' steps to prepared that end together
+share one commit (store/commit.py). One job's failure, deferral or surprise leaves the others'
+outcomes as they are; a surprise is raised once the others' are recorded, and its job's pickup
+stays counted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from gateway import log
@@ -38,6 +38,7 @@ from gateway.document.workers import (
 )
 from gateway.numbers import pretty
 from gateway.outbound.defer import defer_job
+from gateway.outbound.together import work_together
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import Clock, resource_error
 from gateway.store import Database, claims
@@ -76,25 +77,15 @@ class PrepareWorker(QueueWorker):
         return await self.db.run(store.next_job_due, JobState.RECEIVED)
 
     async def run_once(self) -> int:
-        claimed = await self.db.run(
-            store.claim_jobs,
+        return await work_together(
+            self.db,
+            self.schedule,
             JobState.RECEIVED,
-            self.schedule.clock(),
-            PREPARES_AT_ONCE,
-            self.config.queue.max_pickups,
-            together=True,
+            limit=PREPARES_AT_ONCE,
+            max_pickups=self.config.queue.max_pickups,
+            work=self._prepare,
+            crashed="job.prepare_crashed",
         )
-        ends = await asyncio.gather(*(self._one(job) for job in claimed), return_exceptions=True)
-        surprises = [end for end in ends if isinstance(end, BaseException)]
-        for surprise in surprises[1:]:
-            logger.error("job.prepare_crashed", error=repr(surprise), exc_info=surprise)
-        if surprises:
-            raise surprises[0]  # the runner logs it; that job's pickup stays counted
-        return len(claimed)
-
-    async def _one(self, job: Job) -> None:
-        with log.bound(job_id=job.id):
-            await self._prepare(job)
 
     async def _prepare(self, job: Job) -> None:
         recipients = [f.recipient for f in await self.db.run(fax_store.faxes_of, job.id)]

@@ -1,10 +1,10 @@
 """prepared -> uploaded: put the document where the carrier can fetch it, under a signed URL.
 
-A round claims up to UPLOADS_AT_ONCE jobs together (claims.claim_together: they share their
-pickups, and a job interrupted before is claimed alone) and stores their documents at once (an
-S3 PUT is mostly waiting); each job's outcome is its own, and the steps to uploaded that end
-together share one commit (store/commit.py). A surprise in one job is raised once the others'
-outcomes are recorded; its pickup stays counted.
+A round (outbound/together.py) claims up to UPLOADS_AT_ONCE jobs together
+(claims.claim_together: they share their pickups, and a job interrupted before is claimed
+alone) and stores their documents at once (an S3 PUT is mostly waiting); each job's outcome is
+its own, and the steps to uploaded that end together share one commit (store/commit.py). A
+surprise in one job is raised once the others' outcomes are recorded; its pickup stays counted.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from gateway import log
 from gateway.config import Config
 from gateway.failpoints import failpoint
 from gateway.outbound.defer import defer_job
+from gateway.outbound.together import work_together
 from gateway.queue.runner import QueueWorker
 from gateway.queue.schedule import Clock, resource_error
 from gateway.storage.base import Storage, StorageError
@@ -51,25 +52,15 @@ class UploadWorker(QueueWorker):
         return await self.db.run(store.next_job_due, JobState.PREPARED)
 
     async def run_once(self) -> int:
-        claimed = await self.db.run(
-            store.claim_jobs,
+        return await work_together(
+            self.db,
+            self.schedule,
             JobState.PREPARED,
-            self.schedule.clock(),
-            UPLOADS_AT_ONCE,
-            self.config.queue.max_pickups,
-            together=True,
+            limit=UPLOADS_AT_ONCE,
+            max_pickups=self.config.queue.max_pickups,
+            work=self._upload,
+            crashed="job.upload_crashed",
         )
-        ends = await asyncio.gather(*(self._one(job) for job in claimed), return_exceptions=True)
-        surprises = [end for end in ends if isinstance(end, BaseException)]
-        for surprise in surprises[1:]:
-            logger.error("job.upload_crashed", error=repr(surprise), exc_info=surprise)
-        if surprises:
-            raise surprises[0]  # the runner logs it; that job's pickup stays counted
-        return len(claimed)
-
-    async def _one(self, job: Job) -> None:
-        with log.bound(job_id=job.id):
-            await self._upload(job)
 
     async def _upload(self, job: Job) -> None:
         assert job.document_path is not None and job.document_type is not None
