@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 from gateway import log
 from gateway.config import Config
@@ -53,10 +54,7 @@ class CleanupWorker(QueueWorker):
         older_than = now - self.config.storage.retention_seconds
         released = await self.db.run(store.stored_copies_to_delete, older_than, 50, due_by=now)
         deleted = 0
-        for job in released:
-            await give_way()  # the stages on the way to the carrier go first (bounded)
-            if not await self._as_listed(job):
-                continue
+        async for job in self._still_listed(released):
             assert job.storage_key is not None  # selected for it
             with log.bound(job_id=job.id):
                 try:
@@ -73,10 +71,7 @@ class CleanupWorker(QueueWorker):
         older_than = self.schedule.clock() - self.config.storage.retention_seconds
         done = await self.db.run(store.jobs_to_clean, older_than, 50, due_by=self.schedule.clock())
         cleaned = 0
-        for job in done:
-            await give_way()
-            if not await self._as_listed(job):
-                continue
+        async for job in self._still_listed(done):
             with log.bound(job_id=job.id):
                 if job.storage_key and job.stored_deleted_at is None:
                     try:
@@ -105,12 +100,16 @@ class CleanupWorker(QueueWorker):
                 cleaned += 1
         return cleaned
 
-    async def _as_listed(self, job: Job) -> bool:
-        """Whether the job's row is as the round listed it: a round gives way before each job,
-        and a job changed meanwhile (an operator's retry) may no longer be released; the next
-        round's listing decides."""
-        current = await self.db.run(store.get_job, job.id)
-        return current is not None and current.updated_at == job.updated_at
+    async def _still_listed(self, jobs: list[Job]) -> AsyncIterator[Job]:
+        """The listed `jobs`, each after giving way to the stages on the way to the carrier
+        (bounded), and only if its row is still as the round listed it: a job changed while
+        the round gave way (an operator's retry) may no longer be released; the next round's
+        listing decides."""
+        for job in jobs:
+            await give_way()
+            current = await self.db.run(store.get_job, job.id)
+            if current is not None and current.updated_at == job.updated_at:
+                yield job
 
     async def _defer(self, job: Job, error: str) -> None:
         # No expiry: a document still stored is worth deleting however late.
