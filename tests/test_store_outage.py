@@ -63,6 +63,17 @@ def own_postgres() -> Iterator[PostgresServer]:
         shutil.rmtree(server.root, ignore_errors=True)
 
 
+def store_on(server: PostgresServer) -> dict[str, Any]:
+    """The [store] section of a gateway on `server`, with timeouts short enough for an outage
+    to show within seconds."""
+    return {
+        "backend": "postgresql",
+        "dsn": server.dsn(),
+        "connect_timeout_seconds": 2,
+        "statement_timeout_seconds": 5,
+    }
+
+
 def fax_mail(subject: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = "alice@example.com"
@@ -103,14 +114,7 @@ async def test_store_down_is_451_and_500_and_named_then_work_resumes(
 ) -> None:
     """With PostgreSQL stopped: SMTP 451 4.3.0, webhook 500, /readyz 503 naming the store; once
     it is started again the same process accepts mail and the fax is delivered and reported."""
-    overrides = {
-        "store": {
-            "backend": "postgresql",
-            "dsn": own_postgres.dsn(),
-            "connect_timeout_seconds": 2,
-            "statement_timeout_seconds": 5,
-        }
-    }
+    overrides = {"store": store_on(own_postgres)}
     async with gateway(overrides) as gw:
         base = gw.config.http.public_url
         hook = f"{base}/webhooks/fax/{gw.config.http.webhook_token.get_secret_value()}"
@@ -168,14 +172,7 @@ async def test_work_resumes_as_soon_as_the_store_answers_not_after_the_error_pau
 ) -> None:
     """Once PostgreSQL is back, a worker whose pause the outage grew to 8 s or more takes up
     new work within seconds: the message accepted is prepared before that pause would end."""
-    overrides = {
-        "store": {
-            "backend": "postgresql",
-            "dsn": own_postgres.dsn(),
-            "connect_timeout_seconds": 2,
-            "statement_timeout_seconds": 5,
-        }
-    }
+    overrides = {"store": store_on(own_postgres)}
     with capture_logs(processors=[merge_contextvars, stamped]) as logs:
         async with gateway(overrides) as gw:
             await asyncio.to_thread(own_postgres.stop)
@@ -234,12 +231,7 @@ async def test_twenty_seconds_without_postgresql_under_traffic_lose_and_double_n
     """Mail sent without pause while PostgreSQL is stopped for 20 s: every message answered 250
     becomes exactly one fax, and no job is faxed twice; the others were answered 4xx."""
     overrides = {
-        "store": {
-            "backend": "postgresql",
-            "dsn": own_postgres.dsn(),
-            "connect_timeout_seconds": 2,
-            "statement_timeout_seconds": 5,
-        },
+        "store": store_on(own_postgres),
         # The sandbox gives up on a webhook answered 500 for the whole outage, as a carrier
         # may; the reconciler finds those faxes, here within seconds instead of 15 minutes.
         "webhooks": {"reconcile_after_seconds": 2, "reconcile_interval_seconds": 1},
