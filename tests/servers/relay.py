@@ -162,34 +162,53 @@ class _Handler:
         return f"250 2.0.0 Ok: queued as {number:04d}"
 
 
+class _Session(SMTP):
+    """aiosmtpd's SMTP session, remembering its socket so that stopping can wait for it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Under TLS the transport is the TLS layer's; the socket is the one underneath.
+        self.socket = transport.get_extra_info("socket")
+        super().connection_made(transport)
+
+    @property
+    def socket_closed(self) -> bool:
+        return self.socket is None or self.socket.fileno() == -1
+
+
 class _Controller(Controller):
     """aiosmtpd's Controller, keeping its sessions so that stopping can close them.
 
     Controller.stop stops its loop and cancels the tasks in one go, so the sessions of clients
     still connected (a gateway keeps its session between messages) never close their sockets:
-    `close_sessions` closes them first, as a relay that restarts drops its connections."""
+    `close_sessions` closes them first, as a relay that restarts drops its connections, and
+    waits until every socket is closed. A TLS session takes several loop turns to let go of its
+    socket (the TLS layer's shutdown, then the socket transport's own close); a loop stopped in
+    between leaves a socket that only the garbage collector finds, with a ResourceWarning in
+    whichever later test it happens to run."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sessions: list[SMTP] = []
+        self.sessions: list[_Session] = []
 
     def factory(self) -> SMTP:
         server = self.make_server()
-        self.sessions = [s for s in self.sessions if s.transport and not s.transport.is_closing()]
+        self.sessions = [s for s in self.sessions if not s.socket_closed]
         self.sessions.append(server)
         return server
 
-    def make_server(self) -> SMTP:
-        return SMTP(self.handler, **self.SMTP_kwargs)
+    def make_server(self) -> _Session:
+        return _Session(self.handler, **self.SMTP_kwargs)
 
     def close_sessions(self) -> None:
         async def close() -> None:
             for server in self.sessions:
                 if server.transport is not None:
                     server.transport.close()
-            # Two turns: the transports' connection_lost callbacks close the sockets.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+            deadline = self.loop.time() + 5.0
+            # A socket tells nobody when it closes (under TLS it does so after the session's
+            # connection_lost): look, a few ms apart.
+            while self.loop.time() < deadline and not all(s.socket_closed for s in self.sessions):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.sessions.clear()
@@ -200,8 +219,8 @@ class _ImplicitTlsController(_Controller):
     encrypted, so AUTH is allowed from the start (set after construction: passing
     auth_require_tls=False would make aiosmtpd warn about plaintext AUTH)."""
 
-    def make_server(self) -> SMTP:
-        server = SMTP(self.handler, **self.SMTP_kwargs)
+    def make_server(self) -> _Session:
+        server = _Session(self.handler, **self.SMTP_kwargs)
         server._auth_require_tls = False
         return server
 
