@@ -11,7 +11,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.config import Config
 from gateway.smtp.mailpaths import plain_path
-from gateway.smtp.server import GatewaySMTP
+from gateway.smtp.session import GatewaySMTP
 from tests.test_smtp_server import running_smtp
 
 # Pieces of paths: plain atoms, every character the parser treats specially, and the
