@@ -37,8 +37,8 @@ ENV = "FAXGW_FAILPOINT"
 
 # Every point, where it is and what state a kill there leaves behind.
 POINTS: dict[str, str] = {
-    "after_spool": "smtp/handler.py: the message is in spool/, no job row yet, no reply sent",
-    "after_commit": "smtp/handler.py: the job is committed, its 250 not yet sent",
+    "after_spool": "smtp/accept.py: the message is in spool/, no job row yet, no reply sent",
+    "after_commit": "smtp/accept.py: the job is committed, its 250 not yet sent",
     "after_upload": "outbound/upload.py: the job is uploaded (document stored, URL recorded)",
     "after_post": "outbound/submit.py: POST /faxes answered, the carrier id not yet stored",
     "after_report_queued": "outbound/reports.py: the report is in the outbox, fax not marked",

@@ -2,19 +2,17 @@
 
 Relay policy at MAIL, number and toll-fraud checks at RCPT, the document at DATA (read by the
 session into a spool draft, or held when small, gateway/smtp/data.py; made durable as the job's
-message while a document worker checks it); then the job row committed, the workers woken, and
-only then `250 2.0.0 queued as <id>`. A deliberate refusal is 5xx (4xx where retrying later can
-succeed); anything unexpected is `451 4.3.0` so the client keeps the message and tries again.
+message while a document worker checks it); then the job row committed, the workers woken
+(gateway/smtp/accept.py), and only then `250 2.0.0 queued as <id>`. A deliberate refusal is 5xx
+(4xx where retrying later can succeed); anything unexpected is `451 4.3.0` so the client keeps
+the message and tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +24,20 @@ from gateway.datadir import DataDir
 from gateway.document.mime import DocumentError
 from gateway.document.office import ConversionBusy, OfficeConverter
 from gateway.document.workers import Checked, DocumentWorkers, WorkerDied, WorkersStopped
-from gateway.failpoints import failpoint
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
-from gateway.queue.schedule import resource_error
 from gateway.smtp import explain, replies, subject
+from gateway.smtp.accept import Acceptor
 from gateway.smtp.auth import SmtpAuth, peer_of
 from gateway.smtp.data import Received
 from gateway.smtp.limits import DailyLimit, OverLimit
 from gateway.smtp.options import MessageOptions, OptionError, message_settings
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
-from gateway.smtp.subject import RefusedNumber
+from gateway.smtp.transactions import OpenTransactions, Transaction
 from gateway.store import Database
-from gateway.store.blobs import File
 from gateway.store.commit import GroupCommit
-from gateway.store.jobs import insert_job_unless_resent
-from gateway.store.records import NewJob, new_job_id
+from gateway.store.records import new_job_id
 from gateway.store.spool import Spool
 
 logger = log.get_logger(__name__)
@@ -58,32 +53,6 @@ _DOCUMENT_REPLIES: dict[str, tuple[str, Reason]] = {
     "too_costly": ("554 5.3.4", Reason.TOO_COSTLY),
     "malformed": ("554 5.6.0", Reason.MALFORMED),
 }
-
-
-@dataclass(eq=False)
-class Transaction:
-    """One MAIL ... DATA exchange: the sender and the fax numbers accepted so far, in order."""
-
-    sender: str
-    auth_user: str | None
-    numbers: list[str] = field(default_factory=list)
-    # What its addresses' +options ask of the whole message (gateway/smtp/options.py).
-    options: MessageOptions = field(default_factory=MessageOptions)
-    # Addressed to smtp.subject_address: more numbers come from the Subject at DATA, and a
-    # refusal is also explained by mail (gateway/smtp/subject.py, explain.py).
-    subject_addressed: bool = False
-    refused_numbers: tuple[RefusedNumber, ...] = ()
-    # Of its message, once read at DATA: for the explanation of a refusal.
-    subject: str = ""
-    message_id: str = ""
-    # Its numbers count toward the sender's daily limit from memory while it is open: until its
-    # job row is committed (the store counts them from then on) or it ends without one.
-    open: bool = True
-    # Its message is being spooled and committed (the outcome closes it, not the session).
-    accepting: bool = False
-    # The job its message is being committed as: counted from memory, not from the store,
-    # until the transaction is closed (under the daily limit's lock).
-    job_id: str | None = None
 
 
 class FaxHandler:
@@ -106,8 +75,6 @@ class FaxHandler:
         self.config = config
         self.office = office or OfficeConverter.for_gateway(config)
         self.documents = documents
-        # Job rows are committed in groups (shared with the webhook endpoint in the daemon).
-        self.commits = commits or GroupCommit(db)
         self.metrics = metrics
         # Renders the explanation of a refused shared-address message (None: none is mailed).
         self.renderer = renderer
@@ -116,17 +83,21 @@ class FaxHandler:
         self.wake = wake
         self.auth = auth
         self.policy = RelayPolicy(config, auth_available=auth is not None)
-        # Keyed by aiosmtpd's Envelope, which it replaces after DATA, RSET and EHLO: the state
-        # of a transaction goes with it.
-        self._transactions: weakref.WeakKeyDictionary[Envelope, Transaction] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._commits: set[asyncio.Task[str | None]] = set()
+        self.transactions = OpenTransactions()
         # Held while the daily limit is checked and a recipient taken, and while a transaction
         # whose job was committed is closed: a check then sees each accepted fax exactly once,
         # from memory while its transaction is open (its job, if being committed, left out of
         # the store's count), from the store once closed, however many sessions run at once.
-        self.daily_limit = DailyLimit(db, open_work=self)
+        self.daily_limit = DailyLimit(db, open_work=self.transactions)
+        self.acceptor = Acceptor(
+            config,
+            db,
+            spool,
+            wake,
+            commits=commits or GroupCommit(db),
+            daily_limit=self.daily_limit,
+            metrics=metrics,
+        )
         self.document_slots = asyncio.Semaphore(config.smtp.max_concurrent_data)
 
     def reconfigure(self, config: Config) -> None:
@@ -134,6 +105,7 @@ class FaxHandler:
         self.policy = RelayPolicy(config, auth_available=self.auth is not None)
         self.office.reconfigure(config.documents)
         self.config = config
+        self.acceptor.config = config
 
     # -- EHLO and AUTH ----------------------------------------------------------------------
 
@@ -194,7 +166,7 @@ class FaxHandler:
             return self._refuse("mail", refusal, server, sender=address, user=auth_user)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        self._transactions[envelope] = Transaction(sender=address, auth_user=auth_user)
+        self.transactions.begin(envelope, Transaction(sender=address, auth_user=auth_user))
         return replies.SENDER_OK
 
     async def handle_RCPT(
@@ -205,7 +177,7 @@ class FaxHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        transaction = self._transactions.get(envelope)
+        transaction = self.transactions.get(envelope)
         if transaction is None:
             # aiosmtpd asks for MAIL first, and MAIL records the transaction: a bug if reached.
             raise RuntimeError("RCPT without a transaction")
@@ -291,40 +263,9 @@ class FaxHandler:
         transaction.refused_numbers = outcome.refused
         return outcome.refusal or replace(checked, subject=outcome.rest)
 
-    def _open_numbers(self, same: Callable[[Transaction], bool]) -> int:
-        """Faxes accepted in the open transactions `same` picks, not yet in the store."""
-        return sum(
-            len(other.numbers)
-            for other in list(self._transactions.values())
-            if other.open and same(other)
-        )
-
-    def open_for_sender(self, sender: str) -> int:
-        """Numbers the open transactions of `sender` (lower case) took (limits.OpenWork)."""
-        return self._open_numbers(lambda other: other.sender.lower() == sender)
-
-    def open_for_user(self, user: str) -> int:
-        """Numbers the open transactions of login `user` took (limits.OpenWork)."""
-        return self._open_numbers(lambda other: other.auth_user == user)
-
-    def committing(self) -> list[str]:
-        """Job ids of the open transactions whose rows are being committed."""
-        return [
-            other.job_id
-            for other in list(self._transactions.values())
-            if other.open and other.job_id is not None
-        ]
-
     def forget(self, envelope: Envelope | None) -> None:
-        """The session of `envelope` ended: its transaction no longer holds any of the limit.
-
-        The envelope itself may outlive the connection for a while (reference cycles in the
-        protocol object), so this is not left to the weak mapping. A message being committed
-        keeps counting until its outcome is known.
-        """
-        transaction = self._transactions.get(envelope) if envelope is not None else None
-        if transaction is not None and not transaction.accepting:
-            transaction.open = False
+        """The session of `envelope` ended: its transaction no longer holds any of the limit."""
+        self.transactions.forget(envelope)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         # The message, read by the session into a spool draft or held (gateway/smtp/data.py).
@@ -332,13 +273,13 @@ class FaxHandler:
         # Document work costs memory and CPU per message (a 24 MB message, a large image): at
         # most smtp.max_concurrent_data at once; past that the client tries again later.
         if self.document_slots.locked():
-            transaction = self._transactions.get(envelope)
+            transaction = self.transactions.get(envelope)
             refusal = Refusal(Reason.BUSY, replies.BUSY)
             sender = transaction.sender if transaction is not None else None
             return self._refuse("data", refusal, server, sender=sender)
         async with self.document_slots:
             reply = await self._data(server, envelope, received)
-        transaction = self._transactions.get(envelope)
+        transaction = self.transactions.get(envelope)
         if transaction is not None and transaction.subject_addressed and received is not None:
             reply = await self._explained(transaction, received, reply)
         return reply
@@ -365,7 +306,7 @@ class FaxHandler:
         )
 
     async def _data(self, server: SMTP, envelope: Envelope, received: Received | None) -> str:
-        transaction = self._transactions.get(envelope)
+        transaction = self.transactions.get(envelope)
         spooling: asyncio.Future[Path] | None = None
         try:
             if received is None:
@@ -424,9 +365,7 @@ class FaxHandler:
             client = str(ip) if ip is not None else None
             transaction.accepting = True
             received.taken = True
-            accept = asyncio.ensure_future(
-                self._accept(transaction, received, job_id, spooling, checked, client)
-            )
+            accept = self.acceptor.start(transaction, received, job_id, spooling, checked, client)
         except Exception:
             logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
             return replies.TEMPORARY_FAILURE
@@ -437,8 +376,6 @@ class FaxHandler:
         # stops: a job half-made (file without row) helps no one. A client that vanished before
         # our 250 will send the message again; that duplicate is the price SMTP makes everyone
         # pay (RFC 1047), and the smaller one than losing a message.
-        self._commits.add(accept)
-        accept.add_done_callback(self._commits.discard)
         return await asyncio.shield(accept)
 
     async def _unspool(self, spooling: asyncio.Future[Path]) -> None:
@@ -452,126 +389,6 @@ class FaxHandler:
         except Exception:
             # Without a row it is an orphan, which the next start removes.
             logger.exception("smtp.unspool_failed", path=str(path))
-
-    async def _accept(
-        self,
-        transaction: Transaction,
-        received: Received,
-        job_id: str,
-        spooling: asyncio.Future[Path],
-        checked: Checked,
-        client: str | None,
-    ) -> str:
-        """Spool, commit, wake: the reply, 250 with the job id, or 4xx after logging why not.
-
-        Either way the transaction is closed at the end: committed, the store counts its faxes;
-        failed, the client was told 451 (452 for a full disk) and nothing of it will be faxed.
-        """
-        try:
-            with log.bound(job=job_id):
-                spool_path = await spooling
-                for index, pdf in checked.converted.items():
-                    await asyncio.to_thread(self.spool.write_converted, job_id, index, pdf)
-                failpoint("after_spool")
-                sender = transaction.sender.lower()
-                settings = message_settings(self.config, sender, transaction.options)
-                job = NewJob(
-                    id=job_id,
-                    sender=sender,
-                    auth_user=transaction.auth_user,
-                    client_address=client,
-                    subject=checked.subject or "",
-                    message_id=checked.message_id or "",
-                    from_number=settings.from_number,
-                    spool_path=spool_path,
-                    recipients=tuple(transaction.numbers),
-                    cover=settings.cover,
-                    cover_template=settings.cover_template,
-                    resolution=settings.resolution,
-                    notify=settings.notify,
-                )
-                # The row goes in with the other writes of this moment (one transaction, one
-                # fsync); a resend (same sender, Message-ID and recipients as a queued job) is
-                # recognised in that transaction, so two copies of one message in parallel
-                # sessions make one job, and the second's file goes again.
-                transaction.job_id = job_id
-                # With the message and its PDFs: on a store nodes share, their shared copies
-                # are committed with the row (store/blobs.py), the same one commit. (SQLite's
-                # files are the truth: nothing is read back for it.)
-                files: list[File] = []
-                if self.db.shared:
-                    raw = received.data or await asyncio.to_thread(spool_path.read_bytes)
-                    files = [(spool_path, raw)] + [
-                        (self.spool.converted_path(job_id, index), pdf)
-                        for index, pdf in checked.converted.items()
-                    ]
-                resent = await self.commits.run(
-                    insert_job_unless_resent, job, self._dedupe_since(checked), files=files
-                )
-                async with self.daily_limit.lock:
-                    transaction.open = False
-                if resent is not None:
-                    await asyncio.to_thread(self.spool.remove, spool_path)
-                    return self._resend(transaction, resent)
-                logger.info(
-                    "smtp.accepted",
-                    reason=Reason.ACCEPTED,
-                    sender=sender,
-                    user=transaction.auth_user,
-                    recipients=list(transaction.numbers),
-                    pages=checked.pages,
-                    size=received.size,
-                    client=client,
-                )
-                if self.metrics is not None:
-                    self.metrics.smtp_accepted.inc()
-                try:
-                    self.wake()
-                except Exception:
-                    # The job is committed; the workers' periodic scan will find it.
-                    logger.exception("smtp.wake_failed")
-                # The last moment before the 250: a kill here is the client's "250 lost in a
-                # crash". aiosmtpd sends the reply after we return, so "after the 250" has no
-                # hook; from the store's side it is the same state as here.
-                failpoint("after_commit")
-                return replies.queued(job_id)
-        except Exception as exc:
-            if resource_error(exc):
-                logger.error(
-                    "smtp.rejected",
-                    stage="data",
-                    reason=Reason.NO_STORAGE,
-                    reply=replies.INSUFFICIENT_STORAGE,
-                    error=str(exc),
-                )
-                if self.metrics is not None:
-                    self.metrics.smtp_rejected.labels(reason=str(Reason.NO_STORAGE)).inc()
-                return replies.INSUFFICIENT_STORAGE
-            logger.exception("smtp.error", stage="data", reason=Reason.INTERNAL_ERROR)
-            return replies.TEMPORARY_FAILURE
-        finally:
-            transaction.open = False
-            with contextlib.suppress(OSError):
-                await received.close()
-
-    def _dedupe_since(self, checked: Checked) -> float | None:
-        """Since when a queued job with this Message-ID makes this message a resend; None
-        when resends are not looked for."""
-        window = self.config.smtp.dedupe_window_seconds
-        if window <= 0 or not checked.message_id:
-            return None
-        return time.time() - window
-
-    def _resend(self, transaction: Transaction, job_id: str) -> str:
-        """The answer to a resent message: 250 with the first job's id, and nothing faxed."""
-        logger.info(
-            "smtp.resent",
-            job_id=job_id,
-            sender=transaction.sender.lower(),
-            recipients=list(transaction.numbers),
-            hint="same sender, Message-ID and recipients as a queued job: not faxed again",
-        )
-        return replies.queued(job_id)
 
     def _storage_short(self, needed: int = 0) -> bool:
         """Whether data.dir has less than data.min_free_bytes left (after `needed` more)."""
@@ -605,8 +422,7 @@ class FaxHandler:
 
     async def drain(self) -> None:
         """Wait until every message being spooled has its 250 decided (for shutdown)."""
-        while self._commits:
-            await asyncio.wait(list(self._commits))
+        await self.acceptor.drain()
 
 
 def _is_keyword(line: str, keyword: str) -> bool:
