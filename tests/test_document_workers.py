@@ -1,4 +1,4 @@
-"""Document work in worker processes (gateway/document/workers.py): budgets, deaths, stop."""
+"""Document work in worker processes (document/workers.py, pool.py): budgets, deaths, stop."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.document.mime import TOO_COSTLY, DocumentError
-from gateway.document.workers import DocumentWorkers, WorkerDied, WorkersStopped
+from gateway.document.pool import WorkerDied, WorkersStopped
+from gateway.document.workers import DocumentWorkers
 from gateway.outbound.prepare import PrepareWorker
 from gateway.smtp.server import SmtpServer
 from gateway.store import Database

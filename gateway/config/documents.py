@@ -10,7 +10,7 @@ from gateway.config.values import Section
 
 
 class DocumentsConfig(Section):
-    """Reading documents: the budget of a document worker process (gateway/document/workers.py;
+    """Reading documents: the budget of a document worker process (gateway/document/pool.py;
     reading one message at DATA, or building one job's document, may cost at most this much),
     and the conversion of office files."""
 

@@ -1,6 +1,6 @@
 """A document worker process: reads a caller's message and builds its fax, under a budget.
 
-Started by `gateway.document.workers.DocumentWorkers` as
+Started by `gateway.document.pool.WorkerPool` as
 
     python -m gateway.document.isolated <memory bytes> <daemon pid>
 

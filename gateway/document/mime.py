@@ -61,7 +61,7 @@ CORRUPT = "corrupt"
 TOO_MANY_PAGES = "too_many_pages"
 MALFORMED = "malformed"
 # Reading it would cost more memory or time than a document worker may spend
-# (documents.worker_memory_mb, documents.worker_timeout_seconds: gateway/document/workers.py).
+# (documents.worker_memory_mb, documents.worker_timeout_seconds: gateway/document/pool.py).
 TOO_COSTLY = "too_costly"
 KINDS = frozenset({NO_DOCUMENT, UNSUPPORTED, CORRUPT, TOO_MANY_PAGES, MALFORMED, TOO_COSTLY})
 

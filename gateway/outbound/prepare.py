@@ -29,13 +29,8 @@ from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document.mime import DocumentError
 from gateway.document.office import ConversionBusy, OfficeConverter
-from gateway.document.workers import (
-    PREPARES_AT_ONCE,
-    DocumentWorkers,
-    Prepared,
-    WorkerDied,
-    WorkersStopped,
-)
+from gateway.document.pool import PREPARES_AT_ONCE, WorkerDied, WorkersStopped
+from gateway.document.workers import DocumentWorkers, Prepared
 from gateway.numbers import pretty
 from gateway.outbound.defer import defer_job
 from gateway.outbound.together import work_together

@@ -46,7 +46,8 @@ from gateway.carrier.status import Outcome
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.convert import images_to_pdf, natural_layout, tiff_to_pdf
-from gateway.document.workers import DocumentWorkers, WorkersStopped
+from gateway.document.pool import WorkersStopped
+from gateway.document.workers import DocumentWorkers
 from gateway.failpoints import failpoint
 from gateway.mailout.message import MailAttachment, build_message, clean_subject
 from gateway.mailout.outbox import MailingWorker, mail_status, queue_mail

@@ -34,8 +34,9 @@ from gateway import log
 from gateway.config import Config
 from gateway.document import kinds
 from gateway.document.mime import DocumentError
+from gateway.document.pool import WorkerDied
 from gateway.document.preview import first_page_image
-from gateway.document.workers import DocumentWorkers, WorkerDied
+from gateway.document.workers import DocumentWorkers
 from gateway.mailout.message import MailAttachment
 from gateway.mailout.privacy import Privacy, protect
 from gateway.numbers import pretty

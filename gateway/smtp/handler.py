@@ -23,7 +23,8 @@ from gateway.config import Config
 from gateway.datadir import DataDir
 from gateway.document.mime import DocumentError
 from gateway.document.office import ConversionBusy, OfficeConverter
-from gateway.document.workers import Checked, DocumentWorkers, WorkerDied, WorkersStopped
+from gateway.document.pool import WorkerDied, WorkersStopped
+from gateway.document.workers import Checked, DocumentWorkers
 from gateway.mailout.templates import MailRenderer
 from gateway.ops.metrics import Metrics
 from gateway.smtp import explain, replies, subject
@@ -329,7 +330,7 @@ class FaxHandler:
             # following each other. A refused message's file is removed again.
             job_id = new_job_id()
             spooling = asyncio.ensure_future(asyncio.to_thread(received.keep, job_id))
-            # In a worker process with a memory and time budget (gateway/document/workers.py):
+            # In a worker process with a memory and time budget (gateway/document/pool.py):
             # a message that costs too much to read is refused, not allowed to take the daemon.
             try:
                 settings = message_settings(self.config, transaction.sender, transaction.options)

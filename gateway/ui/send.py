@@ -30,7 +30,8 @@ from gateway.datadir import DataDir
 from gateway.document.kinds import sniff
 from gateway.document.mime import DocumentError
 from gateway.document.office import ConversionBusy, OfficeConverter
-from gateway.document.workers import DocumentWorkers, WorkerDied, WorkersStopped
+from gateway.document.pool import WorkerDied, WorkersStopped
+from gateway.document.workers import DocumentWorkers
 from gateway.smtp import replies
 from gateway.smtp.limits import DailyLimit
 from gateway.smtp.options import MessageOptions, message_settings
