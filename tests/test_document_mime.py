@@ -11,8 +11,9 @@ from email.message import Message
 
 import pytest
 
-from gateway.document import mime
-from gateway.document.mime import DocumentError, extract, html_to_text, one_line_ascii
+from gateway.document import headers
+from gateway.document.htmltext import html_to_text
+from gateway.document.mime import DocumentError, extract, one_line_ascii
 from tests import samples
 
 
@@ -452,12 +453,12 @@ def test_a_plain_subject_reads_as_the_header_parser_reads_it() -> None:
     taken = 0
     for _ in range(5_000):
         value = _header_value(rng)
-        fast = mime._plain_text(value)
+        fast = headers._plain_text(value)
         if fast is None:
             continue
         taken += 1
         parsed = str(email.policy.default.header_fetch_parse("subject", value))
-        assert fast == " ".join(mime._without_surrogates(parsed).split()), repr(value)
+        assert fast == " ".join(headers._without_surrogates(parsed).split()), repr(value)
     assert taken > 500
 
 
@@ -472,12 +473,12 @@ def test_a_part_whose_headers_name_nothing_has_no_filename() -> None:
         part["Content-Type"] = _header_value(rng)
         if rng.random() < 0.7:
             part["Content-Disposition"] = _header_value(rng)
-        if not mime._names_nothing(part):
+        if not headers._names_nothing(part):
             continue
         taken += 1
-        assert mime._param(part, "content-disposition", "filename") is None
-        assert mime._param(part, "content-type", "name") is None
-        # An exception here is what _filename reads as no name too.
+        assert headers._param(part, "content-disposition", "filename") is None
+        assert headers._param(part, "content-type", "name") is None
+        # An exception here is what headers.filename reads as no name too.
         with contextlib.suppress(UnicodeError):
             assert part.get_filename() is None
     assert taken > 1_000

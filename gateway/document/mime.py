@@ -35,24 +35,21 @@ the whole message with that policy re-parsed Content-Type some twenty times per 
 
 `extract` never raises anything but `DocumentError` (kind "malformed"), whatever the input bytes.
 
-One module although it is past 450 lines: the rules above are one walk over one tree, and each
-depends on what the others decided about the same part; split, they would pass that state
-around. The HTML scan for cid references is its only separable piece (~40 lines).
+The rules above are one walk over one tree, each depending on what the others decided about the
+same part, so they stay in this one module; a part's headers are read by
+gateway/document/headers.py, an HTML body's text by gateway/document/htmltext.py.
 """
 
 from __future__ import annotations
 
-import email
-import email.header
-import email.policy
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from email.message import Message
-from html.parser import HTMLParser
 from urllib.parse import unquote
 
-from gateway.document import mimeparse
+from gateway.document import headers, mimeparse
+from gateway.document.htmltext import html_to_text
 from gateway.document.kinds import TEXT, claimed_type, convertible_type, sniff
 
 NO_DOCUMENT = "no_document"
@@ -230,8 +227,8 @@ def _extract(raw: bytes, convertible: frozenset[str]) -> Extracted:
         t for t in found.html if t.strip()
     )
     return Extracted(
-        subject=_header_text(message, "subject"),
-        message_id=" ".join(_raw_header(message, "message-id").split()),
+        subject=headers.header_text(message, "subject"),
+        message_id=" ".join(headers.raw_header(message, "message-id").split()),
         body_text=_tidy_text(body),
         attachments=tuple(found.attachments),
         unsupported=tuple(found.unsupported),
@@ -291,8 +288,8 @@ class _Walker:
     def _related(self, part: Message, children: list[Message], depth: int) -> _Found:
         if not children:
             return _Found()
-        start = _strip_id(str(part.get_param("start", "") or ""))
-        root = next((c for c in children if start and _content_id(c) == start), children[0])
+        start = headers.strip_id(str(part.get_param("start", "") or ""))
+        root = next((c for c in children if start and headers.content_id(c) == start), children[0])
         found = _Found()
         for child in children:
             found.add(self.visit(child, depth=depth + 1, resource=child is not root))
@@ -306,8 +303,8 @@ class _Walker:
             found.unsupported += sub.unsupported
         if not found.has_parts:
             # Nothing faxable inside: name the forwarded mail so the error says what was seen.
-            subject = _header_text(children[0], "subject") if children else ""
-            label = _filename(part) or (
+            subject = headers.header_text(children[0], "subject") if children else ""
+            label = headers.filename(part) or (
                 f'forwarded message "{subject}"' if subject else "forwarded message"
             )
             found.unsupported.append(label)
@@ -319,7 +316,7 @@ class _Walker:
         if content_type in _IGNORED_TYPES:
             return found
         disposition = part.get_content_disposition()
-        filename = _filename(part)
+        filename = headers.filename(part)
         if content_type.startswith("text/") and disposition != "attachment" and not filename:
             if content_type == "text/plain":
                 found.plain.append(_text_of(part))
@@ -350,10 +347,10 @@ class _Walker:
         return found
 
     def _shown_by_html(self, part: Message) -> bool:
-        cid = _content_id(part)
+        cid = headers.content_id(part)
         if cid and cid in self.references.cids:
             return True
-        location = _raw_header(part, "content-location").strip().lower()
+        location = headers.raw_header(part, "content-location").strip().lower()
         return bool(location) and location in self.references.locations
 
 
@@ -364,7 +361,7 @@ def _html_references(message: Message) -> _References:
         if part.get_content_type() != "text/html" or part.get_content_disposition() == "attachment":
             continue
         html = _text_of(part)
-        cids.update(_strip_id(unquote(m)) for m in _CID_RE.findall(html))
+        cids.update(headers.strip_id(unquote(m)) for m in _CID_RE.findall(html))
         locations.update(unquote(m).strip().lower() for m in _SRC_RE.findall(html))
     return _References(frozenset(cids), frozenset(locations))
 
@@ -385,116 +382,6 @@ def _walk(part: Message, depth: int) -> list[Message]:
 # `cid:` anywhere in the HTML: <img src>, <td background>, CSS url(), Outlook's VML.
 _CID_RE = re.compile(r"""cid:([^\s"'()<>]+)""", re.IGNORECASE)
 _SRC_RE = re.compile(r"""\b(?:src|background)\s*=\s*["']?([^"'\s>]+)""", re.IGNORECASE)
-
-
-def _content_id(part: Message) -> str:
-    return _strip_id(_raw_header(part, "content-id"))
-
-
-def _strip_id(value: str) -> str:
-    return value.strip().strip("<>").strip().lower()
-
-
-def _raw_header(part: Message, name: str) -> str:
-    """A header's raw value, unfolded; parsing it (policy.default) can fail on hostile input."""
-    value = _source_value(part, name)
-    return "" if value is None else " ".join(_without_surrogates(value).split())
-
-
-def _source_value(part: Message, name: str) -> str | None:
-    """The first `name` header's value as it arrived (compat32 stores it unparsed)."""
-    for key, value in part.raw_items():
-        if key.lower() == name:
-            return value if isinstance(value, str) else str(value)
-    return None
-
-
-def _parsed(part: Message, name: str) -> object | None:
-    """The first `name` header as `policy.default` would give it: the same structured header
-    object (decoded encoded words, RFC 2231 parameters), built for this one header only."""
-    value = _source_value(part, name)
-    if value is None:
-        return None
-    return email.policy.default.header_fetch_parse(name, value)
-
-
-def _without_surrogates(text: str) -> str:
-    """Raw 8-bit header bytes come back from the parser as lone surrogates, which no store or
-    mail can take (a message with them was refused with 451 over and over): read them as the
-    UTF-8 they usually are, anything else as U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _header_text(part: Message, name: str) -> str:
-    """A header decoded for people (encoded words), on one line; raw text if decoding fails."""
-    plain = _plain_text(_source_value(part, name))
-    if plain is not None:
-        return plain
-    try:
-        value = _parsed(part, name)
-        text = "" if value is None else str(value)
-    except Exception:
-        raw = _raw_header(part, name)
-        try:
-            text = str(email.header.make_header(email.header.decode_header(raw)))
-        except Exception:
-            text = raw
-    return " ".join(_without_surrogates(text).split())
-
-
-def _plain_text(value: str | None) -> str | None:
-    """policy.default's reading of an unstructured header, for a value that leaves it nothing
-    to do (ASCII without encoded words or line breaks: it would hand back the text itself),
-    on one line; None for any other value, which it reads."""
-    if value is None:
-        return ""
-    if not value.isascii() or "=?" in value or "\r" in value or "\n" in value:
-        return None
-    return " ".join(value.split())
-
-
-def _names_nothing(part: Message) -> bool:
-    """Whether neither Content-Disposition nor Content-Type can hold a filename or name
-    parameter: every parser of them finds a parameter by its lower-cased name, so a header
-    whose lower-cased text lacks "name" has none (RFC 2231's "filename*0*" has it too)."""
-    for header in ("content-disposition", "content-type"):
-        value = _source_value(part, header)
-        if value is not None and "name" in value.lower():
-            return False
-    return True
-
-
-def _filename(part: Message) -> str | None:
-    if _names_nothing(part):
-        return None
-    name = _param(part, "content-disposition", "filename") or _param(part, "content-type", "name")
-    if not name:
-        try:
-            # The older API finds names the structured header gives up on (e.g. unquoted).
-            name = part.get_filename()
-        except Exception:
-            return None
-    if not name:
-        return None
-    # Some clients send the sender's full path ("C:\Users\ann\report.pdf"); only the name counts.
-    name = re.split(r"[\\/]", str(name))[-1]
-    name = "".join(c if c.isprintable() else " " for c in name)
-    name = " ".join(name.split())[:255]
-    return name or None
-
-
-def _param(part: Message, header: str, name: str) -> str | None:
-    """A decoded header parameter (RFC 2231, encoded words) as policy.default parses it.
-
-    Preferred to get_filename(), which strips <angle brackets> off a name like "<scan>.pdf".
-    """
-    try:
-        value = _parsed(part, header)
-        params = getattr(value, "params", None) or {}
-        found = params.get(name)
-    except Exception:
-        return None
-    return str(found) if found else None
 
 
 def _text_of(part: Message) -> str:
@@ -518,79 +405,3 @@ def _tidy_text(text: str) -> str:
     """Unix newlines, no trailing blanks on lines, no blank lines at either end."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return "\n".join(line.rstrip() for line in lines).strip("\n")
-
-
-class _HtmlText(HTMLParser):
-    """Readable text from HTML: block elements become line breaks, scripts and styles vanish."""
-
-    _BLOCKS = frozenset(
-        [
-            "address",
-            "article",
-            "aside",
-            "blockquote",
-            "br",
-            "dd",
-            "div",
-            "dl",
-            "dt",
-            "footer",
-            "h1",
-            "h2",
-            "h3",
-            "h4",
-            "h5",
-            "h6",
-            "header",
-            "hr",
-            "li",
-            "ol",
-            "p",
-            "pre",
-            "section",
-            "table",
-            "tr",
-            "ul",
-        ]
-    )
-    _HIDDEN = frozenset({"head", "script", "style", "title", "template"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self.hidden = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._HIDDEN:
-            self.hidden += 1
-        elif tag in self._BLOCKS:
-            self.chunks.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._HIDDEN:
-            self.hidden = max(0, self.hidden - 1)
-        elif tag in self._BLOCKS:
-            self.chunks.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.hidden:
-            self.chunks.append(re.sub(r"\s+", " ", data))
-
-
-def html_to_text(html: str) -> str:
-    """Plain text of an HTML body, for the cover page or a body-only fax."""
-    parser = _HtmlText()
-    try:
-        parser.feed(html)
-        parser.close()
-        text = "".join(parser.chunks)
-    except Exception:
-        # html.parser still asserts on some broken markup; tags stripped by hand will do.
-        text = re.sub(r"<[^>]*>", " ", html)
-    lines = [" ".join(line.split()) for line in text.split("\n")]
-    # At most one blank line in a row: nested blocks each add a break.
-    tidy: list[str] = []
-    for line in lines:
-        if line or (tidy and tidy[-1]):
-            tidy.append(line)
-    return "\n".join(tidy).strip()
