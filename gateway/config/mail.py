@@ -1,5 +1,6 @@
 """The mail the gateway sends: [relay], the SMTP relay (or Maildir) it goes out through,
-[notify], which reports and copies are sent and how, and [templates], where they are written.
+[notify], which reports and copies are sent and how, and [templates], the folder whose templates
+override the built-in ones.
 """
 
 from __future__ import annotations
