@@ -376,6 +376,9 @@ class EventsWorker(QueueWorker):
             if self.clock() - event.received_at < self.config.webhooks.reconcile_after_seconds:
                 raise _NotYet("no fax of ours has this carrier id (yet)")
             # The account may be shared with other software; its faxes are not ours to report.
+            # So is, to this look-up, the failed try of a fax resubmitted since (the next POST
+            # gave it a new carrier id): its event, replayed late, changes nothing of the new
+            # try, and the round's interim report went out before that POST (outbound/submit.py).
             logger.info("event.foreign_fax", status=fax.status)
             return
         ours, final_now = result
