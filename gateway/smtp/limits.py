@@ -11,6 +11,11 @@ too. Callers hold `lock` from the check until the number is taken into the trans
 they close a transaction whose job was committed. A job being committed (its row may or may
 not be in the store yet: store/commit.py batches the commits) is counted from memory only: the
 check leaves its id out of the store's count until the transaction is closed.
+
+Nodes sharing a store (store/postgres.py) share the store's count, not their open
+transactions: each counts its own, so parallel sessions on two nodes can together pass a
+sender's limit by the faxes of the other node's transactions still open (a few, for as long as
+a DATA takes); once committed, every node counts them.
 """
 
 from __future__ import annotations
