@@ -75,7 +75,7 @@ async def test_a_job_committed_while_the_count_is_read_is_counted_once(
 
         def read(_conn: Any) -> bool:
             reading.set()
-            return release.wait(20)
+            return release.wait(60)
 
         # The reader is busy: the second session's count waits behind this read.
         busy = asyncio.create_task(gw.db.read(read))
@@ -87,7 +87,7 @@ async def test_a_job_committed_while_the_count_is_read_is_counted_once(
             async def counting() -> bool:
                 return lock.locked()
 
-            await until(counting)
+            await until(counting, 30)
             # The first session's job is committed meanwhile (the writer is free); its
             # transaction stays open until the count lets go of the lock.
             data = asyncio.create_task(first.data(_mail()))
@@ -95,7 +95,7 @@ async def test_a_job_committed_while_the_count_is_read_is_counted_once(
             async def committed() -> bool:
                 return await _faxes(gw.db) == 1
 
-            await until(committed)
+            await until(committed, 30)
             release.set()
             assert await pending == 250
             assert (await data).code == 250
