@@ -9,6 +9,7 @@ carrier goes away mid-batch run against the sandbox carrier through the real web
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,11 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from gateway.callbacks.events import EventsWorker
+from gateway.carrier.client import VoxtelesysClient
 from gateway.config import Config
+from gateway.queue.backoff import RetryPolicy
+from gateway.queue.runner import run_until_idle
 from gateway.queue.schedule import crash_message
 from gateway.store import Database
 from gateway.store.events import (
@@ -211,7 +216,8 @@ async def test_a_get_failing_mid_batch_gives_back_the_faxes_read_ahead(
     first, second, third = _forged(11), _forged(12), _forged(13)
     for carrier_id in (first, second, third):
         await _post(gateway, carrier_id, "delivered")
-    sandbox.fail_next(count=1, status=503, method="GET", path=f"/api/v1/faxes/{second}")
+    # Twice: its GET read ahead, then its GET in its turn (the probe after a failed read-ahead).
+    sandbox.fail_next(count=2, status=503, method="GET", path=f"/api/v1/faxes/{second}")
     await gateway.events.run_once()
     [dropped] = await gateway.db.run(events_of, first)
     [failed] = await gateway.db.run(events_of, second)
@@ -220,6 +226,54 @@ async def test_a_get_failing_mid_batch_gives_back_the_faxes_read_ahead(
     assert failed.processed_at is None and failed.attempts == 1 and "503" in (failed.error or "")
     assert waiting.processed_at is None
     assert (waiting.attempts, waiting.pickups, waiting.error) == (0, 0, None)
+
+
+async def test_a_carrier_down_for_the_reads_ahead_gets_one_probe_at_a_time(
+    gateway: Harness, sandbox: Sandbox
+) -> None:
+    """The carrier lists, then fails every GET by id: the read-ahead's eight tries are the
+    only parallel ones (no retries, no more started), then one GET at a time with the client's
+    retries; once it answers again the batch reads ahead as before."""
+    ids = [_forged(n) for n in range(21, 31)]
+    for carrier_id in ids:
+        await _post(gateway, carrier_id, "delivered")
+    client = VoxtelesysClient.from_config(
+        gateway.config.voxtelesys,
+        retry=RetryPolicy(attempts=3, min_delay=0.01, max_delay=0.02, deadline=5),
+    )
+    events = EventsWorker(
+        config=gateway.config,
+        db=gateway.db,
+        client=client,
+        reporter=gateway.events.reporter,
+        clock=gateway.clock,
+    )
+    try:
+        sandbox.fail_next(count=100, status=503, method="GET", path="/api/v1/faxes/")
+        await events.run_once()
+        by_id = [r for r in sandbox.requests(method="GET") if r["path"] != "/api/v1/faxes"]
+        assert all(r["status"] == 503 for r in by_id)
+        tries = Counter(r["path"].rsplit("/", 1)[1] for r in by_id)
+        # At most eight read ahead, one try each (the first failure cancels those not sent
+        # yet), then the first fax's GET in its turn, three tries; nothing else.
+        assert 3 <= tries.pop(ids[0]) <= 4, tries
+        assert set(tries) <= set(ids[1:8]) and set(tries.values()) <= {1}, tries
+        [first] = await gateway.db.run(events_of, ids[0])
+        assert first.attempts == 1 and "503" in (first.error or "")
+        sandbox.clear_faults()
+        gateway.clock.advance(3600)
+        started = len(sandbox.requests(method="GET"))
+        await run_until_idle([events], timeout=30)
+        for carrier_id in ids:
+            [event] = await gateway.db.run(events_of, carrier_id)
+            assert event.error == "unknown to the carrier"
+        # The page, then each fax once (read ahead again).
+        again = sandbox.requests(method="GET")[started:]
+        assert sorted(r["path"] for r in again) == sorted(
+            ["/api/v1/faxes"] + [f"/api/v1/faxes/{carrier_id}" for carrier_id in ids]
+        )
+    finally:
+        await client.close()
 
 
 # -- the store's batch rule ----------------------------------------------------------------------

@@ -406,9 +406,20 @@ def test_a_kill_at_the_failpoint_loses_nothing_and_duplicates_only_what_smtp_can
         kept = Counter(p.suffix for p in archive.rglob("*") if p.is_file())
         assert kept == Counter({".pdf": len(INBOUND), ".json": len(INBOUND)}), kept
 
-    # XXX a kill after_spool leaves that message's spool file with no job: nothing removes it.
+    # No spooled message without its job: a kill between the spool write and the commit
+    # (after_spool) leaves one, which the restart removes before SMTP listens. A temp file the
+    # kill left is not a message (counted apart, not asserted): one of a write it interrupted
+    # goes at a start an hour later or with the daily purge; a draft kept as its job's message
+    # (a kill at after_commit of a message too big to be held in memory) goes at the restart
+    # (Spool.remove_stale_temp_files).
     referenced = {Path(r["spool_path"]).name for r in store_rows(data_dir, "SELECT * FROM jobs")}
-    spool_orphans = [p.name for p in (data_dir / "spool").iterdir() if p.name not in referenced]
+    spooled = list((data_dir / "spool").iterdir())
+    spool_orphans = [p.name for p in spooled if not p.name.startswith(".")]
+    spool_orphans = [
+        name for name in spool_orphans if name.split(".")[0] + ".eml" not in referenced
+    ]
+    spool_temps = [p.name for p in spooled if p.name.startswith(".")]
+    assert spool_orphans == [], spool_orphans
     print(
         "FAILPOINT",
         json.dumps(
@@ -426,6 +437,7 @@ def test_a_kill_at_the_failpoint_loses_nothing_and_duplicates_only_what_smtp_can
                 "mails_in_relay_hands_at_kill": len(held),
                 "lost": 0,
                 "spool_orphans": len(spool_orphans),
+                "spool_temps": len(spool_temps),
             }
         ),
     )

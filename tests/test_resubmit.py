@@ -4,16 +4,21 @@ once, threaded, with how many times it was tried; never for document or permanen
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from gateway.carrier.faxerrors import resubmittable
+from gateway.carrier.status import Outcome
 from gateway.config import ConfigError, config_from_dict
 from gateway.store import faxes as fax_store
 from gateway.store import jobs
+from gateway.store.events import defer_event, events_of, record_event
+from gateway.store.records import FaxState
 from tests import samples
 from tests.conftest import merge
+from tests.helpers import until
 from tests.servers.gateway import GatewayFactory
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
@@ -94,6 +99,66 @@ async def test_a_failure_learnt_from_the_posts_own_answer_is_told_in_between_too
         interim, final = await relay_server.wait_for(2, timeout=30)
         assert "will try again at" in str(interim.message["Subject"])
         assert str(final.message["Subject"]).strip().startswith("Fax to +1 201-555-0123 delivered")
+    assert len(relay_server.messages) == 2
+
+
+async def test_a_failure_whose_interim_mail_its_event_did_not_queue_is_told_all_the_same(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """The try's failure is recorded but its event's application ends before the interim mail
+    (deferred): the next POST gives the fax a new carrier id, so the event, applied again, no
+    longer finds it; the submit worker queues that round's mail before its POST instead."""
+    sandbox.fail_faxes(1, 5109, to=NUMBER)
+    overrides = merge(
+        resubmitting(1, on_retry=True), {"webhooks": {"reconcile_after_seconds": 3600}}
+    )
+    async with gateway(overrides) as gw:
+        token = gw.config.http.webhook_token.get_secret_value()
+        sandbox.set_webhook(None)  # the failure's webhook is the test's to store
+        job_id = await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        [failed] = await final_faxes(sandbox, 1)
+        assert failed["status"] == "failed"
+
+        async def submitted() -> bool:
+            [fax] = await gw.db.run(fax_store.faxes_of, job_id)
+            return fax.carrier_id == failed["id"] and fax.state is FaxState.SUBMITTED
+
+        await until(submitted, 30)
+        # What the events worker leaves when applying the failure ends between recording it
+        # and queueing the mail: the fax waits to be resubmitted, its event deferred.
+        now = time.time()
+        result = await gw.db.run(
+            fax_store.record_carrier_status, failed["id"], "failed", Outcome.FAILED,
+            error_code=5109, error_description="far end is not able to receive", now=now,
+            resubmit_attempts=1, resubmit_delay=1.0,
+        )  # fmt: skip
+        assert result is not None and result[0].state is FaxState.PENDING
+        payload = {"type": "fax", "id": failed["id"], "direction": "outbound", "status": "failed"}
+        event_id = await gw.db.run(record_event, failed["id"], "failed", "outbound", payload, now)
+        assert event_id is not None
+        # Due again only once the resubmission's POST is recorded.
+        await gw.db.run(defer_event, event_id, "OSError: No space left on device", now + 3600, now)
+        sandbox.set_webhook(f"{gw.config.http.public_url}/webhooks/fax/{token}")
+        _first, second = sorted(await final_faxes(sandbox, 2), key=lambda f: f["created_at"])
+        assert second["status"] == "delivered"
+
+        async def resubmitted() -> bool:
+            [fax] = await gw.db.run(fax_store.faxes_of, job_id)
+            return fax.carrier_id == second["id"]
+
+        await until(resubmitted, 30)
+        await gw.db.run(defer_event, event_id, "OSError: No space left on device", 0, time.time())
+
+        async def applied_again() -> bool:
+            [event] = await gw.db.run(events_of, failed["id"])
+            return (event.error or "").startswith("no fax of ours has this carrier id")
+
+        await until(applied_again, 30)
+        mails = await relay_server.wait_for(2, timeout=30)
+        subjects = [" ".join(str(mail.message["Subject"]).split()) for mail in mails]
+        [interim] = [subject for subject in subjects if "will try again at" in subject]
+        [final] = [subject for subject in subjects if subject != interim]
+        assert final.startswith("Fax to +1 201-555-0123 delivered"), subjects
     assert len(relay_server.messages) == 2
 
 

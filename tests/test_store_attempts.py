@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from gateway.carrier.status import Outcome
 from gateway.store.attempts import KEEP_PER_JOB, Attempt, attempts_of
-from gateway.store.faxes import defer_fax, faxes_of, mark_reported
+from gateway.store.faxes import (
+    begin_submit,
+    defer_fax,
+    faxes_of,
+    mark_reported,
+    mark_submitted,
+    record_carrier_status,
+)
 from gateway.store.jobs import advance, defer_job, fail_job
-from gateway.store.records import JobState
+from gateway.store.records import FaxState, JobState
 from gateway.store.retention import purge_rows
 from gateway.ui.timeline import job_timeline
 from tests.servers.postgres import StoreBackend
@@ -115,6 +123,31 @@ def test_the_timeline_shows_every_attempt_with_its_time_stage_and_reason(
     [retrying] = [e for e in entries if e.what.startswith("retrying")]
     assert retrying.detail == "2 POST(s)"
     assert second.id not in {a.fax_id for a in attempts_of(conn, job_id)}
+
+
+def test_a_retrying_faxs_last_error_that_no_deferral_journalled_is_shown(
+    conn: sqlite3.Connection,
+) -> None:
+    """A fax whose POST was deferred once, then failed on the line and was resubmitted, shows
+    the carrier's failure in its retrying line: the journal's one try does not stand for it."""
+    job_id = make_job(conn, recipients=("+12015550101",))
+    to_uploaded(conn, job_id)
+    [fax] = faxes_of(conn, job_id)
+    defer_fax(conn, fax.id, "carrier: 500", 1.0, now=T0 + 10)
+    assert begin_submit(conn, fax.id, T0 + 20, "https://s3.example/doc.pdf") == 1
+    assert mark_submitted(conn, fax.id, "carrier-1", "queued", T0 + 21)
+    busy = "far end is not able to receive"
+    result = record_carrier_status(
+        conn, "carrier-1", "failed", Outcome.FAILED, error_code=5109, error_description=busy,
+        now=T0 + 30, resubmit_attempts=1, resubmit_delay=60,
+    )  # fmt: skip
+    assert result is not None and result[0].state is FaxState.PENDING
+    assert begin_submit(conn, fax.id, T0 + 90, "https://s3.example/doc.pdf?again") == 1
+    entries = job_timeline(conn, job(conn, job_id), faxes_of(conn, job_id))
+    [retrying] = [e for e in entries if e.what.startswith("retrying")]
+    assert retrying.detail == f"1 POST(s); last error: {busy}"
+    # Its deferral is still a line of its own.
+    assert [e.detail for e in entries if "deferred" in e.what] == ["carrier: 500"]
 
 
 def test_a_retry_from_before_the_journal_still_shows_its_last_error(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -13,6 +15,7 @@ import pytest
 
 from gateway.store import Database
 from gateway.store.commit import GroupCommit
+from gateway.store.db import StoreError
 from gateway.store.events import insert_event
 from gateway.store.jobs import faxes_sent_since, insert_job, insert_job_unless_resent
 from gateway.store.records import NewJob, new_job_id
@@ -168,6 +171,45 @@ async def test_a_read_sees_each_commit_and_waits_for_no_write(
             await holding
     finally:
         await asyncio.to_thread(db.close)
+
+
+def _open_files(path: Path) -> list[str]:
+    """This process's open descriptors of the store file (and its -wal and -shm)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(path)):
+                found.append(target)
+    return found
+
+
+async def test_a_read_queued_during_close_runs_and_leaves_no_connection_open(
+    tmp_path: Path,
+) -> None:
+    """Reads queued before close still answer (the one that finds the reader gone opens it
+    again), close then closes every connection they used, and a read after close is refused."""
+    db = await Database(tmp_path / "store.db").open()
+    since = time.time() - 60
+    assert await db.read(faxes_sent_since, "alice@example.com", since) == 0
+    reading, released = threading.Event(), threading.Event()
+
+    def hold(conn: Any) -> int:
+        reading.set()
+        released.wait(10)
+        return 0
+
+    held = asyncio.ensure_future(db.read(hold))
+    assert await asyncio.to_thread(reading.wait, 10)
+    queued = asyncio.ensure_future(db.read(faxes_sent_since, "alice@example.com", since))
+    await asyncio.sleep(0)  # the queued read is on the reader's thread's queue now
+    # The held read ends while close is under way (close blocks this loop until it is done).
+    threading.Timer(0.3, released.set).start()
+    db.close()
+    assert await held == 0 and await queued == 0
+    assert _open_files(db.path) == []
+    with pytest.raises(StoreError, match="not open"):
+        await db.read(faxes_sent_since, "alice@example.com", since)
 
 
 async def test_the_reader_never_writes(tmp_path: Path) -> None:

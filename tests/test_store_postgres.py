@@ -25,10 +25,10 @@ from gateway.queue.runner import Runner
 from gateway.store import dialect
 from gateway.store import outbox as outbox_store
 from gateway.store import postgres as pg_store
-from gateway.store.claims import claim
+from gateway.store.claims import claim, claim_together
 from gateway.store.commit import GroupCommit
 from gateway.store.db import transaction
-from gateway.store.jobs import advance_in, claim_jobs, get_job
+from gateway.store.jobs import JOBS, advance_in, claim_jobs, get_job
 from gateway.store.outbox import OUTBOX, enqueue, get_message, mark_sent
 from gateway.store.postgres import PgConnection, PostgresDatabase, schema_version
 from gateway.store.records import JobState
@@ -274,6 +274,34 @@ def test_a_claim_under_way_on_one_connection_does_not_hold_up_another(
     finally:
         node_a.close()
         node_b.close()
+
+
+def _claim_together(conn: Any, owner: str, now: float) -> list[str]:
+    with transaction(conn, row_locks=True):
+        found = claim_together(
+            conn, JOBS, where="state = ?", params=(JobState.RECEIVED,), now=now, limit=3,
+            max_pickups=3, order="next_attempt_at, created_at, id", owner=owner,
+        )  # fmt: skip
+    return [row["id"] for row in found.rows]
+
+
+def test_a_batch_claim_passes_over_another_nodes_batch_and_still_takes_a_batch(
+    postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    """While node A works on its batch, node B's batch claim takes the next three jobs, not
+    one alone, and none of A's (nor C of A's or B's); once A's lease ran out, its first job
+    is claimed alone."""
+    db = PostgresDatabase(postgres_server.dsn(postgres_schema), lease_seconds=60).open_sync()
+    try:
+        conn = db.connection()
+        ids = [make_job(conn, now=T0 + n) for n in range(7)]
+        assert _claim_together(conn, "node-a", T0 + 10) == ids[:3]
+        assert _claim_together(conn, "node-b", T0 + 11) == ids[3:6]
+        assert _claim_together(conn, "node-c", T0 + 12) == ids[6:]
+        # A died: its jobs are in line again, each with a pickup counted, so one at a time.
+        assert _claim_together(conn, "node-b", T0 + 80) == ids[:1]
+    finally:
+        db.close()
 
 
 def _lose_connection(conn: PgConnection) -> None:

@@ -117,6 +117,28 @@ def test_stale_temp_files_are_swept_fresh_ones_kept(spool: Spool) -> None:
     assert spool.messages() == [path]
 
 
+def test_a_kept_draft_whose_process_died_loses_its_temp_name_at_the_next_start(
+    spool: Spool,
+) -> None:
+    """A draft kept as its job's message and never closed (a kill at after_commit) has its
+    temp name removed at once, however fresh; the message stays under its job's name."""
+    draft = spool.draft(b"first part, ")
+    draft.write(MESSAGE)
+    kept = draft.keep("J1")
+    temp = draft.path
+    unkept = spool.draft(b"still arriving")  # a write in progress: left alone
+    try:
+        assert spool.remove_stale_temp_files(older_than=3600) == 1
+        assert not temp.exists()
+        assert unkept.path.exists()
+        assert kept.read_bytes() == b"first part, " + MESSAGE
+        assert kept.stat().st_nlink == 1
+        assert spool.messages() == [kept]
+    finally:
+        draft.close()
+        unkept.close()
+
+
 def test_converted_attachments_are_kept_beside_and_removed_with_their_message(
     tmp_path: Path,
 ) -> None:

@@ -10,7 +10,11 @@ For each event:
   events of one fax in a batch (the carrier's queued, sending and delivered in quick
   succession) share that one GET and are applied as one: its record is the fax's latest
   state, whichever event asked for it; its lines carry the oldest event's id and
-  `coalesced`, how many. The GETs of the next few faxes are started while one is applied.
+  `coalesced`, how many. The GETs of the next few faxes are started while one is applied,
+  once the carrier has answered in this batch (its page, or the last GET), each one try: the
+  first that fails stops them (those under way are cancelled, no other is started), and the
+  faxes then go one GET at a time, with the client's retries, until one is answered; so a
+  carrier that goes away gets one probe at a time, not the read-ahead and the retries of each.
   A fax the carrier does not know (404) is a forged or misdirected webhook: dropped, logged
   at warning level. A carrier that cannot be reached leaves the event for later, with
   backoff (and the events of the batch not tried yet wait with it, their claims given back);
@@ -107,6 +111,10 @@ class EventsWorker(QueueWorker):
         # the GETs started ahead of their turn (_fetch_ahead).
         self._page: dict[str, CarrierFax] = {}
         self._fetches: dict[str, asyncio.Task[CarrierFax]] = {}
+        # Whether the carrier answered the batch's last request (the read-ahead goes only
+        # then), and the GETs read ahead that a failure stopped.
+        self._answering = False
+        self._stopped: list[asyncio.Task[CarrierFax]] = []
 
     async def run_once(self) -> int:
         now = self.clock()
@@ -131,6 +139,7 @@ class EventsWorker(QueueWorker):
         processed: list[Processed] = []
         untried: list[Event] = []
         groups = self._groups(claimed)
+        self._answering = False
         try:
             self._page = await self._newest_page(groups)
         except CarrierError as exc:
@@ -141,7 +150,8 @@ class EventsWorker(QueueWorker):
             groups = []
         try:
             for number, group in enumerate(groups):
-                self._fetch_ahead(groups[number : number + _AHEAD])
+                if self._answering:
+                    self._fetch_ahead(groups[number : number + _AHEAD])
                 bound = {"event_id": group[0].id, "carrier_id": group[0].carrier_id}
                 if len(group) > 1:
                     bound["coalesced"] = len(group)
@@ -183,13 +193,30 @@ class EventsWorker(QueueWorker):
             carrier_id = group[0].carrier_id
             if carrier_id in self._page or carrier_id in self._fetches:
                 continue
-            # Its lines (the client's) carry its own event, as if fetched in its turn.
+            # Its lines (the client's) carry its own event, as if fetched in its turn. One
+            # try: its turn makes the GET again (with retries) if this one fails.
             with log.bound(event_id=group[0].id, carrier_id=carrier_id):
-                self._fetches[carrier_id] = asyncio.create_task(self.client.get_fax(carrier_id))
+                fetch = asyncio.create_task(self.client.get_fax(carrier_id, retry=False))
+            fetch.add_done_callback(self._fetched)
+            self._fetches[carrier_id] = fetch
+
+    def _fetched(self, fetch: asyncio.Task[CarrierFax]) -> None:
+        """A GET read ahead ended: one the carrier failed stops the read-ahead at once."""
+        if fetch.cancelled():
+            return
+        failure = fetch.exception()
+        if isinstance(failure, CarrierError) and not isinstance(failure, NotFound):
+            self._answering = False
+            for carrier_id, other in list(self._fetches.items()):
+                if not other.done():
+                    other.cancel()
+                    self._stopped.append(self._fetches.pop(carrier_id))
 
     async def _drop_fetches(self) -> None:
         """The batch is over: the GETs started for faxes it did not reach are not needed."""
         tasks, self._fetches = list(self._fetches.values()), {}
+        tasks += self._stopped
+        self._stopped = []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -217,7 +244,9 @@ class EventsWorker(QueueWorker):
         except CarrierError as exc:
             if exc.transient or exc.http_status in (401, 403):
                 raise
+            self._answering = True
             return {}
+        self._answering = True
         return {fax.id: fax for fax in faxes if fax.direction == "outbound"}
 
     async def next_due(self) -> float | None:
@@ -285,9 +314,8 @@ class EventsWorker(QueueWorker):
             listed = self._page.get(event.carrier_id)
             if listed is not None:
                 return listed
-            fetch = self._fetches.pop(event.carrier_id, None)
             try:
-                fax = await (fetch or self.client.get_fax(event.carrier_id))
+                fax = await self._read(event.carrier_id)
             except NotFound:
                 logger.warning(
                     "event.unknown_fax",
@@ -304,6 +332,27 @@ class EventsWorker(QueueWorker):
         except PayloadError as exc:
             logger.warning("event.unusable", reason=str(exc))
             return f"unusable payload: {exc}"
+
+    async def _read(self, carrier_id: str) -> CarrierFax:
+        """GET /faxes/{carrier_id}: read ahead, or now if it was not, or if the read ahead
+        failed (this GET is then the probe: the read-ahead waits for its answer)."""
+        fetch = self._fetches.pop(carrier_id, None)
+        try:
+            fax = None
+            if fetch is not None:
+                try:
+                    fax = await fetch
+                except NotFound:
+                    raise
+                except CarrierError:
+                    pass  # the read-ahead stopped (_fetched): the GET again, in its turn
+            if fax is None:
+                fax = await self.client.get_fax(carrier_id)
+        except NotFound:
+            self._answering = True
+            raise
+        self._answering = True
+        return fax
 
     async def _outbound(self, event: Event, fax: CarrierFax) -> None:
         outcome = fax.outcome(self.config.voxtelesys.success_statuses)
@@ -327,6 +376,9 @@ class EventsWorker(QueueWorker):
             if self.clock() - event.received_at < self.config.webhooks.reconcile_after_seconds:
                 raise _NotYet("no fax of ours has this carrier id (yet)")
             # The account may be shared with other software; its faxes are not ours to report.
+            # So is, to this look-up, the failed try of a fax resubmitted since (the next POST
+            # gave it a new carrier id): its event, replayed late, changes nothing of the new
+            # try, and the round's interim report went out before that POST (outbound/submit.py).
             logger.info("event.foreign_fax", status=fax.status)
             return
         ours, final_now = result

@@ -165,13 +165,16 @@ class VoxtelesysClient:
             attempt, policy=self.retry, is_transient=is_transient, operation="carrier.send_fax"
         )
 
-    async def get_fax(self, fax_id: str) -> CarrierFax:
-        """The fax with this id, inbound or outbound; NotFound if the carrier has none."""
+    async def get_fax(self, fax_id: str, *, retry: bool = True) -> CarrierFax:
+        """The fax with this id, inbound or outbound; NotFound if the carrier has none.
+        `retry=False`: one try (a read ahead of its turn, which its turn can make again)."""
         if not fax_id or not fax_id.strip():
             raise ValueError("fax id is empty")
         path = "/faxes/" + quote(fax_id.strip(), safe="")
         # A 404 is an answer here, not an error: each caller says what it means (a forged
         # webhook, a fax the carrier lost) in a line of its own.
+        if not retry:
+            return _fax(await self._call("GET", path, quiet=404))
         return _fax(await self._request("GET", path, operation="carrier.get_fax", quiet=404))
 
     async def list_faxes(self, page: int | None = None) -> AsyncGenerator[CarrierFax, None]:

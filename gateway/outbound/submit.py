@@ -137,6 +137,13 @@ class SubmitWorker(QueueWorker):
         # (for a sibling, or near its expiry), and only the URL that POST carried finds it.
         earlier_url = fax.submit_url or job.document_url
         resubmission = fax.resubmits > 0 and fax.submit_attempts == 0
+        if resubmission and self.reporter is not None:
+            # The round's interim report, queued once (its outbox key) before the POST that
+            # ends the round: the event whose application queues it finds the fax by the
+            # failed try's carrier id, which this POST replaces, so one applied again after it
+            # (its first application ended between recording the failure and the mail) could
+            # no longer tell it.
+            await self.reporter.retry(fax)
         url = await self._fresh_url(fax, job, renew=resubmission)
         if url is None or earlier_url is None:
             return

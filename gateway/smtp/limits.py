@@ -11,13 +11,19 @@ too. Callers hold `lock` from the check until the number is taken into the trans
 they close a transaction whose job was committed. A job being committed (its row may or may
 not be in the store yet: store/commit.py batches the commits) is counted from memory only: the
 check leaves its id out of the store's count until the transaction is closed.
+
+Nodes sharing a store (store/postgres.py) share the store's count, not their open
+transactions: each counts its own, so parallel sessions on two nodes can together pass a
+sender's limit by the faxes of the other node's transactions still open (a few, for as long as
+a DATA takes); once committed, every node counts them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +34,9 @@ from gateway.store import Database
 from gateway.store.jobs import faxes_sent_by_user_since, faxes_sent_since
 
 DAY_SECONDS = 86400
+
+# A count of the store's (store/jobs.py): faxes of `key` since a time, some jobs left out.
+_Count = Callable[[sqlite3.Connection, str, float, Collection[str]], int]
 
 
 @dataclass(frozen=True)
@@ -82,14 +91,34 @@ class DailyLimit:
         one still being committed is counted from memory."""
         since = time.time() - DAY_SECONDS
         lowered = sender.lower()
-        committing = self.open_work.committing()
-        sent = await self.db.read(faxes_sent_since, lowered, since, committing)
+        sent = await self._stored(faxes_sent_since, lowered, since)
         sent += self.open_work.open_for_sender(lowered)
         reply = replies.daily_limit(sender, limit)
         if sent < limit and user is not None and user.lower() != lowered:
-            sent = await self.db.read(faxes_sent_by_user_since, user, since, committing)
+            sent = await self._stored(faxes_sent_by_user_since, user, since)
             sent += self.open_work.open_for_user(user)
             reply = replies.daily_limit_user(user, limit)
         if sent >= limit:
             return OverLimit(Refusal(Reason.DAILY_LIMIT, reply), sent)
         return None
+
+    async def _stored(self, count: _Count, key: str, since: float) -> int:
+        """The store's count for `key`, the jobs of open transactions left out (they are
+        counted from memory).
+
+        A transaction's job starts being committed (its id in `committing`) without this
+        lock, so one may start while the read is on its way, and its row may be committed
+        before the read runs: read with the ids of before, that job would be counted twice,
+        from the store and from memory, and a fax within the limit refused. So the count is
+        read again, those ids left out too, until no commit started during the read. That
+        ends: only transactions holding numbers commit, and numbers are taken under the
+        lock the caller holds, so the transactions that can start are few and each starts
+        once. A job whose transaction was closed is counted from the store only: it was
+        committed before it was closed, and closed under the lock, so before this check."""
+        excluded = frozenset(self.open_work.committing())
+        while True:
+            sent = await self.db.read(count, key, since, excluded)
+            started = frozenset(self.open_work.committing()) - excluded
+            if not started:
+                return sent
+            excluded |= started

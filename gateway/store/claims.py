@@ -155,6 +155,21 @@ def shared_lease(conn: Any) -> float | None:
     return None if seconds is None else float(seconds)
 
 
+def _not_others(
+    conn: sqlite3.Connection, queue: QueueTable, now: float, owner: str
+) -> tuple[str, tuple[Any, ...]]:
+    """On a shared store, the condition (and its parameters) that leaves out the rows another
+    process claimed and still works on; nothing on a store of one process."""
+    if shared_lease(conn) is None:
+        return "", ()
+    table = queue.table
+    return (
+        f" AND NOT ({table}.{queue.pickups} > 0 AND coalesce({table}.{queue.lease}, 0) > ?"
+        f" AND coalesce({table}.{queue.owner}, '') != ?)",
+        (now, owner),
+    )
+
+
 def claim(
     conn: sqlite3.Connection,
     queue: QueueTable,
@@ -178,15 +193,7 @@ def claim(
     """
     table, due, pickups = queue.table, queue.due, queue.pickups
     shared = shared_lease(conn)
-    others = ""
-    other_params: tuple[Any, ...] = ()
-    if shared is not None:
-        # Not a row another process claimed and still works on.
-        others = (
-            f" AND NOT ({table}.{pickups} > 0 AND coalesce({table}.{queue.lease}, 0) > ?"
-            f" AND coalesce({table}.{queue.owner}, '') != ?)"
-        )
-        other_params = (now, owner)
+    others, other_params = _not_others(conn, queue, now, owner)
     # Row locks (PostgreSQL): the rows returned are this transaction's until it ends, and a row
     # another claim holds this instant is passed over, not waited for. Read committed
     # re-checks `where` on the newest version of each row it locks, so a row claimed (or
@@ -252,13 +259,21 @@ def claim_together(
     each is claimed alone, and only the culprit goes on to be held. With max_pickups 1 that
     single charge would hold the innocent: every claim is of one item then. The order is the
     queue's, so the item claimed alone is the one next in line.
+
+    On a shared store, "next in line" is among the rows the claim may take: another node's
+    live claim (its batch under way, pickups counted) is passed over as `claim` passes it
+    over. Seen as first in line, it made every claim of the other nodes one item alone for as
+    long as that batch was worked on, and cost nothing else: `claim` never took such a row,
+    nor waited for it (the look is a plain read, which waits for no row lock). A row whose
+    claim's lease ran out (its node died) is in line again, pickups and all: claimed alone.
     """
     table, pickups = queue.table, queue.pickups
+    others, other_params = _not_others(conn, queue, now, options.get("owner", BOOT_ID))
     first = conn.execute(
         f"SELECT {table}.{pickups} FROM {options.get('source') or table}"
-        f" WHERE ({where}) AND {table}.{queue.due} <= ?"
+        f" WHERE ({where}) AND {table}.{queue.due} <= ?{others}"
         f" ORDER BY {order or f'{table}.{queue.due}, {table}.id'} LIMIT 1",
-        (*params, now),
+        (*params, now, *other_params),
     ).fetchone()
     alone = limit <= 1 or max_pickups <= 1 or first is None or first[0] > 0
     return claim(

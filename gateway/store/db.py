@@ -8,6 +8,7 @@ import contextvars
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -149,6 +150,9 @@ class Database:
         # The reader (`read`): opened on its thread at its first use, after `open` migrated.
         self._reader_executor: ThreadPoolExecutor | None = None
         self._reader: sqlite3.Connection | None = None
+        # Held while a read is queued and while `close` starts: once it has, no read is.
+        self._reader_lock = threading.Lock()
+        self._closing = False
 
     def open_sync(self) -> Database:
         self._conn = self._executor.submit(connect, self.path).result()
@@ -200,15 +204,17 @@ class Database:
         sees every transaction committed before it started (a COMMIT that returned, anywhere),
         none still in progress. For the SMTP session's daily-limit count at RCPT, which holds
         every session's RCPT while it runs."""
-        if self._conn is None:
-            raise StoreError("store is not open")
-        if self._reader_executor is None:
-            self._reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader")
         loop = asyncio.get_running_loop()
         call = partial(self._read, fn, *args, **kwargs)
-        return await loop.run_in_executor(
-            self._reader_executor, contextvars.copy_context().run, call
-        )
+        with self._reader_lock:
+            if self._conn is None or self._closing:
+                raise StoreError("store is not open")
+            if self._reader_executor is None:
+                self._reader_executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="reader"
+                )
+            future = self._reader_executor.submit(contextvars.copy_context().run, call)
+        return await asyncio.wrap_future(future, loop=loop)
 
     def _read(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         if self._reader is None:
@@ -235,13 +241,23 @@ class Database:
         return True
 
     def close(self) -> None:
-        if self._reader_executor is not None:
-            if self._reader is not None:
-                reader, self._reader = self._reader, None
-                self._reader_executor.submit(reader.close).result()
-            self._reader_executor.shutdown(wait=True)
-            self._reader_executor = None
+        """Close the connections; a read already queued still runs first, none starts after.
+
+        The reader is closed on its thread after the reads queued before (each may still use
+        it, the first may open it), so a read on its way during the close does not open a
+        connection nobody closes."""
+        with self._reader_lock:
+            self._closing = True
+            readers, self._reader_executor = self._reader_executor, None
+        if readers is not None:
+            readers.submit(self._close_reader)
+            readers.shutdown(wait=True)
         if self._conn is not None:
             conn, self._conn = self._conn, None
             self._executor.submit(conn.close).result()
         self._executor.shutdown(wait=True)
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()

@@ -159,7 +159,13 @@ class Spool:
         """Remove temp files of writes interrupted by a crash; how many were removed.
 
         Only files last modified more than `older_than` seconds ago, so a write in progress in
-        another thread is left alone.
+        another thread is left alone; except a temp name that is a hard link of a message
+        (more than one link: a draft kept as its job's message, or a write linked to its
+        final name, whose process died before it let go of the temp name, as a kill at
+        after_commit leaves a message received into a draft). Nothing is being written
+        through such a name any more, and kept, it would hold the message's bytes on disk
+        after its job's cleanup removed the message, until a start an hour later or the
+        daily purge (ops/retention.py).
         """
         if not self.root.is_dir():
             return 0
@@ -170,7 +176,8 @@ class Spool:
             if not (name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)):
                 continue
             try:
-                if now - entry.stat().st_mtime > older_than:
+                info = entry.stat()
+                if info.st_nlink > 1 or now - info.st_mtime > older_than:
                     entry.unlink()
                     removed += 1
             except FileNotFoundError:

@@ -74,10 +74,15 @@ def _mail(message: OutboxMessage, what: str) -> list[Entry]:
     return entries
 
 
-def _tries(count: int, unit: str, error: str | None, journalled: bool) -> str:
-    """A retry's summary: the count, and the last error unless each try is shown with its own."""
+def _tries(count: int, unit: str, error: str | None, journalled: list[Attempt]) -> str:
+    """A retry's summary: the count, and the row's last error unless it is the reason of the
+    last journalled try, shown on a line of its own. A row's error may come from elsewhere
+    than a deferral (a fax resubmitted keeps the carrier's failure of its last try, then its
+    next POST was begun: no deferral journals that), and then only the summary tells it."""
     text = f"{count} {unit}"
-    return text if journalled else f"{text}; last error: {error or '-'}"
+    if journalled and (error is None or error == journalled[-1].reason):
+        return text
+    return f"{text}; last error: {error or '-'}"
 
 
 def _attempt(attempt: Attempt, who: dict[int, str]) -> Entry:
@@ -138,7 +143,7 @@ def job_timeline(conn: sqlite3.Connection, job: Job, faxes: list[Fax]) -> list[E
                         fax.submit_attempts,
                         "POST(s)",
                         fax.error_description,
-                        any(a.fax_id == fax.id for a in journal),
+                        [a for a in journal if a.fax_id == fax.id],
                     ),
                     True,
                 )
@@ -164,7 +169,7 @@ def job_timeline(conn: sqlite3.Connection, job: Job, faxes: list[Fax]) -> list[E
                     job.attempts,
                     "attempt(s)",
                     job.error,
-                    any(a.stage == stage_of(job.state) for a in journal),
+                    [a for a in journal if a.stage == stage_of(job.state)],
                 ),
                 True,
             )
