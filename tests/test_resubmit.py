@@ -14,8 +14,10 @@ from gateway.carrier.status import Outcome
 from gateway.config import ConfigError, config_from_dict
 from gateway.store import faxes as fax_store
 from gateway.store import jobs
+from gateway.store import outbox as outbox_store
 from gateway.store.events import defer_event, events_of, record_event
-from gateway.store.records import FaxState
+from gateway.store.records import FaxState, JobState
+from gateway.ui.actions import Actions
 from tests import samples
 from tests.conftest import merge
 from tests.helpers import until
@@ -227,3 +229,51 @@ def test_resubmission_settings_are_validated(config_data: dict[str, Any], fax: d
     """A delay under a second or a negative (or absurd) count is a configuration error."""
     with pytest.raises(ConfigError):
         config_from_dict(merge(config_data, {"fax": fax}), env={})
+
+
+async def test_an_operators_retry_of_a_fax_waiting_to_be_resubmitted_tells_no_retry_again(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """A fax held while it waited to be resubmitted, then retried by an operator, gets no
+    second "will try again" mail for the operator's round (no call failed in it): the interim
+    mail of its one failure, then its delivery."""
+    sandbox.fail_faxes(1, 5109, to=NUMBER)
+    overrides = merge(resubmitting(1, on_retry=True), {"fax": {"resubmit_delay_seconds": 3600}})
+    async with gateway(overrides) as gw:
+        job_id = await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        [interim] = await relay_server.wait_for(1, timeout=30)
+        assert "will try again at" in str(interim.message["Subject"])
+        [fax] = await gw.db.run(fax_store.faxes_of, job_id)
+        assert (fax.state, fax.resubmits, fax.submit_attempts) == (FaxState.PENDING, 1, 0)
+
+        # What pickups that each died mid-step leave (kill -9 before the POST): the crash
+        # guard's count at its limit, the fax due; the next claim holds it, and its job.
+        def crashed(conn: Any) -> None:
+            conn.execute(
+                "UPDATE faxes SET pickups = ?, next_attempt_at = 0 WHERE id = ?",
+                (gw.config.queue.max_pickups, fax.id),
+            )
+
+        await gw.db.run(crashed)
+        gw._wake()
+
+        async def held() -> bool:
+            job = await gw.db.run(jobs.get_job, job_id)
+            return job is not None and job.state is JobState.HELD
+
+        await until(held, 30)
+        actions = Actions(gw.config, gw.db, gw._wake)
+        outcome = await actions.retry(job_id, "operator")
+        assert outcome.ok, outcome.message
+        _first, second = sorted(await final_faxes(sandbox, 2), key=lambda f: f["created_at"])
+        assert second["status"] == "delivered"
+
+        async def reported() -> bool:
+            [now] = await gw.db.run(fax_store.faxes_of, job_id)
+            return now.reported_at is not None and now.carrier_id == second["id"]
+
+        await until(reported, 30)
+        keys = [message.key for message in await gw.db.run(outbox_store.list_messages)]
+        retries = [key for key in keys if key.startswith(f"report:{fax.id}:retry")]
+        assert retries == [f"report:{fax.id}:retry:1"], keys
+        assert f"report:{fax.id}:delivered:round1" in keys, keys

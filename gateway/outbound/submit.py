@@ -142,8 +142,8 @@ class SubmitWorker(QueueWorker):
             # ends the round: the event whose application queues it finds the fax by the
             # failed try's carrier id, which this POST replaces, so one applied again after it
             # (its first application ended between recording the failure and the mail) could
-            # no longer tell it.
-            await self.reporter.retry(fax)
+            # no longer tell it. Not for an operator's round (Reporter.resubmitting).
+            await self.reporter.resubmitting(fax)
         url = await self._fresh_url(fax, job, renew=resubmission)
         if url is None or earlier_url is None:
             return
