@@ -4,7 +4,9 @@ once, threaded, with how many times it was tried; never for document or permanen
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -161,6 +163,12 @@ async def test_a_failure_whose_interim_mail_its_event_did_not_queue_is_told_all_
         [interim] = [subject for subject in subjects if "will try again at" in subject]
         [final] = [subject for subject in subjects if subject != interim]
         assert final.startswith("Fax to +1 201-555-0123 delivered"), subjects
+        # Queued just before the POST, it names that POST's time (to the minute), not when
+        # the submit worker's claim on the fax would run out (minutes later).
+        shown = re.search(r"will try again at (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", interim)
+        assert shown is not None, interim
+        at = datetime.strptime(shown[1], "%Y-%m-%d %H:%M").replace(tzinfo=UTC).timestamp()
+        assert now <= at + 60 and at <= time.time(), (interim, now)
     assert len(relay_server.messages) == 2
 
 

@@ -143,7 +143,7 @@ class SubmitWorker(QueueWorker):
             # failed try's carrier id, which this POST replaces, so one applied again after it
             # (its first application ended between recording the failure and the mail) could
             # no longer tell it. Not for an operator's round (Reporter.resubmitting).
-            await self.reporter.resubmitting(fax)
+            await self.reporter.resubmitting(fax, self.schedule.clock())
         url = await self._fresh_url(fax, job, renew=resubmission)
         if url is None or earlier_url is None:
             return
