@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,3 +286,24 @@ async def test_an_operators_retry_of_a_fax_waiting_to_be_resubmitted_tells_no_re
         retries = [key for key in keys if key.startswith(f"report:{fax.id}:retry")]
         assert retries == [f"report:{fax.id}:retry:1"], keys
         assert f"report:{fax.id}:delivered:round1" in keys, keys
+
+
+async def test_an_interim_mail_that_cannot_be_made_does_not_keep_the_fax_from_going_again(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay, tmp_path: Path
+) -> None:
+    """An override of the retry mail that fails to render (a name it does not have): the fax
+    is still sent again and delivered, and told; only the interim mail is missing."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "retry.subject.j2").write_text("Fax to {{ no_such_value }} will go again\n")
+    sandbox.fail_faxes(1, 5109, to=NUMBER)
+    overrides = merge(resubmitting(1, on_retry=True), {"templates": {"dir": str(templates)}})
+    async with gateway(overrides) as gw:
+        job_id = await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        _first, second = sorted(await final_faxes(sandbox, 2), key=lambda f: f["created_at"])
+        assert second["status"] == "delivered"
+        [final] = await relay_server.wait_for(1, timeout=30)
+        assert str(final.message["Subject"]).strip().startswith("Fax to +1 201-555-0123 delivered")
+        [fax] = await gw.db.run(fax_store.faxes_of, job_id)
+        assert (fax.state, fax.resubmits) == (FaxState.DELIVERED, 1)
+    assert len(relay_server.messages) == 1
