@@ -8,6 +8,8 @@ carrier goes away mid-batch run against the sandbox carrier through the real web
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +40,7 @@ from gateway.store.inbound import InboundState, inbound_by_carrier_id
 from gateway.store.records import FaxState
 from tests import samples
 from tests.harness import Harness, harness_config, running
-from tests.helpers import DELIVERS, FROM_NUMBER, OUR_FAX_LINE, Clock
+from tests.helpers import DELIVERS, FROM_NUMBER, OUR_FAX_LINE, Clock, until
 from tests.servers.postgres import StoreBackend
 from tests.servers.relay import CapturingRelay
 from tests.servers.sandbox import Sandbox
@@ -237,9 +239,11 @@ async def test_a_carrier_down_for_the_reads_ahead_gets_one_probe_at_a_time(
     ids = [_forged(n) for n in range(21, 31)]
     for carrier_id in ids:
         await _post(gateway, carrier_id, "delivered")
+    # The deadline far past the three tries' few milliseconds: it would cut their count
+    # short (and fail the count below) only on a machine loaded enough to pass it.
     client = VoxtelesysClient.from_config(
         gateway.config.voxtelesys,
-        retry=RetryPolicy(attempts=3, min_delay=0.01, max_delay=0.02, deadline=5),
+        retry=RetryPolicy(attempts=3, min_delay=0.01, max_delay=0.02, deadline=120),
     )
     events = EventsWorker(
         config=gateway.config,
@@ -273,6 +277,75 @@ async def test_a_carrier_down_for_the_reads_ahead_gets_one_probe_at_a_time(
             ["/api/v1/faxes"] + [f"/api/v1/faxes/{carrier_id}" for carrier_id in ids]
         )
     finally:
+        await client.close()
+
+
+async def test_an_answer_older_than_a_failed_read_ahead_does_not_start_it_again(
+    gateway: Harness, sandbox: Sandbox
+) -> None:
+    """A GET read ahead that the carrier answered before another one failed, used in its turn
+    after that failure, is no sign the carrier answers again: the next faxes are not read
+    ahead (only one GET at a time goes until one is answered after the failure)."""
+    sandbox.set_webhook(None)  # the events are the test's own
+    client = VoxtelesysClient.from_config(
+        gateway.config.voxtelesys,
+        retry=RetryPolicy(attempts=3, min_delay=0.01, max_delay=0.02, deadline=120),
+    )
+    events = EventsWorker(
+        config=gateway.config,
+        db=gateway.db,
+        client=client,
+        reporter=gateway.events.reporter,
+        clock=gateway.clock,
+    )
+    release = threading.Event()
+    try:
+        # A fax the carrier has (on its list's first page): applying its event writes to the
+        # store, which the test holds while the read-ahead of the next faxes ends.
+        known = await client.send_fax(DELIVERS, FROM_NUMBER, "https://example.invalid/a.pdf")
+        answered, failing = _forged(41), _forged(42)
+        later = [_forged(n) for n in range(43, 51)]
+        for carrier_id in [known.id, answered, failing, *later]:
+            await _post(gateway, carrier_id, "delivered")
+        # The page slow: time for the test to hold the store. `failing`'s GET read ahead slow:
+        # `answered`'s (sent with it) is answered well before it fails, even on a loaded machine.
+        sandbox.slow(2.0, method="GET", path="/api/v1/faxes")
+        sandbox.slow(3.0, method="GET", path=f"/api/v1/faxes/{failing}")
+        sandbox.fail_next(count=10, status=503, method="GET", path=f"/api/v1/faxes/{failing}")
+
+        async def claimed() -> bool:
+            [event] = await gateway.db.read(events_of, known.id)
+            return event.pickups > 0
+
+        def hold(_conn: Any) -> bool:
+            return release.wait(60)
+
+        with capture_logs() as logs:
+            batch = asyncio.create_task(events.run_once())
+            await until(claimed, 30)
+            held = asyncio.create_task(gateway.db.run(hold))
+
+            async def read_ahead_failed() -> bool:
+                return any(
+                    line["event"] == "carrier.request"
+                    and line.get("status") == 503
+                    and line.get("path") == f"/faxes/{failing}"
+                    for line in logs
+                )
+
+            await until(read_ahead_failed, 30)
+            # The failure's callback ran with the response (same step of the loop).
+            release.set()
+            assert await held
+            await batch
+        [event] = await gateway.db.run(events_of, answered)
+        assert event.error == "unknown to the carrier"
+        # Stopped at `failing` (its GET in its turn failed too); none of the faxes after the
+        # read-ahead's first eight was asked for.
+        for carrier_id in later[5:]:
+            assert sandbox.requests(f"/faxes/{carrier_id}", method="GET") == [], carrier_id
+    finally:
+        release.set()
         await client.close()
 
 

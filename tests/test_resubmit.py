@@ -4,7 +4,10 @@ once, threaded, with how many times it was tried; never for document or permanen
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +17,10 @@ from gateway.carrier.status import Outcome
 from gateway.config import ConfigError, config_from_dict
 from gateway.store import faxes as fax_store
 from gateway.store import jobs
+from gateway.store import outbox as outbox_store
 from gateway.store.events import defer_event, events_of, record_event
-from gateway.store.records import FaxState
+from gateway.store.records import FaxState, JobState
+from gateway.ui.actions import Actions
 from tests import samples
 from tests.conftest import merge
 from tests.helpers import until
@@ -159,6 +164,12 @@ async def test_a_failure_whose_interim_mail_its_event_did_not_queue_is_told_all_
         [interim] = [subject for subject in subjects if "will try again at" in subject]
         [final] = [subject for subject in subjects if subject != interim]
         assert final.startswith("Fax to +1 201-555-0123 delivered"), subjects
+        # Queued just before the POST, it names that POST's time (to the minute), not when
+        # the submit worker's claim on the fax would run out (minutes later).
+        shown = re.search(r"will try again at (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", interim)
+        assert shown is not None, interim
+        at = datetime.strptime(shown[1], "%Y-%m-%d %H:%M").replace(tzinfo=UTC).timestamp()
+        assert now <= at + 60 and at <= time.time(), (interim, now)
     assert len(relay_server.messages) == 2
 
 
@@ -227,3 +238,71 @@ def test_resubmission_settings_are_validated(config_data: dict[str, Any], fax: d
     """A delay under a second or a negative (or absurd) count is a configuration error."""
     with pytest.raises(ConfigError):
         config_from_dict(merge(config_data, {"fax": fax}), env={})
+
+
+async def test_an_operators_retry_of_a_fax_waiting_to_be_resubmitted_tells_no_retry_again(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay
+) -> None:
+    """A fax held while it waited to be resubmitted, then retried by an operator, gets no
+    second "will try again" mail for the operator's round (no call failed in it): the interim
+    mail of its one failure, then its delivery."""
+    sandbox.fail_faxes(1, 5109, to=NUMBER)
+    overrides = merge(resubmitting(1, on_retry=True), {"fax": {"resubmit_delay_seconds": 3600}})
+    async with gateway(overrides) as gw:
+        job_id = await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        [interim] = await relay_server.wait_for(1, timeout=30)
+        assert "will try again at" in str(interim.message["Subject"])
+        [fax] = await gw.db.run(fax_store.faxes_of, job_id)
+        assert (fax.state, fax.resubmits, fax.submit_attempts) == (FaxState.PENDING, 1, 0)
+
+        # What pickups that each died mid-step leave (kill -9 before the POST): the crash
+        # guard's count at its limit, the fax due; the next claim holds it, and its job.
+        def crashed(conn: Any) -> None:
+            conn.execute(
+                "UPDATE faxes SET pickups = ?, next_attempt_at = 0 WHERE id = ?",
+                (gw.config.queue.max_pickups, fax.id),
+            )
+
+        await gw.db.run(crashed)  # found by the submit worker's periodic scan (0.1 s here)
+
+        async def held() -> bool:
+            job = await gw.db.run(jobs.get_job, job_id)
+            return job is not None and job.state is JobState.HELD
+
+        await until(held, 30)
+        actions = Actions(gw.config, gw.db, lambda: None)  # the scan finds the job again
+        outcome = await actions.retry(job_id, "operator")
+        assert outcome.ok, outcome.message
+        _first, second = sorted(await final_faxes(sandbox, 2), key=lambda f: f["created_at"])
+        assert second["status"] == "delivered"
+
+        async def reported() -> bool:
+            [now] = await gw.db.run(fax_store.faxes_of, job_id)
+            return now.reported_at is not None and now.carrier_id == second["id"]
+
+        await until(reported, 30)
+        keys = [message.key for message in await gw.db.run(outbox_store.list_messages)]
+        retries = [key for key in keys if key.startswith(f"report:{fax.id}:retry")]
+        assert retries == [f"report:{fax.id}:retry:1"], keys
+        assert f"report:{fax.id}:delivered:round1" in keys, keys
+
+
+async def test_an_interim_mail_that_cannot_be_made_does_not_keep_the_fax_from_going_again(
+    gateway: GatewayFactory, sandbox: Sandbox, relay_server: CapturingRelay, tmp_path: Path
+) -> None:
+    """An override of the retry mail that fails to render (a name it does not have): the fax
+    is still sent again and delivered, and told; only the interim mail is missing."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "retry.subject.j2").write_text("Fax to {{ no_such_value }} will go again\n")
+    sandbox.fail_faxes(1, 5109, to=NUMBER)
+    overrides = merge(resubmitting(1, on_retry=True), {"templates": {"dir": str(templates)}})
+    async with gateway(overrides) as gw:
+        job_id = await send(gw, fax_mail(PDF_MAIL[0], (samples.pdf(1), "application/pdf", "a.pdf")))
+        _first, second = sorted(await final_faxes(sandbox, 2), key=lambda f: f["created_at"])
+        assert second["status"] == "delivered"
+        [final] = await relay_server.wait_for(1, timeout=30)
+        assert str(final.message["Subject"]).strip().startswith("Fax to +1 201-555-0123 delivered")
+        [fax] = await gw.db.run(fax_store.faxes_of, job_id)
+        assert (fax.state, fax.resubmits) == (FaxState.DELIVERED, 1)
+    assert len(relay_server.messages) == 1

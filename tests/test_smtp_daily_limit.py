@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -132,10 +131,10 @@ async def test_a_flood_of_sessions_at_the_limit_lets_exactly_the_limit_through(
 
     async with _server(config, db) as server:
         accepted = 0
-        deadline = time.monotonic() + 60
+        # No bound on the rounds' wall-clock time: each takes 4 s here unloaded, and a loaded
+        # machine may take any multiple of that; each session's own waits are bounded (30 s).
         for _round in range(4):
             outcomes = await asyncio.gather(*(one(server.port) for _ in range(8)))
             accepted += sum(outcomes)
-            assert time.monotonic() < deadline
         assert accepted == limit
         assert await _faxes(db) == limit

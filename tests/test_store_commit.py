@@ -19,6 +19,7 @@ from gateway.store.db import StoreError
 from gateway.store.events import insert_event
 from gateway.store.jobs import faxes_sent_since, insert_job, insert_job_unless_resent
 from gateway.store.records import NewJob, new_job_id
+from tests.helpers import until
 
 
 def _job(job_id: str | None = None, message_id: str = "") -> NewJob:
@@ -201,12 +202,26 @@ async def test_a_read_queued_during_close_runs_and_leaves_no_connection_open(
 
     held = asyncio.ensure_future(db.read(hold))
     assert await asyncio.to_thread(reading.wait, 10)
-    queued = asyncio.ensure_future(db.read(faxes_sent_since, "alice@example.com", since))
+    queued = [asyncio.ensure_future(db.read(faxes_sent_since, "alice@example.com", since))]
     await asyncio.sleep(0)  # the queued read is on the reader's thread's queue now
-    # The held read ends while close is under way (close blocks this loop until it is done).
-    threading.Timer(0.3, released.set).start()
-    db.close()
-    assert await held == 0 and await queued == 0
+    # The held read ends only once close is under way (it waits for the queued reads), which
+    # a read refused at once tells; the reads tried until then queue as the first did.
+    closing = asyncio.ensure_future(asyncio.to_thread(db.close))
+
+    async def close_started() -> bool:
+        probe = asyncio.ensure_future(db.read(faxes_sent_since, "alice@example.com", since))
+        await asyncio.sleep(0)  # its first step: refused there, or queued
+        if probe.done():
+            with pytest.raises(StoreError, match="not open"):
+                probe.result()
+            return True
+        queued.append(probe)
+        return False
+
+    await until(close_started, 30)
+    released.set()
+    await closing
+    assert await held == 0 and [await read for read in queued] == [0] * len(queued)
     assert _open_files(db.path) == []
     with pytest.raises(StoreError, match="not open"):
         await db.read(faxes_sent_since, "alice@example.com", since)

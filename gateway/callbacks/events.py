@@ -112,9 +112,12 @@ class EventsWorker(QueueWorker):
         self._page: dict[str, CarrierFax] = {}
         self._fetches: dict[str, asyncio.Task[CarrierFax]] = {}
         # Whether the carrier answered the batch's last request (the read-ahead goes only
-        # then), and the GETs read ahead that a failure stopped.
+        # then), the GETs read ahead that a failure stopped, and those read ahead that the
+        # carrier answered since the last one failed (only such an answer, used in its turn,
+        # starts the read-ahead again: one from before the failure says nothing of after).
         self._answering = False
         self._stopped: list[asyncio.Task[CarrierFax]] = []
+        self._answered_since_failure: set[asyncio.Task[CarrierFax]] = set()
 
     async def run_once(self) -> int:
         now = self.clock()
@@ -205,8 +208,11 @@ class EventsWorker(QueueWorker):
         if fetch.cancelled():
             return
         failure = fetch.exception()
-        if isinstance(failure, CarrierError) and not isinstance(failure, NotFound):
+        if failure is None or isinstance(failure, NotFound):
+            self._answered_since_failure.add(fetch)
+        elif isinstance(failure, CarrierError):
             self._answering = False
+            self._answered_since_failure.clear()
             for carrier_id, other in list(self._fetches.items()):
                 if not other.done():
                     other.cancel()
@@ -217,6 +223,7 @@ class EventsWorker(QueueWorker):
         tasks, self._fetches = list(self._fetches.values()), {}
         tasks += self._stopped
         self._stopped = []
+        self._answered_since_failure.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -335,23 +342,29 @@ class EventsWorker(QueueWorker):
 
     async def _read(self, carrier_id: str) -> CarrierFax:
         """GET /faxes/{carrier_id}: read ahead, or now if it was not, or if the read ahead
-        failed (this GET is then the probe: the read-ahead waits for its answer)."""
+        failed (this GET is then the probe: the read-ahead waits for its answer). A record
+        read ahead starts the read-ahead again only if the carrier gave it after the last
+        failure (_fetched)."""
         fetch = self._fetches.pop(carrier_id, None)
+        fresh = True
         try:
             fax = None
             if fetch is not None:
                 try:
                     fax = await fetch
                 except NotFound:
+                    fresh = fetch in self._answered_since_failure
                     raise
                 except CarrierError:
                     pass  # the read-ahead stopped (_fetched): the GET again, in its turn
+                else:
+                    fresh = fetch in self._answered_since_failure
             if fax is None:
                 fax = await self.client.get_fax(carrier_id)
         except NotFound:
-            self._answering = True
+            self._answering = self._answering or fresh
             raise
-        self._answering = True
+        self._answering = self._answering or fresh
         return fax
 
     async def _outbound(self, event: Event, fax: CarrierFax) -> None:

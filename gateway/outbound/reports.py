@@ -453,6 +453,27 @@ class Reporter:
         await self.retry(fax)
         return True
 
+    async def resubmitting(self, fax: Fax, now: float) -> bool:
+        """Before the POST of a resubmission (outbound/submit.py): the interim report of the
+        failure it sends the fax again after, unless that one was told already.
+
+        A pickup with resubmits > 0 and no POST yet in its round is not always a resubmission
+        waiting since a failure: an operator's retry starts a round (`rounds`) with the counts
+        as they were. A fax the carrier failed for good starts it without a carrier id (no
+        failure waits to be told: nothing was scheduled); one held while it waited to be
+        resubmitted goes on with that resubmission, whose interim report went out under the
+        round it failed in. The Nth resubmission has one failure, told once, in any round.
+
+        The next try it names is `now`, the POST about to be made: the claimed fax's
+        next_attempt_at is when the submit worker's claim on it runs out (minutes later)."""
+        if fax.carrier_id is None:
+            return False
+        for earlier in range(fax.rounds):
+            told = report_key(dataclasses.replace(fax, rounds=earlier), RETRY)
+            if await mail_status(self.db, told) is not None:
+                return False
+        return await self.retry(dataclasses.replace(fax, next_attempt_at=now))
+
     async def retry(self, fax: Fax) -> bool:
         """The interim report (notify.on_retry, or the job's `+notify=all`) for a fax waiting
         to be resubmitted."""

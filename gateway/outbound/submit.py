@@ -142,8 +142,17 @@ class SubmitWorker(QueueWorker):
             # ends the round: the event whose application queues it finds the fax by the
             # failed try's carrier id, which this POST replaces, so one applied again after it
             # (its first application ended between recording the failure and the mail) could
-            # no longer tell it.
-            await self.reporter.retry(fax)
+            # no longer tell it. Not for an operator's round (Reporter.resubmitting).
+            try:
+                await self.reporter.resubmitting(fax, self.schedule.clock())
+            except StoreUnavailable:
+                raise  # the claim is handed back (_one): nothing was sent
+            except Exception:
+                # The fax goes first: a mail that cannot be made (an override template that
+                # does not render, a full disk) must not crash this step on every pickup until
+                # the guard holds a fax that could have been sent. XXX the interim mail is then
+                # lost for good (its event, applied again, no longer finds the fax either).
+                logger.exception("report.retry_not_queued")
         url = await self._fresh_url(fax, job, renew=resubmission)
         if url is None or earlier_url is None:
             return
