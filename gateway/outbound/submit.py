@@ -150,8 +150,9 @@ class SubmitWorker(QueueWorker):
             except Exception:
                 # The fax goes first: a mail that cannot be made (an override template that
                 # does not render, a full disk) must not crash this step on every pickup until
-                # the guard holds a fax that could have been sent. XXX the interim mail is then
-                # lost for good (its event, applied again, no longer finds the fax either).
+                # the guard holds a fax that could have been sent. Chosen: that interim mail is
+                # then not sent (its event, applied again, no longer finds the fax either); the
+                # error line says so, and the fax's final report goes its own way.
                 logger.exception("report.retry_not_queued")
         url = await self._fresh_url(fax, job, renew=resubmission)
         if url is None or earlier_url is None:
