@@ -294,6 +294,19 @@ async def test_search_filters_and_pages(make_config: MakeConfig, tmp_path: Path)
         assert "page 1 of 2" in first and 'rel="next"' in first
 
 
+async def test_a_page_number_past_any_store_integer_shows_a_page(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """A page number too large for an SQL integer answers the list, not a 500."""
+    async with running_site(make_config, overrides) as site:
+        await site.db.run(make_job, site.config)
+        await site.login()
+        for page in ("99999999999999999999", "9" * 4000):
+            response = await site.client.get(f"/ui/faxes?page={page}")
+            assert response.status == 200, page
+            assert "fax(es)" in await response.text()
+
+
 async def test_requeue_dead_letter(make_config: MakeConfig, overrides: dict) -> None:
     """An admin requeues a dead inbound fax behind a confirmation page."""
     async with running_site(make_config, overrides) as site:
