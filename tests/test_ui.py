@@ -425,6 +425,42 @@ async def test_send_refusals_are_the_mail_policys(make_config: MakeConfig, overr
         assert forged.status == 403
 
 
+async def test_send_takes_a_file_name_with_line_breaks_as_a_plain_name(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """An upload named with CR LF (filename*=...%0D%0A...) is queued under a one-line name."""
+    async with running_site(make_config, overrides) as site:
+        await site.login(VIEWER)
+        token = await site.token("/ui/send")
+        boundary = "probeboundary"
+        fields = {"csrf": token, "form_id": "N" * 24, "number": "+12015550123", "subject": "x"}
+        body = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value}\r\n".encode()
+            for name, value in fields.items()
+        )
+        body += (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=document;"
+            " filename*=UTF-8''contract%0D%0ABcc%3A%20eve%40evil.example.pdf\r\n"
+            f"Content-Type: application/pdf\r\n\r\n"
+        ).encode()
+        body += samples.pdf(1) + f"\r\n--{boundary}--\r\n".encode()
+        sent = await site.client.post(
+            "/ui/send",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            allow_redirects=False,
+        )
+        assert sent.status == 303, await sent.text()
+        job_id = sent.headers["Location"].split("/")[3].split("?")[0]
+        job = await site.db.run(get_job, job_id)
+        assert job is not None
+        spooled = message_from_bytes(job.spool_path.read_bytes(), policy=email_policy.default)
+        assert spooled["Bcc"] is None
+        [part] = spooled.iter_attachments()  # type: ignore[attr-defined]
+        assert part.get_filename() == "contract Bcc_ eve@evil.example.pdf"
+
+
 async def test_logout_ends_the_session(make_config: MakeConfig, overrides: dict) -> None:
     """After logging out, the old session cookie no longer opens any page."""
     async with running_site(make_config, overrides) as site:
