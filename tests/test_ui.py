@@ -160,6 +160,25 @@ async def test_wrong_password_refused_then_locked_out(
         assert "faxgw_session" not in response.cookies
 
 
+async def test_floods_of_forged_and_locked_out_logins_are_one_log_line_each(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """30 forged login forms and 30 logins past the lockout log one line each, not 60."""
+    over = merge(ui_overrides(tmp_path), {"smtp": {"auth_max_failures": 1}})
+    async with running_site(make_config, over) as site:
+        assert (await site.login(password="wrong")).status == 401
+        with capture_logs() as logs:
+            for _ in range(30):
+                forged = await site.client.post(
+                    "/ui/login", data={"user": ADMIN, "password": "x"}, allow_redirects=False
+                )
+                assert forged.status == 403
+                assert (await site.login()).status == 401
+        events = [e["event"] for e in logs]
+        assert events.count("ui.csrf_refused") == 1
+        assert events.count("ui.login_refused") == 1
+
+
 async def test_login_form_needs_its_token(make_config: MakeConfig, overrides: dict) -> None:
     """A login POST without the login page's token (a forged form) is refused unchecked."""
     async with running_site(make_config, overrides) as site:
