@@ -163,6 +163,18 @@ async def test_wrong_or_missing_token_is_404_and_not_logged(endpoint: Endpoint, 
     assert endpoint.wakes == []
 
 
+async def test_a_flood_of_wrong_tokens_is_one_log_line_and_every_request_counted(
+    endpoint: Endpoint,
+) -> None:
+    """60 requests with a wrong token log one line (a prober cannot fill the log), count 60."""
+    with capture_logs() as logs:
+        for _ in range(60):
+            status, _body = await endpoint.post(PAYLOAD, token="wrong-token-0123456789abc")
+            assert status == 404
+    assert [e["event"] for e in logs] == ["webhook.bad_token"]
+    assert endpoint.counted == ["bad_token"] * 60
+
+
 async def test_body_over_the_limit_is_413(start_endpoint: StartEndpoint) -> None:
     """A body larger than http.max_webhook_bytes is refused with 413, with or without a length."""
     ep = await start_endpoint({"http": {"max_webhook_bytes": 1024}})

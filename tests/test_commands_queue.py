@@ -57,6 +57,7 @@ class Gateway:
         *recipients: str,
         sender: str = "alice@example.com",
         age: float = 120.0,
+        subject: str = "Contract",
     ) -> str:
         job_id = new_job_id()
         spool = self.spool.write(job_id, b"Subject: test\r\n\r\nhello\r\n")
@@ -65,7 +66,7 @@ class Gateway:
             sender=sender,
             auth_user=None,
             client_address="127.0.0.1",
-            subject="Contract",
+            subject=subject,
             message_id=f"<{job_id}@example.com>",
             from_number="+12015550100",
             spool_path=spool,
@@ -246,6 +247,17 @@ def test_show_prints_the_job_and_its_faxes(gateway: Gateway) -> None:
         ("+12015550123", "fx-111"),
         ("+12015550124", None),
     ]
+
+
+def test_terminal_controls_from_mail_are_shown_escaped_not_obeyed(gateway: Gateway) -> None:
+    """A Subject and sender carrying ESC sequences (retitle, clear screen) print as text."""
+    hostile = "Invoice\x1b]0;owned\x07\x1b[2J\u202egnp.exe"
+    job_id = gateway.job(sender="eve\x1b[8m@example.com", subject=hostile)
+    for out in (ok(gateway.run("show", job_id)), ok(gateway.run("list"))):
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+        assert "eve\\x1b[8m@example.com" in out
+    assert "Invoice\\x1b]0;owned\\x07\\x1b[2J\\u202egnp.exe" in ok(gateway.run("show", job_id))
+    assert json.loads(ok(gateway.run("show", job_id, "--json")))["subject"] == hostile
 
 
 def test_show_of_an_unknown_job_is_a_user_error(gateway: Gateway) -> None:

@@ -8,6 +8,7 @@ import io
 import random
 import tempfile
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,14 @@ from pypdf import PdfReader
 from gateway.config import Config, DocumentsConfig
 from gateway.document.conversion import CONVERTIBLE, to_faxable
 from gateway.document.kinds import PDF
-from gateway.document.mime import CORRUPT, UNSUPPORTED, Attachment, DocumentError, extract
+from gateway.document.mime import (
+    CORRUPT,
+    TOO_COSTLY,
+    UNSUPPORTED,
+    Attachment,
+    DocumentError,
+    extract,
+)
 from gateway.document.office import OfficeConverter
 from tests import office_files, samples
 from tests.office_files import needs_libreoffice
@@ -82,6 +90,28 @@ def test_conversion_past_the_timeout_is_killed_and_refused() -> None:
         )
     assert caught.value.kind == UNSUPPORTED
     assert str(caught.value) == "slow.docx took longer than 0.2 s to convert to PDF"
+
+
+def test_a_zip_bomb_office_file_is_refused_before_libreoffice_opens_it() -> None:
+    """A .docx of ~3 MB whose XML unpacks to 600 MB is too_costly, never given to LibreOffice
+    (which unpacks it outside the worker's memory budget): refused even where it is missing."""
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(office_files.docx()), "r") as source,
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as bomb,
+    ):
+        for member in source.infolist():
+            bomb.writestr(member, source.read(member))
+        with bomb.open("word/padding.xml", "w", force_zip64=True) as padding:
+            chunk = b"\0" * (16 * 1024 * 1024)
+            for _ in range(600 // 16 + 1):
+                padding.write(chunk)
+    data = buffer.getvalue()
+    assert len(data) < 4 * 1024 * 1024
+    office = converter(libreoffice="/nonexistent/soffice")
+    with pytest.raises(DocumentError, match=r"report\.docx unpacks to 608 MB") as caught:
+        office.convert(Attachment("report.docx", office_files.DOCX, data))
+    assert caught.value.kind == TOO_COSTLY
 
 
 def test_missing_libreoffice_is_named() -> None:

@@ -267,6 +267,7 @@ async def test_the_checked_address_is_the_one_connected_to(
         ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
         ("169.254.169.254", "link-local"),  # the cloud metadata service
         ("fe80::1", "link-local"),
+        ("fec0::1", "site-local"),  # deprecated (RFC 3879), still a site's own network
         ("224.0.0.1", "multicast"),
         ("ff02::1", "multicast"),
         ("0.0.0.0", "unspecified"),

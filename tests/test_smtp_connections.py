@@ -114,6 +114,27 @@ async def test_noop_loop_is_closed_after_the_junk_limit(
         await raw.close()
 
 
+async def test_refused_senders_and_recipients_count_toward_the_junk_limit(
+    make_config: Callable[..., Config],
+) -> None:
+    """max_junk_commands = 5: a loop of refused MAIL and RCPT (a relay or number probe, a line
+    of log each) gets 421 4.7.0 after the fifth refusal and the connection is closed."""
+    async with running_smtp(make_config({"smtp": {"max_junk_commands": 5}})) as gw:
+        raw = await Raw.connect(gw.port)
+        await raw.command("EHLO client.example")
+        assert (await raw.command("MAIL FROM:<alice@fax.local>"))[0].startswith("550 ")
+        assert (await raw.command(f"MAIL FROM:<{SENDER}>"))[0].startswith("250 ")
+        for n in range(4):
+            [line] = await raw.command(f"RCPT TO:<1900555000{n}@fax.local>")
+            assert line.startswith("550 "), line
+        lines = await raw.command("RCPT TO:<someone@elsewhere.example>")
+        if len(lines) == 1:  # the 421 may come in the same read or the next
+            lines += await raw.reply()
+        assert lines[0].startswith("550 ") and lines[1].startswith("421 4.7.0 "), lines
+        assert await raw.closed()
+        await raw.close()
+
+
 async def test_a_queued_message_resets_the_junk_count(make_config: Callable[..., Config]) -> None:
     """A connection cached by an MTA (RSET before each message) lives on while messages go
     through: junk counts only since the last message queued."""

@@ -182,6 +182,15 @@ async def test_expired_link_is_refused(tmp_path: Path) -> None:
         await runner.cleanup()
 
 
+async def test_a_flood_of_bad_links_is_one_log_line(served: Served) -> None:
+    """60 requests for forged links log one line, so a prober cannot fill the log."""
+    with capture_logs() as events:
+        for n in range(60):
+            status, _body, _ = await served.get(f"{served.base_url}/media/1.forged{n}.x.pdf")
+            assert status == 404
+    assert [e["event"] for e in events] == ["media.refused"]
+
+
 async def test_unknown_and_path_trick_tokens_are_404(served: Served) -> None:
     """Signed tokens for missing files, garbage and '..' paths all answer 404."""
     storage = served.storage

@@ -160,6 +160,25 @@ async def test_wrong_password_refused_then_locked_out(
         assert "faxgw_session" not in response.cookies
 
 
+async def test_floods_of_forged_and_locked_out_logins_are_one_log_line_each(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """30 forged login forms and 30 logins past the lockout log one line each, not 60."""
+    over = merge(ui_overrides(tmp_path), {"smtp": {"auth_max_failures": 1}})
+    async with running_site(make_config, over) as site:
+        assert (await site.login(password="wrong")).status == 401
+        with capture_logs() as logs:
+            for _ in range(30):
+                forged = await site.client.post(
+                    "/ui/login", data={"user": ADMIN, "password": "x"}, allow_redirects=False
+                )
+                assert forged.status == 403
+                assert (await site.login()).status == 401
+        events = [e["event"] for e in logs]
+        assert events.count("ui.csrf_refused") == 1
+        assert events.count("ui.login_refused") == 1
+
+
 async def test_login_form_needs_its_token(make_config: MakeConfig, overrides: dict) -> None:
     """A login POST without the login page's token (a forged form) is refused unchecked."""
     async with running_site(make_config, overrides) as site:
@@ -294,6 +313,19 @@ async def test_search_filters_and_pages(make_config: MakeConfig, tmp_path: Path)
         assert "page 1 of 2" in first and 'rel="next"' in first
 
 
+async def test_a_page_number_past_any_store_integer_shows_a_page(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """A page number too large for an SQL integer answers the list, not a 500."""
+    async with running_site(make_config, overrides) as site:
+        await site.db.run(make_job, site.config)
+        await site.login()
+        for page in ("99999999999999999999", "9" * 4000):
+            response = await site.client.get(f"/ui/faxes?page={page}")
+            assert response.status == 200, page
+            assert "fax(es)" in await response.text()
+
+
 async def test_requeue_dead_letter(make_config: MakeConfig, overrides: dict) -> None:
     """An admin requeues a dead inbound fax behind a confirmation page."""
     async with running_site(make_config, overrides) as site:
@@ -410,6 +442,42 @@ async def test_send_refusals_are_the_mail_policys(make_config: MakeConfig, overr
         data.add_field("document", samples.pdf(1), filename="a.pdf")
         forged = await site.client.post("/ui/send", data=data)
         assert forged.status == 403
+
+
+async def test_send_takes_a_file_name_with_line_breaks_as_a_plain_name(
+    make_config: MakeConfig, overrides: dict
+) -> None:
+    """An upload named with CR LF (filename*=...%0D%0A...) is queued under a one-line name."""
+    async with running_site(make_config, overrides) as site:
+        await site.login(VIEWER)
+        token = await site.token("/ui/send")
+        boundary = "probeboundary"
+        fields = {"csrf": token, "form_id": "N" * 24, "number": "+12015550123", "subject": "x"}
+        body = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value}\r\n".encode()
+            for name, value in fields.items()
+        )
+        body += (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=document;"
+            " filename*=UTF-8''contract%0D%0ABcc%3A%20eve%40evil.example.pdf\r\n"
+            f"Content-Type: application/pdf\r\n\r\n"
+        ).encode()
+        body += samples.pdf(1) + f"\r\n--{boundary}--\r\n".encode()
+        sent = await site.client.post(
+            "/ui/send",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            allow_redirects=False,
+        )
+        assert sent.status == 303, await sent.text()
+        job_id = sent.headers["Location"].split("/")[3].split("?")[0]
+        job = await site.db.run(get_job, job_id)
+        assert job is not None
+        spooled = message_from_bytes(job.spool_path.read_bytes(), policy=email_policy.default)
+        assert spooled["Bcc"] is None
+        [part] = spooled.iter_attachments()  # type: ignore[attr-defined]
+        assert part.get_filename() == "contract Bcc_ eve@evil.example.pdf"
 
 
 async def test_logout_ends_the_session(make_config: MakeConfig, overrides: dict) -> None:

@@ -10,6 +10,7 @@ from datetime import UTC
 
 from gateway.carrier import CarrierFax, VoxtelesysClient
 from gateway.cli import add_config_argument, config_from_args
+from gateway.commands.queueview import printable
 from gateway.commands.status import CarrierUnreachable, run_with_client
 from gateway.numbers import pretty
 
@@ -76,7 +77,8 @@ COLUMNS = ("CREATED (UTC)", "DIRECTION", "FROM", "TO", "STATUS", "PAGES", "ERROR
 
 
 def table(faxes: list[CarrierFax]) -> str:
-    rows = [COLUMNS, *(_row(fax) for fax in faxes)]
+    # The carrier's words (status, error, ids) printed as text, never as terminal controls.
+    rows = [COLUMNS, *(tuple(printable(cell) for cell in _row(fax)) for fax in faxes)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

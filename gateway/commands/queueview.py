@@ -31,6 +31,17 @@ DEAD_COLUMNS = ("ID", "CARRIER ID", "AGE", "FROM", "TO", "PAGES", "ATTEMPTS", "F
 OUTBOX_COLUMNS = ("ID", "STATE", "KIND", "AGE", "TO", "ATTEMPTS", "NEXT TRY", "ERROR")
 
 _SPACE = re.compile(r"\s+")
+# Characters a terminal obeys instead of showing (C0 and C1 controls, DEL) or that reorder what
+# it shows (bidi controls): values from outside (a Subject, a sender, a carrier's error) carry
+# them as easily as text, and ESC sequences retitle the window, clear the screen or hide what
+# follows. Every cell and field is printed with them escaped ("\\x1b"); `--json` keeps them.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every terminal control character written as its escape."""
+    return _CONTROLS.sub(lambda m: ascii(m.group())[1:-1], text)
+
 
 # Where each file a row names is, by the path as the row names it (a path not in it: missing).
 Places = Mapping[str, Whereabouts]
@@ -54,7 +65,7 @@ def place(places: Places, path: Path | str | None) -> Whereabouts | None:
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Left-aligned columns two spaces apart, header first, no trailing blanks."""
-    lines = [tuple(columns), *(tuple(row) for row in rows)]
+    lines = [tuple(columns), *(tuple(printable(cell) for cell in row) for row in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
@@ -65,7 +76,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def fields(pairs: Sequence[tuple[str, str]]) -> str:
     """`label  value` lines with the values aligned."""
     width = max(len(label) for label, _ in pairs)
-    return "\n".join(f"{label.ljust(width)}  {value}".rstrip() for label, value in pairs)
+    return "\n".join(f"{label.ljust(width)}  {printable(value)}".rstrip() for label, value in pairs)
 
 
 def age(seconds: float) -> str:

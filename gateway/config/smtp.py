@@ -53,7 +53,7 @@ class SmtpConfig(Section):
     max_connections_per_ip: int = Field(default=20, ge=1)
     # A session is closed (421 4.7.0) this long after its last progress (a message queued, a
     # login, STARTTLS; the greeting at first), or after more junk commands (NOOP, RSET, HELP,
-    # VRFY, EXPN) than max_junk_commands since then.
+    # VRFY, EXPN, a refused MAIL or RCPT) than max_junk_commands since then.
     idle_timeout_seconds: float = Field(default=300.0, gt=0)
     max_junk_commands: int = Field(default=20, ge=1)
     # The shared address of copiers that can mail one fixed address: mail to

@@ -32,12 +32,14 @@ so it is off unless `documents.convert_office` is on, and each conversion runs
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,13 +47,25 @@ from gateway import log
 from gateway.config import Config, DocumentsConfig
 from gateway.document.fence import SCRIPT, hidden_paths, mount_words
 from gateway.document.kinds import extension, office_bytes_match, office_name
-from gateway.document.mime import CORRUPT, UNSUPPORTED, Attachment, DocumentError, one_line_ascii
+from gateway.document.mime import (
+    CORRUPT,
+    TOO_COSTLY,
+    UNSUPPORTED,
+    Attachment,
+    DocumentError,
+    one_line_ascii,
+)
 
 logger = log.get_logger(__name__)
 
 # What makes the namespaces: a network with no interface but a loopback that is down, and
 # mounts of its own (fence.py).
 UNSHARE = ("unshare", "--net", "--mount", "--map-root-user", "--")
+# OOXML and OpenDocument files are ZIPs that LibreOffice unpacks in memory, outside the document
+# workers' memory budget: one whose members unpack to more than this (a zip bomb: a megabyte of
+# mail, gigabytes of XML) is refused before LibreOffice opens it. Pictures, the bulk of a real
+# document, are stored about as large as they are packed.
+MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 _PROBE_TIMEOUT_SECONDS = 10.0
 
 # Macros off, whatever the document asks: "very high" security and no execution at all.
@@ -117,6 +131,13 @@ class OfficeConverter:
         if not office_bytes_match(attachment.content_type, attachment.data):
             name = office_name(attachment.content_type)
             raise DocumentError(f"{label} is damaged or not a {name} file", kind=CORRUPT)
+        unpacked = _unpacked_size(attachment.data)
+        if unpacked > MAX_UNPACKED_BYTES:
+            raise DocumentError(
+                f"{label} unpacks to {unpacked // 2**20} MB; at most"
+                f" {MAX_UNPACKED_BYTES // 2**20} MB can be converted",
+                kind=TOO_COSTLY,
+            )
         reason = self.missing()
         if reason is not None:
             raise DocumentError(f"{label} cannot be converted: {reason}", kind=UNSUPPORTED)
@@ -238,6 +259,18 @@ class OfficeConverter:
                 " namespaces must be allowed"
             )
         return None
+
+
+def _unpacked_size(data: bytes) -> int:
+    """What the members of a ZIP file say they unpack to (0 for a file that is not a ZIP, or
+    one LibreOffice will find damaged itself)."""
+    if not data.startswith(b"PK"):
+        return 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return 0
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

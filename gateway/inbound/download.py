@@ -220,6 +220,10 @@ def address_refusal(address: IPAddress) -> str | None:
         return "a loopback address"
     if address.is_link_local:
         return "a link-local address"
+    # fec0::/10: deprecated (RFC 3879) but still a site's own network where one uses it; the
+    # ipaddress module counts it neither private nor reserved, and global.
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return "a site-local address"
     if address.is_multicast:
         return "a multicast address"
     if address.is_reserved:

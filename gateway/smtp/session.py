@@ -4,8 +4,8 @@ A session id in the log context of the whole session; replies with enhanced stat
 message read at DATA into a spool draft (gateway/smtp/data.py) instead of into memory. Each
 session holds a descriptor, so it is admitted against the caps per client and in total
 (`SmtpServer.admit`); and it must make progress: one that sends only junk commands (NOOP, RSET,
-HELP, VRFY, EXPN) past a count, or nothing that moves it on for `idle_timeout_seconds`, is told
-`421 4.7.0` and closed.
+HELP, VRFY, EXPN, and MAIL or RCPT that were refused) past a count, or nothing that moves it on
+for `idle_timeout_seconds`, is told `421 4.7.0` and closed.
 """
 
 from __future__ import annotations
@@ -47,6 +47,24 @@ def _junk(name: str) -> Any:
     return command
 
 
+def _refusal_counted(name: str) -> Any:
+    """aiosmtpd's smtp_<name> (MAIL, RCPT), whose refusal counts as a junk command after its
+    reply: a client looping on refused senders or recipients (probing for a relay or for the
+    numbers it may dial, a log line each) is closed like one looping on NOOP."""
+    base = getattr(SMTP, f"smtp_{name}")
+
+    async def command(self: GatewaySMTP, arg: str) -> None:
+        self._last_reply = ""
+        await base(self, arg)
+        if self._last_reply[:1] in ("4", "5"):
+            await self.junk_command()
+
+    for attribute in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+        if hasattr(base, attribute):
+            setattr(command, attribute, getattr(base, attribute))
+    return command
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol plus what the daemon needs around each session.
 
@@ -66,6 +84,7 @@ class GatewaySMTP(SMTP):
         self._refused = False
         self.client: str | None = None
         self._junk = 0
+        self._last_reply = ""  # the latest reply pushed, for _refusal_counted
         self._idle: asyncio.TimerHandle | None = None
         self._idle_due = False
         self._queued = False
@@ -165,6 +184,8 @@ class GatewaySMTP(SMTP):
     smtp_HELP = _junk("HELP")
     smtp_VRFY = _junk("VRFY")
     smtp_EXPN = _junk("EXPN")
+    smtp_MAIL = _refusal_counted("MAIL")
+    smtp_RCPT = _refusal_counted("RCPT")
 
     async def smtp_AUTH(self, arg: str) -> None:
         before = self.session is not None and self.session.authenticated
@@ -292,6 +313,7 @@ class GatewaySMTP(SMTP):
                 )
                 if self.owner.metrics is not None:
                     self.owner.metrics.smtp_rejected.labels(reason=str(reason)).inc()
+        self._last_reply = status if isinstance(status, str) else status.decode("ascii", "replace")
         await super().push(status)
 
     def abort(self) -> None:

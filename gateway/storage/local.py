@@ -25,6 +25,7 @@ from aiohttp import hdrs, web
 
 from gateway import log
 from gateway.fsutil import fsync_dir, make_private_dirs, write_atomic
+from gateway.ops.flood import Tally
 from gateway.storage.base import (
     NAME_PATTERN,
     DocumentMissing,
@@ -60,6 +61,8 @@ class LocalStorage:
         self.clock = clock
         self._name_key = derive_key(secret, "document-name")
         self._token_key = derive_key(secret, "media-token")
+        # Anyone can ask for forged links, as fast as we answer: a line each would fill the log.
+        self._refusals = Tally("media.refused", "media.refusals", level="info")
 
     # -- the Storage interface ---------------------------------------------------------------
 
@@ -125,10 +128,16 @@ class LocalStorage:
     async def serve(self, request: web.Request) -> web.StreamResponse:
         name = self.name_from_token(request.match_info.get("token", ""))
         if name is None:
-            logger.info("media.refused", reason="bad or expired link", peer=request.remote)
+            self._refusals.add(
+                "bad or expired link",
+                client=request.remote,
+                reason="bad or expired link",
+                peer=request.remote,
+            )
             raise web.HTTPNotFound()
         path = self.directory / name
         if not await asyncio.to_thread(path.is_file):
+            # Only a link we signed gets here: the carrier's own fetches, one line each.
             logger.info("media.refused", reason="no such document", key=name, peer=request.remote)
             raise web.HTTPNotFound()
         logger.info("media.served", key=name, method=request.method, peer=request.remote)

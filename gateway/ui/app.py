@@ -122,8 +122,11 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
         if not _same_origin(request):
             return problem(request, 403, "Refused", "The form came from another site.")
         if MULTIPART not in marks and not await _form_token_ok(request, marks):
-            logger.info(
-                "ui.csrf_refused", path=request.path, user=session.user if session else None
+            ui.forged_forms.add(
+                request.path,
+                client=request.remote,
+                path=request.path,
+                user=session.user if session else None,
             )
             return problem(
                 request, 403, "Form expired", "The form was too old or not ours; open it again."

@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from gateway import log
 from gateway.config import Config
+from gateway.ops.flood import Tally
 from gateway.smtp.auth import AuthThrottle
 from gateway.smtp.policy import IPAddress, Refusal, client_ip
 from gateway.smtp.replies import Reason
@@ -74,6 +75,9 @@ class Logins:
             account_max_failures=smtp.auth_account_max_failures,
         )
         self._checks = asyncio.Semaphore(max_checks or smtp.auth_max_concurrent_checks)
+        # Logins turned away by the lockout come as fast as a client sends them: the first of
+        # each reason a minute is logged, then a count (the lockout itself is one line).
+        self.refusals = Tally("ui.login_refused", "ui.logins_refused", level="info")
 
     def load(self) -> int:
         """Read the users file (blocking); raises UsersFileError."""
@@ -85,7 +89,7 @@ class Logins:
             return LoginResult(None, None, WRONG)
         ticket = await self.throttle.admit(ip, name)
         if isinstance(ticket, Refusal):
-            logger.info("ui.login_refused", user=name[:100], client=str(ip), reason=ticket.reason)
+            self.refusals.add(ticket.reason, client=str(ip), user=name[:100], reason=ticket.reason)
             return LoginResult(None, None, BUSY if ticket.reason is Reason.AUTH_BUSY else LOCKED)
         ok = False
         try:

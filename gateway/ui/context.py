@@ -4,12 +4,13 @@ page helper that gives each template the session, its CSRF token and the navigat
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.ops.flood import Tally
 from gateway.ops.health import Health
 from gateway.store import Database
 from gateway.ui.actions import Actions
@@ -40,6 +41,11 @@ class Ui:
     actions: Actions
     sender: WebSender
     thumbnails: Thumbnails
+    # Forms refused for their token: anyone can post those as fast as we answer, so the
+    # first of a minute is logged, then a count (a line each would fill the log).
+    forged_forms: Tally = field(
+        default_factory=lambda: Tally("ui.csrf_refused", "ui.csrf_refusals", level="info")
+    )
 
 
 UI = web.AppKey("faxgw.ui", Ui)

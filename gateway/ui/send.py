@@ -32,6 +32,7 @@ from gateway.document.mime import DocumentError
 from gateway.document.office import ConversionBusy, OfficeConverter
 from gateway.document.pool import WorkerDied, WorkersStopped
 from gateway.document.workers import DocumentWorkers
+from gateway.mailout.message import clean_filename
 from gateway.smtp import replies
 from gateway.smtp.limits import DailyLimit
 from gateway.smtp.options import MessageOptions, message_settings
@@ -89,7 +90,10 @@ def build_message(config: Config, sender: str, e164: str, upload: Upload, messag
         upload.data,
         maintype=maintype or "application",
         subtype=subtype or "octet-stream",
-        filename=upload.filename or "document",
+        # The browser's name for the file, as a mail client would write one: a name sent as
+        # filename*=UTF-8''...%0D%0A... carries line breaks, which no header may hold (the
+        # email package raised ValueError: a 500).
+        filename=clean_filename(upload.filename, kind) if upload.filename else "document",
     )
     return message.as_bytes()
 

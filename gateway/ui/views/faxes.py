@@ -13,6 +13,10 @@ from gateway.ui import queries
 from gateway.ui.context import page, scope_of, ui_of
 
 FIELDS = ("number", "sender", "recipient", "status", "direction", "since", "until")
+# The highest page number asked of the store: a larger one ("?page=99999999999999999999") would
+# make an OFFSET past SQL's 64-bit integers (OverflowError, a 500); this many pages of
+# ui.page_size rows is past any store's end.
+MAX_PAGE = 10**9
 
 
 def _date(text: str) -> float | None:
@@ -70,7 +74,7 @@ async def fax_list(request: web.Request) -> web.StreamResponse:
     query = {name: request.query.get(name, "") for name in FIELDS}
     flt, problems = parse_filter(query)
     try:
-        page_number = max(1, int(request.query.get("page", "1")))
+        page_number = min(max(1, int(request.query.get("page", "1"))), MAX_PAGE)
     except ValueError:
         page_number = 1
     size = ui.config.ui.page_size
