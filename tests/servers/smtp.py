@@ -123,10 +123,16 @@ class Certs:
         return self._client
 
 
+@pytest.fixture(scope="session")
+def session_ca() -> trustme.CA:
+    """One test CA for the session (nothing changes a CA; each test gets its own certificate)."""
+    return trustme.CA()
+
+
 @pytest.fixture
-def certs(tmp_path: Path) -> Certs:
+def certs(tmp_path: Path, session_ca: trustme.CA) -> Certs:
     """A test CA and a certificate it issued for localhost and 127.0.0.1 (PEM files)."""
-    ca = trustme.CA()
+    ca = session_ca
     issued = ca.issue_cert("localhost", "127.0.0.1")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     issued.private_key_and_cert_chain_pem.write_to_path(cert)
