@@ -1,4 +1,4 @@
-"""The command line, run as a real subprocess: check-config and serve's life cycle."""
+"""The command line, each run a process of its own: check-config and serve's life cycle."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.commands import check_config
 from gateway.config import config_from_dict
-from tests.conftest import ROOT, cli_env, free_port, merge, run_cli
+from tests.conftest import ROOT, cli_env, free_port, merge, run_cli, run_module
 
 
 def test_check_config_ok(write_config: Callable[..., Path], config_data: dict[str, Any]) -> None:
@@ -126,9 +126,9 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
 
 
 def test_help_for_each_verb() -> None:
-    """Every verb answers --help."""
-    result = run_cli("--help")
-    assert result.returncode == 0
+    """Every verb answers --help; `python -m gateway` as a fresh interpreter lists them all."""
+    result = run_module("--help")
+    assert result.returncode == 0, result.stderr
     verbs = ["serve", "check-config", "user", "send", "status", "list", "queue", "sandbox", "demo"]
     for verb in verbs:
         assert verb in result.stdout

@@ -1,4 +1,4 @@
-"""`fax-gateway queue ...` run as a real subprocess on a real store file in tmp.
+"""`fax-gateway queue ...` each run a process of its own on a real store file in tmp.
 
 Jobs, inbound faxes and mails are made with the store's own functions (as the daemon would),
 the command is run beside the open store (as beside a running daemon), and the store is read

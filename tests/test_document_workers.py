@@ -123,6 +123,25 @@ async def test_past_the_time_budget_the_worker_is_killed(
         assert not alive(pid)
 
 
+async def test_stop_reaps_the_worker_of_a_cancelled_call(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call cancelled mid-read (a runner's stop giving up on its round) leaves its worker
+    killed but not yet reaped: stop() still waits for it, so no process outlives the loop."""
+    monkeypatch.setenv("FAXGW_FAILPOINT", "document_check=hang")
+    pool = DocumentWorkers(make_config({"documents": {"worker_timeout_seconds": 600}}))
+    await pool.start()
+    call = asyncio.ensure_future(pool.check(samples.mail()))
+    await hanging(pool)
+    [worker] = pool._busy
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await pool.stop()
+    assert worker.process.returncode is not None  # reaped, its pipes closed with it
+    assert not alive(worker.pid) and pool.pids == []
+
+
 async def test_stop_kills_work_in_progress_at_once(
     make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,6 @@ import ipaddress
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from gateway.smtp.users import (
     read_users,
     verify_password,
 )
-from tests.conftest import ROOT, cli_env
+from tests.conftest import run_cli
 
 # Cheap parameters for tests that only need a valid hash, not a strong one.
 FAST = 4
@@ -196,15 +195,7 @@ def user_cli(
     config = write_config(config_data)
 
     def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "gateway", "user", *args, "--config", str(config)],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=cli_env(),
-            cwd=ROOT,
-            timeout=60,
-        )
+        return run_cli("user", *args, "--config", str(config), input=stdin)
 
     return run
 
@@ -267,13 +258,6 @@ def test_user_needs_users_file(
 ) -> None:
     """Without smtp.users_file the command says what to configure."""
     config = write_config(config_data)
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "user", "list", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = run_cli("user", "list", "--config", str(config))
     assert result.returncode == 2
     assert "smtp.users_file is not set" in result.stderr

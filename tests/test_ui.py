@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from email import message_from_bytes
@@ -30,7 +29,7 @@ from gateway.ui.context import PUBLIC, marks_of
 from gateway.ui.queries import Scope
 from gateway.ui.thumbnail import Thumbnails, may_show_thumbnail
 from tests import samples
-from tests.conftest import ROOT, cli_env, merge
+from tests.conftest import merge, run_cli
 from tests.servers.gateway import GatewayFactory
 from tests.ui_site import (
     ADMIN,
@@ -597,15 +596,7 @@ def test_user_command_manages_the_ui_users_file(
     """`fax-gateway user add --ui` writes ui.users_file; without that key --ui is refused."""
 
     def user(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "gateway", "user", *args, "--config", str(config)],
-            input="a-long-password\n",
-            capture_output=True,
-            text=True,
-            env=cli_env(),
-            cwd=ROOT,
-            timeout=60,
-        )
+        return run_cli("user", *args, "--config", str(config), input="a-long-password\n")
 
     config_data["smtp"]["users_file"] = str(tmp_path / "smtp-users")
     without = write_config(config_data, "without.toml")

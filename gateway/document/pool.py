@@ -164,6 +164,10 @@ class WorkerPool:
         self._stopping = False
         self._trim_timer: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        # Every worker started and not yet reaped, whatever list it is on (or none: one whose
+        # call was cancelled is signalled, not awaited): stop() kills and reaps them all, so
+        # none outlives the loop whose child watcher would reap it.
+        self._live: set[_Worker] = set()
 
     @property
     def keep_idle(self) -> int:
@@ -190,7 +194,8 @@ class WorkerPool:
         if self._trim_timer is not None:
             self._trim_timer.cancel()
             self._trim_timer = None
-        workers = [*self._idle, *self._busy]
+        workers = [*self._live]
+        self._live.clear()
         self._idle.clear()
         busy = len(self._busy)
         await asyncio.gather(*(w.kill() for w in workers), return_exceptions=True)
@@ -239,7 +244,10 @@ class WorkerPool:
             close_fds=True,
             env=_child_environment(),
         )
-        return _Worker(process)
+        worker = _Worker(process)
+        self._live = {w for w in self._live if w.process.returncode is None}
+        self._live.add(worker)
+        return worker
 
     async def _run(
         self, header: dict[str, Any], blobs: list[bytes]
@@ -247,6 +255,9 @@ class WorkerPool:
         if self._stopping:
             raise WorkersStopped("the gateway is stopping")
         worker = self._waiting() or await self._spawn()
+        if self._stopping:  # stop() came while this one was starting
+            await worker.kill()
+            raise WorkersStopped("the gateway is stopping")
         self._busy.add(worker)
         timeout = self.config.documents.worker_timeout_seconds
         task = header["task"]

@@ -243,7 +243,7 @@ class CapturingRelay:
         self.port = free_port()
         self.tls = tls
         self.users = dict(users or {})
-        self.ca = ca or trustme.CA()
+        self._ca = ca
         self._state = _State(eight_bit=eight_bit)
         self._handler = _Handler(self._state, directory)
         self._controller: _Controller | None = None
@@ -251,6 +251,14 @@ class CapturingRelay:
         if tls != "none":
             self._server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.ca.issue_cert(self.host, "localhost").configure_cert(self._server_context)
+
+    @property
+    def ca(self) -> trustme.CA:
+        """The test CA of the relay's certificate, made when first needed: most relays speak
+        plain SMTP, and a CA costs 0.08 s (far more on a loaded machine) per relay."""
+        if self._ca is None:
+            self._ca = trustme.CA()
+        return self._ca
 
     # -- life cycle ----------------------------------------------------------------------
 
