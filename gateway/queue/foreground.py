@@ -16,10 +16,12 @@ is on its way to the carrier the other workers wait up to FRONT_MAX_WAIT_SECONDS
 each round, and before each item of a round (`give_way`, which their loops call between
 items: their rounds are batches of up to 50): they go on, more slowly, and catch up once the
 front stages are idle. A wait that runs out its bound (the front stages still busy: a load
-that lasts) is followed by as long again without waits, so under any load a back stage keeps
-at least half of the time for its items and its backlog moves at half its speed or more,
-never four items a second. Nothing is claimed while a worker waits, so nothing waits with a
-claim.
+that lasts) is followed by as long again without waits, before its rounds as before its items
+(one rule, `give_way`, for both: a worker whose rounds are one item or one claimed batch, such
+as the events worker, is not held to a round per bound while the others' items go on), so
+under any load a back stage keeps at least half of the time for its work and its backlog
+moves at half its speed or more, never four rounds a second. Nothing is claimed while a worker
+waits, so nothing waits with a claim.
 """
 
 from __future__ import annotations

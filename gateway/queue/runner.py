@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Protocol
 from gateway import log
 from gateway.config import Config
 from gateway.queue.backoff import Random, backoff_delay
-from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, giving_way_to
+from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, give_way, giving_way_to
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
 from gateway.store.claims import Taken, hand_back, round_of_claims
@@ -226,7 +226,9 @@ class Runner:
             if self.foreground is not None:
                 await self.foreground.quiet()
             if self.front and not front:
-                await self._front.quiet()
+                # The rule of the waits between items (queue/foreground.py give_way): after a
+                # wait that ran out its bound, rounds too start without one for as long again.
+                await give_way()
             # A front stage is busy from its round's start until a round finds nothing.
             self._front.mark(worker.name, front)
             store_lost = False
