@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, give_way
-from gateway.queue.runner import Runner, run_until_idle
+from gateway.queue.runner import Runner, hand_on, run_until_idle
 from gateway.store import Database
 from gateway.store.db import StoreUnavailable
 
@@ -327,6 +327,39 @@ async def test_a_round_that_handled_something_wakes_only_the_stages_it_feeds(
     assert (third.rounds, third.handled) == (1, [])
     runner.wake()
     await third.until(lambda: third.handled == ["not first's"])
+
+
+async def test_an_item_handed_on_wakes_the_next_stage_before_its_round_ends(
+    runners: StartRunner,
+) -> None:
+    """A round of two items at once: the first one handed on (hand_on) is the next stage's
+    work at once, while the round still waits for its second; outside a runner, a no-op."""
+    hand_on()
+    second = Queue("upload")
+    release = asyncio.Event()
+
+    class Together:
+        name = "prepare"
+        items = ["job-1"]
+
+        async def run_once(self) -> int:
+            if not self.items:
+                return 0
+            self.items = []
+
+            async def first() -> None:
+                second.items.append("job-1")
+                hand_on()
+
+            await asyncio.gather(first(), release.wait())
+            return 2
+
+    runner = await runners(Together(), second, feeds={"prepare": ("upload",), "upload": ()})
+    await second.until(lambda: second.rounds >= 1)
+    runner.wake("prepare")
+    await second.until(lambda: second.handled == ["job-1"])
+    assert not release.is_set()  # the round that handed it on is still running
+    release.set()
 
 
 async def test_rounds_wait_while_the_foreground_is_busy_within_the_bound() -> None:
