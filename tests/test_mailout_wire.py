@@ -96,3 +96,12 @@ def test_base64_bodies_match_the_package_s_encoder(size: int) -> None:
         theirs.set_content(data, "application", "pdf", cte=cte, filename="a.pdf")
         assert ours.as_bytes() == theirs.as_bytes()
         assert ours.get_content() == data
+
+
+def test_the_boundaries_chosen_ahead_are_all_different() -> None:
+    """A report (mixed > alternative, base64 and quoted-printable bodies): each multipart gets
+    a boundary of its own before the generator would search the text for one."""
+    message = _mails()["report"]
+    wire_bytes(message)
+    boundaries = [p.get_boundary() for p in message.walk() if p.is_multipart()]
+    assert len(boundaries) == 2 and len(set(boundaries)) == 2 and None not in boundaries

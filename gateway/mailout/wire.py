@@ -13,7 +13,14 @@ bulk:
   `base64.encodebytes`, which makes the same 76-character lines in one call;
 - `wire_bytes(message)`: `message.as_bytes(policy=policy.SMTP)`, with a payload that has no
   CR written with one replace of its line ends instead of a split and two writes a line
-  (a payload that has a CR goes the email package's way, which treats a lone CR as a line end).
+  (a payload that has a CR goes the email package's way, which treats a lone CR as a line end);
+  and, when every body is base64 or quoted-printable (all the gateway makes), each multipart
+  given its boundary before the generator would choose one: the generator otherwise searches
+  the whole text of the parts for a line that is its boundary (a regex over every attachment
+  at each level), and no such line can be there: a boundary line starts "--=" and has "==" in
+  it, and neither encoding ever writes "=" but as its escape or a soft line end ("=XX", "=" at
+  a line's end); base64 has no "-" at all. The boundaries are the package's own kind, all
+  different.
 
 Both rest on how this Python's email package works inside (`_write_lines`, the handler of
 bytes bodies), so tests/test_mailout_wire.py holds their output to the package's own for
@@ -66,8 +73,34 @@ class _BulkGenerator(BytesGenerator):
             self.write(lines.replace("\n", self._NL))  # type: ignore[attr-defined]
 
 
+# The bodies in which no line can be a boundary line (see above).
+_ENCODED = frozenset({"base64", "quoted-printable"})
+
+
+def _choose_boundaries(message: Message) -> None:
+    """A boundary for each multipart that has none, if every body is base64 or QP."""
+    parts = list(message.walk())
+    multiparts = [part for part in parts if part.get_content_maintype() == "multipart"]
+    if not multiparts or any(
+        part.get_content_maintype() == "message"  # a message inside: its text is its own
+        or part.get("Content-Transfer-Encoding", "").lower() not in _ENCODED
+        for part in parts
+        if part.get_content_maintype() != "multipart"
+    ):
+        return
+    taken = {part.get_boundary() for part in multiparts}
+    for part in multiparts:
+        if part.get_boundary() is None:
+            boundary = BytesGenerator._make_boundary()  # type: ignore[attr-defined]
+            while boundary in taken:
+                boundary = BytesGenerator._make_boundary()  # type: ignore[attr-defined]
+            taken.add(boundary)
+            part.set_boundary(boundary)
+
+
 def wire_bytes(message: Message) -> bytes:
     """`message.as_bytes(policy=policy.SMTP)`: CRLF line ends, the form it takes on the wire."""
+    _choose_boundaries(message)
     out = BytesIO()
     _BulkGenerator(out, mangle_from_=False, policy=policy.SMTP).flatten(message)
     return out.getvalue()
