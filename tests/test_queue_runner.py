@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, give_way
+from gateway.queue.foreground import FRONT_CROWD, FRONT_MAX_WAIT_SECONDS, Foreground, give_way
 from gateway.queue.runner import Runner, hand_on, run_until_idle
 from gateway.store import Database
 from gateway.store.db import StoreUnavailable
@@ -381,6 +382,34 @@ async def test_rounds_wait_while_the_foreground_is_busy_within_the_bound() -> No
         started = loop.time()
         await foreground.quiet()
         assert 0.15 <= loop.time() - started < 1.0
+
+
+async def test_front_stages_wait_for_a_crowd_in_data_only(runners: StartRunner) -> None:
+    """One session in DATA (a steady stream's message) holds back the other workers' rounds,
+    not a front stage's; FRONT_CROWD sessions at once (a flood) hold back both."""
+    foreground = Foreground(max_wait=NEVER)
+    prepare, reports = Queue("prepare"), Queue("reports")
+    runner = await runners(prepare, reports, foreground=foreground, front=("prepare",))
+    await prepare.until(lambda: prepare.rounds >= 1)
+    await reports.until(lambda: reports.rounds >= 1)
+    with contextlib.ExitStack() as sessions:
+        sessions.enter_context(foreground.busy())
+        prepare.items.append("job-1")
+        reports.items.append("report-1")
+        runner.wake()
+        await prepare.until(lambda: prepare.handled == ["job-1"])
+        for _ in range(20):  # every task that was ready has run by now
+            await asyncio.sleep(0)
+        assert reports.handled == []
+        for _ in range(FRONT_CROWD - 1):
+            sessions.enter_context(foreground.busy())
+        prepare.items.append("job-2")
+        runner.wake("prepare")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert prepare.handled == ["job-1"]
+    await prepare.until(lambda: prepare.handled == ["job-1", "job-2"])
+    await reports.until(lambda: reports.handled == ["report-1"])
 
 
 class Stage:

@@ -6,7 +6,12 @@ the one thing here someone is waiting on; the pipeline behind it (prepare, uploa
 reports...) can start a round a few milliseconds later. So while any session is inside DATA
 (reading the message, its check, its spool write and commit) a worker's next round waits for
 the sessions to finish, at most MAX_WAIT_SECONDS: under a steady stream of mail the pipeline
-slows down and never stops, and with no mail arriving nothing waits at all.
+slows down and never stops, and with no mail arriving nothing waits at all. The stages on the
+way to the carrier (below) wait only for a crowd, FRONT_CROWD sessions in DATA at once (a
+flood), not for the one message of a steady stream: that message's 250 is already near, while
+every wait of theirs adds to the time from a 250 to its POST /faxes, which is the latency a
+sender sees (at 20 msg/s some session was in DATA a third of the time, and each of the three
+front stages' rounds waited for it).
 
 The same rule, one level down, between the workers (queue/runner.py `front`): the stages on
 the way from a 250 to the carrier's POST /faxes (prepare, upload, submit) are foreground work
@@ -39,6 +44,9 @@ MAX_WAIT_SECONDS = 0.05
 # few ms an item), short enough that a backlog behind them still moves (the events worker's
 # 50 a round make 200 events a second) and that an idle front stage costs it nothing.
 FRONT_MAX_WAIT_SECONDS = 0.25
+# Sessions in DATA at once that make a crowd the front stages wait for: two is already more
+# than a steady stream has at a time but for moments, and a flood has nearly all its sessions.
+FRONT_CROWD = 2
 
 
 class Foreground:
@@ -48,24 +56,31 @@ class Foreground:
         self.max_wait = max_wait
         self.active = 0
         self._marked: set[str] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # By `below`: set while fewer than that many pieces of work are in progress.
+        self._fewer: dict[int, asyncio.Event] = {}
 
     @property
     def busy_now(self) -> bool:
-        return self.active > 0 or bool(self._marked)
+        return self.in_progress > 0
+
+    @property
+    def in_progress(self) -> int:
+        """Pieces of work now: each one in `busy`, and each name marked."""
+        return self.active + len(self._marked)
 
     def _update(self) -> None:
-        if self.busy_now:
-            self._idle.clear()
-        else:
-            self._idle.set()
+        count = self.in_progress
+        for below, event in self._fewer.items():
+            if count < below:
+                event.set()
+            else:
+                event.clear()
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
         """Around one piece of foreground work (one DATA command)."""
         self.active += 1
-        self._idle.clear()
+        self._update()
         try:
             yield
         finally:
@@ -81,12 +96,17 @@ class Foreground:
             self._marked.discard(name)
         self._update()
 
-    async def quiet(self) -> None:
-        """Until no foreground work is in progress, or `max_wait` seconds."""
-        if not self.busy_now:
+    async def quiet(self, *, below: int = 1) -> None:
+        """Until fewer than `below` pieces of foreground work are in progress (by default:
+        none), or `max_wait` seconds."""
+        if self.in_progress < below:
             return
+        fewer = self._fewer.get(below)
+        if fewer is None:
+            fewer = self._fewer[below] = asyncio.Event()
+        self._update()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.max_wait)
+            await asyncio.wait_for(fewer.wait(), self.max_wait)
 
 
 @dataclass

@@ -46,7 +46,13 @@ from typing import Any, ClassVar, Protocol
 from gateway import log
 from gateway.config import Config
 from gateway.queue.backoff import Random, backoff_delay
-from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, give_way, giving_way_to
+from gateway.queue.foreground import (
+    FRONT_CROWD,
+    FRONT_MAX_WAIT_SECONDS,
+    Foreground,
+    give_way,
+    giving_way_to,
+)
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
 from gateway.store.claims import Taken, hand_back, round_of_claims
@@ -137,9 +143,10 @@ class Runner:
         finished items are only some others' work, their names (a round that handled
         something wakes just those; a worker not listed wakes every other). `foreground`: work
         that goes first (SMTP sessions in DATA): a round waits while it is busy, within its
-        bound. `front`: the workers whose work goes before the others' (the stages on the way
-        to the carrier): while one of them has items, the others' rounds wait, each at most
-        FRONT_MAX_WAIT_SECONDS (queue/foreground.py)."""
+        bound (a front stage's only while it is crowded, FRONT_CROWD). `front`: the workers
+        whose work goes before the others' (the stages on the way to the carrier): while one
+        of them has items, the others' rounds wait, each at most FRONT_MAX_WAIT_SECONDS
+        (queue/foreground.py)."""
         names = [worker.name for worker in workers]
         if len(set(names)) != len(names):
             raise ValueError(f"worker names must be unique: {names}")
@@ -242,7 +249,8 @@ class Runner:
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
             if self.foreground is not None:
-                await self.foreground.quiet()
+                # A front stage waits for a flood only (queue/foreground.py FRONT_CROWD).
+                await self.foreground.quiet(below=FRONT_CROWD if front else 1)
             if self.front and not front:
                 # The rule of the waits between items (queue/foreground.py give_way): after a
                 # wait that ran out its bound, rounds too start without one for as long again.
