@@ -9,8 +9,7 @@ so the runner keeps none: each loop calls `run_once` while it finds work, then s
 stored), the earliest due time, or the scan interval, whichever comes first. The scan is only
 the fallback; a deferred item is tried when it is due. A round that handled something wakes
 the workers it feeds; one whose items are worked on at once (a batch of prepares) wakes them
-as each item is committed (`hand_on`), so no item waits for the slowest of its round, and
-may ask whether it was woken meanwhile (`woken`) to take up new items before its round ends.
+as each item is committed (`hand_on`), so no item waits for the slowest of its round.
 
 A worker that raises is logged with its traceback and called again after a pause that doubles
 with each consecutive failure, within bounds: it never dies and never spins. Stopping lets the
@@ -73,31 +72,6 @@ _STORE_POLL = 0.5
 # What the current worker's finished item wakes (set by the runner in each worker's task; unset
 # elsewhere: tests running rounds themselves, one-off commands).
 _HAND_ON: ContextVar[Callable[[], None] | None] = ContextVar("gateway_hand_on", default=None)
-
-
-# The current worker's wake-up flag (set by the runner in each worker's task, as above).
-_WOKEN: ContextVar[asyncio.Event | None] = ContextVar("gateway_woken", default=None)
-
-
-def woken() -> bool:
-    """Whether new work may have come for the current worker since its round began or since
-    it last asked (a wake arrived), which it then takes up itself: the flag is cleared, so
-    the runner does not start another round for it (a round that handled something runs
-    again anyway). False outside a runner, where nothing tells."""
-    wakeup = _WOKEN.get()
-    if wakeup is None or not wakeup.is_set():
-        return False
-    wakeup.clear()
-    return True
-
-
-async def next_wake() -> None:
-    """Until the current worker is woken (never, outside a runner); `woken` then says so."""
-    wakeup = _WOKEN.get()
-    if wakeup is None:
-        await asyncio.Event().wait()
-        return
-    await wakeup.wait()
 
 
 def hand_on() -> None:
@@ -271,7 +245,6 @@ class Runner:
         if self.front and not front:
             giving_way_to(self._front)  # this task's: between the items of each round too
         _HAND_ON.set(lambda: self._feed(worker.name))
-        _WOKEN.set(wakeup)
         while not self._stopping.is_set():
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
