@@ -203,6 +203,7 @@ class Gateway:
                 storage=self.storage,
                 metrics=self.metrics,
                 reporter=self.reporter,
+                commits=self.commits,
             ),
             self.events,
             self.reports,

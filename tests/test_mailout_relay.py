@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtplib.protocol import normalize_message_line_endings
 from structlog.testing import capture_logs
 
 from gateway.config import Config
@@ -21,6 +22,7 @@ from gateway.mailout.relay import (
     Relay,
     RelayError,
     SmtpRelay,
+    _wire_length,
     create_relay,
 )
 from tests.servers.relay import CapturingRelay, RelayFactory
@@ -340,6 +342,21 @@ async def test_stored_bytes_go_out_as_they_are(
     await relay.send(stored, ["alice@example.com"])
     [captured] = relay_server.messages
     assert captured.data == stored
+
+
+async def test_the_declared_size_is_the_one_aiosmtplib_would_declare(
+    make_config: ConfigFactory, relay_server: CapturingRelay
+) -> None:
+    """MAIL FROM's SIZE= for a stored mail (CRLF line ends) is aiosmtplib's count of it, made
+    without a pass of its regex; one with bare line ends falls back to that count."""
+    relay = smtp_relay(make_config, relay_server)
+    stored = mail(["alice@example.com"])
+    bare = stored.replace(b"\r\n", b"\n")
+    for message in (stored, stored.rstrip(b"\r\n"), bare, bare + b"\rtrailing"):
+        await relay.send(message, ["alice@example.com"])
+        expected = len(normalize_message_line_endings(message))
+        assert _wire_length(message) == expected
+        assert f"SIZE={expected}" in [o.upper() for o in relay_server.messages[-1].mail_options]
 
 
 def _eight_bit_message() -> bytes:

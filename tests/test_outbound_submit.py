@@ -307,3 +307,33 @@ async def test_a_fax_failed_past_its_resubmissions_is_final(stage: Stage) -> Non
     assert result is not None
     final, final_now = result
     assert final_now and final.state is FaxState.FAILED and final.resubmits == 2
+
+
+async def test_each_post_is_recorded_through_the_group_commit(
+    stage: Stage, sandbox: Sandbox
+) -> None:
+    """Ten faxes POSTed four at a time: each begin_submit and each record go through the group
+    commit (20 writes, no end_pickup beside them), each fax submitted once, its pickup ended."""
+    faxes = await stage.uploaded_job(*(f"+1201555{n:04d}" for n in range(10)))
+    await run_until_idle([stage.worker])
+    assert stage.worker.commits.writes == 20
+    for fax in faxes:
+        done = await stage.fax(fax.id)
+        assert (done.state, done.submit_attempts, done.pickups) == (FaxState.SUBMITTED, 1, 0)
+    assert len(sandbox.requests("/faxes", method="POST")) == 10
+
+
+async def test_a_step_without_an_outcome_ends_its_pickup(stage: Stage) -> None:
+    """A fax whose job went back to upload (its document gone from storage) records no outcome:
+    its pickup is ended on its own, through the group commit, and it is due as before."""
+    [fax] = await stage.uploaded_job("+12015550123")
+    job = await stage.db.run(get_job, fax.job_id)
+    assert job is not None and job.storage_key is not None
+    await stage.storage.delete(job.storage_key)
+    stage.clock.advance(TTL)  # the link is renewed first, which finds the document gone
+    await stage.worker.run_once()
+    job = await stage.db.run(get_job, fax.job_id)
+    assert job is not None and job.state is JobState.PREPARED
+    left = await stage.fax(fax.id)
+    assert (left.state, left.pickups, left.submit_attempts) == (FaxState.PENDING, 0, 0)
+    assert stage.worker.commits.writes == 1

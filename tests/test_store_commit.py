@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import sqlite3
 import threading
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
+from gateway import log
 from gateway.store import Database
 from gateway.store.commit import GroupCommit
 from gateway.store.db import StoreError
@@ -56,6 +59,31 @@ async def test_writes_of_one_moment_share_one_transaction(tmp_path: Path) -> Non
         assert len(set(ids)) == 50 and None not in ids
         assert (commits.batches, commits.writes) == (1, 50)
         assert _count(db.path, "events") == 50
+    finally:
+        db.close()
+
+
+_WRITER: contextvars.ContextVar[str | None] = contextvars.ContextVar("writer", default=None)
+
+
+async def test_a_batch_runs_in_no_writer_s_context(tmp_path: Path) -> None:
+    """The writes of a batch see none of its writers' context (neither the first one's bound
+    log values nor its variables): the flusher runs in a context of its own."""
+    db = await Database(tmp_path / "store.db").open()
+    try:
+        commits = GroupCommit(db)
+
+        def seen(_conn: sqlite3.Connection) -> tuple[str | None, dict[str, Any]]:
+            return _WRITER.get(), dict(structlog.contextvars.get_contextvars())
+
+        async def writer(name: str) -> tuple[str | None, dict[str, Any]]:
+            _WRITER.set(name)
+            with log.bound(session_id=name):
+                return await commits.run(seen)
+
+        answers = await asyncio.gather(writer("first"), writer("second"))
+        assert answers == [(None, {}), (None, {})]
+        assert commits.batches == 1
     finally:
         db.close()
 

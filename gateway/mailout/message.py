@@ -20,6 +20,7 @@ from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, make_msgid
 
 from gateway.addresses import clean_address, split_mailbox
+from gateway.mailout.wire import BASE64_BODIES
 
 # Long enough for "Fax to +44 20 7183 8750 failed: <reason> (Re: <their subject>)", short
 # enough that no client truncates it into nonsense. Headers are folded, so this is about
@@ -248,6 +249,7 @@ def build_message(
                 cid=f"<{image.cid}>",
                 disposition="inline",
                 filename=clean_filename(f"{image.cid.split('@')[0]}.{subtype}", image.content_type),
+                content_manager=BASE64_BODIES,
             )
     # Without an HTML part there is nothing to show inline images in: they are left out.
     for attachment in attachments:
@@ -257,6 +259,8 @@ def build_message(
             maintype=maintype,
             subtype=subtype,
             filename=clean_filename(attachment.filename, attachment.content_type),
+            # Base64 in one call, not one per line (mailout/wire.py): the same text.
+            content_manager=BASE64_BODIES,
         )
     # The email package gives nested multiparts their own MIME-Version; only the top one counts.
     for part in message.walk():

@@ -26,7 +26,6 @@ import random
 import sqlite3
 import time
 from collections.abc import Sequence
-from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from gateway.failpoints import failpoint
 from gateway.fsutil import write_atomic
 from gateway.mailout.relay import RecipientsRefused, Relay, RelayError
 from gateway.mailout.templates import MailRenderer
+from gateway.mailout.wire import wire_bytes
 from gateway.ops.metrics import Metrics
 from gateway.queue.backoff import Random
 from gateway.queue.foreground import give_way
@@ -139,8 +139,9 @@ def requeue_mail(conn: sqlite3.Connection, key: str, now: float | None = None) -
 
 
 def _write_message(path: Path, message: EmailMessage) -> bytes:
-    # policy.SMTP: CRLF line endings, the form the message takes on the wire (an .eml file).
-    data = message.as_bytes(policy=policy.SMTP)
+    # as_bytes(policy=policy.SMTP), made without a write per line (mailout/wire.py): CRLF
+    # line endings, the form the message takes on the wire (an .eml file).
+    data = wire_bytes(message)
     write_atomic(path, data)
     return data
 

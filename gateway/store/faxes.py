@@ -139,11 +139,16 @@ def end_pickup(conn: sqlite3.Connection, fax_id: int, now: float) -> None:
     """The submit step ended without recording an outcome (its job went back to upload, it
     was cancelled meanwhile): the pickup is finished and the fax is due as it was."""
     with transaction(conn):
-        conn.execute(
-            "UPDATE faxes SET pickups = 0, next_attempt_at = min(next_attempt_at, ?)"
-            " WHERE id = ? AND state = ? AND pickups > 0",
-            (now, fax_id, FaxState.PENDING),
-        )
+        end_pickup_in(conn, fax_id, now)
+
+
+def end_pickup_in(conn: sqlite3.Connection, fax_id: int, now: float) -> None:
+    """end_pickup inside the caller's transaction (store/commit.py)."""
+    conn.execute(
+        "UPDATE faxes SET pickups = 0, next_attempt_at = min(next_attempt_at, ?)"
+        " WHERE id = ? AND state = ? AND pickups > 0",
+        (now, fax_id, FaxState.PENDING),
+    )
 
 
 def begin_submit(
@@ -157,15 +162,23 @@ def begin_submit(
     document URL this POST sent, kept as `submit_url`, and the recipient, created since
     `submit_started_at`) instead of sending it again.
     """
-    now = _now(now)
     with transaction(conn):
-        row = conn.execute(
-            "UPDATE faxes SET submit_attempts = submit_attempts + 1,"
-            " submit_started_at = coalesce(submit_started_at, ?),"
-            " submit_url = coalesce(?, submit_url), updated_at = ?"
-            " WHERE id = ? AND state = ? RETURNING submit_attempts",
-            (now, url, now, fax_id, FaxState.PENDING),
-        ).fetchone()
+        return begin_submit_in(conn, fax_id, now, url)
+
+
+def begin_submit_in(
+    conn: sqlite3.Connection, fax_id: int, now: float | None = None, url: str | None = None
+) -> int | None:
+    """begin_submit inside the caller's transaction (store/commit.py: committed, as every
+    write there, before its caller hears of it, so still before the POST)."""
+    now = _now(now)
+    row = conn.execute(
+        "UPDATE faxes SET submit_attempts = submit_attempts + 1,"
+        " submit_started_at = coalesce(submit_started_at, ?),"
+        " submit_url = coalesce(?, submit_url), updated_at = ?"
+        " WHERE id = ? AND state = ? RETURNING submit_attempts",
+        (now, url, now, fax_id, FaxState.PENDING),
+    ).fetchone()
     return None if row is None else int(row[0])
 
 
@@ -182,28 +195,39 @@ def mark_submitted(
     is on its way, and its outcome must be told truthfully. When none of the job's faxes
     waits for a POST any more, the job is submitted (or done, if all are final).
     """
-    now = _now(now)
     with transaction(conn):
-        row = conn.execute(
-            "UPDATE faxes SET state = ?, carrier_id = ?, carrier_status = ?, submitted_at = ?,"
-            " error_code = NULL, error_description = NULL, pickups = 0, next_attempt_at = 0,"
-            " finished_at = NULL, reported_at = NULL, report_attempts = 0, report_pickups = 0,"
-            " report_due_at = 0, report_error = NULL, updated_at = ?"
-            " WHERE id = ? AND state IN (?, ?) RETURNING job_id",
-            (
-                FaxState.SUBMITTED,
-                carrier_id,
-                status,
-                now,
-                now,
-                fax_id,
-                FaxState.PENDING,
-                FaxState.CANCELLED,
-            ),
-        ).fetchone()
-        if row is None:
-            return False
-        settle_job(conn, row[0], now)
+        return mark_submitted_in(conn, fax_id, carrier_id, status, now)
+
+
+def mark_submitted_in(
+    conn: sqlite3.Connection,
+    fax_id: int,
+    carrier_id: str,
+    status: str,
+    now: float | None = None,
+) -> bool:
+    """mark_submitted inside the caller's transaction (store/commit.py)."""
+    now = _now(now)
+    row = conn.execute(
+        "UPDATE faxes SET state = ?, carrier_id = ?, carrier_status = ?, submitted_at = ?,"
+        " error_code = NULL, error_description = NULL, pickups = 0, next_attempt_at = 0,"
+        " finished_at = NULL, reported_at = NULL, report_attempts = 0, report_pickups = 0,"
+        " report_due_at = 0, report_error = NULL, updated_at = ?"
+        " WHERE id = ? AND state IN (?, ?) RETURNING job_id",
+        (
+            FaxState.SUBMITTED,
+            carrier_id,
+            status,
+            now,
+            now,
+            fax_id,
+            FaxState.PENDING,
+            FaxState.CANCELLED,
+        ),
+    ).fetchone()
+    if row is None:
+        return False
+    settle_job(conn, row[0], now)
     return True
 
 
