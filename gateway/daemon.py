@@ -117,6 +117,7 @@ class Gateway:
             self.http_app,
             config.http.listen,
             max_connections=config.http.max_connections,
+            max_connections_per_ip=config.http.max_connections_per_ip,
             idle_timeout=config.http.idle_timeout_seconds,
         )
         self.client = VoxtelesysClient.from_config(config.voxtelesys)
@@ -376,7 +377,12 @@ class Gateway:
         if new.ui.enabled != self.config.ui.enabled:
             restart_needed.append("ui.enabled")
         # The HTTP keys read per request or per connection apply now; the rest need a restart.
-        live_http = {"max_connections", "max_webhook_bytes", "body_timeout_seconds"}
+        live_http = {
+            "max_connections",
+            "max_connections_per_ip",
+            "max_webhook_bytes",
+            "body_timeout_seconds",
+        }
         if new.http.model_dump(exclude=live_http) != self.config.http.model_dump(exclude=live_http):
             restart_needed.append("http")
         if (
@@ -418,7 +424,7 @@ class Gateway:
         self.reporter.config = new
         self.webhooks.config = new
         self.documents.reconfigure(new)
-        self.http.reconfigure(new.http.max_connections)
+        self.http.reconfigure(new.http.max_connections, new.http.max_connections_per_ip)
 
 
 async def serve(config: Config, *, config_path: Path | None = None) -> int:

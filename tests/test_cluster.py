@@ -50,6 +50,8 @@ SETTLE_WITHIN = 360.0
 NODE_SETTINGS: dict[str, Any] = {
     "inbound": {"routes": {OUR_LINE: list(DESK)}},
     "relay": {"timeout_seconds": 2},
+    # All CLIENTS send from 127.0.0.1, and a message refused 451 by both nodes fails the test.
+    "smtp": {"max_concurrent_data_per_ip": 4},
 }
 
 

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import structlog
 
-from gateway.config import Address, Config
+from gateway.config import Address, Config, ConfigError
 from gateway.ops.flood import LoopErrors
 from gateway.ops.httpd import HttpServer, create_app
 from tests import test_daemon
@@ -278,11 +278,103 @@ async def test_a_reload_raises_the_http_cap_for_the_next_connections() -> None:
 
         refused = await second()
         assert refused == b"reset" or refused.startswith(b"HTTP/1.1 503 "), refused
-        server.reconfigure(2)
+        server.reconfigure(2, 64)
         assert (await second()).startswith(b"HTTP/1.1 200 ")
         held[1].close()
     finally:
         await server.stop()
+
+
+async def _kept_alive(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection from `source` that was served one /healthz and is kept alive."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return reader, writer
+
+
+async def _healthz_from(port: int, source: str) -> int:
+    """The status of GET /healthz by aiohttp's client from address `source`."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as client,
+        client.get(f"http://127.0.0.1:{port}/healthz") as response,
+    ):
+        return response.status
+
+
+async def _refused_at_once(port: int, source: str) -> bool:
+    """A new connection from `source` that sends nothing is told 503 at once (a served one
+    would be told nothing: the read times out)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        return (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 503 ")
+    finally:
+        writer.close()
+
+
+async def test_one_address_gets_at_most_its_share_of_the_http_connections() -> None:
+    """max_connections 4, max_connections_per_ip 2: with two connections open from 127.0.0.1
+    a third from it gets 503 while 127.0.0.2 is served; closing one of the two, or a reload
+    raising the share, lets 127.0.0.1 in again."""
+    server = HttpServer(
+        create_app(),
+        Address("127.0.0.1", 0),
+        max_connections=4,
+        max_connections_per_ip=2,
+        idle_timeout=30,
+    )
+    await server.start()
+    port = server.port
+    assert port is not None
+    held = []
+    try:
+        with structlog.testing.capture_logs() as logs:
+            held = [await _kept_alive(port, "127.0.0.1") for _ in range(2)]
+            assert await _refused_at_once(port, "127.0.0.1")
+            assert await _healthz_from(port, "127.0.0.2") == 200
+            assert await _refused_at_once(port, "127.0.0.1")
+        refusals = [e for e in logs if e["event"] == "http.connection_refused"]
+        assert len(refusals) == 1 and refusals[0]["client"] == "127.0.0.1", refusals
+
+        _reader, writer = held.pop()
+        writer.close()
+
+        async def served_again() -> bool:
+            # Until the server has seen the close, the new connection is still refused.
+            try:
+                return await _healthz_from(port, "127.0.0.1") == 200
+            except aiohttp.ClientError:
+                return False
+
+        await until(served_again, 10)
+        # Two open again from 127.0.0.1; a reload raising its share lets a third in.
+        held.append(await _kept_alive(port, "127.0.0.1"))
+        assert await _refused_at_once(port, "127.0.0.1")
+        server.reconfigure(4, 3)
+        assert await _healthz_from(port, "127.0.0.1") == 200
+    finally:
+        for _reader, writer in held:
+            writer.close()
+        await server.stop()
+
+
+def test_the_http_share_must_be_a_positive_number(make_config: Callable[..., Config]) -> None:
+    """[http] max_connections_per_ip defaults to 64 and refuses 0, negatives and non-numbers,
+    naming the key."""
+    assert make_config().http.max_connections_per_ip == 64
+    for bad in (0, -3, "all"):
+        with pytest.raises(ConfigError) as caught:
+            make_config({"http": {"max_connections_per_ip": bad}})
+        assert "http.max_connections_per_ip" in str(caught.value), bad
 
 
 async def test_http_keepalive_connection_is_closed_after_the_idle_timeout() -> None:

@@ -8,7 +8,10 @@ import smtplib
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.config import Config
+import pytest
+
+from gateway.config import Config, ConfigError
+from gateway.smtp import replies
 from tests import samples
 from tests.helpers import fill, tiny_filesystem
 from tests.servers.smtp import running_smtp
@@ -17,9 +20,11 @@ SENDER = "alice@example.com"
 RECIPIENT = "12015550123@fax.local"
 
 
-def send(port: int, message: bytes) -> tuple[tuple[int, bytes], tuple[int, bytes] | None]:
-    """(MAIL reply, DATA reply or None when MAIL was refused)."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+def send(
+    port: int, message: bytes, source: str = "127.0.0.1"
+) -> tuple[tuple[int, bytes], tuple[int, bytes] | None]:
+    """(MAIL reply, DATA reply or None when MAIL was refused), sent from address `source`."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=(source, 0)) as client:
         client.ehlo()
         mail = client.mail(SENDER)
         if mail[0] != 250:
@@ -84,8 +89,53 @@ async def test_past_max_concurrent_data_a_message_gets_451_and_then_goes_through
     message = samples.mail(samples.attachment(samples.pdf(1), "one.pdf"))
     async with running_smtp(config, store_dir=tmp_path) as server:
         slots = server.server.handler.document_slots
-        async with slots:  # the one slot, taken as a message being read would take it
+        # The one slot, taken as a message of another client being read would take it.
+        async with slots.held("192.0.2.1"):
             _mail, busy = await asyncio.to_thread(send, server.port, message)
         _mail, accepted = await asyncio.to_thread(send, server.port, message)
     assert busy is not None and busy[0] == 451 and busy[1].startswith(b"4.3.2 ")
+    assert busy[1].decode() == replies.BUSY[4:]
     assert accepted is not None and accepted[0] == 250
+
+
+async def test_one_client_gets_at_most_its_share_of_the_document_slots(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """With max_concurrent_data 3 and max_concurrent_data_per_ip 2, a client whose 2 messages
+    are being checked gets 451 4.3.2 "from your address" for a third, while another address
+    gets a slot; once one of its own is done, the first client gets in again."""
+    config = make_config({"smtp": {"max_concurrent_data": 3, "max_concurrent_data_per_ip": 2}})
+    message = samples.mail(samples.attachment(samples.pdf(1), "one.pdf"))
+    async with running_smtp(config, store_dir=tmp_path) as server:
+        slots = server.server.handler.document_slots
+        # Two slots held as two messages of 127.0.0.1 being read would hold them (the key is
+        # the one a real session from that address is counted under).
+        async with slots.held("127.0.0.1"):
+            async with slots.held("127.0.0.1"):
+                _mail, refused = await asyncio.to_thread(send, server.port, message)
+                _mail, other = await asyncio.to_thread(send, server.port, message, "127.0.0.2")
+                assert slots.held_by("127.0.0.1") == 2 and slots.held_by("127.0.0.2") == 0
+            _mail, again = await asyncio.to_thread(send, server.port, message)
+    assert refused is not None and refused[0] == 451, refused
+    assert refused[1].decode() == replies.BUSY_FROM_CLIENT[4:]
+    assert other is not None and other[0] == 250, other
+    assert again is not None and again[0] == 250, again
+
+
+async def test_the_fair_share_defaults_to_half_the_slots_and_nonsense_is_refused(
+    make_config: Callable[..., Config],
+) -> None:
+    """max_concurrent_data_per_ip defaults to half of max_concurrent_data rounded up, and a
+    value below 1, above max_concurrent_data or not a number is refused with the key named."""
+    assert make_config().smtp.max_concurrent_data_per_ip == 2
+    assert make_config({"smtp": {"max_concurrent_data": 1}}).smtp.max_concurrent_data_per_ip == 1
+    assert make_config({"smtp": {"max_concurrent_data": 7}}).smtp.max_concurrent_data_per_ip == 4
+    for bad in (
+        {"max_concurrent_data_per_ip": 0},
+        {"max_concurrent_data_per_ip": 5},
+        {"max_concurrent_data": 8, "max_concurrent_data_per_ip": 9},
+        {"max_concurrent_data_per_ip": "two"},
+    ):
+        with pytest.raises(ConfigError) as caught:
+            make_config({"smtp": bad})
+        assert "max_concurrent_data_per_ip" in str(caught.value), bad

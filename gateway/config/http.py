@@ -21,6 +21,11 @@ class HttpConfig(Section):
     # RLIMIT_NOFILE if above it. A connection that has not sent a whole request head, or sent
     # nothing since its last answer, for idle_timeout_seconds is closed.
     max_connections: int = Field(default=256, ge=1)
+    # Of those, open from one client address at once (past it: the same 503), so one client
+    # cannot hold them all; above max_connections it is max_connections. The carrier sends
+    # webhook bursts from a few addresses: leave it room. Behind a reverse proxy every
+    # connection comes from the proxy's address: set it to max_connections there.
+    max_connections_per_ip: int = Field(default=64, ge=1)
     idle_timeout_seconds: float = Field(default=15.0, gt=0)
     # A webhook body must arrive whole within this long after its request head (past it: 408
     # and closed), so a body sent a byte at a time cannot hold a connection of the cap.

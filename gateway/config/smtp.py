@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 
 import phonenumbers
 from pydantic import Field, field_validator, model_validator
@@ -34,6 +35,9 @@ class SmtpConfig(Section):
     # Messages whose documents are read and checked at once (DATA); past it, 451 4.3.2. Each
     # may briefly cost a few times smtp.max_message_bytes of memory.
     max_concurrent_data: int = Field(default=4, ge=1, le=256)
+    # Of those, held by one client address (IPv6: per /64) at once; past it, 451 4.3.2, so one
+    # client cannot take every slot. Default: half of max_concurrent_data, rounded up.
+    max_concurrent_data_per_ip: int = Field(default=2, ge=1, le=256)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_listen: ListenAddress | None = None
@@ -104,6 +108,26 @@ class SmtpConfig(Section):
         if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"{value!r} is not an ISO country code such as 'US' or 'DE'")
         return value.upper()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fair_share(cls, data: Any) -> Any:
+        # Unset: half of the slots (rounded up) of whatever max_concurrent_data is; a bad value
+        # of that is left for its own field to report.
+        if isinstance(data, dict) and "max_concurrent_data_per_ip" not in data:
+            total = data.get("max_concurrent_data", 4)
+            if isinstance(total, int) and not isinstance(total, bool) and total >= 1:
+                return {**data, "max_concurrent_data_per_ip": -(-total // 2)}
+        return data
+
+    @model_validator(mode="after")
+    def _per_ip_within_total(self) -> SmtpConfig:
+        if self.max_concurrent_data_per_ip > self.max_concurrent_data:
+            raise ValueError(
+                f"max_concurrent_data_per_ip ({self.max_concurrent_data_per_ip}) must not exceed"
+                f" max_concurrent_data ({self.max_concurrent_data})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SmtpConfig:

@@ -1,11 +1,11 @@
 """The gateway's one HTTP server: webhooks, media, health and metrics share it.
 
 Components add their routes to the application before it starts; `HttpServer` runs it on the
-daemon's own loop with AppRunner and a TCP site. Connections are capped (past the cap: 503 and
-closed, counted in a tally, not a line each) and idle ones closed: aiohttp's keep-alive timer
-runs from the connection's start and from each answer, and closes a connection that has not
-sent a complete request head by then, so one timeout bounds both a slow head and an idle
-keep-alive.
+daemon's own loop with AppRunner and a TCP site. Connections are capped, in total and per client
+address (past either cap: 503 and closed, counted in a tally, not a line each), and idle ones
+closed: aiohttp's keep-alive timer runs from the connection's start and from each answer, and
+closes a connection that has not sent a complete request head by then, so one timeout bounds
+both a slow head and an idle keep-alive.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from gateway.config import Address
 from gateway.log import get_logger
 from gateway.ops import fds
 from gateway.ops.flood import Tally
+from gateway.smtp.connections import client_key
+from gateway.smtp.policy import client_ip
 
 log = get_logger(__name__)
 
@@ -43,22 +45,75 @@ _BUSY = (
 )
 
 
-class _Busy(asyncio.Protocol):
-    """A connection past the cap: 503 at once, then closed, whatever the client sends."""
+def _refuse(transport: asyncio.BaseTransport) -> None:
+    """A connection past a cap: 503 at once, then closed, whatever the client sends."""
+    with contextlib.suppress(Exception):
+        transport.write(_BUSY)  # type: ignore[attr-defined]
+    transport.close()
+
+
+def _client(transport: asyncio.BaseTransport | None) -> str:
+    """The unit a client is counted in: as for SMTP sessions, its IPv4 address or IPv6 /64."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return client_key(client_ip(peer))
+
+
+class _Gate(asyncio.Protocol):
+    """Every new connection's first protocol: it hands the connection to aiohttp's request
+    handler if the caps allow it, else refuses it. Both caps are checked here, once the
+    connection's address is known (the factory is called without it, and for a whole burst of
+    accepts before any of them is counted)."""
+
+    def __init__(self, site: _CappedSite, server: web.Server) -> None:
+        self._site = site
+        self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        with contextlib.suppress(Exception):
-            transport.write(_BUSY)  # type: ignore[attr-defined]
-        transport.close()
+        if not self._site.admit(self._server, _client(transport)):
+            _refuse(transport)
+            return
+        handler = self._server()
+        # The transport has not read anything yet: from here on aiohttp's handler gets it all.
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        # Only a refused connection's bytes, sent before its close took effect.
+        pass
 
 
 class _CappedSite(web.TCPSite):
-    """TCPSite whose protocol factory answers 503 past `max_connections` open connections."""
+    """TCPSite whose connections past `max_connections` open connections, or past
+    `max_per_client` from one client, are answered 503 and closed."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int):
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        max_connections: int,
+        max_per_client: int,
+    ):
         super().__init__(runner, host, port, reuse_address=True)
         self.max_connections = max_connections
+        self.max_per_client = max_per_client
         self.refusals = Tally("http.connection_refused", "http.connections_refused")
+
+    def admit(self, server: web.Server, client: str) -> bool:
+        """May a new connection of `client` be served (else it is tallied as refused)?"""
+        connections = server.connections
+        if len(connections) >= self.max_connections:
+            self.refusals.add("total", open=len(connections), limit=self.max_connections)
+            return False
+        cap = min(self.max_per_client, self.max_connections)
+        if cap < self.max_connections:
+            # At most a few hundred connections: counted from aiohttp's own list, which
+            # cannot drift from the connections really open.
+            mine = sum(1 for handler in connections if _client(handler.transport) == client)
+            if mine >= cap:
+                self.refusals.add("per_client", client=client, open=len(connections), limit=cap)
+                return False
+        return True
 
     async def start(self) -> None:
         # TCPSite.start with our factory in place of the runner's server (same attributes).
@@ -66,15 +121,9 @@ class _CappedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
 
-        def factory() -> asyncio.Protocol:
-            if len(server.connections) >= self.max_connections:
-                self.refusals.add(open=len(server.connections), limit=self.max_connections)
-                return _Busy()
-            return server()
-
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            factory,
+            lambda: _Gate(self, server),
             self._host,
             self._port,
             backlog=self._backlog,
@@ -113,11 +162,13 @@ class HttpServer:
         listen: Address,
         *,
         max_connections: int = 256,
+        max_connections_per_ip: int = 64,
         idle_timeout: float = 15.0,
     ) -> None:
         self.app = app
         self.listen = listen
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
         self.idle_timeout = idle_timeout
         self._runner: web.AppRunner | None = None
         self._site: _CappedSite | None = None
@@ -134,17 +185,27 @@ class HttpServer:
         )
         await self._runner.setup()
         cap = fds.cap(self.max_connections, fds.HTTP_SHARE, "http")
-        self._site = _CappedSite(self._runner, self.listen.host, self.listen.port, cap)
+        self._site = _CappedSite(
+            self._runner, self.listen.host, self.listen.port, cap, self.max_connections_per_ip
+        )
         await self._site.start()
         self.port = self._site.port
-        log.info("http.listening", host=self.listen.host, port=self.port, max_connections=cap)
+        log.info(
+            "http.listening",
+            host=self.listen.host,
+            port=self.port,
+            max_connections=cap,
+            max_connections_per_ip=min(self.max_connections_per_ip, cap),
+        )
 
-    def reconfigure(self, max_connections: int) -> None:
-        """SIGHUP: the connection cap from the next connection on (connections already open
+    def reconfigure(self, max_connections: int, max_connections_per_ip: int) -> None:
+        """SIGHUP: the connection caps from the next connection on (connections already open
         above a lowered cap are not closed)."""
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
         if self._site is not None:
             self._site.max_connections = fds.cap(max_connections, fds.HTTP_SHARE, "http")
+            self._site.max_per_client = max_connections_per_ip
 
     async def stop(self) -> None:
         self._log.bad_requests.flush()

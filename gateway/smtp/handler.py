@@ -30,11 +30,13 @@ from gateway.ops.metrics import Metrics
 from gateway.smtp import explain, replies, subject
 from gateway.smtp.accept import Acceptor
 from gateway.smtp.auth import SmtpAuth, peer_of
+from gateway.smtp.connections import client_key
 from gateway.smtp.data import Received
 from gateway.smtp.limits import DailyLimit, OverLimit
 from gateway.smtp.options import MessageOptions, OptionError, message_settings
 from gateway.smtp.policy import Refusal, RelayPolicy
 from gateway.smtp.replies import Reason
+from gateway.smtp.slots import DocumentSlots
 from gateway.smtp.transactions import OpenTransactions, Transaction
 from gateway.store import Database
 from gateway.store.commit import GroupCommit
@@ -99,7 +101,9 @@ class FaxHandler:
             daily_limit=self.daily_limit,
             metrics=metrics,
         )
-        self.document_slots = asyncio.Semaphore(config.smtp.max_concurrent_data)
+        self.document_slots = DocumentSlots(
+            config.smtp.max_concurrent_data, config.smtp.max_concurrent_data_per_ip
+        )
 
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded configuration from the next SMTP command on (SIGHUP)."""
@@ -272,13 +276,16 @@ class FaxHandler:
         # The message, read by the session into a spool draft or held (gateway/smtp/data.py).
         received = getattr(server, "received", None)
         # Document work costs memory and CPU per message (a 24 MB message, a large image): at
-        # most smtp.max_concurrent_data at once; past that the client tries again later.
-        if self.document_slots.locked():
+        # most smtp.max_concurrent_data at once, smtp.max_concurrent_data_per_ip of them for
+        # one client; past that the client tries again later.
+        client = getattr(server, "client", None) or client_key(peer_of(server))
+        full = self.document_slots.refusal(client)
+        if full is not None:
             transaction = self.transactions.get(envelope)
-            refusal = Refusal(Reason.BUSY, replies.BUSY)
+            reply = replies.BUSY if full == "total" else replies.BUSY_FROM_CLIENT
             sender = transaction.sender if transaction is not None else None
-            return self._refuse("data", refusal, server, sender=sender)
-        async with self.document_slots:
+            return self._refuse("data", Refusal(Reason.BUSY, reply), server, sender=sender)
+        async with self.document_slots.held(client):
             reply = await self._data(server, envelope, received)
         transaction = self.transactions.get(envelope)
         if transaction is not None and transaction.subject_addressed and received is not None:

@@ -75,6 +75,7 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, try again later"
 INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
 BUSY = "451 4.3.2 Too many messages being processed at once, try again later"
+BUSY_FROM_CLIENT = "451 4.3.2 Too many messages from your address in progress, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 # In place of the greeting when a connection cap is reached; then the connection is closed.
 TOO_MANY_CONNECTIONS_FROM_CLIENT = "421 4.7.0 Too many connections from your address, try later"

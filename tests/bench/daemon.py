@@ -90,6 +90,8 @@ class Daemon:
                     "listen": f"127.0.0.1:{self.smtp_port}",
                     "hostname": "bench.local",
                     "max_concurrent_data": 20,
+                    # Every benchmark client is 127.0.0.1.
+                    "max_concurrent_data_per_ip": 20,
                 },
                 "http": {
                     "listen": f"127.0.0.1:{self.http_port}",
