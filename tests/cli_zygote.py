@@ -6,7 +6,9 @@ process that imports the gateway once and then forks a child per command: the ch
 run's files on its stdin, stdout and stderr, takes the run's environment, working directory and
 argv, and runs the `gateway` package as `__main__`, as `python -m gateway` does; it exits as that
 interpreter would (SystemExit's code, 1 and a traceback for an uncaught exception, -N for a
-signal). Only the imported modules are shared, never a file, a connection or a thread.
+signal). Only the imported modules are shared, never a file, a connection or a thread; the
+modules that read the environment when imported (READ_AT_IMPORT) are imported again in each
+child, from the run's environment, not the one the zygote started with.
 
 `Zygote` is the test side (tests/conftest.py run_cli); `python -m tests.cli_zygote REQ RESP`
 is the process, reading requests and writing answers on the two pipe fds it was given.
@@ -15,6 +17,7 @@ is the process, reading requests and writing answers on the two pipe fds it was 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 import runpy
@@ -28,6 +31,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The gateway's modules whose globals are taken from os.environ at import (FAXGW_FAILPOINT):
+# the zygote's copies were read from whatever environment it started in (the first run_cli's
+# test, maybe with a monkeypatched variable), so a child reloads them from its run's.
+READ_AT_IMPORT = ("gateway.failpoints",)
 
 
 class Zygote:
@@ -170,6 +178,11 @@ def _become(request: dict[str, object]) -> None:
     os.environ.update(request["env"])  # type: ignore[arg-type]
     os.chdir(str(request["cwd"]))
     sys.argv = ["-m", *request["args"]]  # type: ignore[misc]
+    for name in READ_AT_IMPORT:
+        # As at the import of a fresh interpreter: a bad value raises here, and the child ends
+        # with the traceback on stderr and status 1, as `python -m gateway` would.
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
 
 
 if __name__ == "__main__":
