@@ -139,3 +139,26 @@ async def test_the_fair_share_defaults_to_half_the_slots_and_nonsense_is_refused
         with pytest.raises(ConfigError) as caught:
             make_config({"smtp": bad})
         assert "max_concurrent_data_per_ip" in str(caught.value), bad
+
+
+async def test_a_reload_applies_new_document_slot_caps_to_the_next_data(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """SIGHUP's reload (which needs no restart for them) applies a new max_concurrent_data_per_ip
+    and max_concurrent_data from the next DATA on; slots held meanwhile are given back whole."""
+    config = make_config({"smtp": {"max_concurrent_data": 3, "max_concurrent_data_per_ip": 2}})
+    message = samples.mail(samples.attachment(samples.pdf(1), "one.pdf"))
+    async with running_smtp(config, store_dir=tmp_path) as server:
+        slots = server.server.handler.document_slots
+        async with slots.held("127.0.0.1"):
+            await server.server.reload(
+                make_config({"smtp": {"max_concurrent_data": 3, "max_concurrent_data_per_ip": 1}})
+            )
+            _mail, own = await asyncio.to_thread(send, server.port, message)
+            await server.server.reload(make_config({"smtp": {"max_concurrent_data": 1}}))
+            _mail, total = await asyncio.to_thread(send, server.port, message, "127.0.0.2")
+        assert slots.held_by("127.0.0.1") == 0
+        _mail, freed = await asyncio.to_thread(send, server.port, message)
+    assert own is not None and own[1].decode() == replies.BUSY_FROM_CLIENT[4:], own
+    assert total is not None and total[1].decode() == replies.BUSY[4:], total
+    assert freed is not None and freed[0] == 250, freed

@@ -109,6 +109,9 @@ class FaxHandler:
         """Use a reloaded configuration from the next SMTP command on (SIGHUP)."""
         self.policy = RelayPolicy(config, auth_available=self.auth is not None)
         self.office.reconfigure(config.documents)
+        self.document_slots.reconfigure(
+            config.smtp.max_concurrent_data, config.smtp.max_concurrent_data_per_ip
+        )
         self.config = config
         self.acceptor.config = config
 
