@@ -16,6 +16,7 @@ is the process, reading requests and writing answers on the two pipe fds it was 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -90,12 +91,18 @@ class Zygote:
             }
             os.write(self._requests, json.dumps(request).encode() + b"\n")
             deadline = time.monotonic() + timeout
-            pid = int(self._answer(deadline + 30, "started"))
+            pid: int | None = None
             try:
+                pid = int(self._answer(deadline + 30, "started"))
                 status = int(self._answer(deadline, "exited"))
-            except TimeoutError:
-                os.kill(pid, signal.SIGKILL)  # not reaped yet: the zygote waits for it
-                self._answer(time.monotonic() + 30, "exited")
+            except BaseException as exc:
+                # Whatever ended the wait (the run's timeout, pytest-timeout's alarm, ^C, the
+                # zygote failing): the command is killed and its answers read, so the next run
+                # reads its own; before, they were read as the next run's, which waited for a
+                # command still running (a `serve` outlived the session, orphaned).
+                self._abandon(pid)
+                if not isinstance(exc, TimeoutError):
+                    raise
                 raise subprocess.TimeoutExpired(
                     ["python", "-m", "gateway", *args],
                     timeout,
@@ -108,6 +115,31 @@ class Zygote:
                 files["stdout"].read_text(),
                 files["stderr"].read_text(),
             )
+
+    def _abandon(self, pid: int | None) -> None:
+        """The command of a run given up on killed and its answers read (the zygote still
+        waits for it, so its pid is not reused yet); failing that, the zygote and its child
+        killed, and the next run starts a new zygote."""
+        try:
+            if pid is None:
+                pid = int(self._answer(time.monotonic() + 30, "started"))
+            os.kill(pid, signal.SIGKILL)
+            self._answer(time.monotonic() + 30, "exited")
+        except BaseException:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self._kill()
+            raise
+
+    def _kill(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+        os.close(self._requests)
+        os.close(self._answers)
+        self._proc, self._buffer = None, b""
 
     def _answer(self, deadline: float, word: str) -> str:
         while b"\n" not in self._buffer:
