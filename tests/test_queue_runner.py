@@ -335,7 +335,7 @@ async def test_an_item_handed_on_wakes_the_next_stage_before_its_round_ends(
 ) -> None:
     """A round of two items at once: the first one handed on (hand_on) is the next stage's
     work at once, while the round still waits for its second; outside a runner, a no-op."""
-    hand_on()
+    hand_on("upload")
     second = Queue("upload")
     release = asyncio.Event()
 
@@ -350,7 +350,7 @@ async def test_an_item_handed_on_wakes_the_next_stage_before_its_round_ends(
 
             async def first() -> None:
                 second.items.append("job-1")
-                hand_on()
+                hand_on("upload")
 
             await asyncio.gather(first(), release.wait())
             return 2
@@ -361,6 +361,39 @@ async def test_an_item_handed_on_wakes_the_next_stage_before_its_round_ends(
     await second.until(lambda: second.handled == ["job-1"])
     assert not release.is_set()  # the round that handed it on is still running
     release.set()
+
+
+async def test_an_item_handed_on_wakes_only_the_next_stage(runners: StartRunner) -> None:
+    """hand_on wakes the stage it names alone, not every stage the worker feeds (a prepared
+    job is no work of the reports'): reports looks once the round ends, not per job."""
+    upload, reports = Queue("upload"), Queue("reports")
+    release = asyncio.Event()
+
+    class Together:
+        name = "prepare"
+        items = ["job-1", "job-2", "job-3"]
+
+        async def run_once(self) -> int:
+            taken, self.items = self.items, []
+            for job in taken:
+                upload.items.append(job)
+                hand_on("upload")
+                await upload.until(lambda job=job: job in upload.handled)
+            if taken:
+                await release.wait()
+            return len(taken)
+
+    await runners(
+        Together(), upload, reports, feeds={"prepare": ("upload", "reports"), "upload": ()}
+    )
+    await reports.until(lambda: reports.rounds >= 1)  # its first round, at start
+    await upload.until(lambda: upload.handled == ["job-1", "job-2", "job-3"])
+    for _ in range(20):  # every task that was ready has run by now
+        await asyncio.sleep(0)
+    rounds = reports.rounds
+    release.set()
+    await reports.until(lambda: reports.rounds == rounds + 1)  # the round's end wakes it
+    assert rounds == 1
 
 
 async def test_rounds_wait_while_the_foreground_is_busy_within_the_bound() -> None:

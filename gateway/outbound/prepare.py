@@ -140,7 +140,7 @@ class PrepareWorker(QueueWorker):
             pages=document.pages,
         )
         if moved:
-            hand_on()  # upload's work now, whether or not the round's other jobs are done
+            hand_on("upload")  # upload's work now, whether or not the round's other jobs are done
             logger.info("job.prepared", pages=document.pages, content_type=document.content_type)
 
     async def _build(self, job: Job, recipients: list[str]) -> Prepared:

@@ -90,7 +90,7 @@ class UploadWorker(QueueWorker):
             url_expires_at=stored.expires_at,
         )
         if moved:
-            hand_on()  # submit's work now, whether or not the round's other jobs are done
+            hand_on("submit")  # submit's work now, whether or not the round's other jobs are done
             logger.info("job.uploaded", key=stored.key, expires_at=stored.expires_at)
             failpoint("after_upload")
 

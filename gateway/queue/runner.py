@@ -69,18 +69,20 @@ _DUE_BUT_IDLE_WAIT = 1.0
 _STORE_POLL = 0.5
 
 
-# What the current worker's finished item wakes (set by the runner in each worker's task; unset
-# elsewhere: tests running rounds themselves, one-off commands).
-_HAND_ON: ContextVar[Callable[[], None] | None] = ContextVar("gateway_hand_on", default=None)
+# Wakes the named stage for the current worker's finished item (set by the runner in each
+# worker's task; unset elsewhere: tests running rounds themselves, one-off commands).
+_HAND_ON: ContextVar[Callable[[str], None] | None] = ContextVar("gateway_hand_on", default=None)
 
 
-def hand_on() -> None:
-    """An item of the current round is committed and is the next stages' work: they look now,
-    not once the round ends (a round of several items at once would make each item wait for
-    the slowest of them, a prepared job for the others' documents)."""
+def hand_on(stage: str) -> None:
+    """An item of the current round is committed and is `stage`'s work: it looks now, not once
+    the round ends (a round of several items at once would make each item wait for the slowest
+    of them, a prepared job for the others' documents). Only that stage: the others the worker
+    feeds (reports, cleanup) have work only from a failed or held item, and the round's end
+    wakes them, as before; woken per item, each would run a round of queries per job."""
     wake = _HAND_ON.get()
     if wake is not None:
-        wake()
+        wake(stage)
 
 
 class Worker(Protocol):
@@ -244,7 +246,7 @@ class Runner:
         front = worker.name in self.front
         if self.front and not front:
             giving_way_to(self._front)  # this task's: between the items of each round too
-        _HAND_ON.set(lambda: self._feed(worker.name))
+        _HAND_ON.set(lambda stage: self._feed(worker.name, only=stage))
         while not self._stopping.is_set():
             # Cleared before the round, so a wake() arriving while it runs triggers another.
             wakeup.clear()
@@ -300,11 +302,13 @@ class Runner:
             with contextlib.suppress(Exception):
                 await self._hand_back(interrupted)
 
-    def _feed(self, name: str) -> None:
-        """Wake the workers `name`'s finished items are work for."""
+    def _feed(self, name: str, *, only: str | None = None) -> None:
+        """Wake the workers `name`'s finished items are work for (`only`: that one of them)."""
         fed = self.feeds.get(name)
         for other, event in self._wakeups.items():
-            if other != name and (fed is None or other in fed):
+            if other == name or (fed is not None and other not in fed):
+                continue
+            if only is None or other == only:
                 event.set()
 
     async def _hand_back(self, interrupted: list[Taken]) -> list[Taken]:
