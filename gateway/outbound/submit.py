@@ -141,7 +141,12 @@ class SubmitWorker(QueueWorker):
                 logger.exception("fax.submit_crashed")
                 return
             if not ended:
-                await self.commits.run(fax_store.end_pickup_in, fax.id, self.schedule.clock())
+                try:
+                    await self.commits.run(fax_store.end_pickup_in, fax.id, self.schedule.clock())
+                except StoreUnavailable as exc:
+                    # As above: the claim is handed back when the store returns (nothing of
+                    # this step is lost: it recorded no outcome).
+                    logger.warning("fax.submit_interrupted", error=str(exc))
 
     async def _submit(self, fax: Fax, job: Job) -> bool:
         """One fax's step; whether it recorded an outcome (which ended the pickup)."""
