@@ -5,6 +5,7 @@ once, threaded, with how many times it was tried; never for document or permanen
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,10 +140,17 @@ async def test_a_failure_whose_interim_mail_its_event_did_not_queue_is_told_all_
         )  # fmt: skip
         assert result is not None and result[0].state is FaxState.PENDING
         payload = {"type": "fax", "id": failed["id"], "direction": "outbound", "status": "failed"}
-        event_id = await gw.db.run(record_event, failed["id"], "failed", "outbound", payload, now)
+
+        def recorded_and_deferred(conn: sqlite3.Connection) -> int | None:
+            # In one call on the store's thread: the events worker cannot apply the event
+            # between the two (under load it did, queueing the mail this test is about).
+            event_id = record_event(conn, failed["id"], "failed", "outbound", payload, now)
+            if event_id is not None:  # due again only once the resubmission's POST is recorded
+                defer_event(conn, event_id, "OSError: No space left on device", now + 3600, now)
+            return event_id
+
+        event_id = await gw.db.run(recorded_and_deferred)
         assert event_id is not None
-        # Due again only once the resubmission's POST is recorded.
-        await gw.db.run(defer_event, event_id, "OSError: No space left on device", now + 3600, now)
         sandbox.set_webhook(f"{gw.config.http.public_url}/webhooks/fax/{token}")
         _first, second = sorted(await final_faxes(sandbox, 2), key=lambda f: f["created_at"])
         assert second["status"] == "delivered"
