@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import log
-from gateway.config import Config, config_from_dict
+from gateway.config import Config, SmtpConfig, config_from_dict
 from tests.conftest import BASE_CONFIG, merge
 
 # One sender sends every benchmark message; the daily per-sender limit must not refuse them.
@@ -128,7 +128,13 @@ def bench_config(data_dir: Path, override: dict[str, Any] | None = None) -> Conf
             "limits": {"faxes_per_sender_per_day": _NO_PRACTICAL_LIMIT},
         },
     )
-    return config_from_dict(merge(data, override or {}), env={})
+    data = merge(data, override or {})
+    # Every benchmark client is 127.0.0.1: the whole of the document-check slots is its share,
+    # as for a gateway behind one MTA (README), not the default half.
+    smtp = data["smtp"]
+    total = smtp.get("max_concurrent_data", SmtpConfig.model_fields["max_concurrent_data"].default)
+    smtp.setdefault("max_concurrent_data_per_ip", total)
+    return config_from_dict(data, env={})
 
 
 @contextlib.contextmanager
