@@ -27,34 +27,35 @@ def client_key(ip: IPAddress | None) -> str:
     return str(ip)
 
 
-class ConnectionLimits:
-    """Open sessions per client key and in total; `admit` before a session, `release` after."""
+class ClientCounts:
+    """What is held per client key and in total, against a cap on each: `refusal` says
+    whether one more may be taken, `take` and `release` count it. The caps may change while
+    some are held (a reload): those stay held until released, new ones are refused until
+    enough are given back."""
 
     def __init__(self, max_total: int, max_per_client: int) -> None:
         self.max_total = max_total
         self.max_per_client = max_per_client
         self.total = 0
         self._per_client: Counter[str] = Counter()
-        self.refusals = Tally("smtp.connection_refused", "smtp.connections_refused")
 
-    def admit(self, key: str) -> str | None:
-        """None if a session of `key` may start (and count it); else why not."""
+    def reconfigure(self, max_total: int, max_per_client: int) -> None:
+        """New caps from the next `refusal` on."""
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+
+    def refusal(self, key: str) -> str | None:
+        """None if one more of `key` may be taken now; else which cap is reached ("total" or
+        "per_client")."""
         if self.total >= self.max_total:
-            why = "total"
-        elif self._per_client[key] >= self.max_per_client:
-            why = "per_client"
-        else:
-            self.total += 1
-            self._per_client[key] += 1
-            return None
-        self.refusals.add(
-            why,
-            client=key,
-            open=self.total,
-            open_for_client=self._per_client[key],
-            limit=self.max_total if why == "total" else self.max_per_client,
-        )
-        return why
+            return "total"
+        if self._per_client[key] >= self.max_per_client:
+            return "per_client"
+        return None
+
+    def take(self, key: str) -> None:
+        self.total += 1
+        self._per_client[key] += 1
 
     def release(self, key: str) -> None:
         self.total -= 1
@@ -64,3 +65,26 @@ class ConnectionLimits:
 
     def count(self, key: str) -> int:
         return self._per_client[key]
+
+
+class ConnectionLimits(ClientCounts):
+    """Open sessions per client key and in total; `admit` before a session, `release` after."""
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        super().__init__(max_total, max_per_client)
+        self.refusals = Tally("smtp.connection_refused", "smtp.connections_refused")
+
+    def admit(self, key: str) -> str | None:
+        """None if a session of `key` may start (and count it); else why not."""
+        why = self.refusal(key)
+        if why is None:
+            self.take(key)
+            return None
+        self.refusals.add(
+            why,
+            client=key,
+            open=self.total,
+            open_for_client=self.count(key),
+            limit=self.max_total if why == "total" else self.max_per_client,
+        )
+        return why

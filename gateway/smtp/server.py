@@ -210,8 +210,7 @@ class SmtpServer:
         """
         self.config = config
         limits = self._limits(config)
-        self.connections.max_total = limits.max_total
-        self.connections.max_per_client = limits.max_per_client
+        self.connections.reconfigure(limits.max_total, limits.max_per_client)
         if self.handler is not None:
             self.handler.reconfigure(config)
             auth = self.handler.auth
