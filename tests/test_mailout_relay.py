@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from email import policy
@@ -60,6 +61,9 @@ async def _close_relays(make_relay_server: RelayFactory) -> AsyncIterator[None]:
     for relay in _opened:
         await relay.close()
     _opened.clear()
+    # A TLS client's socket closes a few loop turns after its close() (the TLS shutdown, then
+    # the transport's own close): let them run before the test's loop is closed.
+    await asyncio.sleep(0.2)
 
 
 def opened(relay: Relay) -> Relay:
